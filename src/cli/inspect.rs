@@ -1,0 +1,195 @@
+//! `key generate`, `init`, `check`, `list`, `verify`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Ctx;
+use crate::config::RepositoryConfig;
+use crate::error::{Error, Result};
+use crate::pipeline::crypto;
+use crate::progress::bytes;
+use crate::repo::{Repo, catalog};
+
+pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, public) = crypto::generate();
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Refused(format!("{} already exists; drctl never overwrites a key (it may be the only way to read your backups)", out.display())),
+            _ => Error::io(format!("creating {}", out.display()), e),
+        })?;
+    file.write_all(secret.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({ "identity_file": out, "recipient": public }));
+    } else {
+        eprintln!("Wrote the secret identity to {} (mode 0600). Keep a copy off this host: without it no backup can be restored.", out.display());
+        eprintln!("Add this public key to `encryption.recipients` in drctl.toml:");
+        println!("{public}");
+    }
+    Ok(())
+}
+
+pub async fn init(ctx: &Ctx) -> Result<()> {
+    let config = ctx.config()?;
+    if let RepositoryConfig::Local { path } = &config.repository {
+        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    }
+    let store = crate::storage::open(&config.repository).await?;
+    let created = Repo::init(&store, &config.recipients).await?;
+    let repo = Repo::open(store).await?;
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({ "location": repo.store.location(), "created": created, "marker": repo.marker }));
+    } else if created {
+        println!("Initialised repository {}.", repo.store.location());
+    } else {
+        println!("Repository {} already exists; left unchanged.", repo.store.location());
+        if repo.marker.recipients != config.recipients {
+            eprintln!("note: drctl.toml lists different recipients from the ones recorded at init; new backups use drctl.toml's.");
+        }
+    }
+    Ok(())
+}
+
+pub fn check(ctx: &Ctx) -> Result<()> {
+    let config = ctx.config()?;
+    let mut warnings = Vec::new();
+    match (&ctx.cli.identity, &config.identity_file) {
+        (Some(p), _) | (None, Some(p)) if !p.exists() => warnings.push(format!("identity file {} does not exist; restores will fail until it does", p.display())),
+        (None, None) => warnings.push("no `encryption.identity_file`; restores need --identity".to_string()),
+        _ => {}
+    }
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({
+            "ok": true,
+            "config": config.path,
+            "repository": config.repository.describe(),
+            "policies": config.policies.iter().map(|p| serde_json::json!({"name": p.name, "kind": p.source.kind(), "file": p.file})).collect::<Vec<_>>(),
+            "warnings": warnings,
+        }));
+    } else {
+        println!("{}: ok", config.path.display());
+        println!("repository: {}", config.repository.describe());
+        for p in &config.policies {
+            println!("policy {} ({}): ok  [{}]", p.name, p.source.kind(), p.file.display());
+        }
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+fn selected<'a>(config: &'a crate::config::Config, policy: Option<&str>) -> Result<Vec<&'a crate::config::Policy>> {
+    match policy {
+        Some(name) => Ok(vec![config.policy(name)?]),
+        None => Ok(config.policies.iter().collect()),
+    }
+}
+
+#[derive(Serialize)]
+struct ListRow<'a> {
+    policy: &'a str,
+    id: &'a str,
+    kind: &'a str,
+    point_in_time: chrono::DateTime<chrono::Utc>,
+    size_bytes: u64,
+    plaintext_bytes: u64,
+    duration_seconds: f64,
+    host: &'a str,
+}
+
+pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
+    let config = ctx.config()?;
+    let policies = selected(&config, policy)?;
+    let repo = ctx.repo(&config).await?;
+    let mut catalogs = Vec::new();
+    for p in &policies {
+        catalogs.push((p.name.clone(), catalog::load(&repo, &p.name).await?));
+    }
+    if ctx.cli.json {
+        let rows: Vec<ListRow> = catalogs
+            .iter()
+            .flat_map(|(_, c)| c.backups.iter())
+            .map(|m| ListRow {
+                policy: &m.policy,
+                id: &m.id,
+                kind: &m.kind,
+                point_in_time: m.point_in_time,
+                size_bytes: m.data.digests.size,
+                plaintext_bytes: m.data.digests.plaintext_size,
+                duration_seconds: m.duration_seconds(),
+                host: &m.host,
+            })
+            .collect();
+        let damaged: Vec<_> = catalogs.iter().flat_map(|(_, c)| c.damaged.iter()).map(|(k, r)| serde_json::json!({"key": k, "reason": r})).collect();
+        ctx.print_json(&serde_json::json!({ "backups": rows, "damaged": damaged }));
+        return Ok(());
+    }
+    for (name, c) in &catalogs {
+        println!("{name}: {} backup{}", c.backups.len(), if c.backups.len() == 1 { "" } else { "s" });
+        if !c.backups.is_empty() {
+            println!("  {:<27} {:<20} {:>10} {:>10} {:>9}", "ID", "POINT IN TIME (UTC)", "STORED", "DATA", "DURATION");
+        }
+        for m in &c.backups {
+            println!(
+                "  {:<27} {:<20} {:>10} {:>10} {:>8.1}s",
+                m.id,
+                m.point_in_time.format("%Y-%m-%d %H:%M:%S"),
+                bytes(m.data.digests.size),
+                bytes(m.data.digests.plaintext_size),
+                m.duration_seconds()
+            );
+        }
+        for (key, reason) in &c.damaged {
+            println!("  DAMAGED {key}: {reason}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<()> {
+    let config = ctx.config()?;
+    let policies = selected(&config, policy)?;
+    let identities = if read_data { Some(ctx.identities(&config)?) } else { None };
+    let repo = ctx.repo(&config).await?;
+    let mut reports = Vec::new();
+    let mut damaged = Vec::new();
+    for p in &policies {
+        let c = catalog::load(&repo, &p.name).await?;
+        damaged.extend(c.damaged.iter().map(|(k, r)| format!("{k}: {r}")));
+        for m in &c.backups {
+            let r = crate::restore::verify(&repo, identities.as_deref(), m).await;
+            if !ctx.cli.json {
+                match r.ok {
+                    true => println!("ok      {} {}", r.policy, r.id),
+                    false => println!("FAILED  {} {}: {}", r.policy, r.id, r.problems.join("; ")),
+                }
+            }
+            reports.push(r);
+        }
+    }
+    if !ctx.cli.json {
+        for d in &damaged {
+            println!("DAMAGED {d}");
+        }
+    }
+    let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged }));
+    } else {
+        println!("{} backup{} checked{}, {} failed", reports.len(), if reports.len() == 1 { "" } else { "s" }, if read_data { " (every byte read)" } else { " (sizes only; --read-data reads every byte)" }, failed.len());
+    }
+    if let Some(first) = failed.first() {
+        return Err(Error::Integrity { object: format!("{} {}", first.policy, first.id), reason: format!("{} of {} backups failed verification: {}", failed.len(), reports.len(), first.problems.join("; ")) });
+    }
+    if let Some(d) = damaged.first() {
+        return Err(Error::Integrity { object: d.clone(), reason: "unreadable manifest".into() });
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The command line: arguments (clap), one function per subcommand, human
+//! or `--json` output, and the mapping from errors to exit codes.
+
+mod backup;
+mod inspect;
+mod restore;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::error::{Error, Persistence};
+use crate::repo::Repo;
+
+#[derive(Debug, Parser)]
+#[command(name = "drctl", version, about = "Encrypted, verified backups of PostgreSQL and configuration files, and restores you can trust.")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "DRCTL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Identity file for decryption, instead of `encryption.identity_file`.
+    #[arg(long, global = true, env = "DRCTL_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DRCTL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// No progress display.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage age keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Create the repository named in the configuration (safe to repeat).
+    Init,
+    /// Validate drctl.toml and every policy; errors carry file and line.
+    Check,
+    /// Take a backup now.
+    Backup {
+        /// Policy to back up.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        policy: Option<String>,
+        /// Back up every policy, one after another.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List backups, newest first.
+    List {
+        /// Only this policy.
+        policy: Option<String>,
+    },
+    /// Restore a backup chosen by time (or id).
+    Restore(restore::RestoreArgs),
+    /// Check that backups are intact.
+    Verify {
+        /// Only this policy.
+        policy: Option<String>,
+        /// Download and authenticate every byte (needs the identity).
+        #[arg(long)]
+        read_data: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an identity file and print its public recipient.
+    Generate {
+        /// Where to write the secret identity (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// Exit codes, documented in docs/operations.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    /// The job ran and failed.
+    Failed = 1,
+    /// Bad input: configuration, arguments, names, times, keys.
+    BadInput = 2,
+    /// Refused to act: a non-empty target, a held lease, no confirmation.
+    Refused = 3,
+    /// Stored data failed authentication or did not match its manifest.
+    Integrity = 4,
+    /// A store or database could not be reached; trying later may work.
+    Unavailable = 5,
+}
+
+impl ExitCode {
+    pub fn of(e: &Error) -> ExitCode {
+        match e {
+            Error::Config(_) | Error::ConfigMany(_) | Error::UnknownPolicy { .. } | Error::InvalidTime { .. } | Error::NoBackup(_) | Error::NotInitialised { .. } | Error::Key(_) => {
+                ExitCode::BadInput
+            }
+            Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
+            Error::Integrity { .. } => ExitCode::Integrity,
+            Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
+            Error::Database { message, .. } if message.starts_with("cannot connect") => ExitCode::Unavailable,
+            _ => ExitCode::Failed,
+        }
+    }
+}
+
+/// Process-level settings shared by the subcommands.
+pub struct Ctx {
+    pub cli: Cli,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Ctx {
+    fn config(&self) -> crate::Result<Config> {
+        Config::load(&Config::resolve_path(self.cli.config.as_deref()))
+    }
+
+    async fn repo(&self, config: &Config) -> crate::Result<Repo> {
+        let store = crate::storage::open(&config.repository).await?;
+        Repo::open(store).await
+    }
+
+    fn identities(&self, config: &Config) -> crate::Result<Vec<age::x25519::Identity>> {
+        crate::pipeline::crypto::read_identities(self.cli.identity.as_deref().or(config.identity_file.as_deref()))
+    }
+
+    fn progress(&self) -> bool {
+        !self.cli.quiet && !self.cli.json
+    }
+
+    fn print_json(&self, value: &impl serde::Serialize) {
+        println!("{}", serde_json::to_string_pretty(value).expect("output serialises"));
+    }
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the subcommand failed with; `main` maps it to an exit code.
+pub async fn run(cli: Cli) -> crate::Result<()> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    spawn_signal_watch(cancel.clone());
+    let ctx = Ctx { cli, cancel };
+    match &ctx.cli.command {
+        Command::Key { command: KeyCommand::Generate { out } } => inspect::key_generate(&ctx, out),
+        Command::Init => inspect::init(&ctx).await,
+        Command::Check => inspect::check(&ctx),
+        Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
+        Command::List { policy } => inspect::list(&ctx, policy.as_deref()).await,
+        Command::Restore(args) => restore::restore(&ctx, args).await,
+        Command::Verify { policy, read_data } => inspect::verify(&ctx, policy.as_deref(), *read_data).await,
+    }
+}
+
+/// SIGINT and SIGTERM ask running jobs to stop cleanly; a second one exits.
+fn spawn_signal_watch(cancel: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        for _ in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if cancel.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+            eprintln!("drctl: stopping; the running job aborts its upload and writes no manifest (signal again to exit at once)");
+        }
+    });
+}

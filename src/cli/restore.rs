@@ -1,0 +1,207 @@
+//! `restore POLICY --to TIME`: resolve the time, pick the backup, print the
+//! plan, confirm, then restore into a database, a file or a directory.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use chrono::Utc;
+
+use super::Ctx;
+use crate::config::SourceConfig;
+use crate::error::{Error, Result};
+use crate::progress::{Progress, bytes};
+use crate::repo::catalog;
+use crate::restore as job;
+use crate::timespec::{self, TimeSpec, human_duration};
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Policy to restore.
+    pub policy: String,
+    /// Point in time: `latest`, RFC 3339, `YYYY-MM-DD HH:MM[:SS]` (local time), or `2h`/`3d` ago.
+    #[arg(long, value_name = "TIME", required_unless_present = "backup")]
+    pub to: Option<String>,
+    /// A backup id (or unique prefix) instead of a time.
+    #[arg(long, value_name = "ID", conflicts_with = "to")]
+    pub backup: Option<String>,
+    /// PostgreSQL connection string of the database to restore into (created if missing).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["output", "into"])]
+    pub target: Option<String>,
+    /// Write the plaintext (custom-format dump or tar) to this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "into")]
+    pub output: Option<PathBuf>,
+    /// Unpack a files backup into this new or empty directory.
+    #[arg(long, value_name = "DIR")]
+    pub into: Option<PathBuf>,
+    /// Replace a target database that is not empty.
+    #[arg(long)]
+    pub clean: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// After restoring, compare the database with the backup's fingerprint.
+    #[arg(long)]
+    pub verify: bool,
+    /// Extra pg_restore arguments, e.g. --pg-restore-arg=--no-owner.
+    #[arg(long = "pg-restore-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub pg_restore_args: Vec<String>,
+}
+
+enum Destination {
+    Database(job::DbTarget),
+    File(PathBuf),
+    Directory(PathBuf),
+}
+
+pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
+    let config = ctx.config()?;
+    let policy = config.policy(&args.policy)?;
+    let now = Utc::now();
+    let (spec, target_time) = match &args.to {
+        Some(to) => {
+            let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime { input: to.clone(), reason })?;
+            let t = timespec::resolve(&spec, now).map_err(|reason| Error::InvalidTime { input: to.clone(), reason })?;
+            (Some(spec), Some(t))
+        }
+        None => (None, None),
+    };
+    let destination = match (&policy.source, &args.target, &args.output, &args.into) {
+        (_, None, None, None) => {
+            return Err(Error::Refused(match policy.source {
+                SourceConfig::Postgres { .. } => "say where to restore: --target postgres://…/NEW_DB, or --output FILE for a custom-format dump".into(),
+                SourceConfig::Files { .. } => "say where to restore: --into DIR (a new or empty directory), or --output FILE for the tar stream".into(),
+            }));
+        }
+        (SourceConfig::Files { .. }, Some(_), _, _) => return Err(Error::Refused(format!("policy `{}` backs up files; use --into DIR", policy.name))),
+        (SourceConfig::Postgres { .. }, _, _, Some(_)) => return Err(Error::Refused(format!("policy `{}` backs up a database; use --target URL or --output FILE", policy.name))),
+        (_, _, Some(out), _) => {
+            if out.exists() {
+                return Err(Error::Refused(format!("{} already exists; choose another --output or remove it", out.display())));
+            }
+            Destination::File(out.clone())
+        }
+        (_, _, _, Some(dir)) => {
+            job::check_empty_dir(dir)?;
+            Destination::Directory(dir.clone())
+        }
+        (_, Some(url), _, _) => Destination::Database(job::inspect_target(url).await?),
+    };
+    let identities = ctx.identities(&config)?;
+    let repo = ctx.repo(&config).await?;
+    let catalog = catalog::load(&repo, &policy.name).await?;
+    let (manifest, gap) = match (&args.backup, target_time) {
+        (Some(id), _) => (catalog::find(&policy.name, &catalog.backups, id)?, None),
+        (None, Some(t)) => {
+            let s = catalog::select(&policy.name, &catalog.backups, t)?;
+            (s.backup, Some(s.gap))
+        }
+        (None, None) => unreachable!("clap requires --to or --backup"),
+    };
+
+    // The plan, before anything is touched.
+    let mut plan = vec![("policy", policy.name.clone())];
+    if let (Some(spec), Some(t)) = (&spec, target_time) {
+        let asked = match spec {
+            TimeSpec::Latest => "latest".to_string(),
+            _ => format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S")),
+        };
+        plan.push(("target time", asked));
+    }
+    plan.push(("backup", manifest.id.clone()));
+    plan.push(("point in time", format!("{} UTC", manifest.point_in_time.format("%Y-%m-%d %H:%M:%S"))));
+    if let Some(g) = gap {
+        if matches!(spec, Some(TimeSpec::Latest)) {
+            plan.push(("data-loss window", format!("changes in the last {} (since this backup) are not in it", human_duration(g))));
+        } else {
+            plan.push(("data-loss window", format!("{} before the target time; changes in between are not in this backup", human_duration(g))));
+        }
+    }
+    plan.push(("size", format!("{} stored, {} of data", bytes(manifest.data.digests.size), bytes(manifest.data.digests.plaintext_size))));
+    let destructive = match &destination {
+        Destination::Database(t) => {
+            let state = match t.existing_objects {
+                None => "does not exist; it will be created".to_string(),
+                Some(0) => "exists and is empty; it will be replaced".to_string(),
+                Some(n) if args.clean => format!("exists with {n} objects; --clean: IT WILL BE REPLACED"),
+                Some(n) => format!("exists with {n} objects; refusing without --clean"),
+            };
+            plan.push(("destination", format!("database `{}` on {} ({state})", t.dbname, t.describe)));
+            plan.push(("method", "pg_restore into a scratch database, renamed into place only when complete".into()));
+            true
+        }
+        Destination::File(p) => {
+            plan.push(("destination", format!("file {} (plaintext {})", p.display(), manifest.data.content)));
+            false
+        }
+        Destination::Directory(p) => {
+            plan.push(("destination", format!("directory {}", p.display())));
+            false
+        }
+    };
+    if ctx.cli.json {
+        eprintln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
+    } else {
+        eprintln!("Restore plan:");
+        for (k, v) in &plan {
+            eprintln!("  {k:<17} {v}");
+        }
+    }
+    if let Destination::Database(t) = &destination {
+        if t.existing_objects.is_some_and(|n| n > 0) && !args.clean {
+            return Err(Error::Refused(format!(
+                "database `{}` on {} is not empty; restore into a new database, or pass --clean to replace it",
+                t.dbname, t.describe
+            )));
+        }
+    }
+    if destructive && !args.yes {
+        confirm()?;
+    }
+
+    let mut progress = Progress::start(&format!("restore {}", policy.name), Some(manifest.data.digests.size), ctx.progress());
+    let received = progress.counter.clone();
+    let started = std::time::Instant::now();
+    let mut fingerprint_diffs = None;
+    match &destination {
+        Destination::Database(t) => {
+            fingerprint_diffs = job::to_database(&repo, &identities, manifest, t, args.clean, args.verify, &args.pg_restore_args, received).await?;
+        }
+        Destination::File(p) => job::to_file(&repo, &identities, &manifest.data, p, received).await?,
+        Destination::Directory(p) => job::to_directory(&repo, &identities, &manifest.data, p, received).await?,
+    }
+    progress.finish();
+    let elapsed = started.elapsed().as_secs_f64();
+    let verified = match (&fingerprint_diffs, args.verify) {
+        (Some(_), _) => "fingerprint matched",
+        (None, true) => "no fingerprint in this backup",
+        (None, false) => "every byte authenticated; sha256 matched",
+    };
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({
+            "policy": policy.name,
+            "backup": manifest.id,
+            "point_in_time": manifest.point_in_time,
+            "gap_seconds": gap.map(|g| g.num_seconds()),
+            "seconds": elapsed,
+            "verified": verified,
+        }));
+    } else {
+        println!("Restored {} backup {} ({} of data) in {elapsed:.1}s; {verified}.", policy.name, manifest.id, bytes(manifest.data.digests.plaintext_size));
+    }
+    Ok(())
+}
+
+fn confirm() -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Refused("restoring into a database needs confirmation; pass --yes when running without a terminal".into()));
+    }
+    eprint!("Proceed? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::io("reading the answer", e))?;
+    if matches!(line.trim(), "y" | "Y" | "yes" | "YES") {
+        Ok(())
+    } else {
+        Err(Error::Refused("not confirmed; nothing was changed".into()))
+    }
+}

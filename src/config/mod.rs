@@ -1,0 +1,658 @@
+//! Configuration: `drctl.toml` (where the repository is, which keys) and
+//! `policies/*.toml` (what to protect). `raw` is the file as written; this
+//! module validates it once into the model that everything else uses, with
+//! errors that carry the file and line.
+
+mod raw;
+
+use std::path::{Path, PathBuf};
+
+use chrono::Duration;
+use toml::Spanned;
+
+use crate::error::{ConfigError, Error, Result};
+use crate::timespec::parse_duration;
+use raw::{RawConfig, RawPolicy, RawSource};
+
+pub const DEFAULT_CONFIG: &str = "drctl.toml";
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub repository: RepositoryConfig,
+    pub recipients: Vec<String>,
+    pub identity_file: Option<PathBuf>,
+    pub policies_dir: PathBuf,
+    pub policies: Vec<Policy>,
+    pub lifecycle: Lifecycle,
+    pub daemon: DaemonConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryConfig {
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+        path_style: bool,
+    },
+    Local {
+        path: PathBuf,
+    },
+}
+
+impl RepositoryConfig {
+    pub fn describe(&self) -> String {
+        match self {
+            RepositoryConfig::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
+            RepositoryConfig::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+            RepositoryConfig::Local { path } => format!("file://{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub archive_after_days: Option<u32>,
+    pub archive_class: Option<String>,
+    pub noncurrent_expire_days: Option<u32>,
+    pub abort_incomplete_upload_days: Option<u32>,
+    pub object_lock_mode: Option<String>,
+    pub object_lock_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub listen: String,
+    pub max_concurrent_jobs: u32,
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: "127.0.0.1:9187".into(),
+            max_concurrent_jobs: 2,
+            shutdown_grace_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub file: PathBuf,
+    pub compression_level: i32,
+    pub source: SourceConfig,
+    pub schedule: Option<Schedule>,
+    pub retention: Retention,
+    pub drill: Option<Drill>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Postgres {
+        /// A libpq connection string or URL, never with a password in it.
+        url: String,
+        pg_dump_args: Vec<String>,
+        bin_dir: Option<PathBuf>,
+        fingerprint: bool,
+    },
+    Files {
+        paths: Vec<PathBuf>,
+        exclude: Vec<String>,
+    },
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Postgres { .. } => "postgres",
+            SourceConfig::Files { .. } => "files",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub backup: Option<String>,
+    pub timezone: chrono_tz::Tz,
+    pub rpo_target: Option<Duration>,
+}
+
+/// Retention rules, in the semantics of restic's `forget`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Drill {
+    pub schedule: Option<String>,
+    pub scratch_url: Option<String>,
+    pub scratch_dir: Option<PathBuf>,
+    pub rto_target: Option<Duration>,
+    pub rpo_target: Option<Duration>,
+    pub checks: Vec<DrillCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillCheck {
+    pub name: String,
+    pub sql: String,
+    pub expect: String,
+}
+
+impl Config {
+    /// Where the configuration lives: the flag, then `DRCTL_CONFIG` (clap
+    /// handles both), then `./drctl.toml`.
+    pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+
+    /// Reads and validates `drctl.toml` and every policy file.
+    ///
+    /// # Errors
+    /// Every problem found, each with its file and line; nothing is partially
+    /// accepted.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                message: format!(
+                    "cannot read configuration: {e}{}",
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        " (pass --config or set DRCTL_CONFIG; `drctl.toml.example` shows the format)"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut errors = Vec::new();
+        let config = parse_config(path, &text, &base, &mut errors);
+        let Some(mut config) = config else {
+            return Err(collect(errors));
+        };
+        config.policies = load_policies(&config.policies_dir, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(collect(errors))
+        }
+    }
+
+    /// The policy with this name.
+    ///
+    /// # Errors
+    /// `UnknownPolicy`, listing the names that do exist.
+    pub fn policy(&self, name: &str) -> Result<&Policy> {
+        self.policies.iter().find(|p| p.name == name).ok_or_else(|| Error::UnknownPolicy {
+            name: name.to_string(),
+            known: self.policy_names(),
+        })
+    }
+
+    pub fn policy_names(&self) -> String {
+        if self.policies.is_empty() {
+            format!("none (no *.toml in {})", self.policies_dir.display())
+        } else {
+            self.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
+fn collect(mut errors: Vec<ConfigError>) -> Error {
+    if errors.len() == 1 {
+        Error::Config(errors.remove(0))
+    } else {
+        Error::ConfigMany(errors)
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        let line = line_of(self.text, spanned.span().start);
+        self.errors.push(ConfigError {
+            path: self.path.to_path_buf(),
+            line: Some(line),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<Duration> {
+        let v = value.as_ref()?;
+        match parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(v, format!("`{key}` = \"{}\": {e}", v.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn schedule(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<String> {
+        let v = value.as_ref()?;
+        match crate::schedule::parse_cron(v.get_ref()) {
+            Ok(_) => Some(v.get_ref().clone()),
+            Err(e) => {
+                self.err(v, format!("`{key}`: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn toml_error(path: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_of(text, s.start));
+    let mut message = e.message().trim().to_string();
+    if let Some(hint) = suggest_field(&message) {
+        message.push_str(&format!("; did you mean `{hint}`?"));
+    }
+    ConfigError {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`", the closest
+/// expected name when it is a plausible typo.
+fn suggest_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let candidates = rest.split('`').skip(1).step_by(2);
+    candidates
+        .map(|c| (edit_distance(unknown, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| c.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn parse_config(path: &Path, text: &str, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(toml_error(path, text, e));
+            return None;
+        }
+    };
+    let mut cx = Ctx { path, text, errors };
+    let repository = parse_repository(&mut cx, &raw.repository, base);
+
+    let mut recipients = Vec::new();
+    if raw.encryption.recipients.get_ref().is_empty() {
+        cx.err(&raw.encryption.recipients, "`recipients` is empty; add the public key printed by `drctl key generate`");
+    }
+    for r in raw.encryption.recipients.get_ref() {
+        match r.get_ref().parse::<age::x25519::Recipient>() {
+            Ok(_) => recipients.push(r.get_ref().clone()),
+            Err(e) => cx.err(r, format!("recipient `{}` is not an age X25519 public key (age1…): {e}", r.get_ref())),
+        }
+    }
+    let identity_file = raw.encryption.identity_file.as_ref().map(|p| base.join(p));
+    let policies_dir = base.join(raw.policies_dir.as_deref().unwrap_or("policies"));
+
+    let mut lifecycle = Lifecycle::default();
+    if let Some(l) = &raw.lifecycle {
+        lifecycle.archive_after_days = l.archive_after_days;
+        lifecycle.noncurrent_expire_days = l.noncurrent_expire_days;
+        lifecycle.abort_incomplete_upload_days = l.abort_incomplete_upload_days;
+        lifecycle.object_lock_days = l.object_lock_days;
+        if let Some(c) = &l.archive_class {
+            match c.get_ref().as_str() {
+                "GLACIER_IR" | "GLACIER" | "DEEP_ARCHIVE" | "STANDARD_IA" => lifecycle.archive_class = Some(c.get_ref().clone()),
+                other => cx.err(c, format!("`archive_class` = \"{other}\": expected GLACIER_IR, GLACIER, DEEP_ARCHIVE or STANDARD_IA")),
+            }
+        }
+        if let Some(m) = &l.object_lock_mode {
+            match m.get_ref().as_str() {
+                "GOVERNANCE" | "COMPLIANCE" => lifecycle.object_lock_mode = Some(m.get_ref().clone()),
+                other => cx.err(m, format!("`object_lock_mode` = \"{other}\": expected GOVERNANCE or COMPLIANCE")),
+            }
+        }
+    }
+    let mut daemon = DaemonConfig::default();
+    if let Some(d) = &raw.daemon {
+        if let Some(listen) = &d.listen {
+            if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
+                cx.err(listen, format!("`listen` = \"{}\": expected ADDRESS:PORT such as 127.0.0.1:9187", listen.get_ref()));
+            }
+            daemon.listen = listen.get_ref().clone();
+        }
+        if let Some(n) = d.max_concurrent_jobs {
+            daemon.max_concurrent_jobs = n.max(1);
+        }
+        if let Some(s) = d.shutdown_grace_seconds {
+            daemon.shutdown_grace_seconds = s;
+        }
+    }
+    Some(Config {
+        path: path.to_path_buf(),
+        repository: repository?,
+        recipients,
+        identity_file,
+        policies_dir,
+        policies: Vec::new(),
+        lifecycle,
+        daemon,
+    })
+}
+
+fn parse_repository(cx: &mut Ctx, raw: &raw::RawRepository, base: &Path) -> Option<RepositoryConfig> {
+    let url = raw.url.get_ref();
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            cx.err(&raw.url, format!("`url` = \"{url}\": no bucket name (expected s3://BUCKET/PREFIX)"));
+            return None;
+        }
+        if let Some(e) = &raw.endpoint {
+            if url::Url::parse(e.get_ref()).is_err() {
+                cx.err(e, format!("`endpoint` = \"{}\": not a URL (expected e.g. https://s3.example.com)", e.get_ref()));
+            }
+        }
+        Some(RepositoryConfig::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: raw.endpoint.as_ref().map(|e| e.get_ref().clone()),
+            region: raw.region.clone(),
+            path_style: raw.path_style,
+        })
+    } else if let Some(rest) = url.strip_prefix("file://") {
+        if rest.is_empty() {
+            cx.err(&raw.url, "`url` = \"file://\": no path (expected file:///absolute/path or file://relative/path)");
+            return None;
+        }
+        Some(RepositoryConfig::Local { path: base.join(rest) })
+    } else {
+        cx.err(&raw.url, format!("`url` = \"{url}\": expected s3://BUCKET/PREFIX or file:///PATH"));
+        None
+    }
+}
+
+fn load_policies(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<Policy> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(ConfigError {
+                path: dir.to_path_buf(),
+                line: None,
+                message: format!("cannot read the policies directory: {e}"),
+            });
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut policies: Vec<Policy> = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError { path: file.clone(), line: None, message: format!("cannot read: {e}") });
+                continue;
+            }
+        };
+        if let Some(p) = parse_policy(&file, &text, errors) {
+            if let Some(other) = policies.iter().find(|o| o.name == p.name) {
+                errors.push(ConfigError {
+                    path: file.clone(),
+                    line: None,
+                    message: format!("policy name `{}` is also used by {}", p.name, other.file.display()),
+                });
+                continue;
+            }
+            policies.push(p);
+        }
+    }
+    policies
+}
+
+fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConfig> {
+    let kind = raw.kind.get_ref().as_str();
+    let misplaced = |cx: &mut Ctx, present: bool, span: Option<std::ops::Range<usize>>, key: &str| {
+        if present {
+            let line = span.map(|s| line_of(cx.text, s.start));
+            cx.errors.push(ConfigError { path: cx.path.to_path_buf(), line, message: format!("`{key}` does not apply to a `{kind}` source") });
+        }
+    };
+    match kind {
+        "postgres" => {
+            misplaced(cx, raw.paths.is_some(), raw.paths.as_ref().map(|s| s.span()), "paths");
+            misplaced(cx, raw.exclude.is_some(), raw.exclude.as_ref().map(|s| s.span()), "exclude");
+            let Some(url) = &raw.url else {
+                cx.err(&raw.kind, "a `postgres` source needs `url` (a connection string without the password)");
+                return None;
+            };
+            match url.get_ref().parse::<tokio_postgres::Config>() {
+                Ok(c) if c.get_password().is_some() => cx.err(url, "`url` contains a password; remove it and use PGPASSWORD or a pgpass file (mode 0600)"),
+                Ok(c) if c.get_dbname().is_none() => cx.err(url, "`url` names no database (add /DBNAME or dbname=…)"),
+                Ok(_) => {}
+                // The parser's message can quote the string, password and all.
+                Err(_) => cx.err(url, "`url` is not a PostgreSQL connection string (expected postgres://USER@HOST:PORT/DB or key=value pairs)"),
+            }
+            Some(SourceConfig::Postgres {
+                url: url.get_ref().clone(),
+                pg_dump_args: raw.pg_dump_args.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
+                bin_dir: raw.bin_dir.as_ref().map(|d| base.join(d.get_ref())),
+                fingerprint: raw.fingerprint.as_ref().is_none_or(|f| *f.get_ref()),
+            })
+        }
+        "files" => {
+            misplaced(cx, raw.url.is_some(), raw.url.as_ref().map(|s| s.span()), "url");
+            misplaced(cx, raw.pg_dump_args.is_some(), raw.pg_dump_args.as_ref().map(|s| s.span()), "pg_dump_args");
+            misplaced(cx, raw.bin_dir.is_some(), raw.bin_dir.as_ref().map(|s| s.span()), "bin_dir");
+            misplaced(cx, raw.fingerprint.is_some(), raw.fingerprint.as_ref().map(|s| s.span()), "fingerprint");
+            let Some(paths) = &raw.paths else {
+                cx.err(&raw.kind, "a `files` source needs `paths` (absolute paths to protect)");
+                return None;
+            };
+            if paths.get_ref().is_empty() {
+                cx.err(paths, "`paths` is empty; list the files or directories to protect");
+            }
+            for p in paths.get_ref() {
+                if !Path::new(p).is_absolute() {
+                    cx.err(paths, format!("path `{p}` is not absolute"));
+                }
+            }
+            let mut exclude = Vec::new();
+            for g in raw.exclude.as_ref().map(|e| e.get_ref().as_slice()).unwrap_or_default() {
+                match globset::Glob::new(g.get_ref()) {
+                    Ok(_) => exclude.push(g.get_ref().clone()),
+                    Err(e) => cx.err(g, format!("exclude pattern `{}`: {e}", g.get_ref())),
+                }
+            }
+            Some(SourceConfig::Files { paths: paths.get_ref().iter().map(PathBuf::from).collect(), exclude })
+        }
+        other => {
+            cx.err(&raw.kind, format!("source type `{other}` is unknown; expected \"postgres\" or \"files\""));
+            None
+        }
+    }
+}
+
+/// Whether a policy name can be used in object keys and on the command line.
+pub fn valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+}
+
+/// Parses one policy file.
+pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<Policy> {
+    let raw: RawPolicy = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(toml_error(path, text, e));
+            return None;
+        }
+    };
+    let before = errors.len();
+    let mut cx = Ctx { path, text, errors };
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match &raw.name {
+        Some(n) => {
+            if !valid_policy_name(n.get_ref()) {
+                cx.err(n, format!("name `{}` must be lowercase letters, digits, `-`, `_` or `.`, starting with a letter or digit", n.get_ref()));
+            }
+            n.get_ref().clone()
+        }
+        None => {
+            if !valid_policy_name(&stem) {
+                cx.errors.push(ConfigError {
+                    path: path.to_path_buf(),
+                    line: None,
+                    message: format!("file name `{stem}` is not a valid policy name; add `name = \"…\"`"),
+                });
+            }
+            stem
+        }
+    };
+    let compression_level = match &raw.compression_level {
+        Some(l) if !(1..=19).contains(l.get_ref()) => {
+            cx.err(l, format!("`compression_level` = {}: expected 1 to 19", l.get_ref()));
+            DEFAULT_COMPRESSION_LEVEL
+        }
+        Some(l) => *l.get_ref(),
+        None => DEFAULT_COMPRESSION_LEVEL,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let Some(source) = parse_source(&mut cx, &raw.source, base) else {
+        return None;
+    };
+    let schedule = raw.schedule.as_ref().map(|s| {
+        let timezone = match &s.timezone {
+            Some(tz) => tz.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                cx.err(tz, format!("`timezone` = \"{}\": not an IANA time zone name (e.g. UTC, Europe/Berlin)", tz.get_ref()));
+                chrono_tz::UTC
+            }),
+            None => chrono_tz::UTC,
+        };
+        Schedule {
+            backup: cx.schedule(&s.backup, "backup"),
+            timezone,
+            rpo_target: cx.duration(&s.rpo_target, "rpo_target"),
+        }
+    });
+    let retention = raw.retention.as_ref().map(|r| Retention {
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+        keep_within: cx.duration(&r.keep_within, "keep_within"),
+    });
+    let drill = raw.drill.as_ref().map(|d| {
+        if let (Some(u), SourceConfig::Postgres { url, .. }) = (&d.scratch_url, &source) {
+            if u.get_ref() == url {
+                cx.err(u, "`scratch_url` is the source database; a drill must restore somewhere else");
+            }
+        }
+        Drill {
+            schedule: cx.schedule(&d.schedule, "schedule"),
+            scratch_url: d.scratch_url.as_ref().map(|u| u.get_ref().clone()),
+            scratch_dir: d.scratch_dir.as_ref().map(PathBuf::from),
+            rto_target: cx.duration(&d.rto_target, "rto_target"),
+            rpo_target: cx.duration(&d.rpo_target, "rpo_target"),
+            checks: d.checks.iter().map(|c| DrillCheck { name: c.name.clone(), sql: c.sql.clone(), expect: c.expect.clone() }).collect(),
+        }
+    });
+    if errors.len() > before {
+        return None;
+    }
+    Some(Policy {
+        name,
+        file: path.to_path_buf(),
+        compression_level,
+        source,
+        schedule,
+        retention: retention.unwrap_or_default(),
+        drill,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_errors(text: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        parse_policy(Path::new("policies/orders.toml"), text, &mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggests() {
+        let errs = policy_errors(
+            "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\n\n[retention]\nkeep_last = 3\nkeep_dayly = 7\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("policies/orders.toml:7:"), "{}", errs[0]);
+        assert!(errs[0].contains("did you mean `keep_daily`?"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn password_in_url_is_refused() {
+        let errs = policy_errors("[source]\ntype = \"postgres\"\nurl = \"postgres://u:secret@h/db\"\n");
+        assert!(errs[0].contains(":3:") && errs[0].contains("contains a password"), "{errs:?}");
+        assert!(!errs[0].contains("secret"), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_schedule_and_duration_name_their_lines() {
+        let errs = policy_errors(
+            "[source]\ntype = \"files\"\npaths = [\"/etc\"]\n[schedule]\nbackup = \"0 3 * *\"\n[retention]\nkeep_within = \"3x\"\n",
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains(":5:") && errs[0].contains("4 fields"), "{errs:?}");
+        assert!(errs[1].contains(":7:") && errs[1].contains("unknown unit"), "{errs:?}");
+    }
+
+    #[test]
+    fn suggestion_only_for_near_misses() {
+        assert_eq!(suggest_field("unknown field `keep_dayly`, expected one of `keep_last`, `keep_daily`").as_deref(), Some("keep_daily"));
+        assert_eq!(suggest_field("unknown field `colour`, expected one of `keep_last`, `keep_daily`"), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! The library's error type: every variant names the thing that failed and,
+//! where there is one, what to do about it.
+
+use std::path::PathBuf;
+
+/// Whether trying the same thing again later may succeed. Retries and alerts
+/// branch on this: an S3 503 is temporary, a wrong key is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    Temporary,
+    Permanent,
+}
+
+/// What went wrong in a storage call, independent of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The object (or bucket, or directory) does not exist.
+    NotFound,
+    /// A conditional write lost: the object exists, or changed since it was read.
+    PreconditionFailed,
+    /// Credentials were refused or lack a permission.
+    AccessDenied,
+    /// The object is in an archive storage class and must be restored first.
+    Archived,
+    /// Throttling, 5xx, a reset connection or a timeout.
+    Transient,
+    /// Anything else.
+    Other,
+}
+
+/// A failed call to an object store, with the object and location it was about.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} `{key}` in {location} failed: {detail}")]
+pub struct StorageError {
+    pub op: &'static str,
+    pub location: String,
+    pub key: String,
+    pub kind: StorageErrorKind,
+    pub detail: String,
+}
+
+impl StorageError {
+    pub fn new(
+        op: &'static str,
+        location: impl Into<String>,
+        key: impl Into<String>,
+        kind: StorageErrorKind,
+        detail: impl Into<String>,
+    ) -> Self {
+        StorageError {
+            op,
+            location: location.into(),
+            key: key.into(),
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StorageErrorKind::NotFound
+    }
+}
+
+/// A configuration or policy file that could not be accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error("several configuration problems:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    ConfigMany(Vec<ConfigError>),
+
+    #[error("no policy named `{name}`; known policies: {known}")]
+    UnknownPolicy { name: String, known: String },
+
+    #[error("cannot understand time `{input}`: {reason}")]
+    InvalidTime { input: String, reason: String },
+
+    #[error("{0}")]
+    NoBackup(String),
+
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+
+    #[error("repository at {location} is not initialised (no repo.json); run `drctl init` first")]
+    NotInitialised { location: String },
+
+    #[error("object `{object}` failed its integrity check: {reason}")]
+    Integrity { object: String, reason: String },
+
+    #[error("policy `{policy}`: {message}")]
+    Source { policy: String, message: String },
+
+    #[error("database {target}: {message}")]
+    Database { target: String, message: String },
+
+    #[error("key: {0}")]
+    Key(String),
+
+    #[error("refused: {0}")]
+    Refused(String),
+
+    #[error("policy `{policy}` is busy: {message}")]
+    Locked { policy: String, message: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn persistence(&self) -> Persistence {
+        match self {
+            Error::Storage(e) if e.kind == StorageErrorKind::Transient => Persistence::Temporary,
+            Error::Locked { .. } | Error::Interrupted(_) => Persistence::Temporary,
+            _ => Persistence::Permanent,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,36 @@
+//! drctl: backups of PostgreSQL databases and configuration files into an
+//! encrypted, versioned repository, and restores from it.
+//!
+//! How bytes flow, and which module does what:
+//!
+//! ```text
+//! source ──▶ pipeline ─────────────────────────────▶ storage
+//! (pg_dump | tar)  hash → zstd → age → hash          (S3 multipart | local dir)
+//!                                        repo: manifest written last
+//! ```
+//!
+//! - [`config`]: `drctl.toml` and `policies/*.toml`, validated once.
+//! - [`source`]: produces plaintext (pg_dump with a fingerprint taken in the
+//!   same snapshot, or a tar stream) and consumes it on restore.
+//! - [`pipeline`]: the streaming hash/compress/encrypt stages and the bridge
+//!   between blocking CPU work and async network I/O.
+//! - [`storage`]: the object-store seam and its two implementations.
+//! - [`repo`]: repository layout, backup ids, manifests, the catalog and
+//!   `--to` selection, and leases.
+//! - [`backup`] and [`restore`]: the jobs that join them.
+//! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
+
+pub mod backup;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod schedule;
+pub mod source;
+pub mod storage;
+pub mod timespec;
+
+pub use error::{Error, Result};

@@ -1,0 +1,217 @@
+//! The byte pipe between a source and the store, and back.
+//!
+//! Backup runs write-side adapters on a blocking thread:
+//! `source → HashWriter (plaintext) → zstd → age → HashWriter (ciphertext) →
+//! ChannelWriter`, and the async side uploads what the channel delivers.
+//! Restore runs the same stages read-side, in reverse:
+//! `ChannelReader → HashReader (ciphertext) → age → zstd → HashReader
+//! (plaintext) → destination`. age has only a write-side encryptor and a
+//! read-side decryptor, so each direction keeps one orientation throughout.
+//!
+//! Memory is bounded by [`CHANNEL_CHUNKS`] × [`CHUNK_BYTES`] on each side of
+//! the channel plus the codecs' fixed windows.
+
+pub mod channel;
+pub mod crypto;
+pub mod hash;
+
+use std::io::{self, BufReader, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+pub use channel::{ChannelReader, ChannelWriter};
+pub use hash::{HashHandle, HashReader, HashWriter};
+
+/// Bytes per message between the CPU stages and the network task.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Messages the channel holds; with the chunk size this bounds its memory.
+pub const CHANNEL_CHUNKS: usize = 4;
+/// zstd worker threads for compression; 0 would compress on the caller's thread.
+pub const ZSTD_WORKERS: u32 = 2;
+
+/// Sizes and sha256 digests of both sides of a sealed stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digests {
+    pub plaintext_size: u64,
+    pub plaintext_sha256: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The write side: plaintext in, compressed and encrypted bytes out to `W`.
+pub struct Sealer<W: Write> {
+    inner: HashWriter<zstd::stream::write::Encoder<'static, age::stream::StreamWriter<HashWriter<W>>>>,
+}
+
+impl<W: Write> Sealer<W> {
+    /// # Errors
+    /// If a recipient cannot wrap the key or the first write fails.
+    pub fn new(recipients: &[age::x25519::Recipient], level: i32, out: W) -> io::Result<Self> {
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| io::Error::other(format!("cannot encrypt to the recipients: {e}")))?;
+        let encrypted = encryptor.wrap_output(HashWriter::new(out))?;
+        let mut zstd = zstd::stream::write::Encoder::new(encrypted, level)?;
+        zstd.multithread(ZSTD_WORKERS)?;
+        Ok(Sealer { inner: HashWriter::new(zstd) })
+    }
+
+    /// Ends every stage in order (zstd frame, age's last chunk) and returns
+    /// the sink with the digests. Without this the object would be truncated.
+    ///
+    /// # Errors
+    /// Any error from a stage or the sink.
+    pub fn finish(self) -> io::Result<(W, Digests)> {
+        let (zstd, plain) = self.inner.into_parts();
+        let encrypted = zstd.finish()?;
+        let hashed = encrypted.finish()?;
+        let (mut out, cipher) = hashed.into_parts();
+        out.flush()?;
+        Ok((
+            out,
+            Digests {
+                plaintext_size: plain.size,
+                plaintext_sha256: plain.sha256,
+                size: cipher.size,
+                sha256: cipher.sha256,
+            },
+        ))
+    }
+}
+
+impl<W: Write> Write for Sealer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        // A flush here would end a zstd block early and cost ratio; the
+        // stages are flushed once, in `finish`.
+        Ok(())
+    }
+}
+
+type PlainReader<R> = HashReader<zstd::stream::read::Decoder<'static, BufReader<age::stream::StreamReader<HashReader<R>>>>>;
+
+/// The read side: encrypted bytes in, authenticated plaintext out.
+pub struct Opener<R: Read> {
+    inner: PlainReader<R>,
+    plain: HashHandle,
+    cipher: HashHandle,
+}
+
+impl<R: Read> Opener<R> {
+    /// # Errors
+    /// If the header is not age, or no identity matches a recipient.
+    pub fn new(identities: &[age::x25519::Identity], input: R) -> Result<Self, crypto::OpenError> {
+        let hashed = HashReader::new(input);
+        let cipher = hashed.handle();
+        let decryptor = age::Decryptor::new(hashed).map_err(crypto::OpenError::from_age)?;
+        let plain = decryptor
+            .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(crypto::OpenError::from_age)?;
+        let zstd = zstd::stream::read::Decoder::new(plain).map_err(crypto::OpenError::Io)?;
+        let inner = HashReader::new(zstd);
+        Ok(Opener { plain: inner.handle(), inner, cipher })
+    }
+
+    /// Reads whatever is left of the input (so age checks its final chunk and
+    /// the ciphertext hash covers every byte) and returns the digests.
+    ///
+    /// # Errors
+    /// Trailing data, truncation or tampering after the last zstd frame.
+    pub fn finish(self) -> io::Result<Digests> {
+        let mut decrypted = self.inner.into_inner().finish();
+        let trailing = io::copy(&mut decrypted, &mut io::sink())?;
+        if trailing > 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{trailing} bytes after the end of the compressed stream")));
+        }
+        let (plain, cipher) = (self.plain.result(), self.cipher.result());
+        Ok(Digests {
+            plaintext_size: plain.size,
+            plaintext_sha256: plain.sha256,
+            size: cipher.size,
+            sha256: cipher.sha256,
+        })
+    }
+}
+
+impl<R: Read> Read for Opener<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+/// Seals a small in-memory value (the fingerprint) in one go.
+///
+/// # Errors
+/// As [`Sealer::new`].
+pub fn seal_bytes(recipients: &[age::x25519::Recipient], level: i32, data: &[u8]) -> io::Result<(Vec<u8>, Digests)> {
+    let mut s = Sealer::new(recipients, level, Vec::new())?;
+    s.write_all(data)?;
+    s.finish()
+}
+
+/// Opens a small sealed value and returns its plaintext.
+///
+/// # Errors
+/// Wrong key, tampering or truncation.
+pub fn open_bytes(identities: &[age::x25519::Identity], data: &[u8]) -> Result<(Vec<u8>, Digests), crypto::OpenError> {
+    let mut o = Opener::new(identities, data)?;
+    let mut out = Vec::new();
+    o.read_to_end(&mut out).map_err(crypto::OpenError::Io)?;
+    let d = o.finish().map_err(crypto::OpenError::Io)?;
+    Ok((out, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> (age::x25519::Identity, age::x25519::Recipient) {
+        let id = age::x25519::Identity::generate();
+        let r = id.to_public();
+        (id, r)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn seal_then_open_is_identity(data in proptest::collection::vec(any::<u8>(), 0..300_000), level in 1i32..6) {
+            let (id, r) = key();
+            let (sealed, d1) = seal_bytes(&[r], level, &data).unwrap();
+            let (plain, d2) = open_bytes(&[id], &sealed).unwrap();
+            prop_assert_eq!(&plain, &data);
+            prop_assert_eq!(d1, d2);
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let (id, r) = key();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (sealed, _) = seal_bytes(&[r], 3, &data).unwrap();
+        for pos in [0, 40, sealed.len() / 2, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[pos] ^= 0x01;
+            assert!(open_bytes(std::slice::from_ref(&id), &bad).is_err(), "flip at {pos} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let (id, r) = key();
+        let data = vec![42u8; 300_000];
+        let (sealed, _) = seal_bytes(&[r], 3, &data).unwrap();
+        for cut in [sealed.len() - 1, sealed.len() - 17, sealed.len() / 2] {
+            assert!(open_bytes(std::slice::from_ref(&id), &sealed[..cut]).is_err(), "cut at {cut} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_refused() {
+        let (_, r) = key();
+        let (other, _) = key();
+        let (sealed, _) = seal_bytes(&[r], 3, b"hello").unwrap();
+        assert!(matches!(open_bytes(&[other], &sealed), Err(crypto::OpenError::NoMatchingKey)));
+    }
+}

@@ -1,0 +1,68 @@
+//! Progress on long work: a bar on a terminal, periodic log lines otherwise,
+//! both fed from a byte counter the blocking stages bump.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often the display is refreshed.
+const TICK: Duration = Duration::from_millis(200);
+
+pub struct Progress {
+    pub counter: Arc<AtomicU64>,
+    bar: Option<ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// A display for `label`; `total` bytes when known. Hidden unless stderr
+    /// is a terminal and `enabled`.
+    pub fn start(label: &str, total: Option<u64>, enabled: bool) -> Progress {
+        let counter = Arc::new(AtomicU64::new(0));
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Progress { counter, bar: None, ticker: None };
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner()
+                .with_style(ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}").expect("valid template")),
+        };
+        bar.set_message(label.to_string());
+        let (c, b) = (counter.clone(), bar.clone());
+        let ticker = tokio::spawn(async move {
+            loop {
+                b.set_position(c.load(Ordering::Relaxed));
+                b.tick();
+                tokio::time::sleep(TICK).await;
+            }
+        });
+        Progress { counter, bar: Some(bar), ticker: Some(ticker) }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `1.2 GiB`, for plans and summaries.
+pub fn bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}

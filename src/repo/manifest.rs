@@ -1,0 +1,109 @@
+//! The manifest: the record that makes a backup exist. Written last, after
+//! every object it names is stored and checked. Holds sizes, digests and
+//! versions, never database content (the fingerprint, which names tables, is
+//! a sealed object of its own).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Digests;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub policy: String,
+    /// `postgres` or `files`.
+    pub kind: String,
+    /// The instant the data is from: the snapshot's time for postgres, the
+    /// start of the walk for files.
+    pub point_in_time: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub host: String,
+    pub tool_version: String,
+    pub compression: Compression,
+    /// Public keys the data is encrypted to.
+    pub recipients: Vec<String>,
+    pub data: ObjectRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<ObjectRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+/// One stored object: where it is, which version, and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// What the plaintext is: `pg_dump-custom`, `tar`, `fingerprint-json`.
+    pub content: String,
+    #[serde(flatten)]
+    pub digests: Digests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresInfo {
+    pub server_version: String,
+    pub pg_dump_version: String,
+    pub database: String,
+    pub snapshot: String,
+}
+
+impl Manifest {
+    pub fn duration_seconds(&self) -> f64 {
+        (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0
+    }
+
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectRecord> {
+        std::iter::once(&self.data).chain(self.fingerprint.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn digest() -> impl Strategy<Value = Digests> {
+        (any::<u64>(), "[0-9a-f]{64}", any::<u64>(), "[0-9a-f]{64}").prop_map(|(a, b, c, d)| Digests {
+            plaintext_size: a,
+            plaintext_sha256: b,
+            size: c,
+            sha256: d,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_round_trips(secs in 0i64..4_000_000_000, d in digest(), v in proptest::option::of("[a-zA-Z0-9._-]{1,32}"), level in 1i32..20) {
+            let t = DateTime::from_timestamp(secs, 123_000_000).unwrap();
+            let m = Manifest {
+                format: 1,
+                id: "20261127T012000Z-0000abcd".into(),
+                policy: "orders-db".into(),
+                kind: "postgres".into(),
+                point_in_time: t,
+                started_at: t,
+                finished_at: t,
+                host: "db1".into(),
+                tool_version: "0.1.0".into(),
+                compression: Compression { algorithm: "zstd".into(), level },
+                recipients: vec!["age1xyz".into()],
+                data: ObjectRecord { key: "k".into(), version_id: v, content: "pg_dump-custom".into(), digests: d },
+                fingerprint: None,
+                postgres: None,
+            };
+            let json = serde_json::to_string(&m).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        }
+    }
+}

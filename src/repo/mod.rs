@@ -1,0 +1,114 @@
+//! The repository: its layout in the store, the `repo.json` marker, backup
+//! ids and manifests, the catalog (what backups exist, what `--to` picks)
+//! and the per-policy lease.
+//!
+//! ```text
+//! repo.json                                    format version, public recipients
+//! backups/<policy>/<backup-id>/data.<kind>.zst.age
+//! backups/<policy>/<backup-id>/fingerprint.json.zst.age   (postgres)
+//! backups/<policy>/<backup-id>/manifest.json   written last
+//! locks/<policy>                               lease
+//! ```
+
+pub mod catalog;
+pub mod lease;
+pub mod manifest;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, StorageErrorKind};
+use crate::storage::{PutMode, Store};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MARKER_KEY: &str = "repo.json";
+
+pub fn backup_prefix(policy: &str) -> String {
+    format!("backups/{policy}/")
+}
+
+pub fn backup_dir(policy: &str, id: &str) -> String {
+    format!("backups/{policy}/{id}/")
+}
+
+pub fn manifest_key(policy: &str, id: &str) -> String {
+    format!("backups/{policy}/{id}/manifest.json")
+}
+
+pub fn lock_key(policy: &str) -> String {
+    format!("locks/{policy}")
+}
+
+/// A fresh, time-sortable backup id: `20261127T012000Z-9f3a1c2e`. The random
+/// suffix keeps two backups started in the same second apart.
+pub fn new_backup_id(now: DateTime<Utc>) -> String {
+    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%SZ"), rand::random::<u32>())
+}
+
+/// `repo.json`: marks a repository and says how it was made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Marker {
+    pub format: u32,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub recipients: Vec<String>,
+}
+
+/// A store known to hold a drctl repository.
+#[derive(Clone)]
+pub struct Repo {
+    pub store: Arc<dyn Store>,
+    pub marker: Marker,
+}
+
+impl Repo {
+    /// Opens a repository, checking its marker.
+    ///
+    /// # Errors
+    /// `NotInitialised` when there is no marker, a storage error when the
+    /// store cannot be reached, and a refusal for a newer format.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Repo> {
+        let (bytes, _) = store.get(MARKER_KEY, None).await.map_err(|e| {
+            if e.kind == StorageErrorKind::NotFound && !e.detail.contains("bucket") {
+                Error::NotInitialised { location: store.location() }
+            } else {
+                Error::Storage(e)
+            }
+        })?;
+        let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
+            object: format!("{}/{MARKER_KEY}", store.location()),
+            reason: format!("not a drctl repository marker: {e}"),
+        })?;
+        if marker.format > FORMAT_VERSION {
+            return Err(Error::Refused(format!(
+                "repository {} has format {} but this drctl reads format {FORMAT_VERSION}; upgrade drctl",
+                store.location(),
+                marker.format
+            )));
+        }
+        Ok(Repo { store, marker })
+    }
+
+    /// Writes the marker if there is none; an existing repository is left
+    /// exactly as it is.
+    ///
+    /// # Errors
+    /// Storage errors; `Ok(false)` means it already existed.
+    pub async fn init(store: &Arc<dyn Store>, recipients: &[String]) -> Result<bool> {
+        let marker = Marker {
+            format: FORMAT_VERSION,
+            created_at: Utc::now(),
+            created_by: format!("drctl {}", env!("CARGO_PKG_VERSION")),
+            recipients: recipients.to_vec(),
+        };
+        let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+        match store.put(MARKER_KEY, Bytes::from(body), PutMode::Create).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == StorageErrorKind::PreconditionFailed => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Cron expressions as people write them (5-field crontab, 6-field with
+//! seconds, `@daily`), turned into the `cron` crate's form. Pure.
+
+use std::str::FromStr;
+
+/// Parses a schedule. Crontab's day-of-week numbers (0 or 7 = Sunday) are
+/// translated to the `cron` crate's (1 = Sunday … 7 = Saturday), so that an
+/// expression copied from a crontab means what it meant there.
+///
+/// # Errors
+/// A sentence naming the expression and what the crate objected to.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    let expr = expr.trim();
+    let normalized = if expr.starts_with('@') {
+        expr.to_string()
+    } else {
+        let fields: Vec<&str> = expr.split_whitespace().collect();
+        match fields.len() {
+            5 => format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], crontab_dow(fields[4])?),
+            6 => format!("{} {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], fields[4], crontab_dow(fields[5])?),
+            n => {
+                return Err(format!(
+                    "`{expr}` has {n} fields; expected 5 (min hour day month weekday), \
+                     6 (with seconds first) or @hourly/@daily/@weekly/@monthly"
+                ));
+            }
+        }
+    };
+    cron::Schedule::from_str(&normalized).map_err(|e| format!("`{expr}` is not a valid schedule: {e}"))
+}
+
+fn crontab_dow(field: &str) -> Result<String, String> {
+    let shift = |s: &str| -> Result<String, String> {
+        match s.parse::<u8>() {
+            Ok(n @ 0..=6) => Ok((n + 1).to_string()),
+            Ok(7) => Ok("1".into()),
+            Ok(n) => Err(format!("day of week {n} is out of range 0-7")),
+            Err(_) => Ok(s.to_string()),
+        }
+    };
+    let mut out = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let mut piece = match range.split_once('-') {
+            // A range ending on 7 (Sunday) would wrap in the crate's numbering.
+            Some((a, "7")) if a != "0" && a.parse::<u8>().is_ok() => {
+                out.push("1".to_string());
+                format!("{}-7", shift(a)?)
+            }
+            Some((a, b)) => format!("{}-{}", shift(a)?, shift(b)?),
+            None => shift(range)?,
+        };
+        if let Some(s) = step {
+            piece = format!("{piece}/{s}");
+        }
+        out.push(piece);
+    }
+    Ok(out.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, TimeZone, Utc};
+
+    #[test]
+    fn crontab_forms_parse() {
+        for e in ["0 3 * * *", "*/5 * * * *", "0 0 3 * * *", "@daily", "@hourly", "0 4 * * 1-5", "0 4 * * 0,6", "0 4 * * 5-7"] {
+            parse_cron(e).unwrap_or_else(|err| panic!("{e}: {err}"));
+        }
+        assert!(parse_cron("0 3 * *").unwrap_err().contains("4 fields"));
+        assert!(parse_cron("0 25 * * *").is_err());
+    }
+
+    #[test]
+    fn crontab_sunday_is_sunday() {
+        let s = parse_cron("0 4 * * 0").unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 11, 27, 0, 0, 0).unwrap();
+        let next = s.after(&start).next().unwrap();
+        assert_eq!(next.weekday(), chrono::Weekday::Sun);
+        let s = parse_cron("0 4 * * 1").unwrap();
+        assert_eq!(s.after(&start).next().unwrap().weekday(), chrono::Weekday::Mon);
+    }
+}

@@ -1,0 +1,160 @@
+//! The object-store seam: a few operations that both an S3 bucket and a local
+//! directory can do, and nothing S3-specific (that stays in `s3.rs`).
+//!
+//! Large objects are written through an [`Upload`] fed part by part by
+//! [`upload_stream`]; small ones (manifests, leases, `repo.json`) with
+//! [`Store::put`]. Writes that must not clobber anything use
+//! [`PutMode::Create`], which is a conditional put on S3 and an exclusive
+//! link on a local directory.
+
+pub mod local;
+pub mod s3;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use crate::config::RepositoryConfig;
+use crate::error::StorageError;
+
+/// What a write requires of the object already at the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with `PreconditionFailed` if anything is there.
+    Create,
+    /// Fail with `PreconditionFailed` unless the current object has this ETag.
+    IfMatch(String),
+}
+
+/// What the store reports about a written object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+    pub storage_class: Option<String>,
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `s3://bucket/prefix` or `file:///path`, for messages.
+    fn location(&self) -> String;
+
+    /// Writes a small object whole.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Stored, StorageError>;
+
+    /// Reads a small object whole, with its ETag.
+    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, ObjectMeta), StorageError>;
+
+    /// Streams an object; errors part-way arrive in the stream.
+    async fn get_stream(&self, key: &str, version: Option<&str>) -> Result<ByteStream, StorageError>;
+
+    async fn head(&self, key: &str, version: Option<&str>) -> Result<ObjectMeta, StorageError>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Starts writing a large object that must not exist yet.
+    async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
+}
+
+/// A large object being written in parts. Nothing is visible at the key until
+/// [`Upload::complete`] succeeds; [`Upload::abort`] leaves nothing behind.
+#[async_trait]
+pub trait Upload: Send {
+    /// How many bytes the next part should have (the last may be shorter).
+    fn next_part_size(&self) -> usize;
+
+    /// Hands over one part. May return before the part is stored, but keeps a
+    /// bounded number in flight.
+    async fn put_part(&mut self, part: Bytes) -> Result<(), StorageError>;
+
+    async fn complete(self: Box<Self>) -> Result<Stored, StorageError>;
+
+    async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// Opens the store a configuration names.
+///
+/// # Errors
+/// Only for settings that cannot be used; reachability shows on first use.
+pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Store>, StorageError> {
+    Ok(match config {
+        RepositoryConfig::Local { path } => Arc::new(local::LocalStore::new(path.clone())),
+        RepositoryConfig::S3 { .. } => Arc::new(s3::S3Store::connect(config).await?),
+    })
+}
+
+/// Writes everything received on `chunks` to a new object at `key`, cutting
+/// it into the parts the store asks for. Aborts the upload if the channel
+/// closes with an error marker or a part fails.
+///
+/// The sender signals success by sending `Ok(())` on `done` after its last
+/// chunk; a closed channel without it means the producer failed.
+///
+/// # Errors
+/// The first storage error; the upload has been aborted by then.
+pub async fn upload_stream(
+    store: &dyn Store,
+    key: &str,
+    mut chunks: mpsc::Receiver<Bytes>,
+    done: tokio::sync::oneshot::Receiver<()>,
+) -> Result<Stored, StorageError> {
+    let mut upload = store.create_upload(key).await?;
+    let mut part = BytesMut::with_capacity(upload.next_part_size());
+    let result: Result<(), StorageError> = async {
+        while let Some(mut chunk) = chunks.recv().await {
+            while !chunk.is_empty() {
+                let want = upload.next_part_size() - part.len();
+                let take = want.min(chunk.len());
+                part.extend_from_slice(&chunk.split_to(take));
+                if part.len() >= upload.next_part_size() {
+                    let full = std::mem::replace(&mut part, BytesMut::with_capacity(upload.next_part_size()));
+                    upload.put_part(full.freeze()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Closing our end first unblocks a producer still trying to send.
+    drop(chunks);
+    if let Err(e) = result {
+        let _ = upload.abort().await;
+        return Err(e);
+    }
+    if done.await.is_err() {
+        let _ = upload.abort().await;
+        return Err(StorageError::new(
+            "upload",
+            store.location(),
+            key,
+            crate::error::StorageErrorKind::Other,
+            "the data stream ended early; upload aborted",
+        ));
+    }
+    if !part.is_empty() {
+        if let Err(e) = upload.put_part(part.freeze()).await {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+    }
+    upload.complete().await
+}

@@ -1,0 +1,524 @@
+//! An S3 bucket (AWS, MinIO, Ceph, R2, moto) through aws-sdk-s3. Everything
+//! that is S3-specific lives here: conditional writes, multipart limits and
+//! part sizing, version ids, storage classes, error codes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::{ByteStream, ObjectMeta, PutMode, Store, Stored, Upload};
+use crate::config::RepositoryConfig;
+use crate::error::{StorageError, StorageErrorKind};
+
+/// The first parts are this big; later ones grow (see [`part_size`]).
+pub const FIRST_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Part sizes double after this many parts, so that 10,000 parts hold more
+/// than S3's 5 TiB object limit while small backups keep small buffers.
+pub const PARTS_PER_SIZE_STEP: usize = 1000;
+pub const MAX_PARTS: usize = 10_000;
+pub const MAX_PART_BYTES: usize = 5 * 1024 * 1024 * 1024;
+/// Parts being sent at once per upload; with one part filling, memory for an
+/// upload is at most (this + 1) parts.
+pub const PARTS_IN_FLIGHT: usize = 2;
+/// Attempts per request, including the first; the SDK backs off with jitter.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Times a download resumes (with a Range request) after the body fails.
+pub const DOWNLOAD_RESUMES: u32 = 5;
+
+/// Size of part `n` (1-based).
+pub fn part_size(n: usize) -> usize {
+    let step = (n.saturating_sub(1) / PARTS_PER_SIZE_STEP).min(20);
+    (FIRST_PART_BYTES << step).min(MAX_PART_BYTES)
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Store {
+    /// Builds a client from the standard credential chain and the settings.
+    ///
+    /// # Errors
+    /// Never for now; kept fallible for settings that cannot be used.
+    pub async fn connect(config: &RepositoryConfig) -> Result<Self, StorageError> {
+        let RepositoryConfig::S3 { bucket, prefix, endpoint, region, path_style } = config else {
+            unreachable!("S3Store::connect called with a non-S3 configuration");
+        };
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(*path_style)
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if shared.region().is_none() {
+            builder = builder.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(e) = endpoint {
+            builder = builder.endpoint_url(e);
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) }
+    }
+
+    fn relative_key<'a>(&self, full: &'a str) -> &'a str {
+        if self.prefix.is_empty() { full } else { full.strip_prefix(&self.prefix).map(|k| k.trim_start_matches('/')).unwrap_or(full) }
+    }
+
+    fn err<E>(&self, op: &'static str, key: &str, e: &SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        map_error(op, &self.location(), key, &self.bucket, e)
+    }
+}
+
+fn map_error<E>(op: &'static str, location: &str, key: &str, bucket: &str, e: &SdkError<E, HttpResponse>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use StorageErrorKind::*;
+    let (kind, detail) = match e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            let code = err.code().unwrap_or("");
+            let status = Some(se.raw().status().as_u16());
+            let kind = match (code, status) {
+                ("NoSuchKey" | "NotFound" | "NoSuchVersion", _) | (_, Some(404)) if code != "NoSuchBucket" => NotFound,
+                ("NoSuchBucket", _) => NotFound,
+                ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412)) => PreconditionFailed,
+                ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken", _) | (_, Some(403)) => AccessDenied,
+                ("InvalidObjectState", _) => Archived,
+                ("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "Throttling", _) => Transient,
+                (_, Some(s)) if s >= 500 => Transient,
+                _ => Other,
+            };
+            let message = err.message().unwrap_or("");
+            let detail = match (code, kind) {
+                ("NoSuchBucket", _) => format!("bucket `{bucket}` does not exist (create it, or fix `repository.url`)"),
+                (_, AccessDenied) => format!("access denied ({code}: {message}); check the AWS credentials and the bucket policy"),
+                ("", _) => format!("HTTP {}", status.map(|s| s.to_string()).unwrap_or_else(|| "error".into())),
+                _ => format!("{code}: {message}"),
+            };
+            (kind, detail)
+        }
+        SdkError::TimeoutError(_) => (Transient, "timed out".to_string()),
+        SdkError::DispatchFailure(d) => (
+            Transient,
+            format!("cannot reach the S3 endpoint ({})", d.as_connector_error().map(|c| c.to_string()).unwrap_or_else(|| format!("{e}"))),
+        ),
+        SdkError::ResponseError(_) => (Transient, format!("bad response: {}", error_chain(e))),
+        _ => (Other, error_chain(e)),
+    };
+    StorageError::new(op, location, key, kind, detail)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn to_utc(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn location(&self) -> String {
+        if self.prefix.is_empty() { format!("s3://{}", self.bucket) } else { format!("s3://{}/{}", self.bucket, self.prefix) }
+    }
+
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Stored, StorageError> {
+        let size = body.len() as u64;
+        let mut req = self.client.put_object().bucket(&self.bucket).key(self.full_key(key)).body(SdkByteStream::from(body));
+        req = match mode {
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::IfMatch(etag) => req.if_match(etag),
+        };
+        let out = req.send().await.map_err(|e| self.err("put", key, &e))?;
+        Ok(Stored { size, etag: out.e_tag, version_id: out.version_id })
+    }
+
+    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, ObjectMeta), StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err("get", key, &e))?;
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length.unwrap_or(0).max(0) as u64,
+            etag: out.e_tag.clone(),
+            version_id: out.version_id.clone(),
+            last_modified: to_utc(out.last_modified.as_ref()),
+            storage_class: out.storage_class.as_ref().map(|c| c.as_str().to_string()),
+        };
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::new("get", self.location(), key, StorageErrorKind::Transient, error_chain(&e)))?
+            .into_bytes();
+        Ok((data, meta))
+    }
+
+    async fn get_stream(&self, key: &str, version: Option<&str>) -> Result<ByteStream, StorageError> {
+        let full = self.full_key(key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err("get", key, &e))?;
+        let state = DownloadState {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            full_key: full,
+            key: key.to_string(),
+            location: self.location(),
+            version: version.map(str::to_string),
+            // Resumed reads must see the same bytes: pin them to the ETag.
+            etag: out.e_tag.clone(),
+            offset: 0,
+            resumes_left: DOWNLOAD_RESUMES,
+            body: Some(out.body),
+        };
+        Ok(Box::pin(futures::stream::unfold(state, DownloadState::next)))
+    }
+
+    async fn head(&self, key: &str, version: Option<&str>) -> Result<ObjectMeta, StorageError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err("head", key, &e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length.unwrap_or(0).max(0) as u64,
+            etag: out.e_tag,
+            version_id: out.version_id,
+            last_modified: to_utc(out.last_modified.as_ref()),
+            storage_class: out.storage_class.map(|c| c.as_str().to_string()),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full_key(prefix)).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("list", prefix, &e))?;
+            for o in page.contents.unwrap_or_default() {
+                let Some(k) = o.key.as_deref() else { continue };
+                out.push(ObjectMeta {
+                    key: self.relative_key(k).to_string(),
+                    size: o.size.unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag.clone(),
+                    version_id: None,
+                    last_modified: to_utc(o.last_modified.as_ref()),
+                    storage_class: o.storage_class.as_ref().map(|c| c.as_str().to_string()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client.delete_object().bucket(&self.bucket).key(self.full_key(key)).send().await.map_err(|e| self.err("delete", key, &e))?;
+        Ok(())
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError> {
+        Ok(Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            full_key: self.full_key(key),
+            key: key.to_string(),
+            location: self.location(),
+            upload_id: None,
+            first: None,
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            size: 0,
+        }))
+    }
+}
+
+struct DownloadState {
+    client: Client,
+    bucket: String,
+    full_key: String,
+    key: String,
+    location: String,
+    version: Option<String>,
+    etag: Option<String>,
+    offset: u64,
+    resumes_left: u32,
+    body: Option<SdkByteStream>,
+}
+
+impl DownloadState {
+    async fn next(mut self) -> Option<(Result<Bytes, StorageError>, Self)> {
+        loop {
+            let body = self.body.as_mut()?;
+            match body.try_next().await {
+                Ok(Some(chunk)) => {
+                    self.offset += chunk.len() as u64;
+                    return Some((Ok(chunk), self));
+                }
+                Ok(None) => return None,
+                Err(e) if self.resumes_left > 0 => {
+                    self.resumes_left -= 1;
+                    tracing::warn!(key = %self.key, offset = self.offset, error = %error_chain(&e), "Download interrupted; resuming.");
+                    let resumed = self
+                        .client
+                        .get_object()
+                        .bucket(&self.bucket)
+                        .key(&self.full_key)
+                        .set_version_id(self.version.clone())
+                        .set_if_match(self.etag.clone())
+                        .range(format!("bytes={}-", self.offset))
+                        .send()
+                        .await;
+                    match resumed {
+                        Ok(out) => self.body = Some(out.body),
+                        Err(e) => {
+                            let err = map_error("get", &self.location, &self.key, &self.bucket, &e);
+                            self.body = None;
+                            return Some((Err(err), self));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let err = StorageError::new("get", &self.location, &self.key, StorageErrorKind::Transient, error_chain(&e));
+                    self.body = None;
+                    return Some((Err(err), self));
+                }
+            }
+        }
+    }
+}
+
+struct S3Upload {
+    client: Client,
+    bucket: String,
+    full_key: String,
+    key: String,
+    location: String,
+    upload_id: Option<String>,
+    /// The first part is held back: if the stream ends within it, one
+    /// PutObject is cheaper than a multipart upload.
+    first: Option<Bytes>,
+    next_part: usize,
+    in_flight: JoinSet<Result<CompletedPart, StorageError>>,
+    done: Vec<CompletedPart>,
+    size: u64,
+}
+
+impl S3Upload {
+    fn err(&self, kind: StorageErrorKind, detail: impl Into<String>) -> StorageError {
+        StorageError::new("upload", &self.location, &self.key, kind, detail)
+    }
+
+    async fn start_multipart(&mut self) -> Result<(), StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.full_key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+            .map_err(|e| map_error("upload", &self.location, &self.key, &self.bucket, &e))?;
+        self.upload_id = Some(out.upload_id.ok_or_else(|| self.err(StorageErrorKind::Other, "CreateMultipartUpload returned no upload id"))?);
+        Ok(())
+    }
+
+    async fn send_part(&mut self, number: usize, data: Bytes) -> Result<(), StorageError> {
+        if number > MAX_PARTS {
+            return Err(self.err(StorageErrorKind::Other, format!("more than {MAX_PARTS} parts; the object is larger than S3 allows")));
+        }
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.reap_one().await?;
+        }
+        let req = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.full_key)
+            .upload_id(self.upload_id.clone().expect("multipart started"))
+            .part_number(number as i32)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            // The SDK retries a failed part from this in-memory buffer.
+            .body(SdkByteStream::from(data));
+        let (location, key, bucket) = (self.location.clone(), self.key.clone(), self.bucket.clone());
+        self.in_flight.spawn(async move {
+            let out = req.send().await.map_err(|e| map_error("upload part", &location, &key, &bucket, &e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number as i32)
+                .set_e_tag(out.e_tag)
+                .set_checksum_crc32_c(out.checksum_crc32_c)
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<(), StorageError> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let part = joined.map_err(|e| self.err(StorageErrorKind::Other, format!("part task failed: {e}")))??;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    async fn abort_now(&mut self) -> Result<(), StorageError> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.full_key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| map_error("abort upload", &self.location, &self.key, &self.bucket, &e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    fn next_part_size(&self) -> usize {
+        part_size(self.next_part)
+    }
+
+    async fn put_part(&mut self, part: Bytes) -> Result<(), StorageError> {
+        self.size += part.len() as u64;
+        let number = self.next_part;
+        self.next_part += 1;
+        if self.upload_id.is_none() {
+            match self.first.take() {
+                None => {
+                    self.first = Some(part);
+                    return Ok(());
+                }
+                Some(first) => {
+                    self.start_multipart().await?;
+                    self.send_part(1, first).await?;
+                }
+            }
+        }
+        self.send_part(number, part).await
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<Stored, StorageError> {
+        if self.upload_id.is_none() {
+            let body = self.first.take().unwrap_or_default();
+            let out = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.full_key)
+                .if_none_match("*")
+                .body(SdkByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| map_error("upload", &self.location, &self.key, &self.bucket, &e))?;
+            return Ok(Stored { size: self.size, etag: out.e_tag, version_id: out.version_id });
+        }
+        let result: Result<Stored, StorageError> = async {
+            while !self.in_flight.is_empty() {
+                self.reap_one().await?;
+            }
+            let mut parts = std::mem::take(&mut self.done);
+            parts.sort_by_key(|p| p.part_number);
+            let out = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.full_key)
+                .upload_id(self.upload_id.clone().expect("multipart started"))
+                .if_none_match("*")
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| map_error("complete upload", &self.location, &self.key, &self.bucket, &e))?;
+            Ok(Stored { size: self.size, etag: out.e_tag, version_id: out.version_id })
+        }
+        .await;
+        match result {
+            Ok(stored) => Ok(stored),
+            Err(e) => {
+                if let Err(abort) = self.abort_now().await {
+                    tracing::warn!(key = %self.key, error = %abort, "Could not abort the multipart upload; the bucket's lifecycle rule removes it.");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.abort_now().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_fit_the_largest_object_in_ten_thousand_parts() {
+        let total: u128 = (1..=MAX_PARTS).map(|n| part_size(n) as u128).sum();
+        assert!(total >= 5 * 1024u128.pow(4), "10,000 parts hold only {total} bytes");
+        assert!((1..=MAX_PARTS).all(|n| part_size(n) >= 5 * 1024 * 1024 && part_size(n) <= MAX_PART_BYTES));
+        assert_eq!(part_size(1), FIRST_PART_BYTES);
+        assert_eq!(part_size(1001), 2 * FIRST_PART_BYTES);
+    }
+}
