@@ -60,6 +60,9 @@ impl S3Store {
         let shared = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(*path_style)
+            // drctl checks sha256 of every object itself; the SDK cannot
+            // validate multipart part-level checksums and would only warn.
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
             .retry_config(
                 aws_config::retry::RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
@@ -125,7 +128,7 @@ where
             let detail = match (code, kind) {
                 ("NoSuchBucket", _) => format!("bucket `{bucket}` does not exist (create it, or fix `repository.url`)"),
                 (_, AccessDenied) => format!("access denied ({code}: {message}); check the AWS credentials and the bucket policy"),
-                ("", _) => format!("HTTP {}", status.map(|s| s.to_string()).unwrap_or_else(|| "error".into())),
+                ("", _) => format!("HTTP {}: {}", status.map(|s| s.to_string()).unwrap_or_else(|| "error".into()), error_chain(e)),
                 _ => format!("{code}: {message}"),
             };
             (kind, detail)
