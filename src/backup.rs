@@ -35,7 +35,12 @@ pub struct JobOptions {
 /// Any failure of the source, pipeline or store. Nothing is left that looks
 /// like a backup: without a manifest the objects are ignored, and they are
 /// removed on the way out when possible.
-pub async fn run(repo: &Repo, config: &Config, policy: &Policy, opts: &JobOptions) -> Result<Manifest> {
+pub async fn run(
+    repo: &Repo,
+    config: &Config,
+    policy: &Policy,
+    opts: &JobOptions,
+) -> Result<Manifest> {
     let lease = Lease::acquire(repo.store.clone(), &policy.name, "backup").await?;
     let lease_lost = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -58,7 +63,10 @@ pub async fn run(repo: &Repo, config: &Config, policy: &Policy, opts: &JobOption
         Err(e) => {
             cleanup(repo, &policy.name, &id).await;
             if lost {
-                return Err(Error::Locked { policy: policy.name.clone(), message: "the lease could not be renewed; the backup was stopped".into() });
+                return Err(Error::Locked {
+                    policy: policy.name.clone(),
+                    message: "the lease could not be renewed; the backup was stopped".into(),
+                });
             }
             Err(e)
         }
@@ -76,26 +84,43 @@ async fn cleanup(repo: &Repo, policy: &str, id: &str) {
     }
 }
 
-async fn run_locked(repo: &Repo, config: &Config, policy: &Policy, id: &str, started: chrono::DateTime<Utc>, opts: &JobOptions) -> Result<Manifest> {
+async fn run_locked(
+    repo: &Repo,
+    config: &Config,
+    policy: &Policy,
+    id: &str,
+    started: chrono::DateTime<Utc>,
+    opts: &JobOptions,
+) -> Result<Manifest> {
     let recipients = crypto::parse_recipients(&config.recipients)?;
     let dir = repo::backup_dir(&policy.name, id);
     let level = policy.compression_level;
-    let mut progress = Progress::start(&format!("backup {}", policy.name), None, opts.show_progress);
+    let mut progress =
+        Progress::start(&format!("backup {}", policy.name), None, opts.show_progress);
     let counter = progress.counter.clone();
     let (data, fingerprint_json, point_in_time, pg_info, content) = match &policy.source {
-        SourceConfig::Postgres { url, pg_dump_args, bin_dir, fingerprint: take_print } => {
+        SourceConfig::Postgres {
+            url,
+            pg_dump_args,
+            bin_dir,
+            fingerprint: take_print,
+        } => {
             let pg = postgres::resolve(url)?;
             let target = postgres::describe(&pg);
             let client = postgres::connect(&pg).await?;
             let snap = postgres::begin_snapshot(&client, &target).await?;
             let bin = postgres::bin_dir(bin_dir.as_deref(), snap.server_version_num / 10000);
             let program = postgres::program(bin.as_deref(), "pg_dump");
-            let pg_dump_version = postgres::check_tool(&policy.name, &program, snap.server_version_num)?;
+            let pg_dump_version =
+                postgres::check_tool(&policy.name, &program, snap.server_version_num)?;
             let mut cmd = postgres::pg_dump_command(&program, url, &snap.id, pg_dump_args);
             if let Some(pw) = pg.get_password() {
                 cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref());
             }
-            let child = process::spawn(cmd, "pg_dump").map_err(|e| Error::Source { policy: policy.name.clone(), message: format!("cannot start {}: {e}", program.display()) })?;
+            let child = process::spawn(cmd, "pg_dump").map_err(|e| Error::Source {
+                policy: policy.name.clone(),
+                message: format!("cannot start {}: {e}", program.display()),
+            })?;
             let name = policy.name.clone();
             let produce = move |out: &mut dyn Write| dump_into(&name, child, out, &counter);
             let exclusions = fingerprint::Exclusions::from_pg_dump_args(pg_dump_args);
@@ -103,7 +128,13 @@ async fn run_locked(repo: &Repo, config: &Config, policy: &Policy, id: &str, sta
             let (data, print) = tokio::join!(
                 store_sealed(repo, &key, &recipients, level, opts.cancel.clone(), produce),
                 async {
-                    if *take_print { fingerprint::take(&client, &target, &exclusions).await.map(Some) } else { Ok(None) }
+                    if *take_print {
+                        fingerprint::take(&client, &target, &exclusions)
+                            .await
+                            .map(Some)
+                    } else {
+                        Ok(None)
+                    }
                 }
             );
             // Ending the transaction releases the snapshot; pg_dump is done with it.
@@ -120,27 +151,56 @@ async fn run_locked(repo: &Repo, config: &Config, policy: &Policy, id: &str, sta
         }
         SourceConfig::Files { paths, exclude } => {
             let (name, paths, exclude) = (policy.name.clone(), paths.clone(), exclude.clone());
-            let produce = move |out: &mut dyn Write| files::write_tar(&name, &paths, &exclude, out, &counter);
-            let (data, print) = store_sealed(repo, &format!("{dir}data.tar.zst.age"), &recipients, level, opts.cancel.clone(), produce).await?;
-            (data, Some(serde_json::to_vec(&print).expect("fingerprint serialises")), started, None, "tar")
+            let produce =
+                move |out: &mut dyn Write| files::write_tar(&name, &paths, &exclude, out, &counter);
+            let (data, print) = store_sealed(
+                repo,
+                &format!("{dir}data.tar.zst.age"),
+                &recipients,
+                level,
+                opts.cancel.clone(),
+                produce,
+            )
+            .await?;
+            (
+                data,
+                Some(serde_json::to_vec(&print).expect("fingerprint serialises")),
+                started,
+                None,
+                "tar",
+            )
         }
     };
     progress.finish();
     let (stored, digests) = data;
-    let data_key = format!("{dir}data.{}.zst.age", if content == "tar" { "tar" } else { "pgdump" });
+    let data_key = format!(
+        "{dir}data.{}.zst.age",
+        if content == "tar" { "tar" } else { "pgdump" }
+    );
     confirm(repo, &data_key, &stored, &digests).await?;
     let fingerprint = match fingerprint_json {
         Some(json) => {
             let key = format!("{dir}fingerprint.json.zst.age");
-            let (sealed, digests) = pipeline::seal_bytes(&recipients, level, &json).map_err(|e| Error::io("sealing the fingerprint", e))?;
-            let stored = repo.store.put(&key, Bytes::from(sealed), PutMode::Create).await?;
+            let (sealed, digests) = pipeline::seal_bytes(&recipients, level, &json)
+                .map_err(|e| Error::io("sealing the fingerprint", e))?;
+            let stored = repo
+                .store
+                .put(&key, Bytes::from(sealed), PutMode::Create)
+                .await?;
             confirm(repo, &key, &stored, &digests).await?;
-            Some(ObjectRecord { key, version_id: stored.version_id, content: "fingerprint-json".into(), digests })
+            Some(ObjectRecord {
+                key,
+                version_id: stored.version_id,
+                content: "fingerprint-json".into(),
+                digests,
+            })
         }
         None => None,
     };
     if opts.cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted("the backup was stopped before its manifest was written".into()));
+        return Err(Error::Interrupted(
+            "the backup was stopped before its manifest was written".into(),
+        ));
     }
     let manifest = Manifest {
         format: repo::FORMAT_VERSION,
@@ -152,19 +212,38 @@ async fn run_locked(repo: &Repo, config: &Config, policy: &Policy, id: &str, sta
         finished_at: Utc::now(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        compression: Compression { algorithm: "zstd".into(), level },
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level,
+        },
         recipients: config.recipients.clone(),
-        data: ObjectRecord { key: data_key, version_id: stored.version_id, content: content.into(), digests },
+        data: ObjectRecord {
+            key: data_key,
+            version_id: stored.version_id,
+            content: content.into(),
+            digests,
+        },
         fingerprint,
         postgres: pg_info,
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    repo.store.put(&repo::manifest_key(&policy.name, id), Bytes::from(body), PutMode::Create).await?;
+    repo.store
+        .put(
+            &repo::manifest_key(&policy.name, id),
+            Bytes::from(body),
+            PutMode::Create,
+        )
+        .await?;
     Ok(manifest)
 }
 
 /// Copies pg_dump's output into the pipe and checks how pg_dump ended.
-fn dump_into(policy: &str, mut child: process::Supervised, out: &mut dyn Write, counter: &AtomicU64) -> Result<()> {
+fn dump_into(
+    policy: &str,
+    mut child: process::Supervised,
+    out: &mut dyn Write,
+    counter: &AtomicU64,
+) -> Result<()> {
     let mut stdout = child.child.stdout.take().expect("pg_dump stdout is piped");
     let mut buf = vec![0u8; READ_BYTES];
     let copied: std::io::Result<()> = (|| loop {
@@ -179,11 +258,21 @@ fn dump_into(policy: &str, mut child: process::Supervised, out: &mut dyn Write, 
         let stderr = child.kill();
         return Err(pipe_error(policy, e, &stderr));
     }
-    let (status, stderr) = child.wait().map_err(|e| Error::io("waiting for pg_dump", e))?;
+    let (status, stderr) = child
+        .wait()
+        .map_err(|e| Error::io("waiting for pg_dump", e))?;
     if !status.success() {
         return Err(Error::Source {
             policy: policy.into(),
-            message: format!("pg_dump failed ({}): {}", process::describe(status), if stderr.is_empty() { "no message" } else { &stderr }),
+            message: format!(
+                "pg_dump failed ({}): {}",
+                process::describe(status),
+                if stderr.is_empty() {
+                    "no message"
+                } else {
+                    &stderr
+                }
+            ),
         });
     }
     Ok(())
@@ -193,7 +282,10 @@ fn pipe_error(policy: &str, e: std::io::Error, stderr: &str) -> Error {
     match e.kind() {
         std::io::ErrorKind::Interrupted => Error::Interrupted("the backup was cancelled".into()),
         std::io::ErrorKind::BrokenPipe => Error::io("the upload stopped", e),
-        _ => Error::Source { policy: policy.into(), message: format!("reading pg_dump output: {e} {stderr}") },
+        _ => Error::Source {
+            policy: policy.into(),
+            message: format!("reading pg_dump output: {e} {stderr}"),
+        },
     }
 }
 
@@ -201,7 +293,14 @@ fn pipe_error(policy: &str, e: std::io::Error, stderr: &str) -> Error {
 ///
 /// # Errors
 /// The producer's error, or the store's when the upload failed first.
-pub async fn store_sealed<T, F>(repo: &Repo, key: &str, recipients: &[age::x25519::Recipient], level: i32, cancel: Arc<AtomicBool>, produce: F) -> Result<((Stored, Digests), T)>
+pub async fn store_sealed<T, F>(
+    repo: &Repo,
+    key: &str,
+    recipients: &[age::x25519::Recipient],
+    level: i32,
+    cancel: Arc<AtomicBool>,
+    produce: F,
+) -> Result<((Stored, Digests), T)>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
@@ -210,13 +309,17 @@ where
     let (done_tx, done_rx) = oneshot::channel();
     let recipients = recipients.to_vec();
     let producer = tokio::task::spawn_blocking(move || -> Result<(Digests, T)> {
-        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel)).map_err(|e| Error::io("starting encryption", e))?;
+        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel))
+            .map_err(|e| Error::io("starting encryption", e))?;
         let value = produce(&mut sealer)?;
         let (mut sink, digests) = sealer.finish().map_err(|e| match e.kind() {
-            std::io::ErrorKind::Interrupted => Error::Interrupted("the backup was cancelled".into()),
+            std::io::ErrorKind::Interrupted => {
+                Error::Interrupted("the backup was cancelled".into())
+            }
             _ => Error::io("finishing compression and encryption", e),
         })?;
-        sink.flush().map_err(|e| Error::io("the upload stopped", e))?;
+        sink.flush()
+            .map_err(|e| Error::io("the upload stopped", e))?;
         let _ = done_tx.send(());
         Ok((digests, value))
     });
@@ -237,7 +340,10 @@ async fn confirm(repo: &Repo, key: &str, stored: &Stored, digests: &Digests) -> 
     if meta.size != digests.size || stored.size != digests.size {
         return Err(Error::Integrity {
             object: format!("{}/{key}", repo.store.location()),
-            reason: format!("stored size {} differs from the {} bytes sent", meta.size, digests.size),
+            reason: format!(
+                "stored size {} differs from the {} bytes sent",
+                meta.size, digests.size
+            ),
         });
     }
     Ok(())

@@ -23,16 +23,26 @@ impl Progress {
     pub fn start(label: &str, total: Option<u64>, enabled: bool) -> Progress {
         let counter = Arc::new(AtomicU64::new(0));
         if !enabled || !std::io::stderr().is_terminal() {
-            return Progress { counter, bar: None, ticker: None };
+            return Progress {
+                counter,
+                bar: None,
+                ticker: None,
+            };
         }
         let bar = match total {
             Some(t) => ProgressBar::new(t).with_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             ),
-            None => ProgressBar::new_spinner()
-                .with_style(ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}").expect("valid template")),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}",
+                )
+                .expect("valid template"),
+            ),
         };
         bar.set_message(label.to_string());
         let (c, b) = (counter.clone(), bar.clone());
@@ -43,7 +53,11 @@ impl Progress {
                 tokio::time::sleep(TICK).await;
             }
         });
-        Progress { counter, bar: Some(bar), ticker: Some(ticker) }
+        Progress {
+            counter,
+            bar: Some(bar),
+            ticker: Some(ticker),
+        }
     }
 
     pub fn finish(&mut self) {

@@ -29,13 +29,23 @@ const WRITE_BYTES: usize = 256 * 1024;
 /// `Integrity` naming the object for tampering, truncation or a digest
 /// mismatch; `Key` for an identity that matches no recipient; the consumer's
 /// own error otherwise.
-pub async fn stream_object<T, F>(repo: &Repo, identities: &[age::x25519::Identity], record: &ObjectRecord, received: Arc<AtomicU64>, consume: F) -> Result<T>
+pub async fn stream_object<T, F>(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    received: Arc<AtomicU64>,
+    consume: F,
+) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
 {
     let object = format!("{}/{}", repo.store.location(), record.key);
-    let mut stream = repo.store.get_stream(&record.key, record.version_id.as_deref()).await.map_err(|e| fetch_error(e, &object))?;
+    let mut stream = repo
+        .store
+        .get_stream(&record.key, record.version_id.as_deref())
+        .await
+        .map_err(|e| fetch_error(e, &object))?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(CHANNEL_CHUNKS);
     let pump = tokio::spawn(async move {
         while let Some(item) = stream.next().await {
@@ -55,7 +65,10 @@ where
                 other => Error::Integrity { object: obj.clone(), reason: other.to_string() },
             })?;
             let value = consume(&mut opener)?;
-            let digests = opener.finish().map_err(|e| Error::Integrity { object: obj.clone(), reason: e.to_string() })?;
+            let digests = opener.finish().map_err(|e| Error::Integrity {
+                object: obj.clone(),
+                reason: e.to_string(),
+            })?;
             Ok((value, digests))
         })();
         match (outcome, reader.take_failure()) {
@@ -72,7 +85,10 @@ where
 
 fn fetch_error(e: StorageError, object: &str) -> Error {
     match e.kind {
-        StorageErrorKind::NotFound => Error::Integrity { object: object.into(), reason: "the object is missing from the repository".into() },
+        StorageErrorKind::NotFound => Error::Integrity {
+            object: object.into(),
+            reason: "the object is missing from the repository".into(),
+        },
         StorageErrorKind::Archived => Error::Refused(format!(
             "`{object}` is in an archive storage class and must be restored from it first (S3 RestoreObject)"
         )),
@@ -83,16 +99,24 @@ fn fetch_error(e: StorageError, object: &str) -> Error {
 fn check_digests(object: &str, record: &ObjectRecord, got: &Digests) -> Result<()> {
     let want = &record.digests;
     let problem = if got.size != want.size {
-        Some(format!("{} bytes read, the manifest says {}", got.size, want.size))
+        Some(format!(
+            "{} bytes read, the manifest says {}",
+            got.size, want.size
+        ))
     } else if got.sha256 != want.sha256 {
         Some("the sha256 of the stored bytes differs from the manifest".to_string())
-    } else if got.plaintext_size != want.plaintext_size || got.plaintext_sha256 != want.plaintext_sha256 {
+    } else if got.plaintext_size != want.plaintext_size
+        || got.plaintext_sha256 != want.plaintext_sha256
+    {
         Some("the decrypted data differs from what the manifest recorded".to_string())
     } else {
         None
     };
     match problem {
-        Some(reason) => Err(Error::Integrity { object: object.into(), reason }),
+        Some(reason) => Err(Error::Integrity {
+            object: object.into(),
+            reason,
+        }),
         None => Ok(()),
     }
 }
@@ -101,10 +125,15 @@ fn check_digests(object: &str, record: &ObjectRecord, got: &Digests) -> Result<(
 ///
 /// # Errors
 /// As [`stream_object`].
-pub async fn read_sealed(repo: &Repo, identities: &[age::x25519::Identity], record: &ObjectRecord) -> Result<Vec<u8>> {
+pub async fn read_sealed(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+) -> Result<Vec<u8>> {
     stream_object(repo, identities, record, Arc::new(AtomicU64::new(0)), |r| {
         let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| Error::io("reading the fingerprint", e))?;
+        r.read_to_end(&mut out)
+            .map_err(|e| Error::io("reading the fingerprint", e))?;
         Ok(out)
     })
     .await
@@ -117,19 +146,26 @@ fn copy_out(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        to.write_all(&buf[..n]).map_err(|e| Error::io(format!("writing to {what}"), e))?;
+        to.write_all(&buf[..n])
+            .map_err(|e| Error::io(format!("writing to {what}"), e))?;
     }
 }
 
 /// A read failure inside the pipe is an authentication or decompression
 /// failure; the caller turns it into `Integrity` naming the object.
 fn read_error(e: std::io::Error, what: &str) -> Error {
-    Error::Integrity { object: String::new(), reason: format!("{e} (while writing to {what})") }
+    Error::Integrity {
+        object: String::new(),
+        reason: format!("{e} (while writing to {what})"),
+    }
 }
 
 fn name_object(e: Error, object: &str) -> Error {
     match e {
-        Error::Integrity { object: o, reason } if o.is_empty() => Error::Integrity { object: object.into(), reason },
+        Error::Integrity { object: o, reason } if o.is_empty() => Error::Integrity {
+            object: object.into(),
+            reason,
+        },
         other => other,
     }
 }
@@ -139,23 +175,42 @@ fn name_object(e: Error, object: &str) -> Error {
 ///
 /// # Errors
 /// As [`stream_object`], plus I/O errors naming the path.
-pub async fn to_file(repo: &Repo, identities: &[age::x25519::Identity], record: &ObjectRecord, path: &Path, received: Arc<AtomicU64>) -> Result<()> {
+pub async fn to_file(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    path: &Path,
+    received: Arc<AtomicU64>,
+) -> Result<()> {
     if path.exists() {
-        return Err(Error::Refused(format!("{} already exists; choose another --output or remove it", path.display())));
+        return Err(Error::Refused(format!(
+            "{} already exists; choose another --output or remove it",
+            path.display()
+        )));
     }
     let partial = partial_path(path);
-    let file = std::fs::File::options().write(true).create_new(true).open(&partial).map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+    let file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
     let what = partial.display().to_string();
     let object = format!("{}/{}", repo.store.location(), record.key);
     let result = stream_object(repo, identities, record, received, move |r| {
         let mut file = file;
         copy_out(r, &mut file, &what)?;
-        file.sync_all().map_err(|e| Error::io(format!("syncing {what}"), e))
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {what}"), e))
     })
     .await
     .map_err(|e| name_object(e, &object));
     match result {
-        Ok(()) => std::fs::rename(&partial, path).map_err(|e| Error::io(format!("renaming {} to {}", partial.display(), path.display()), e)),
+        Ok(()) => std::fs::rename(&partial, path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", partial.display(), path.display()),
+                e,
+            )
+        }),
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             Err(e)
@@ -164,7 +219,10 @@ pub async fn to_file(repo: &Repo, identities: &[age::x25519::Identity], record: 
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".drctl-partial");
     path.with_file_name(name)
 }
@@ -174,26 +232,43 @@ fn partial_path(path: &Path) -> PathBuf {
 ///
 /// # Errors
 /// As [`stream_object`]; a non-empty `dir` is refused before anything is read.
-pub async fn to_directory(repo: &Repo, identities: &[age::x25519::Identity], record: &ObjectRecord, dir: &Path, received: Arc<AtomicU64>) -> Result<()> {
+pub async fn to_directory(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    dir: &Path,
+    received: Arc<AtomicU64>,
+) -> Result<()> {
     check_empty_dir(dir)?;
     let partial = partial_path(dir);
     if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(format!("removing the leftover {}", partial.display()), e))?;
+        std::fs::remove_dir_all(&partial)
+            .map_err(|e| Error::io(format!("removing the leftover {}", partial.display()), e))?;
     }
-    std::fs::create_dir_all(&partial).map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+    std::fs::create_dir_all(&partial)
+        .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
     let object = format!("{}/{}", repo.store.location(), record.key);
     let target = partial.clone();
     let result = stream_object(repo, identities, record, received, move |r| {
-        files::unpack(r, &target).map_err(|e| Error::Integrity { object: String::new(), reason: format!("unpacking: {e}") })
+        files::unpack(r, &target).map_err(|e| Error::Integrity {
+            object: String::new(),
+            reason: format!("unpacking: {e}"),
+        })
     })
     .await
     .map_err(|e| name_object(e, &object));
     match result {
         Ok(()) => {
             if dir.exists() {
-                std::fs::remove_dir(dir).map_err(|e| Error::io(format!("replacing the empty {}", dir.display()), e))?;
+                std::fs::remove_dir(dir)
+                    .map_err(|e| Error::io(format!("replacing the empty {}", dir.display()), e))?;
             }
-            std::fs::rename(&partial, dir).map_err(|e| Error::io(format!("renaming {} to {}", partial.display(), dir.display()), e))
+            std::fs::rename(&partial, dir).map_err(|e| {
+                Error::io(
+                    format!("renaming {} to {}", partial.display(), dir.display()),
+                    e,
+                )
+            })
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&partial);
@@ -236,10 +311,24 @@ pub struct DbTarget {
 pub async fn inspect_target(url: &str) -> Result<DbTarget> {
     let pg = postgres::resolve(url)?;
     let describe = postgres::describe(&pg);
-    let dbname = pg.get_dbname().ok_or_else(|| Error::Database { target: describe.clone(), message: "the target names no database".into() })?.to_string();
-    let admin = postgres::connect(&postgres::resolve(&postgres::with_dbname(url, "postgres"))?).await?;
-    let db = |e: tokio_postgres::Error| Error::Database { target: describe.clone(), message: postgres::error_text(&e) };
-    let exists = admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname]).await.map_err(db)?.is_some();
+    let dbname = pg
+        .get_dbname()
+        .ok_or_else(|| Error::Database {
+            target: describe.clone(),
+            message: "the target names no database".into(),
+        })?
+        .to_string();
+    let admin =
+        postgres::connect(&postgres::resolve(&postgres::with_dbname(url, "postgres"))?).await?;
+    let db = |e: tokio_postgres::Error| Error::Database {
+        target: describe.clone(),
+        message: postgres::error_text(&e),
+    };
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+        .await
+        .map_err(db)?
+        .is_some();
     let existing_objects = if exists {
         let client = postgres::connect(&pg).await?;
         let row = client
@@ -255,7 +344,12 @@ pub async fn inspect_target(url: &str) -> Result<DbTarget> {
     } else {
         None
     };
-    Ok(DbTarget { url: url.to_string(), describe, dbname, existing_objects })
+    Ok(DbTarget {
+        url: url.to_string(),
+        describe,
+        dbname,
+        existing_objects,
+    })
 }
 
 /// Restores a postgres backup into `target`: pg_restore into a fresh scratch
@@ -287,21 +381,55 @@ pub async fn to_database(
     let scratch = scratch_name(&target.dbname, &manifest.id);
     let admin_url = postgres::with_dbname(&target.url, "postgres");
     let admin = postgres::connect(&postgres::resolve(&admin_url)?).await?;
-    let db = |e: tokio_postgres::Error| Error::Database { target: target.describe.clone(), message: postgres::error_text(&e) };
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", postgres::quote_ident(&scratch))).await.map_err(db)?;
-    admin.batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", postgres::quote_ident(&scratch))).await.map_err(db)?;
-    let outcome = restore_into_scratch(repo, identities, manifest, &target.url, &scratch, verify, pg_restore_args, received).await;
+    let db = |e: tokio_postgres::Error| Error::Database {
+        target: target.describe.clone(),
+        message: postgres::error_text(&e),
+    };
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            postgres::quote_ident(&scratch)
+        ))
+        .await
+        .map_err(db)?;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            postgres::quote_ident(&scratch)
+        ))
+        .await
+        .map_err(db)?;
+    let outcome = restore_into_scratch(
+        repo,
+        identities,
+        manifest,
+        &target.url,
+        &scratch,
+        verify,
+        pg_restore_args,
+        received,
+    )
+    .await;
     let outcome = match outcome {
         Ok(diffs) if diffs.as_ref().is_some_and(|d| !d.is_empty()) => Err(Error::Integrity {
             object: format!("{}/{}", repo.store.location(), manifest.data.key),
-            reason: format!("the restored data does not match the backup's fingerprint: {}", diffs.unwrap_or_default().join("; ")),
+            reason: format!(
+                "the restored data does not match the backup's fingerprint: {}",
+                diffs.unwrap_or_default().join("; ")
+            ),
         }),
         other => other,
     };
     let diffs = match outcome {
         Ok(d) => d,
         Err(e) => {
-            if let Err(drop) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", postgres::quote_ident(&scratch))).await {
+            if let Err(drop) = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    postgres::quote_ident(&scratch)
+                ))
+                .await
+            {
                 tracing::error!(database = %scratch, error = %postgres::error_text(&drop), "Could not drop the scratch database of a failed restore; drop it by hand.");
             }
             return Err(e);
@@ -311,21 +439,54 @@ pub async fn to_database(
         if target.existing_objects.is_some() {
             let old = scratch_name(&target.dbname, "replaced");
             admin
-                .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", postgres::quote_ident(&target.dbname), postgres::quote_ident(&old)))
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    postgres::quote_ident(&target.dbname),
+                    postgres::quote_ident(&old)
+                ))
                 .await
                 .map_err(|e| Error::Database {
                     target: target.describe.clone(),
-                    message: format!("cannot move the existing `{}` aside: {} (close its connections and retry)", target.dbname, postgres::error_text(&e)),
+                    message: format!(
+                        "cannot move the existing `{}` aside: {} (close its connections and retry)",
+                        target.dbname,
+                        postgres::error_text(&e)
+                    ),
                 })?;
-            admin.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", postgres::quote_ident(&scratch), postgres::quote_ident(&target.dbname))).await.map_err(db)?;
-            admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", postgres::quote_ident(&old))).await.map_err(db)?;
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    postgres::quote_ident(&scratch),
+                    postgres::quote_ident(&target.dbname)
+                ))
+                .await
+                .map_err(db)?;
+            admin
+                .batch_execute(&format!(
+                    "DROP DATABASE {} WITH (FORCE)",
+                    postgres::quote_ident(&old)
+                ))
+                .await
+                .map_err(db)?;
         } else {
-            admin.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", postgres::quote_ident(&scratch), postgres::quote_ident(&target.dbname))).await.map_err(db)?;
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    postgres::quote_ident(&scratch),
+                    postgres::quote_ident(&target.dbname)
+                ))
+                .await
+                .map_err(db)?;
         }
         Ok::<_, Error>(())
     };
     if let Err(e) = swap.await {
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", postgres::quote_ident(&scratch))).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                postgres::quote_ident(&scratch)
+            ))
+            .await;
         return Err(e);
     }
     Ok(diffs)
@@ -356,10 +517,13 @@ async fn restore_into_scratch(
     let pg = postgres::resolve(&scratch_url)?;
     let server = {
         let c = postgres::connect(&pg).await?;
-        let row = c.query_one("SELECT current_setting('server_version_num')::int", &[]).await.map_err(|e| Error::Database {
-            target: postgres::describe(&pg),
-            message: postgres::error_text(&e),
-        })?;
+        let row = c
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| Error::Database {
+                target: postgres::describe(&pg),
+                message: postgres::error_text(&e),
+            })?;
         row.get::<_, i32>(0) as u32
     };
     let bin = postgres::bin_dir(None, server / 10000);
@@ -370,7 +534,10 @@ async fn restore_into_scratch(
     if let Some(pw) = pg.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref());
     }
-    let mut child = process::spawn(cmd, "pg_restore").map_err(|e| Error::Source { policy: manifest.policy.clone(), message: format!("cannot start {}: {e}", program.display()) })?;
+    let mut child = process::spawn(cmd, "pg_restore").map_err(|e| Error::Source {
+        policy: manifest.policy.clone(),
+        message: format!("cannot start {}: {e}", program.display()),
+    })?;
     let object = format!("{}/{}", repo.store.location(), manifest.data.key);
     let streamed = stream_object(repo, identities, &manifest.data, received, move |r| {
         let mut stdin = child.child.stdin.take().expect("pg_restore stdin is piped");
@@ -379,13 +546,24 @@ async fn restore_into_scratch(
         if let Err(e) = copied {
             let stderr = child.kill();
             return Err(match e {
-                Error::Io { .. } => Error::Database { target: "pg_restore".into(), message: format!("pg_restore stopped reading: {stderr}") },
+                Error::Io { .. } => Error::Database {
+                    target: "pg_restore".into(),
+                    message: format!("pg_restore stopped reading: {stderr}"),
+                },
                 other => other,
             });
         }
-        let (status, stderr) = child.wait().map_err(|e| Error::io("waiting for pg_restore", e))?;
+        let (status, stderr) = child
+            .wait()
+            .map_err(|e| Error::io("waiting for pg_restore", e))?;
         if !status.success() {
-            return Err(Error::Database { target: "pg_restore".into(), message: format!("pg_restore failed ({}): {stderr}", process::describe(status)) });
+            return Err(Error::Database {
+                target: "pg_restore".into(),
+                message: format!(
+                    "pg_restore failed ({}): {stderr}",
+                    process::describe(status)
+                ),
+            });
         }
         Ok(())
     })
@@ -399,13 +577,20 @@ async fn restore_into_scratch(
         return Ok(None);
     };
     let json = read_sealed(repo, identities, record).await?;
-    let expected: fingerprint::Fingerprint = serde_json::from_slice(&json).map_err(|e| Error::Integrity { object: record.key.clone(), reason: format!("not a fingerprint: {e}") })?;
+    let expected: fingerprint::Fingerprint =
+        serde_json::from_slice(&json).map_err(|e| Error::Integrity {
+            object: record.key.clone(),
+            reason: format!("not a fingerprint: {e}"),
+        })?;
     let client = postgres::connect(&pg).await?;
     let describe = postgres::describe(&pg);
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
-        .map_err(|e| Error::Database { target: describe.clone(), message: postgres::error_text(&e) })?;
+        .map_err(|e| Error::Database {
+            target: describe.clone(),
+            message: postgres::error_text(&e),
+        })?;
     let actual = fingerprint::take(&client, &describe, &fingerprint::Exclusions::default()).await?;
     let _ = client.batch_execute("COMMIT").await;
     Ok(Some(fingerprint::compare(&expected, &actual)))
@@ -422,12 +607,23 @@ pub struct VerifyReport {
 
 /// Checks a backup's objects: present and of the recorded size, and with
 /// `read_data` every byte authenticated and both digests matched.
-pub async fn verify(repo: &Repo, identities: Option<&[age::x25519::Identity]>, manifest: &Manifest) -> VerifyReport {
+pub async fn verify(
+    repo: &Repo,
+    identities: Option<&[age::x25519::Identity]>,
+    manifest: &Manifest,
+) -> VerifyReport {
     let mut problems = Vec::new();
     for record in manifest.objects() {
         let object = format!("{}/{}", repo.store.location(), record.key);
-        match repo.store.head(&record.key, record.version_id.as_deref()).await {
-            Ok(meta) if meta.size != record.digests.size => problems.push(format!("`{object}`: {} bytes stored, manifest says {}", meta.size, record.digests.size)),
+        match repo
+            .store
+            .head(&record.key, record.version_id.as_deref())
+            .await
+        {
+            Ok(meta) if meta.size != record.digests.size => problems.push(format!(
+                "`{object}`: {} bytes stored, manifest says {}",
+                meta.size, record.digests.size
+            )),
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
                 problems.push(format!("`{object}` is missing"));
@@ -450,5 +646,10 @@ pub async fn verify(repo: &Repo, identities: Option<&[age::x25519::Identity]>, m
             }
         }
     }
-    VerifyReport { policy: manifest.policy.clone(), id: manifest.id.clone(), ok: problems.is_empty(), problems }
+    VerifyReport {
+        policy: manifest.policy.clone(),
+        id: manifest.id.clone(),
+        ok: problems.is_empty(),
+        problems,
+    }
 }

@@ -16,8 +16,23 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     } else {
         let fields: Vec<&str> = expr.split_whitespace().collect();
         match fields.len() {
-            5 => format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], crontab_dow(fields[4])?),
-            6 => format!("{} {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], fields[4], crontab_dow(fields[5])?),
+            5 => format!(
+                "0 {} {} {} {} {}",
+                fields[0],
+                fields[1],
+                fields[2],
+                fields[3],
+                crontab_dow(fields[4])?
+            ),
+            6 => format!(
+                "{} {} {} {} {} {}",
+                fields[0],
+                fields[1],
+                fields[2],
+                fields[3],
+                fields[4],
+                crontab_dow(fields[5])?
+            ),
             n => {
                 return Err(format!(
                     "`{expr}` has {n} fields; expected 5 (min hour day month weekday), \
@@ -26,7 +41,8 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
             }
         }
     };
-    cron::Schedule::from_str(&normalized).map_err(|e| format!("`{expr}` is not a valid schedule: {e}"))
+    cron::Schedule::from_str(&normalized)
+        .map_err(|e| format!("`{expr}` is not a valid schedule: {e}"))
 }
 
 fn crontab_dow(field: &str) -> Result<String, String> {
@@ -68,7 +84,16 @@ mod tests {
 
     #[test]
     fn crontab_forms_parse() {
-        for e in ["0 3 * * *", "*/5 * * * *", "0 0 3 * * *", "@daily", "@hourly", "0 4 * * 1-5", "0 4 * * 0,6", "0 4 * * 5-7"] {
+        for e in [
+            "0 3 * * *",
+            "*/5 * * * *",
+            "0 0 3 * * *",
+            "@daily",
+            "@hourly",
+            "0 4 * * 1-5",
+            "0 4 * * 0,6",
+            "0 4 * * 5-7",
+        ] {
             parse_cron(e).unwrap_or_else(|err| panic!("{e}: {err}"));
         }
         assert!(parse_cron("0 3 * *").unwrap_err().contains("4 fields"));
@@ -82,6 +107,9 @@ mod tests {
         let next = s.after(&start).next().unwrap();
         assert_eq!(next.weekday(), chrono::Weekday::Sun);
         let s = parse_cron("0 4 * * 1").unwrap();
-        assert_eq!(s.after(&start).next().unwrap().weekday(), chrono::Weekday::Mon);
+        assert_eq!(
+            s.after(&start).next().unwrap().weekday(),
+            chrono::Weekday::Mon
+        );
     }
 }

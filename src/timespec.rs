@@ -77,7 +77,12 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(TimeSpec::At(t.with_timezone(&Utc)));
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
             return match tz.from_local_datetime(&naive) {
                 chrono::LocalResult::Single(t) => Ok(TimeSpec::At(t.with_timezone(&Utc))),
@@ -98,9 +103,11 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
             .map(TimeSpec::Ago)
             .map_err(|e| format!("{e}; or give `latest`, RFC 3339, or `YYYY-MM-DD HH:MM`"));
     }
-    Err("expected `latest`, an RFC 3339 time (2026-11-26T14:30:00Z), \
+    Err(
+        "expected `latest`, an RFC 3339 time (2026-11-26T14:30:00Z), \
          `YYYY-MM-DD HH:MM[:SS]` in local time, or a duration ago such as 2h or 3d"
-        .into())
+            .into(),
+    )
 }
 
 /// Parses `--to` in the process's local time zone.
@@ -154,7 +161,11 @@ mod tests {
         assert_eq!(parse_duration("1w").unwrap(), Duration::days(7));
         assert!(parse_duration("2").unwrap_err().contains("no unit"));
         assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("h").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("h")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
     }
@@ -184,6 +195,9 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 11, 27, 0, 0, 0).unwrap();
         let spec = TimeSpec::At(now + Duration::days(365));
         assert!(resolve(&spec, now).unwrap_err().contains("in the future"));
-        assert_eq!(resolve(&TimeSpec::Ago(Duration::hours(2)), now).unwrap(), now - Duration::hours(2));
+        assert_eq!(
+            resolve(&TimeSpec::Ago(Duration::hours(2)), now).unwrap(),
+            now - Duration::hours(2)
+        );
     }
 }

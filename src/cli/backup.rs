@@ -7,9 +7,16 @@ use crate::progress::bytes;
 
 pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
     let config = ctx.config()?;
-    let policies = if all { config.policies.iter().collect::<Vec<_>>() } else { vec![config.policy(policy.expect("clap requires a policy"))?] };
+    let policies = if all {
+        config.policies.iter().collect::<Vec<_>>()
+    } else {
+        vec![config.policy(policy.expect("clap requires a policy"))?]
+    };
     let repo = ctx.repo(&config).await?;
-    let opts = JobOptions { show_progress: ctx.progress(), cancel: ctx.cancel.clone() };
+    let opts = JobOptions {
+        show_progress: ctx.progress(),
+        cancel: ctx.cancel.clone(),
+    };
     let mut results = Vec::new();
     let mut first_error = None;
     for p in policies {
@@ -22,7 +29,8 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
                         "{}: backup {} of {} ({} of data, {} stored) in {:.1}s",
                         p.name,
                         m.id,
-                        m.point_in_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        m.point_in_time
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                         bytes(m.data.digests.plaintext_size),
                         bytes(m.data.digests.size),
                         m.duration_seconds()
@@ -35,7 +43,9 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
                 if all && !ctx.cli.json {
                     eprintln!("{}: backup FAILED: {e}", p.name);
                 }
-                results.push(serde_json::json!({"policy": p.name, "ok": false, "error": e.to_string()}));
+                results.push(
+                    serde_json::json!({"policy": p.name, "ok": false, "error": e.to_string()}),
+                );
                 let stop = matches!(e, Error::Interrupted(_));
                 first_error.get_or_insert(e);
                 if stop {
@@ -51,7 +61,10 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
         Some(e) if !all => Err(e),
         Some(e) => {
             let failed = results.iter().filter(|r| r["ok"] == false).count();
-            Err(Error::Source { policy: "--all".into(), message: format!("{failed} of {} backups failed; first: {e}", results.len()) })
+            Err(Error::Source {
+                policy: "--all".into(),
+                message: format!("{failed} of {} backups failed; first: {e}", results.len()),
+            })
         }
         None => Ok(()),
     }

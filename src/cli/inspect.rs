@@ -24,11 +24,16 @@ pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
             std::io::ErrorKind::AlreadyExists => Error::Refused(format!("{} already exists; drctl never overwrites a key (it may be the only way to read your backups)", out.display())),
             _ => Error::io(format!("creating {}", out.display()), e),
         })?;
-    file.write_all(secret.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "identity_file": out, "recipient": public }));
     } else {
-        eprintln!("Wrote the secret identity to {} (mode 0600). Keep a copy off this host: without it no backup can be restored.", out.display());
+        eprintln!(
+            "Wrote the secret identity to {} (mode 0600). Keep a copy off this host: without it no backup can be restored.",
+            out.display()
+        );
         eprintln!("Add this public key to `encryption.recipients` in drctl.toml:");
         println!("{public}");
     }
@@ -38,7 +43,8 @@ pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
 pub async fn init(ctx: &Ctx) -> Result<()> {
     let config = ctx.config()?;
     if let RepositoryConfig::Local { path } = &config.repository {
-        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     }
     let store = crate::storage::open(&config.repository).await?;
     let created = Repo::init(&store, &config.recipients).await?;
@@ -48,9 +54,14 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
     } else if created {
         println!("Initialised repository {}.", repo.store.location());
     } else {
-        println!("Repository {} already exists; left unchanged.", repo.store.location());
+        println!(
+            "Repository {} already exists; left unchanged.",
+            repo.store.location()
+        );
         if repo.marker.recipients != config.recipients {
-            eprintln!("note: drctl.toml lists different recipients from the ones recorded at init; new backups use drctl.toml's.");
+            eprintln!(
+                "note: drctl.toml lists different recipients from the ones recorded at init; new backups use drctl.toml's."
+            );
         }
     }
     Ok(())
@@ -60,8 +71,13 @@ pub fn check(ctx: &Ctx) -> Result<()> {
     let config = ctx.config()?;
     let mut warnings = Vec::new();
     match (&ctx.cli.identity, &config.identity_file) {
-        (Some(p), _) | (None, Some(p)) if !p.exists() => warnings.push(format!("identity file {} does not exist; restores will fail until it does", p.display())),
-        (None, None) => warnings.push("no `encryption.identity_file`; restores need --identity".to_string()),
+        (Some(p), _) | (None, Some(p)) if !p.exists() => warnings.push(format!(
+            "identity file {} does not exist; restores will fail until it does",
+            p.display()
+        )),
+        (None, None) => {
+            warnings.push("no `encryption.identity_file`; restores need --identity".to_string())
+        }
         _ => {}
     }
     if ctx.cli.json {
@@ -76,7 +92,12 @@ pub fn check(ctx: &Ctx) -> Result<()> {
         println!("{}: ok", config.path.display());
         println!("repository: {}", config.repository.describe());
         for p in &config.policies {
-            println!("policy {} ({}): ok  [{}]", p.name, p.source.kind(), p.file.display());
+            println!(
+                "policy {} ({}): ok  [{}]",
+                p.name,
+                p.source.kind(),
+                p.file.display()
+            );
         }
         for w in warnings {
             eprintln!("warning: {w}");
@@ -85,7 +106,10 @@ pub fn check(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn selected<'a>(config: &'a crate::config::Config, policy: Option<&str>) -> Result<Vec<&'a crate::config::Policy>> {
+fn selected<'a>(
+    config: &'a crate::config::Config,
+    policy: Option<&str>,
+) -> Result<Vec<&'a crate::config::Policy>> {
     match policy {
         Some(name) => Ok(vec![config.policy(name)?]),
         None => Ok(config.policies.iter().collect()),
@@ -127,14 +151,25 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
                 host: &m.host,
             })
             .collect();
-        let damaged: Vec<_> = catalogs.iter().flat_map(|(_, c)| c.damaged.iter()).map(|(k, r)| serde_json::json!({"key": k, "reason": r})).collect();
+        let damaged: Vec<_> = catalogs
+            .iter()
+            .flat_map(|(_, c)| c.damaged.iter())
+            .map(|(k, r)| serde_json::json!({"key": k, "reason": r}))
+            .collect();
         ctx.print_json(&serde_json::json!({ "backups": rows, "damaged": damaged }));
         return Ok(());
     }
     for (name, c) in &catalogs {
-        println!("{name}: {} backup{}", c.backups.len(), if c.backups.len() == 1 { "" } else { "s" });
+        println!(
+            "{name}: {} backup{}",
+            c.backups.len(),
+            if c.backups.len() == 1 { "" } else { "s" }
+        );
         if !c.backups.is_empty() {
-            println!("  {:<27} {:<20} {:>10} {:>10} {:>9}", "ID", "POINT IN TIME (UTC)", "STORED", "DATA", "DURATION");
+            println!(
+                "  {:<27} {:<20} {:>10} {:>10} {:>9}",
+                "ID", "POINT IN TIME (UTC)", "STORED", "DATA", "DURATION"
+            );
         }
         for m in &c.backups {
             println!(
@@ -156,7 +191,11 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
 pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<()> {
     let config = ctx.config()?;
     let policies = selected(&config, policy)?;
-    let identities = if read_data { Some(ctx.identities(&config)?) } else { None };
+    let identities = if read_data {
+        Some(ctx.identities(&config)?)
+    } else {
+        None
+    };
     let repo = ctx.repo(&config).await?;
     let mut reports = Vec::new();
     let mut damaged = Vec::new();
@@ -183,13 +222,34 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged }));
     } else {
-        println!("{} backup{} checked{}, {} failed", reports.len(), if reports.len() == 1 { "" } else { "s" }, if read_data { " (every byte read)" } else { " (sizes only; --read-data reads every byte)" }, failed.len());
+        println!(
+            "{} backup{} checked{}, {} failed",
+            reports.len(),
+            if reports.len() == 1 { "" } else { "s" },
+            if read_data {
+                " (every byte read)"
+            } else {
+                " (sizes only; --read-data reads every byte)"
+            },
+            failed.len()
+        );
     }
     if let Some(first) = failed.first() {
-        return Err(Error::Integrity { object: format!("{} {}", first.policy, first.id), reason: format!("{} of {} backups failed verification: {}", failed.len(), reports.len(), first.problems.join("; ")) });
+        return Err(Error::Integrity {
+            object: format!("{} {}", first.policy, first.id),
+            reason: format!(
+                "{} of {} backups failed verification: {}",
+                failed.len(),
+                reports.len(),
+                first.problems.join("; ")
+            ),
+        });
     }
     if let Some(d) = damaged.first() {
-        return Err(Error::Integrity { object: d.clone(), reason: "unreadable manifest".into() });
+        return Err(Error::Integrity {
+            object: d.clone(),
+            reason: "unreadable manifest".into(),
+        });
     }
     Ok(())
 }

@@ -16,7 +16,11 @@ use crate::error::{Error, Persistence};
 use crate::repo::Repo;
 
 #[derive(Debug, Parser)]
-#[command(name = "drctl", version, about = "Encrypted, verified backups of PostgreSQL and configuration files, and restores you can trust.")]
+#[command(
+    name = "drctl",
+    version,
+    about = "Encrypted, verified backups of PostgreSQL and configuration files, and restores you can trust."
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "DRCTL_CONFIG", value_name = "FILE")]
@@ -114,13 +118,19 @@ pub enum ExitCode {
 impl ExitCode {
     pub fn of(e: &Error) -> ExitCode {
         match e {
-            Error::Config(_) | Error::ConfigMany(_) | Error::UnknownPolicy { .. } | Error::InvalidTime { .. } | Error::NoBackup(_) | Error::NotInitialised { .. } | Error::Key(_) => {
-                ExitCode::BadInput
-            }
+            Error::Config(_)
+            | Error::ConfigMany(_)
+            | Error::UnknownPolicy { .. }
+            | Error::InvalidTime { .. }
+            | Error::NoBackup(_)
+            | Error::NotInitialised { .. }
+            | Error::Key(_) => ExitCode::BadInput,
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } => ExitCode::Integrity,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
-            Error::Database { message, .. } if message.starts_with("cannot connect") => ExitCode::Unavailable,
+            Error::Database { message, .. } if message.starts_with("cannot connect") => {
+                ExitCode::Unavailable
+            }
             _ => ExitCode::Failed,
         }
     }
@@ -143,7 +153,12 @@ impl Ctx {
     }
 
     fn identities(&self, config: &Config) -> crate::Result<Vec<age::x25519::Identity>> {
-        crate::pipeline::crypto::read_identities(self.cli.identity.as_deref().or(config.identity_file.as_deref()))
+        crate::pipeline::crypto::read_identities(
+            self.cli
+                .identity
+                .as_deref()
+                .or(config.identity_file.as_deref()),
+        )
     }
 
     fn progress(&self) -> bool {
@@ -151,7 +166,10 @@ impl Ctx {
     }
 
     fn print_json(&self, value: &impl serde::Serialize) {
-        println!("{}", serde_json::to_string_pretty(value).expect("output serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("output serialises")
+        );
     }
 }
 
@@ -164,13 +182,17 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
     spawn_signal_watch(cancel.clone());
     let ctx = Ctx { cli, cancel };
     match &ctx.cli.command {
-        Command::Key { command: KeyCommand::Generate { out } } => inspect::key_generate(&ctx, out),
+        Command::Key {
+            command: KeyCommand::Generate { out },
+        } => inspect::key_generate(&ctx, out),
         Command::Init => inspect::init(&ctx).await,
         Command::Check => inspect::check(&ctx),
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
         Command::List { policy } => inspect::list(&ctx, policy.as_deref()).await,
         Command::Restore(args) => restore::restore(&ctx, args).await,
-        Command::Verify { policy, read_data } => inspect::verify(&ctx, policy.as_deref(), *read_data).await,
+        Command::Verify { policy, read_data } => {
+            inspect::verify(&ctx, policy.as_deref(), *read_data).await
+        }
     }
 }
 
@@ -178,7 +200,10 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
 fn spawn_signal_watch(cancel: Arc<AtomicBool>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         for _ in 0..2 {
@@ -189,7 +214,9 @@ fn spawn_signal_watch(cancel: Arc<AtomicBool>) {
             if cancel.swap(true, Ordering::Relaxed) {
                 std::process::exit(130);
             }
-            eprintln!("drctl: stopping; the running job aborts its upload and writes no manifest (signal again to exit at once)");
+            eprintln!(
+                "drctl: stopping; the running job aborts its upload and writes no manifest (signal again to exit at once)"
+            );
         }
     });
 }

@@ -43,7 +43,11 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub verify: bool,
     /// Extra pg_restore arguments, e.g. --pg-restore-arg=--no-owner.
-    #[arg(long = "pg-restore-arg", value_name = "ARG", allow_hyphen_values = true)]
+    #[arg(
+        long = "pg-restore-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
     pub pg_restore_args: Vec<String>,
 }
 
@@ -59,8 +63,14 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let now = Utc::now();
     let (spec, target_time) = match &args.to {
         Some(to) => {
-            let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime { input: to.clone(), reason })?;
-            let t = timespec::resolve(&spec, now).map_err(|reason| Error::InvalidTime { input: to.clone(), reason })?;
+            let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime {
+                input: to.clone(),
+                reason,
+            })?;
+            let t = timespec::resolve(&spec, now).map_err(|reason| Error::InvalidTime {
+                input: to.clone(),
+                reason,
+            })?;
             (Some(spec), Some(t))
         }
         None => (None, None),
@@ -72,11 +82,24 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
                 SourceConfig::Files { .. } => "say where to restore: --into DIR (a new or empty directory), or --output FILE for the tar stream".into(),
             }));
         }
-        (SourceConfig::Files { .. }, Some(_), _, _) => return Err(Error::Refused(format!("policy `{}` backs up files; use --into DIR", policy.name))),
-        (SourceConfig::Postgres { .. }, _, _, Some(_)) => return Err(Error::Refused(format!("policy `{}` backs up a database; use --target URL or --output FILE", policy.name))),
+        (SourceConfig::Files { .. }, Some(_), _, _) => {
+            return Err(Error::Refused(format!(
+                "policy `{}` backs up files; use --into DIR",
+                policy.name
+            )));
+        }
+        (SourceConfig::Postgres { .. }, _, _, Some(_)) => {
+            return Err(Error::Refused(format!(
+                "policy `{}` backs up a database; use --target URL or --output FILE",
+                policy.name
+            )));
+        }
         (_, _, Some(out), _) => {
             if out.exists() {
-                return Err(Error::Refused(format!("{} already exists; choose another --output or remove it", out.display())));
+                return Err(Error::Refused(format!(
+                    "{} already exists; choose another --output or remove it",
+                    out.display()
+                )));
             }
             Destination::File(out.clone())
         }
@@ -108,29 +131,62 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         plan.push(("target time", asked));
     }
     plan.push(("backup", manifest.id.clone()));
-    plan.push(("point in time", format!("{} UTC", manifest.point_in_time.format("%Y-%m-%d %H:%M:%S"))));
+    plan.push((
+        "point in time",
+        format!("{} UTC", manifest.point_in_time.format("%Y-%m-%d %H:%M:%S")),
+    ));
     if let Some(g) = gap {
         if matches!(spec, Some(TimeSpec::Latest)) {
-            plan.push(("data-loss window", format!("changes in the last {} (since this backup) are not in it", human_duration(g))));
+            plan.push((
+                "data-loss window",
+                format!(
+                    "changes in the last {} (since this backup) are not in it",
+                    human_duration(g)
+                ),
+            ));
         } else {
-            plan.push(("data-loss window", format!("{} before the target time; changes in between are not in this backup", human_duration(g))));
+            plan.push((
+                "data-loss window",
+                format!(
+                    "{} before the target time; changes in between are not in this backup",
+                    human_duration(g)
+                ),
+            ));
         }
     }
-    plan.push(("size", format!("{} stored, {} of data", bytes(manifest.data.digests.size), bytes(manifest.data.digests.plaintext_size))));
+    plan.push((
+        "size",
+        format!(
+            "{} stored, {} of data",
+            bytes(manifest.data.digests.size),
+            bytes(manifest.data.digests.plaintext_size)
+        ),
+    ));
     let destructive = match &destination {
         Destination::Database(t) => {
             let state = match t.existing_objects {
                 None => "does not exist; it will be created".to_string(),
                 Some(0) => "exists and is empty; it will be replaced".to_string(),
-                Some(n) if args.clean => format!("exists with {n} objects; --clean: IT WILL BE REPLACED"),
+                Some(n) if args.clean => {
+                    format!("exists with {n} objects; --clean: IT WILL BE REPLACED")
+                }
                 Some(n) => format!("exists with {n} objects; refusing without --clean"),
             };
-            plan.push(("destination", format!("database `{}` on {} ({state})", t.dbname, t.describe)));
-            plan.push(("method", "pg_restore into a scratch database, renamed into place only when complete".into()));
+            plan.push((
+                "destination",
+                format!("database `{}` on {} ({state})", t.dbname, t.describe),
+            ));
+            plan.push((
+                "method",
+                "pg_restore into a scratch database, renamed into place only when complete".into(),
+            ));
             true
         }
         Destination::File(p) => {
-            plan.push(("destination", format!("file {} (plaintext {})", p.display(), manifest.data.content)));
+            plan.push((
+                "destination",
+                format!("file {} (plaintext {})", p.display(), manifest.data.content),
+            ));
             false
         }
         Destination::Directory(p) => {
@@ -158,16 +214,34 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         confirm()?;
     }
 
-    let mut progress = Progress::start(&format!("restore {}", policy.name), Some(manifest.data.digests.size), ctx.progress());
+    let mut progress = Progress::start(
+        &format!("restore {}", policy.name),
+        Some(manifest.data.digests.size),
+        ctx.progress(),
+    );
     let received = progress.counter.clone();
     let started = std::time::Instant::now();
     let mut fingerprint_diffs = None;
     match &destination {
         Destination::Database(t) => {
-            fingerprint_diffs = job::to_database(&repo, &identities, manifest, t, args.clean, args.verify, &args.pg_restore_args, received).await?;
+            fingerprint_diffs = job::to_database(
+                &repo,
+                &identities,
+                manifest,
+                t,
+                args.clean,
+                args.verify,
+                &args.pg_restore_args,
+                received,
+            )
+            .await?;
         }
-        Destination::File(p) => job::to_file(&repo, &identities, &manifest.data, p, received).await?,
-        Destination::Directory(p) => job::to_directory(&repo, &identities, &manifest.data, p, received).await?,
+        Destination::File(p) => {
+            job::to_file(&repo, &identities, &manifest.data, p, received).await?
+        }
+        Destination::Directory(p) => {
+            job::to_directory(&repo, &identities, &manifest.data, p, received).await?
+        }
     }
     progress.finish();
     let elapsed = started.elapsed().as_secs_f64();
@@ -186,7 +260,12 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             "verified": verified,
         }));
     } else {
-        println!("Restored {} backup {} ({} of data) in {elapsed:.1}s; {verified}.", policy.name, manifest.id, bytes(manifest.data.digests.plaintext_size));
+        println!(
+            "Restored {} backup {} ({} of data) in {elapsed:.1}s; {verified}.",
+            policy.name,
+            manifest.id,
+            bytes(manifest.data.digests.plaintext_size)
+        );
     }
     Ok(())
 }
@@ -198,7 +277,10 @@ fn confirm() -> Result<()> {
     eprint!("Proceed? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::io("reading the answer", e))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("reading the answer", e))?;
     if matches!(line.trim(), "y" | "Y" | "yes" | "YES") {
         Ok(())
     } else {

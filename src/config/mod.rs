@@ -46,7 +46,9 @@ pub enum RepositoryConfig {
 impl RepositoryConfig {
     pub fn describe(&self) -> String {
         match self {
-            RepositoryConfig::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
+            RepositoryConfig::S3 { bucket, prefix, .. } if prefix.is_empty() => {
+                format!("s3://{bucket}")
+            }
             RepositoryConfig::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
             RepositoryConfig::Local { path } => format!("file://{}", path.display()),
         }
@@ -198,17 +200,24 @@ impl Config {
     /// # Errors
     /// `UnknownPolicy`, listing the names that do exist.
     pub fn policy(&self, name: &str) -> Result<&Policy> {
-        self.policies.iter().find(|p| p.name == name).ok_or_else(|| Error::UnknownPolicy {
-            name: name.to_string(),
-            known: self.policy_names(),
-        })
+        self.policies
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::UnknownPolicy {
+                name: name.to_string(),
+                known: self.policy_names(),
+            })
     }
 
     pub fn policy_names(&self) -> String {
         if self.policies.is_empty() {
             format!("none (no *.toml in {})", self.policies_dir.display())
         } else {
-            self.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            self.policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     }
 }
@@ -223,7 +232,11 @@ fn collect(mut errors: Vec<ConfigError>) -> Error {
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 struct Ctx<'a> {
@@ -305,7 +318,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn parse_config(path: &Path, text: &str, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
+fn parse_config(
+    path: &Path,
+    text: &str,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -318,12 +336,21 @@ fn parse_config(path: &Path, text: &str, base: &Path, errors: &mut Vec<ConfigErr
 
     let mut recipients = Vec::new();
     if raw.encryption.recipients.get_ref().is_empty() {
-        cx.err(&raw.encryption.recipients, "`recipients` is empty; add the public key printed by `drctl key generate`");
+        cx.err(
+            &raw.encryption.recipients,
+            "`recipients` is empty; add the public key printed by `drctl key generate`",
+        );
     }
     for r in raw.encryption.recipients.get_ref() {
         match r.get_ref().parse::<age::x25519::Recipient>() {
             Ok(_) => recipients.push(r.get_ref().clone()),
-            Err(e) => cx.err(r, format!("recipient `{}` is not an age X25519 public key (age1…): {e}", r.get_ref())),
+            Err(e) => cx.err(
+                r,
+                format!(
+                    "recipient `{}` is not an age X25519 public key (age1…): {e}",
+                    r.get_ref()
+                ),
+            ),
         }
     }
     let identity_file = raw.encryption.identity_file.as_ref().map(|p| base.join(p));
@@ -343,8 +370,13 @@ fn parse_config(path: &Path, text: &str, base: &Path, errors: &mut Vec<ConfigErr
         }
         if let Some(m) = &l.object_lock_mode {
             match m.get_ref().as_str() {
-                "GOVERNANCE" | "COMPLIANCE" => lifecycle.object_lock_mode = Some(m.get_ref().clone()),
-                other => cx.err(m, format!("`object_lock_mode` = \"{other}\": expected GOVERNANCE or COMPLIANCE")),
+                "GOVERNANCE" | "COMPLIANCE" => {
+                    lifecycle.object_lock_mode = Some(m.get_ref().clone())
+                }
+                other => cx.err(
+                    m,
+                    format!("`object_lock_mode` = \"{other}\": expected GOVERNANCE or COMPLIANCE"),
+                ),
             }
         }
     }
@@ -352,7 +384,13 @@ fn parse_config(path: &Path, text: &str, base: &Path, errors: &mut Vec<ConfigErr
     if let Some(d) = &raw.daemon {
         if let Some(listen) = &d.listen {
             if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
-                cx.err(listen, format!("`listen` = \"{}\": expected ADDRESS:PORT such as 127.0.0.1:9187", listen.get_ref()));
+                cx.err(
+                    listen,
+                    format!(
+                        "`listen` = \"{}\": expected ADDRESS:PORT such as 127.0.0.1:9187",
+                        listen.get_ref()
+                    ),
+                );
             }
             daemon.listen = listen.get_ref().clone();
         }
@@ -375,17 +413,30 @@ fn parse_config(path: &Path, text: &str, base: &Path, errors: &mut Vec<ConfigErr
     })
 }
 
-fn parse_repository(cx: &mut Ctx, raw: &raw::RawRepository, base: &Path) -> Option<RepositoryConfig> {
+fn parse_repository(
+    cx: &mut Ctx,
+    raw: &raw::RawRepository,
+    base: &Path,
+) -> Option<RepositoryConfig> {
     let url = raw.url.get_ref();
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            cx.err(&raw.url, format!("`url` = \"{url}\": no bucket name (expected s3://BUCKET/PREFIX)"));
+            cx.err(
+                &raw.url,
+                format!("`url` = \"{url}\": no bucket name (expected s3://BUCKET/PREFIX)"),
+            );
             return None;
         }
         if let Some(e) = &raw.endpoint {
             if url::Url::parse(e.get_ref()).is_err() {
-                cx.err(e, format!("`endpoint` = \"{}\": not a URL (expected e.g. https://s3.example.com)", e.get_ref()));
+                cx.err(
+                    e,
+                    format!(
+                        "`endpoint` = \"{}\": not a URL (expected e.g. https://s3.example.com)",
+                        e.get_ref()
+                    ),
+                );
             }
         }
         Some(RepositoryConfig::S3 {
@@ -400,9 +451,14 @@ fn parse_repository(cx: &mut Ctx, raw: &raw::RawRepository, base: &Path) -> Opti
             cx.err(&raw.url, "`url` = \"file://\": no path (expected file:///absolute/path or file://relative/path)");
             return None;
         }
-        Some(RepositoryConfig::Local { path: base.join(rest) })
+        Some(RepositoryConfig::Local {
+            path: base.join(rest),
+        })
     } else {
-        cx.err(&raw.url, format!("`url` = \"{url}\": expected s3://BUCKET/PREFIX or file:///PATH"));
+        cx.err(
+            &raw.url,
+            format!("`url` = \"{url}\": expected s3://BUCKET/PREFIX or file:///PATH"),
+        );
         None
     }
 }
@@ -429,7 +485,11 @@ fn load_policies(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<Policy> {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(ConfigError { path: file.clone(), line: None, message: format!("cannot read: {e}") });
+                errors.push(ConfigError {
+                    path: file.clone(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
@@ -438,7 +498,11 @@ fn load_policies(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<Policy> {
                 errors.push(ConfigError {
                     path: file.clone(),
                     line: None,
-                    message: format!("policy name `{}` is also used by {}", p.name, other.file.display()),
+                    message: format!(
+                        "policy name `{}` is also used by {}",
+                        p.name,
+                        other.file.display()
+                    ),
                 });
                 continue;
             }
@@ -450,18 +514,36 @@ fn load_policies(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<Policy> {
 
 fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConfig> {
     let kind = raw.kind.get_ref().as_str();
-    let misplaced = |cx: &mut Ctx, present: bool, span: Option<std::ops::Range<usize>>, key: &str| {
-        if present {
-            let line = span.map(|s| line_of(cx.text, s.start));
-            cx.errors.push(ConfigError { path: cx.path.to_path_buf(), line, message: format!("`{key}` does not apply to a `{kind}` source") });
-        }
-    };
+    let misplaced =
+        |cx: &mut Ctx, present: bool, span: Option<std::ops::Range<usize>>, key: &str| {
+            if present {
+                let line = span.map(|s| line_of(cx.text, s.start));
+                cx.errors.push(ConfigError {
+                    path: cx.path.to_path_buf(),
+                    line,
+                    message: format!("`{key}` does not apply to a `{kind}` source"),
+                });
+            }
+        };
     match kind {
         "postgres" => {
-            misplaced(cx, raw.paths.is_some(), raw.paths.as_ref().map(|s| s.span()), "paths");
-            misplaced(cx, raw.exclude.is_some(), raw.exclude.as_ref().map(|s| s.span()), "exclude");
+            misplaced(
+                cx,
+                raw.paths.is_some(),
+                raw.paths.as_ref().map(|s| s.span()),
+                "paths",
+            );
+            misplaced(
+                cx,
+                raw.exclude.is_some(),
+                raw.exclude.as_ref().map(|s| s.span()),
+                "exclude",
+            );
             let Some(url) = &raw.url else {
-                cx.err(&raw.kind, "a `postgres` source needs `url` (a connection string without the password)");
+                cx.err(
+                    &raw.kind,
+                    "a `postgres` source needs `url` (a connection string without the password)",
+                );
                 return None;
             };
             match url.get_ref().parse::<tokio_postgres::Config>() {
@@ -473,22 +555,52 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
             }
             Some(SourceConfig::Postgres {
                 url: url.get_ref().clone(),
-                pg_dump_args: raw.pg_dump_args.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
+                pg_dump_args: raw
+                    .pg_dump_args
+                    .as_ref()
+                    .map(|a| a.get_ref().clone())
+                    .unwrap_or_default(),
                 bin_dir: raw.bin_dir.as_ref().map(|d| base.join(d.get_ref())),
                 fingerprint: raw.fingerprint.as_ref().is_none_or(|f| *f.get_ref()),
             })
         }
         "files" => {
-            misplaced(cx, raw.url.is_some(), raw.url.as_ref().map(|s| s.span()), "url");
-            misplaced(cx, raw.pg_dump_args.is_some(), raw.pg_dump_args.as_ref().map(|s| s.span()), "pg_dump_args");
-            misplaced(cx, raw.bin_dir.is_some(), raw.bin_dir.as_ref().map(|s| s.span()), "bin_dir");
-            misplaced(cx, raw.fingerprint.is_some(), raw.fingerprint.as_ref().map(|s| s.span()), "fingerprint");
+            misplaced(
+                cx,
+                raw.url.is_some(),
+                raw.url.as_ref().map(|s| s.span()),
+                "url",
+            );
+            misplaced(
+                cx,
+                raw.pg_dump_args.is_some(),
+                raw.pg_dump_args.as_ref().map(|s| s.span()),
+                "pg_dump_args",
+            );
+            misplaced(
+                cx,
+                raw.bin_dir.is_some(),
+                raw.bin_dir.as_ref().map(|s| s.span()),
+                "bin_dir",
+            );
+            misplaced(
+                cx,
+                raw.fingerprint.is_some(),
+                raw.fingerprint.as_ref().map(|s| s.span()),
+                "fingerprint",
+            );
             let Some(paths) = &raw.paths else {
-                cx.err(&raw.kind, "a `files` source needs `paths` (absolute paths to protect)");
+                cx.err(
+                    &raw.kind,
+                    "a `files` source needs `paths` (absolute paths to protect)",
+                );
                 return None;
             };
             if paths.get_ref().is_empty() {
-                cx.err(paths, "`paths` is empty; list the files or directories to protect");
+                cx.err(
+                    paths,
+                    "`paths` is empty; list the files or directories to protect",
+                );
             }
             for p in paths.get_ref() {
                 if !Path::new(p).is_absolute() {
@@ -496,16 +608,27 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 }
             }
             let mut exclude = Vec::new();
-            for g in raw.exclude.as_ref().map(|e| e.get_ref().as_slice()).unwrap_or_default() {
+            for g in raw
+                .exclude
+                .as_ref()
+                .map(|e| e.get_ref().as_slice())
+                .unwrap_or_default()
+            {
                 match globset::Glob::new(g.get_ref()) {
                     Ok(_) => exclude.push(g.get_ref().clone()),
                     Err(e) => cx.err(g, format!("exclude pattern `{}`: {e}", g.get_ref())),
                 }
             }
-            Some(SourceConfig::Files { paths: paths.get_ref().iter().map(PathBuf::from).collect(), exclude })
+            Some(SourceConfig::Files {
+                paths: paths.get_ref().iter().map(PathBuf::from).collect(),
+                exclude,
+            })
         }
         other => {
-            cx.err(&raw.kind, format!("source type `{other}` is unknown; expected \"postgres\" or \"files\""));
+            cx.err(
+                &raw.kind,
+                format!("source type `{other}` is unknown; expected \"postgres\" or \"files\""),
+            );
             None
         }
     }
@@ -515,8 +638,13 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
 pub fn valid_policy_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
 }
 
 /// Parses one policy file.
@@ -530,7 +658,10 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
     };
     let before = errors.len();
     let mut cx = Ctx { path, text, errors };
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match &raw.name {
         Some(n) => {
             if !valid_policy_name(n.get_ref()) {
@@ -543,7 +674,9 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
                 cx.errors.push(ConfigError {
                     path: path.to_path_buf(),
                     line: None,
-                    message: format!("file name `{stem}` is not a valid policy name; add `name = \"…\"`"),
+                    message: format!(
+                        "file name `{stem}` is not a valid policy name; add `name = \"…\"`"
+                    ),
                 });
             }
             stem
@@ -551,7 +684,10 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
     };
     let compression_level = match &raw.compression_level {
         Some(l) if !(1..=19).contains(l.get_ref()) => {
-            cx.err(l, format!("`compression_level` = {}: expected 1 to 19", l.get_ref()));
+            cx.err(
+                l,
+                format!("`compression_level` = {}: expected 1 to 19", l.get_ref()),
+            );
             DEFAULT_COMPRESSION_LEVEL
         }
         Some(l) => *l.get_ref(),
@@ -564,7 +700,13 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
     let schedule = raw.schedule.as_ref().map(|s| {
         let timezone = match &s.timezone {
             Some(tz) => tz.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
-                cx.err(tz, format!("`timezone` = \"{}\": not an IANA time zone name (e.g. UTC, Europe/Berlin)", tz.get_ref()));
+                cx.err(
+                    tz,
+                    format!(
+                        "`timezone` = \"{}\": not an IANA time zone name (e.g. UTC, Europe/Berlin)",
+                        tz.get_ref()
+                    ),
+                );
                 chrono_tz::UTC
             }),
             None => chrono_tz::UTC,
@@ -587,7 +729,10 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
     let drill = raw.drill.as_ref().map(|d| {
         if let (Some(u), SourceConfig::Postgres { url, .. }) = (&d.scratch_url, &source) {
             if u.get_ref() == url {
-                cx.err(u, "`scratch_url` is the source database; a drill must restore somewhere else");
+                cx.err(
+                    u,
+                    "`scratch_url` is the source database; a drill must restore somewhere else",
+                );
             }
         }
         Drill {
@@ -596,7 +741,15 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
             scratch_dir: d.scratch_dir.as_ref().map(PathBuf::from),
             rto_target: cx.duration(&d.rto_target, "rto_target"),
             rpo_target: cx.duration(&d.rpo_target, "rpo_target"),
-            checks: d.checks.iter().map(|c| DrillCheck { name: c.name.clone(), sql: c.sql.clone(), expect: c.expect.clone() }).collect(),
+            checks: d
+                .checks
+                .iter()
+                .map(|c| DrillCheck {
+                    name: c.name.clone(),
+                    sql: c.sql.clone(),
+                    expect: c.expect.clone(),
+                })
+                .collect(),
         }
     });
     if errors.len() > before {
@@ -629,14 +782,26 @@ mod tests {
             "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\n\n[retention]\nkeep_last = 3\nkeep_dayly = 7\n",
         );
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("policies/orders.toml:7:"), "{}", errs[0]);
-        assert!(errs[0].contains("did you mean `keep_daily`?"), "{}", errs[0]);
+        assert!(
+            errs[0].starts_with("policies/orders.toml:7:"),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[0].contains("did you mean `keep_daily`?"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
     fn password_in_url_is_refused() {
-        let errs = policy_errors("[source]\ntype = \"postgres\"\nurl = \"postgres://u:secret@h/db\"\n");
-        assert!(errs[0].contains(":3:") && errs[0].contains("contains a password"), "{errs:?}");
+        let errs =
+            policy_errors("[source]\ntype = \"postgres\"\nurl = \"postgres://u:secret@h/db\"\n");
+        assert!(
+            errs[0].contains(":3:") && errs[0].contains("contains a password"),
+            "{errs:?}"
+        );
         assert!(!errs[0].contains("secret"), "{errs:?}");
     }
 
@@ -646,13 +811,26 @@ mod tests {
             "[source]\ntype = \"files\"\npaths = [\"/etc\"]\n[schedule]\nbackup = \"0 3 * *\"\n[retention]\nkeep_within = \"3x\"\n",
         );
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].contains(":5:") && errs[0].contains("4 fields"), "{errs:?}");
-        assert!(errs[1].contains(":7:") && errs[1].contains("unknown unit"), "{errs:?}");
+        assert!(
+            errs[0].contains(":5:") && errs[0].contains("4 fields"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains(":7:") && errs[1].contains("unknown unit"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn suggestion_only_for_near_misses() {
-        assert_eq!(suggest_field("unknown field `keep_dayly`, expected one of `keep_last`, `keep_daily`").as_deref(), Some("keep_daily"));
-        assert_eq!(suggest_field("unknown field `colour`, expected one of `keep_last`, `keep_daily`"), None);
+        assert_eq!(
+            suggest_field("unknown field `keep_dayly`, expected one of `keep_last`, `keep_daily`")
+                .as_deref(),
+            Some("keep_daily")
+        );
+        assert_eq!(
+            suggest_field("unknown field `colour`, expected one of `keep_last`, `keep_daily`"),
+            None
+        );
     }
 }

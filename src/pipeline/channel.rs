@@ -23,7 +23,11 @@ impl ChannelWriter {
     /// `cancel` stops the producer at its next write, e.g. on SIGTERM or a
     /// lost lease; the write fails with `Interrupted`.
     pub fn new(tx: mpsc::Sender<Bytes>, cancel: Arc<AtomicBool>) -> Self {
-        ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK_BYTES), cancel }
+        ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK_BYTES),
+            cancel,
+        }
     }
 
     fn send(&mut self) -> io::Result<()> {
@@ -40,7 +44,10 @@ impl ChannelWriter {
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "the job was cancelled"));
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the job was cancelled",
+            ));
         }
         let take = (CHUNK_BYTES - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..take]);
@@ -65,7 +72,12 @@ pub struct ChannelReader {
 
 impl ChannelReader {
     pub fn new(rx: mpsc::Receiver<Result<Bytes, StorageError>>, received: Arc<AtomicU64>) -> Self {
-        ChannelReader { rx, current: Bytes::new(), received, failure: None }
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+            received,
+            failure: None,
+        }
     }
 
     /// The storage error that ended the stream, if one did.
@@ -79,7 +91,8 @@ impl Read for ChannelReader {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => {
-                    self.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    self.received
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     self.current = chunk;
                 }
                 Some(Err(e)) => {

@@ -47,7 +47,10 @@ pub fn generate() -> (String, String) {
 /// A key that is not an X25519 recipient.
 pub fn parse_recipients(keys: &[String]) -> Result<Vec<age::x25519::Recipient>> {
     keys.iter()
-        .map(|k| age::x25519::Recipient::from_str(k).map_err(|e| Error::Key(format!("recipient `{k}`: {e}"))))
+        .map(|k| {
+            age::x25519::Recipient::from_str(k)
+                .map_err(|e| Error::Key(format!("recipient `{k}`: {e}")))
+        })
         .collect()
 }
 
@@ -67,12 +70,19 @@ pub fn read_identities(path: Option<&Path>) -> Result<Vec<age::x25519::Identity>
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            age::x25519::Identity::from_str(l)
-                .map_err(|e| Error::Key(format!("identity file {}: a line is not an age secret key: {e}", path.display())))
+            age::x25519::Identity::from_str(l).map_err(|e| {
+                Error::Key(format!(
+                    "identity file {}: a line is not an age secret key: {e}",
+                    path.display()
+                ))
+            })
         })
         .collect::<Result<_>>()?;
     if ids.is_empty() {
-        return Err(Error::Key(format!("identity file {} holds no AGE-SECRET-KEY-1… line", path.display())));
+        return Err(Error::Key(format!(
+            "identity file {} holds no AGE-SECRET-KEY-1… line",
+            path.display()
+        )));
     }
     Ok(ids)
 }

@@ -18,11 +18,21 @@ pub struct HashWriter<W> {
 
 impl<W> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashWriter { inner, hasher: Sha256::new(), size: 0 }
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
     }
 
     pub fn into_parts(self) -> (W, Hashed) {
-        (self.inner, Hashed { size: self.size, sha256: hex::encode(self.hasher.finalize()) })
+        (
+            self.inner,
+            Hashed {
+                size: self.size,
+                sha256: hex::encode(self.hasher.finalize()),
+            },
+        )
     }
 }
 
@@ -52,13 +62,19 @@ pub struct HashHandle(Arc<Mutex<(Sha256, u64)>>);
 impl HashHandle {
     pub fn result(&self) -> Hashed {
         let state = self.0.lock().expect("hash state poisoned");
-        Hashed { size: state.1, sha256: hex::encode(state.0.clone().finalize()) }
+        Hashed {
+            size: state.1,
+            sha256: hex::encode(state.0.clone().finalize()),
+        }
     }
 }
 
 impl<R> HashReader<R> {
     pub fn new(inner: R) -> Self {
-        HashReader { inner, state: HashHandle::default() }
+        HashReader {
+            inner,
+            state: HashHandle::default(),
+        }
     }
 
     pub fn handle(&self) -> HashHandle {

@@ -40,19 +40,23 @@ pub struct Digests {
 
 /// The write side: plaintext in, compressed and encrypted bytes out to `W`.
 pub struct Sealer<W: Write> {
-    inner: HashWriter<zstd::stream::write::Encoder<'static, age::stream::StreamWriter<HashWriter<W>>>>,
+    inner:
+        HashWriter<zstd::stream::write::Encoder<'static, age::stream::StreamWriter<HashWriter<W>>>>,
 }
 
 impl<W: Write> Sealer<W> {
     /// # Errors
     /// If a recipient cannot wrap the key or the first write fails.
     pub fn new(recipients: &[age::x25519::Recipient], level: i32, out: W) -> io::Result<Self> {
-        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| io::Error::other(format!("cannot encrypt to the recipients: {e}")))?;
+        let encryptor =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| io::Error::other(format!("cannot encrypt to the recipients: {e}")))?;
         let encrypted = encryptor.wrap_output(HashWriter::new(out))?;
         let mut zstd = zstd::stream::write::Encoder::new(encrypted, level)?;
         zstd.multithread(ZSTD_WORKERS)?;
-        Ok(Sealer { inner: HashWriter::new(zstd) })
+        Ok(Sealer {
+            inner: HashWriter::new(zstd),
+        })
     }
 
     /// Ends every stage in order (zstd frame, age's last chunk) and returns
@@ -89,7 +93,9 @@ impl<W: Write> Write for Sealer<W> {
     }
 }
 
-type PlainReader<R> = HashReader<zstd::stream::read::Decoder<'static, BufReader<age::stream::StreamReader<HashReader<R>>>>>;
+type PlainReader<R> = HashReader<
+    zstd::stream::read::Decoder<'static, BufReader<age::stream::StreamReader<HashReader<R>>>>,
+>;
 
 /// The read side: encrypted bytes in, authenticated plaintext out.
 pub struct Opener<R: Read> {
@@ -110,7 +116,11 @@ impl<R: Read> Opener<R> {
             .map_err(crypto::OpenError::from_age)?;
         let zstd = zstd::stream::read::Decoder::new(plain).map_err(crypto::OpenError::Io)?;
         let inner = HashReader::new(zstd);
-        Ok(Opener { plain: inner.handle(), inner, cipher })
+        Ok(Opener {
+            plain: inner.handle(),
+            inner,
+            cipher,
+        })
     }
 
     /// Reads whatever is left of the input (so age checks its final chunk and
@@ -122,7 +132,10 @@ impl<R: Read> Opener<R> {
         let mut decrypted = self.inner.into_inner().finish();
         let trailing = io::copy(&mut decrypted, &mut io::sink())?;
         if trailing > 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{trailing} bytes after the end of the compressed stream")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{trailing} bytes after the end of the compressed stream"),
+            ));
         }
         let (plain, cipher) = (self.plain.result(), self.cipher.result());
         Ok(Digests {
@@ -144,7 +157,11 @@ impl<R: Read> Read for Opener<R> {
 ///
 /// # Errors
 /// As [`Sealer::new`].
-pub fn seal_bytes(recipients: &[age::x25519::Recipient], level: i32, data: &[u8]) -> io::Result<(Vec<u8>, Digests)> {
+pub fn seal_bytes(
+    recipients: &[age::x25519::Recipient],
+    level: i32,
+    data: &[u8],
+) -> io::Result<(Vec<u8>, Digests)> {
     let mut s = Sealer::new(recipients, level, Vec::new())?;
     s.write_all(data)?;
     s.finish()
@@ -154,7 +171,10 @@ pub fn seal_bytes(recipients: &[age::x25519::Recipient], level: i32, data: &[u8]
 ///
 /// # Errors
 /// Wrong key, tampering or truncation.
-pub fn open_bytes(identities: &[age::x25519::Identity], data: &[u8]) -> Result<(Vec<u8>, Digests), crypto::OpenError> {
+pub fn open_bytes(
+    identities: &[age::x25519::Identity],
+    data: &[u8],
+) -> Result<(Vec<u8>, Digests), crypto::OpenError> {
     let mut o = Opener::new(identities, data)?;
     let mut out = Vec::new();
     o.read_to_end(&mut out).map_err(crypto::OpenError::Io)?;
@@ -193,7 +213,10 @@ mod tests {
         for pos in [0, 40, sealed.len() / 2, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[pos] ^= 0x01;
-            assert!(open_bytes(std::slice::from_ref(&id), &bad).is_err(), "flip at {pos} went unnoticed");
+            assert!(
+                open_bytes(std::slice::from_ref(&id), &bad).is_err(),
+                "flip at {pos} went unnoticed"
+            );
         }
     }
 
@@ -203,7 +226,10 @@ mod tests {
         let data = vec![42u8; 300_000];
         let (sealed, _) = seal_bytes(&[r], 3, &data).unwrap();
         for cut in [sealed.len() - 1, sealed.len() - 17, sealed.len() / 2] {
-            assert!(open_bytes(std::slice::from_ref(&id), &sealed[..cut]).is_err(), "cut at {cut} went unnoticed");
+            assert!(
+                open_bytes(std::slice::from_ref(&id), &sealed[..cut]).is_err(),
+                "cut at {cut} went unnoticed"
+            );
         }
     }
 
@@ -212,6 +238,9 @@ mod tests {
         let (_, r) = key();
         let (other, _) = key();
         let (sealed, _) = seal_bytes(&[r], 3, b"hello").unwrap();
-        assert!(matches!(open_bytes(&[other], &sealed), Err(crypto::OpenError::NoMatchingKey)));
+        assert!(matches!(
+            open_bytes(&[other], &sealed),
+            Err(crypto::OpenError::NoMatchingKey)
+        ));
     }
 }

@@ -38,7 +38,8 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
             let store = store.clone();
             async move {
                 let parsed = match store.get(&key, None).await {
-                    Ok((bytes, _)) => serde_json::from_slice::<Manifest>(&bytes).map_err(|e| format!("not a valid manifest: {e}")),
+                    Ok((bytes, _)) => serde_json::from_slice::<Manifest>(&bytes)
+                        .map_err(|e| format!("not a valid manifest: {e}")),
                     Err(e) => Err(e.to_string()),
                 };
                 (key, parsed)
@@ -50,12 +51,22 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
     let mut catalog = Catalog::default();
     for (key, parsed) in results {
         match parsed {
-            Ok(m) if m.policy == policy && key == super::manifest_key(policy, &m.id) => catalog.backups.push(m),
-            Ok(m) => catalog.damaged.push((key, format!("manifest names policy `{}` and id `{}`, not its own location", m.policy, m.id))),
+            Ok(m) if m.policy == policy && key == super::manifest_key(policy, &m.id) => {
+                catalog.backups.push(m)
+            }
+            Ok(m) => catalog.damaged.push((
+                key,
+                format!(
+                    "manifest names policy `{}` and id `{}`, not its own location",
+                    m.policy, m.id
+                ),
+            )),
             Err(reason) => catalog.damaged.push((key, reason)),
         }
     }
-    catalog.backups.sort_by(|a, b| b.point_in_time.cmp(&a.point_in_time).then(b.id.cmp(&a.id)));
+    catalog
+        .backups
+        .sort_by(|a, b| b.point_in_time.cmp(&a.point_in_time).then(b.id.cmp(&a.id)));
     catalog.damaged.sort();
     Ok(catalog)
 }
@@ -72,16 +83,25 @@ pub struct Selection<'a> {
 ///
 /// # Errors
 /// `NoBackup`, saying whether there are none at all or none early enough.
-pub fn select<'a>(policy: &str, backups: &'a [Manifest], target: DateTime<Utc>) -> Result<Selection<'a>> {
+pub fn select<'a>(
+    policy: &str,
+    backups: &'a [Manifest],
+    target: DateTime<Utc>,
+) -> Result<Selection<'a>> {
     if let Some(b) = backups.iter().find(|b| b.point_in_time <= target) {
-        return Ok(Selection { backup: b, gap: target - b.point_in_time });
+        return Ok(Selection {
+            backup: b,
+            gap: target - b.point_in_time,
+        });
     }
     Err(Error::NoBackup(match backups.last() {
         None => format!("policy `{policy}` has no backups yet; run `drctl backup {policy}` first"),
         Some(first) => format!(
             "no backup of `{policy}` is at or before {}; the first one is from {}",
             target.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            first.point_in_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            first
+                .point_in_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
     }))
 }
@@ -94,8 +114,13 @@ pub fn find<'a>(policy: &str, backups: &'a [Manifest], id: &str) -> Result<&'a M
     let matches: Vec<&Manifest> = backups.iter().filter(|b| b.id.starts_with(id)).collect();
     match matches.as_slice() {
         [one] => Ok(one),
-        [] => Err(Error::NoBackup(format!("policy `{policy}` has no backup with id `{id}`; `drctl list {policy}` shows them"))),
-        many => Err(Error::NoBackup(format!("`{id}` matches {} backups of `{policy}`; give more of the id", many.len()))),
+        [] => Err(Error::NoBackup(format!(
+            "policy `{policy}` has no backup with id `{id}`; `drctl list {policy}` shows them"
+        ))),
+        many => Err(Error::NoBackup(format!(
+            "`{id}` matches {} backups of `{policy}`; give more of the id",
+            many.len()
+        ))),
     }
 }
 
@@ -117,13 +142,21 @@ mod tests {
             finished_at: t,
             host: "h".into(),
             tool_version: "0".into(),
-            compression: Compression { algorithm: "zstd".into(), level: 3 },
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
             recipients: vec![],
             data: ObjectRecord {
                 key: "k".into(),
                 version_id: None,
                 content: "tar".into(),
-                digests: Digests { plaintext_size: 0, plaintext_sha256: String::new(), size: 0, sha256: String::new() },
+                digests: Digests {
+                    plaintext_size: 0,
+                    plaintext_sha256: String::new(),
+                    size: 0,
+                    sha256: String::new(),
+                },
             },
             fingerprint: None,
             postgres: None,
@@ -139,7 +172,10 @@ mod tests {
         assert_eq!(s.gap, Duration::hours(2));
         assert_eq!(select("p", &backups, t(12)).unwrap().backup.id, "c");
         let err = select("p", &backups, t(3)).unwrap_err().to_string();
-        assert!(err.contains("the first one is from 2026-11-26T04:00:00Z"), "{err}");
+        assert!(
+            err.contains("the first one is from 2026-11-26T04:00:00Z"),
+            "{err}"
+        );
         let err = select("p", &[], t(3)).unwrap_err().to_string();
         assert!(err.contains("no backups yet"), "{err}");
     }
@@ -148,8 +184,16 @@ mod tests {
     fn find_by_unique_prefix() {
         let t = Utc.with_ymd_and_hms(2026, 11, 26, 1, 0, 0).unwrap();
         let backups = vec![m("20261126T010000Z-aa", t), m("20261126T010000Z-ab", t)];
-        assert_eq!(find("p", &backups, "20261126T010000Z-aa").unwrap().id, "20261126T010000Z-aa");
-        assert!(find("p", &backups, "20261126").unwrap_err().to_string().contains("matches 2"));
+        assert_eq!(
+            find("p", &backups, "20261126T010000Z-aa").unwrap().id,
+            "20261126T010000Z-aa"
+        );
+        assert!(
+            find("p", &backups, "20261126")
+                .unwrap_err()
+                .to_string()
+                .contains("matches 2")
+        );
         assert!(find("p", &backups, "x").is_err());
     }
 }

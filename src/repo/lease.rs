@@ -34,11 +34,18 @@ pub struct Lease {
 }
 
 fn holder() -> String {
-    format!("{}:{}", gethostname::gethostname().to_string_lossy(), std::process::id())
+    format!(
+        "{}:{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    )
 }
 
 fn ttl() -> Duration {
-    let secs = std::env::var("DRCTL_LEASE_TTL_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_TTL_SECONDS);
+    let secs = std::env::var("DRCTL_LEASE_TTL_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_TTL_SECONDS);
     Duration::seconds(secs.max(3))
 }
 
@@ -50,8 +57,14 @@ impl Lease {
     pub async fn acquire(store: Arc<dyn Store>, policy: &str, job: &str) -> Result<Lease> {
         let key = lock_key(policy);
         let ttl = ttl();
-        let body = |now: DateTime<Utc>| LeaseBody { holder: holder(), job: job.to_string(), acquired_at: now, expires_at: now + ttl };
-        let encode = |b: &LeaseBody| Bytes::from(serde_json::to_vec_pretty(b).expect("lease serialises"));
+        let body = |now: DateTime<Utc>| LeaseBody {
+            holder: holder(),
+            job: job.to_string(),
+            acquired_at: now,
+            expires_at: now + ttl,
+        };
+        let encode =
+            |b: &LeaseBody| Bytes::from(serde_json::to_vec_pretty(b).expect("lease serialises"));
         let now = Utc::now();
         let stored = match store.put(&key, encode(&body(now)), PutMode::Create).await {
             Ok(s) => s,
@@ -66,21 +79,29 @@ impl Lease {
                                 "{} is running `{}` there since {} (lease expires {}; it is renewed while that job runs)",
                                 c.holder,
                                 c.job,
-                                c.acquired_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                c.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                                c.acquired_at
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                c.expires_at
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                             ),
                         });
                     }
                     _ => {
                         let etag = meta.etag.unwrap_or_default();
                         tracing::warn!(policy, "Taking over an expired lease.");
-                        store.put(&key, encode(&body(now)), PutMode::IfMatch(etag)).await.map_err(|e| {
-                            if e.kind == StorageErrorKind::PreconditionFailed {
-                                Error::Locked { policy: policy.to_string(), message: "another job took the expired lease first".into() }
-                            } else {
-                                e.into()
-                            }
-                        })?
+                        store
+                            .put(&key, encode(&body(now)), PutMode::IfMatch(etag))
+                            .await
+                            .map_err(|e| {
+                                if e.kind == StorageErrorKind::PreconditionFailed {
+                                    Error::Locked {
+                                        policy: policy.to_string(),
+                                        message: "another job took the expired lease first".into(),
+                                    }
+                                } else {
+                                    e.into()
+                                }
+                            })?
                     }
                 }
             }
@@ -89,14 +110,25 @@ impl Lease {
         let etag = Arc::new(tokio::sync::Mutex::new(stored.etag));
         let (lost_tx, lost) = watch::channel(false);
         let renewer = {
-            let (store, key, etag, job, policy) = (store.clone(), key.clone(), etag.clone(), job.to_string(), policy.to_string());
+            let (store, key, etag, job, policy) = (
+                store.clone(),
+                key.clone(),
+                etag.clone(),
+                job.to_string(),
+                policy.to_string(),
+            );
             let acquired_at = now;
             tokio::spawn(async move {
                 let every = StdDuration::from_millis((ttl.num_milliseconds() / 3).max(500) as u64);
                 loop {
                     tokio::time::sleep(every).await;
                     let mut guard = etag.lock().await;
-                    let next = LeaseBody { holder: holder(), job: job.clone(), acquired_at, expires_at: Utc::now() + ttl };
+                    let next = LeaseBody {
+                        holder: holder(),
+                        job: job.clone(),
+                        acquired_at,
+                        expires_at: Utc::now() + ttl,
+                    };
                     let mode = PutMode::IfMatch(guard.clone().unwrap_or_default());
                     match store.put(&key, encode(&next), mode).await {
                         Ok(s) => *guard = s.etag,
@@ -109,7 +141,13 @@ impl Lease {
                 }
             })
         };
-        Ok(Lease { store, key, etag, renewer, lost })
+        Ok(Lease {
+            store,
+            key,
+            etag,
+            renewer,
+            lost,
+        })
     }
 
     /// Resolves if the lease could not be renewed: the job must stop.

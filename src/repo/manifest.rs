@@ -74,11 +74,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn digest() -> impl Strategy<Value = Digests> {
-        (any::<u64>(), "[0-9a-f]{64}", any::<u64>(), "[0-9a-f]{64}").prop_map(|(a, b, c, d)| Digests {
-            plaintext_size: a,
-            plaintext_sha256: b,
-            size: c,
-            sha256: d,
+        (any::<u64>(), "[0-9a-f]{64}", any::<u64>(), "[0-9a-f]{64}").prop_map(|(a, b, c, d)| {
+            Digests {
+                plaintext_size: a,
+                plaintext_sha256: b,
+                size: c,
+                sha256: d,
+            }
         })
     }
 

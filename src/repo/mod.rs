@@ -45,7 +45,11 @@ pub fn lock_key(policy: &str) -> String {
 /// A fresh, time-sortable backup id: `20261127T012000Z-9f3a1c2e`. The random
 /// suffix keeps two backups started in the same second apart.
 pub fn new_backup_id(now: DateTime<Utc>) -> String {
-    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%SZ"), rand::random::<u32>())
+    format!(
+        "{}-{:08x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    )
 }
 
 /// `repo.json`: marks a repository and says how it was made.
@@ -73,7 +77,9 @@ impl Repo {
     pub async fn open(store: Arc<dyn Store>) -> Result<Repo> {
         let (bytes, _) = store.get(MARKER_KEY, None).await.map_err(|e| {
             if e.kind == StorageErrorKind::NotFound && !e.detail.contains("bucket") {
-                Error::NotInitialised { location: store.location() }
+                Error::NotInitialised {
+                    location: store.location(),
+                }
             } else {
                 Error::Storage(e)
             }
@@ -105,7 +111,10 @@ impl Repo {
             recipients: recipients.to_vec(),
         };
         let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
-        match store.put(MARKER_KEY, Bytes::from(body), PutMode::Create).await {
+        match store
+            .put(MARKER_KEY, Bytes::from(body), PutMode::Create)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.kind == StorageErrorKind::PreconditionFailed => Ok(false),
             Err(e) => Err(e.into()),

@@ -61,17 +61,32 @@ impl<R: Read> Read for HashingFile<R> {
 ///
 /// # Errors
 /// A listed path that does not exist or cannot be read; `policy` is named.
-pub fn write_tar(policy: &str, paths: &[PathBuf], exclude: &[String], out: &mut dyn Write, progress: &std::sync::atomic::AtomicU64) -> Result<FilesPrint> {
+pub fn write_tar(
+    policy: &str,
+    paths: &[PathBuf],
+    exclude: &[String],
+    out: &mut dyn Write,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<FilesPrint> {
     let mut set = globset::GlobSetBuilder::new();
     for g in exclude {
-        set.add(globset::Glob::new(g).map_err(|e| Error::Source { policy: policy.into(), message: format!("exclude `{g}`: {e}") })?);
+        set.add(globset::Glob::new(g).map_err(|e| Error::Source {
+            policy: policy.into(),
+            message: format!("exclude `{g}`: {e}"),
+        })?);
     }
-    let excludes = set.build().map_err(|e| Error::Source { policy: policy.into(), message: e.to_string() })?;
+    let excludes = set.build().map_err(|e| Error::Source {
+        policy: policy.into(),
+        message: e.to_string(),
+    })?;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
     let mut print = FilesPrint::default();
-    let io = |p: &Path, e: std::io::Error| Error::Source { policy: policy.into(), message: format!("{}: {e}", p.display()) };
+    let io = |p: &Path, e: std::io::Error| Error::Source {
+        policy: policy.into(),
+        message: format!("{}: {e}", p.display()),
+    };
 
     // Parents of the listed paths first, so a restore recreates them with
     // their modes and owners rather than defaults.
@@ -80,26 +95,40 @@ pub fn write_tar(policy: &str, paths: &[PathBuf], exclude: &[String], out: &mut 
         std::fs::symlink_metadata(p).map_err(|e| io(p, e))?;
     }
     while let Some(path) = stack.pop() {
-        let excluded = excludes.is_match(&path) || path.file_name().is_some_and(|n| excludes.is_match(n));
+        let excluded =
+            excludes.is_match(&path) || path.file_name().is_some_and(|n| excludes.is_match(n));
         if excluded {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
         let name = archive_name(&path);
         let ft = meta.file_type();
-        let mut entry = PathPrint { path: path_text(&name), kind: String::new(), mode: meta.mode() & 0o7777, sha256: None, link_target: None };
+        let mut entry = PathPrint {
+            path: path_text(&name),
+            kind: String::new(),
+            mode: meta.mode() & 0o7777,
+            sha256: None,
+            link_target: None,
+        };
         if ft.is_file() {
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
             // A file that grows while it is read would not match its header.
-            let mut reader = HashingFile { inner: file.take(meta.len()), hasher: Sha256::new() };
-            builder.append_data(&mut header, &name, &mut reader).map_err(|e| io(&path, e))?;
+            let mut reader = HashingFile {
+                inner: file.take(meta.len()),
+                hasher: Sha256::new(),
+            };
+            builder
+                .append_data(&mut header, &name, &mut reader)
+                .map_err(|e| io(&path, e))?;
             progress.fetch_add(meta.len(), std::sync::atomic::Ordering::Relaxed);
             entry.kind = "file".into();
             entry.sha256 = Some(hex::encode(reader.hasher.finalize()));
         } else if ft.is_dir() {
-            builder.append_path_with_name(&path, &name).map_err(|e| io(&path, e))?;
+            builder
+                .append_path_with_name(&path, &name)
+                .map_err(|e| io(&path, e))?;
             entry.kind = "dir".into();
             let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
                 .map_err(|e| io(&path, e))?
@@ -109,17 +138,30 @@ pub fn write_tar(policy: &str, paths: &[PathBuf], exclude: &[String], out: &mut 
             children.sort();
             stack.extend(children.into_iter().rev());
         } else if ft.is_symlink() {
-            builder.append_path_with_name(&path, &name).map_err(|e| io(&path, e))?;
+            builder
+                .append_path_with_name(&path, &name)
+                .map_err(|e| io(&path, e))?;
             entry.kind = "symlink".into();
-            entry.link_target = Some(path_text(&std::fs::read_link(&path).map_err(|e| io(&path, e))?));
+            entry.link_target = Some(path_text(
+                &std::fs::read_link(&path).map_err(|e| io(&path, e))?,
+            ));
         } else {
-            let what = if ft.is_socket() { "socket" } else if ft.is_fifo() { "fifo" } else { "device" };
+            let what = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else {
+                "device"
+            };
             tracing::warn!(path = %path.display(), kind = what, "Skipping a special file.");
             continue;
         }
         print.paths.push(entry);
     }
-    builder.finish().map_err(|e| Error::Source { policy: policy.into(), message: format!("finishing the tar stream: {e}") })?;
+    builder.finish().map_err(|e| Error::Source {
+        policy: policy.into(),
+        message: format!("finishing the tar stream: {e}"),
+    })?;
     Ok(print)
 }
 
@@ -144,7 +186,9 @@ pub fn compare(expected: &FilesPrint, root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in &expected.paths {
         let rel: PathBuf = match e.path.strip_prefix("hex:") {
-            Some(h) => PathBuf::from(std::ffi::OsStr::from_bytes(&hex::decode(h).unwrap_or_default())),
+            Some(h) => PathBuf::from(std::ffi::OsStr::from_bytes(
+                &hex::decode(h).unwrap_or_default(),
+            )),
             None => PathBuf::from(&e.path),
         };
         let p = root.join(&rel);
@@ -153,18 +197,30 @@ pub fn compare(expected: &FilesPrint, root: &Path) -> Vec<String> {
             continue;
         };
         if e.kind != "symlink" && meta.mode() & 0o7777 != e.mode {
-            out.push(format!("{}: mode {:o}, expected {:o}", e.path, meta.mode() & 0o7777, e.mode));
+            out.push(format!(
+                "{}: mode {:o}, expected {:o}",
+                e.path,
+                meta.mode() & 0o7777,
+                e.mode
+            ));
         }
         if let Some(want) = &e.sha256 {
-            let got = std::fs::read(&p).map(|d| hex::encode(Sha256::digest(&d))).unwrap_or_default();
+            let got = std::fs::read(&p)
+                .map(|d| hex::encode(Sha256::digest(&d)))
+                .unwrap_or_default();
             if &got != want {
                 out.push(format!("{}: contents differ", e.path));
             }
         }
         if let Some(want) = &e.link_target {
-            let got = std::fs::read_link(&p).map(|t| path_text(&t)).unwrap_or_default();
+            let got = std::fs::read_link(&p)
+                .map(|t| path_text(&t))
+                .unwrap_or_default();
             if &got != want {
-                out.push(format!("{}: link points to `{got}`, expected `{want}`", e.path));
+                out.push(format!(
+                    "{}: link points to `{got}`, expected `{want}`",
+                    e.path
+                ));
             }
         }
     }

@@ -61,13 +61,22 @@ impl Exclusions {
                     }
                     return true;
                 }
-                if let Some(v) = a.strip_prefix(flag_short).filter(|v| !v.is_empty() && flag_short.len() == 2) {
+                if let Some(v) = a
+                    .strip_prefix(flag_short)
+                    .filter(|v| !v.is_empty() && flag_short.len() == 2)
+                {
                     into.push(v.to_string());
                     return true;
                 }
                 false
             };
-            if take("--exclude-table", "-T", &mut ex.tables) || take("--exclude-table-data", "--exclude-table-data", &mut ex.tables) {
+            if take("--exclude-table", "-T", &mut ex.tables)
+                || take(
+                    "--exclude-table-data",
+                    "--exclude-table-data",
+                    &mut ex.tables,
+                )
+            {
                 continue;
             }
             take("--exclude-schema", "-N", &mut ex.schemas);
@@ -78,7 +87,13 @@ impl Exclusions {
     fn excludes(&self, schema: &str, table: &str) -> bool {
         let qualified = format!("{schema}.{table}");
         self.schemas.iter().any(|p| glob_match(p, schema))
-            || self.tables.iter().any(|p| if p.contains('.') { glob_match(p, &qualified) } else { glob_match(p, table) })
+            || self.tables.iter().any(|p| {
+                if p.contains('.') {
+                    glob_match(p, &qualified)
+                } else {
+                    glob_match(p, table)
+                }
+            })
     }
 }
 
@@ -103,8 +118,16 @@ fn glob_match(pattern: &str, s: &str) -> bool {
 /// # Errors
 /// `Database` naming the table whose query failed.
 pub async fn take(client: &Client, target: &str, exclusions: &Exclusions) -> Result<Fingerprint> {
-    let db = |what: String| move |e: tokio_postgres::Error| Error::Database { target: target.to_string(), message: format!("{what}: {}", error_text(&e)) };
-    client.batch_execute(STABLE_OUTPUT).await.map_err(db("fingerprint settings".into()))?;
+    let db = |what: String| {
+        move |e: tokio_postgres::Error| Error::Database {
+            target: target.to_string(),
+            message: format!("{what}: {}", error_text(&e)),
+        }
+    };
+    client
+        .batch_execute(STABLE_OUTPUT)
+        .await
+        .map_err(db("fingerprint settings".into()))?;
     // Ordinary tables and partitions hold the rows; partitioned parents and
     // extension members do not belong to the dump's data.
     let rows = client
@@ -125,9 +148,19 @@ pub async fn take(client: &Client, target: &str, exclusions: &Exclusions) -> Res
             continue;
         }
         let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-        let sql = format!("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text FROM ONLY {name} AS t");
-        let r = client.query_one(&sql, &[]).await.map_err(db(format!("fingerprinting {name}")))?;
-        print.tables.push(TablePrint { schema, table, rows: r.get(0), hash: r.get(1) });
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text FROM ONLY {name} AS t"
+        );
+        let r = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(db(format!("fingerprinting {name}")))?;
+        print.tables.push(TablePrint {
+            schema,
+            table,
+            rows: r.get(0),
+            hash: r.get(1),
+        });
     }
     let lo = client
         .query_one(
@@ -138,7 +171,12 @@ pub async fn take(client: &Client, target: &str, exclusions: &Exclusions) -> Res
         .map_err(db("fingerprinting large objects".into()))?;
     let count: i64 = lo.get(0);
     if count > 0 {
-        print.large_objects = Some(TablePrint { schema: "pg_catalog".into(), table: "pg_largeobject".into(), rows: count, hash: lo.get(1) });
+        print.large_objects = Some(TablePrint {
+            schema: "pg_catalog".into(),
+            table: "pg_largeobject".into(),
+            rows: count,
+            hash: lo.get(1),
+        });
     }
     Ok(print)
 }
@@ -146,12 +184,26 @@ pub async fn take(client: &Client, target: &str, exclusions: &Exclusions) -> Res
 /// How two fingerprints differ, one line per table; empty when equal.
 pub fn compare(expected: &Fingerprint, actual: &Fingerprint) -> Vec<String> {
     let mut out = Vec::new();
-    let find = |p: &Fingerprint, t: &TablePrint| p.tables.iter().find(|x| x.schema == t.schema && x.table == t.table).cloned();
+    let find = |p: &Fingerprint, t: &TablePrint| {
+        p.tables
+            .iter()
+            .find(|x| x.schema == t.schema && x.table == t.table)
+            .cloned()
+    };
     for e in &expected.tables {
         match find(actual, e) {
             None => out.push(format!("table {} is missing", e.name())),
-            Some(a) if a.rows != e.rows => out.push(format!("table {}: {} rows, expected {}", e.name(), a.rows, e.rows)),
-            Some(a) if a.hash != e.hash => out.push(format!("table {}: row contents differ ({} rows)", e.name(), a.rows)),
+            Some(a) if a.rows != e.rows => out.push(format!(
+                "table {}: {} rows, expected {}",
+                e.name(),
+                a.rows,
+                e.rows
+            )),
+            Some(a) if a.hash != e.hash => out.push(format!(
+                "table {}: row contents differ ({} rows)",
+                e.name(),
+                a.rows
+            )),
             Some(_) => {}
         }
     }
@@ -161,7 +213,10 @@ pub fn compare(expected: &Fingerprint, actual: &Fingerprint) -> Vec<String> {
         }
     }
     match (&expected.large_objects, &actual.large_objects) {
-        (Some(e), Some(a)) if e != a => out.push(format!("large objects: {} found, {} expected, or contents differ", a.rows, e.rows)),
+        (Some(e), Some(a)) if e != a => out.push(format!(
+            "large objects: {} found, {} expected, or contents differ",
+            a.rows, e.rows
+        )),
         (Some(e), None) => out.push(format!("large objects: none found, {} expected", e.rows)),
         (None, Some(a)) => out.push(format!("large objects: {} found, none expected", a.rows)),
         _ => {}
@@ -175,7 +230,12 @@ mod tests {
 
     #[test]
     fn exclusions_follow_pg_dump_flags() {
-        let ex = Exclusions::from_pg_dump_args(&["--exclude-table=audit_*".into(), "-T".into(), "public.big".into(), "-Nscratch".into()]);
+        let ex = Exclusions::from_pg_dump_args(&[
+            "--exclude-table=audit_*".into(),
+            "-T".into(),
+            "public.big".into(),
+            "-Nscratch".into(),
+        ]);
         assert!(ex.excludes("public", "audit_log"));
         assert!(ex.excludes("public", "big"));
         assert!(!ex.excludes("other", "big"));
@@ -185,12 +245,32 @@ mod tests {
 
     #[test]
     fn compare_names_the_table() {
-        let t = |rows, hash: &str| TablePrint { schema: "public".into(), table: "Orders".into(), rows, hash: hash.into() };
-        let a = Fingerprint { tables: vec![t(3, "10")], large_objects: None };
+        let t = |rows, hash: &str| TablePrint {
+            schema: "public".into(),
+            table: "Orders".into(),
+            rows,
+            hash: hash.into(),
+        };
+        let a = Fingerprint {
+            tables: vec![t(3, "10")],
+            large_objects: None,
+        };
         assert!(compare(&a, &a).is_empty());
-        let b = Fingerprint { tables: vec![t(3, "11")], large_objects: None };
-        assert_eq!(compare(&a, &b), vec!["table \"public\".\"Orders\": row contents differ (3 rows)".to_string()]);
-        let c = Fingerprint { tables: vec![], large_objects: None };
-        assert_eq!(compare(&a, &c), vec!["table \"public\".\"Orders\" is missing".to_string()]);
+        let b = Fingerprint {
+            tables: vec![t(3, "11")],
+            large_objects: None,
+        };
+        assert_eq!(
+            compare(&a, &b),
+            vec!["table \"public\".\"Orders\": row contents differ (3 rows)".to_string()]
+        );
+        let c = Fingerprint {
+            tables: vec![],
+            large_objects: None,
+        };
+        assert_eq!(
+            compare(&a, &c),
+            vec!["table \"public\".\"Orders\" is missing".to_string()]
+        );
     }
 }

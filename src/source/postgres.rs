@@ -39,7 +39,9 @@ pub fn resolve(url: &str) -> Result<tokio_postgres::Config> {
         message: format!("cannot parse the connection string: {e}"),
     })?;
     if config.get_user().is_none() {
-        let user = std::env::var("PGUSER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "postgres".into());
+        let user = std::env::var("PGUSER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "postgres".into());
         config.user(&user);
     }
     if config.get_hosts().is_empty() {
@@ -90,8 +92,19 @@ fn password_from_env(config: &tokio_postgres::Config) -> Option<String> {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "localhost".into(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
-    pgpass_lookup(&text, &host, &port, config.get_dbname().unwrap_or(""), config.get_user().unwrap_or(""))
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    pgpass_lookup(
+        &text,
+        &host,
+        &port,
+        config.get_dbname().unwrap_or(""),
+        config.get_user().unwrap_or(""),
+    )
 }
 
 /// Finds the password for a connection in pgpass text
@@ -120,7 +133,11 @@ pub fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -
             continue;
         }
         let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-        if matches(&fields[0], host) && matches(&fields[1], port) && matches(&fields[2], db) && matches(&fields[3], user) {
+        if matches(&fields[0], host)
+            && matches(&fields[1], port)
+            && matches(&fields[2], db)
+            && matches(&fields[3], user)
+        {
             return Some(fields[4].clone());
         }
     }
@@ -150,7 +167,12 @@ fn connect_hint(e: &tokio_postgres::Error) -> String {
     let text = error_text(e);
     if let Some(db) = e.as_db_error() {
         match db.code().code() {
-            "28P01" | "28000" => return format!("login refused: {} (check PGPASSWORD or the pgpass file)", db.message()),
+            "28P01" | "28000" => {
+                return format!(
+                    "login refused: {} (check PGPASSWORD or the pgpass file)",
+                    db.message()
+                );
+            }
             "3D000" => return format!("{} (check the database name in the policy)", db.message()),
             _ => {}
         }
@@ -193,8 +215,14 @@ pub struct Snapshot {
 /// # Errors
 /// Database errors, e.g. on a standby without `hot_standby_feedback`.
 pub async fn begin_snapshot(client: &Client, target: &str) -> Result<Snapshot> {
-    let db = |e: tokio_postgres::Error| Error::Database { target: target.to_string(), message: error_text(&e) };
-    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await.map_err(db)?;
+    let db = |e: tokio_postgres::Error| Error::Database {
+        target: target.to_string(),
+        message: error_text(&e),
+    };
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(db)?;
     // The first statement takes the snapshot; statement_timestamp() is when.
     let row = client
         .query_one(
@@ -223,7 +251,9 @@ pub fn bin_dir(configured: Option<&Path>, server_major: u32) -> Option<PathBuf> 
 }
 
 pub fn program(bin_dir: Option<&Path>, name: &str) -> PathBuf {
-    bin_dir.map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+    bin_dir
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Checks that a client tool can handle the server: pg_dump must be at least
@@ -232,7 +262,10 @@ pub fn program(bin_dir: Option<&Path>, name: &str) -> PathBuf {
 /// # Errors
 /// `Source` with the versions and what to install.
 pub fn check_tool(policy: &str, program: &Path, server_version_num: u32) -> Result<String> {
-    let version = process::tool_version(program).map_err(|m| Error::Source { policy: policy.into(), message: m })?;
+    let version = process::tool_version(program).map_err(|m| Error::Source {
+        policy: policy.into(),
+        message: m,
+    })?;
     let server_major = server_version_num / 10000;
     if process::major_of(&version) < server_major {
         return Err(Error::Source {
@@ -278,12 +311,21 @@ pub fn with_dbname(url: &str, db: &str) -> String {
             return u.to_string();
         }
     }
-    format!("{url} dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!(
+        "{url} dbname='{}'",
+        db.replace('\\', "\\\\").replace('\'', "\\'")
+    )
 }
 
 fn urlencode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -299,15 +341,27 @@ mod tests {
     #[test]
     fn pgpass_matching() {
         let text = "# comment\nother:5432:*:bob:nope\nlocalhost:5432:*:alice:s3cr\\:et\n*:*:*:*:fallback\n";
-        assert_eq!(pgpass_lookup(text, "localhost", "5432", "orders", "alice").as_deref(), Some("s3cr:et"));
-        assert_eq!(pgpass_lookup(text, "db9", "1", "x", "y").as_deref(), Some("fallback"));
+        assert_eq!(
+            pgpass_lookup(text, "localhost", "5432", "orders", "alice").as_deref(),
+            Some("s3cr:et")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "db9", "1", "x", "y").as_deref(),
+            Some("fallback")
+        );
         assert_eq!(pgpass_lookup("h:1:d:u\n", "h", "1", "d", "u"), None);
     }
 
     #[test]
     fn dbname_replacement() {
-        assert_eq!(with_dbname("postgres://u@h:5/orders", "orders_restored"), "postgres://u@h:5/orders_restored");
-        assert_eq!(with_dbname("host=h user=u dbname=x", "y"), "host=h user=u dbname=x dbname='y'");
+        assert_eq!(
+            with_dbname("postgres://u@h:5/orders", "orders_restored"),
+            "postgres://u@h:5/orders_restored"
+        );
+        assert_eq!(
+            with_dbname("host=h user=u dbname=x", "y"),
+            "host=h user=u dbname=x dbname='y'"
+        );
         let c: tokio_postgres::Config = with_dbname("host=h user=u dbname=x", "y").parse().unwrap();
         assert_eq!(c.get_dbname(), Some("y"));
     }

@@ -51,7 +51,12 @@ pub fn spawn(mut cmd: Command, name: &str) -> std::io::Result<Supervised> {
             }
         }
     });
-    Ok(Supervised { child, name: name.to_string(), stderr, reader: Some(reader) })
+    Ok(Supervised {
+        child,
+        name: name.to_string(),
+        stderr,
+        reader: Some(reader),
+    })
 }
 
 impl Supervised {
@@ -61,7 +66,9 @@ impl Supervised {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        let text = String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer poisoned")).trim().to_string();
+        let text = String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer poisoned"))
+            .trim()
+            .to_string();
         Ok((status, text))
     }
 
@@ -90,7 +97,12 @@ pub fn tool_version(program: &std::path::Path) -> Result<String, String> {
     let out = Command::new(program)
         .arg("--version")
         .output()
-        .map_err(|e| format!("cannot run {}: {e} (install the PostgreSQL client, or set `source.bin_dir`)", program.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e} (install the PostgreSQL client, or set `source.bin_dir`)",
+                program.display()
+            )
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
@@ -99,5 +111,9 @@ pub fn tool_version(program: &std::path::Path) -> Result<String, String> {
 }
 
 pub fn major_of(version: &str) -> u32 {
-    version.split(['.', ' ']).next().and_then(|m| m.parse().ok()).unwrap_or(0)
+    version
+        .split(['.', ' '])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }

@@ -80,7 +80,11 @@ fn publish(root: &Path, tmp: &Path, dest: &Path, mode: Option<&PutMode>) -> std:
     }
     match mode {
         Some(PutMode::IfMatch(expected)) => {
-            let lock = File::options().create(true).truncate(false).write(true).open(root.join(LOCK_FILE))?;
+            let lock = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(root.join(LOCK_FILE))?;
             // SAFETY: flock on a descriptor we own; released when `lock` drops.
             if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -88,7 +92,10 @@ fn publish(root: &Path, tmp: &Path, dest: &Path, mode: Option<&PutMode>) -> std:
             let current = std::fs::read(dest)?;
             if &etag_of(&current) != expected {
                 let _ = std::fs::remove_file(tmp);
-                return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the object changed since it was read"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the object changed since it was read",
+                ));
             }
             std::fs::rename(tmp, dest)?;
         }
@@ -125,18 +132,32 @@ impl Store for LocalStore {
         .await
         .expect("local put task panicked")
         .map_err(|e| self.err("put", key, &e))?;
-        Ok(Stored { size, etag: Some(etag), version_id: None })
+        Ok(Stored {
+            size,
+            etag: Some(etag),
+            version_id: None,
+        })
     }
 
-    async fn get(&self, key: &str, _version: Option<&str>) -> Result<(Bytes, ObjectMeta), StorageError> {
+    async fn get(
+        &self,
+        key: &str,
+        _version: Option<&str>,
+    ) -> Result<(Bytes, ObjectMeta), StorageError> {
         let path = self.path(key);
-        let data = tokio::fs::read(&path).await.map_err(|e| self.err("get", key, &e))?;
+        let data = tokio::fs::read(&path)
+            .await
+            .map_err(|e| self.err("get", key, &e))?;
         let mut meta = meta_of(key, &path).map_err(|e| self.err("get", key, &e))?;
         meta.etag = Some(etag_of(&data));
         Ok((Bytes::from(data), meta))
     }
 
-    async fn get_stream(&self, key: &str, _version: Option<&str>) -> Result<ByteStream, StorageError> {
+    async fn get_stream(
+        &self,
+        key: &str,
+        _version: Option<&str>,
+    ) -> Result<ByteStream, StorageError> {
         let file = File::open(self.path(key)).map_err(|e| self.err("get", key, &e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (location, key) = (self.location(), key.to_string());
@@ -150,7 +171,13 @@ impl Store for LocalStore {
                         buf.truncate(n);
                         Ok(Bytes::from(buf))
                     }
-                    Err(e) => Err(StorageError::new("get", &location, &key, StorageErrorKind::Other, e.to_string())),
+                    Err(e) => Err(StorageError::new(
+                        "get",
+                        &location,
+                        &key,
+                        StorageErrorKind::Other,
+                        e.to_string(),
+                    )),
                 };
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
@@ -158,7 +185,9 @@ impl Store for LocalStore {
                 }
             }
         });
-        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
     }
 
     async fn head(&self, key: &str, _version: Option<&str>) -> Result<ObjectMeta, StorageError> {
@@ -186,7 +215,9 @@ impl Store for LocalStore {
                 for entry in entries {
                     let entry = entry?;
                     let path = entry.path();
-                    let Ok(rel) = path.strip_prefix(&root) else { continue };
+                    let Ok(rel) = path.strip_prefix(&root) else {
+                        continue;
+                    };
                     let key = rel.to_string_lossy().replace('\\', "/");
                     if key == TMP_DIR || key == LOCK_FILE {
                         continue;
@@ -217,7 +248,13 @@ impl Store for LocalStore {
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError> {
         let dest = self.path(key);
         if dest.exists() {
-            return Err(StorageError::new("upload", self.location(), key, StorageErrorKind::PreconditionFailed, "an object already exists at this key"));
+            return Err(StorageError::new(
+                "upload",
+                self.location(),
+                key,
+                StorageErrorKind::PreconditionFailed,
+                "an object already exists at this key",
+            ));
         }
         let (tmp, file) = self.tmp_file().map_err(|e| self.err("upload", key, &e))?;
         Ok(Box::new(LocalUpload {
@@ -244,7 +281,13 @@ struct LocalUpload {
 
 impl LocalUpload {
     fn err(&self, e: &std::io::Error) -> StorageError {
-        StorageError::new("upload", &self.location, &self.key, StorageErrorKind::Other, e.to_string())
+        StorageError::new(
+            "upload",
+            &self.location,
+            &self.key,
+            StorageErrorKind::Other,
+            e.to_string(),
+        )
     }
 }
 
@@ -264,7 +307,12 @@ impl Upload for LocalUpload {
     }
 
     async fn complete(self: Box<Self>) -> Result<Stored, StorageError> {
-        let (root, tmp, dest, file) = (self.root.clone(), self.tmp.clone(), self.dest.clone(), self.file.clone());
+        let (root, tmp, dest, file) = (
+            self.root.clone(),
+            self.tmp.clone(),
+            self.dest.clone(),
+            self.file.clone(),
+        );
         let published = tokio::task::spawn_blocking(move || {
             file.sync_all()?;
             publish(&root, &tmp, &dest, Some(&PutMode::Create))
@@ -272,14 +320,22 @@ impl Upload for LocalUpload {
         .await
         .expect("local complete task panicked");
         match published {
-            Ok(()) => Ok(Stored { size: self.size, etag: None, version_id: None }),
+            Ok(()) => Ok(Stored {
+                size: self.size,
+                etag: None,
+                version_id: None,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_file(&self.tmp);
                 Err(StorageError::new(
                     "upload",
                     &self.location,
                     &self.key,
-                    if e.kind() == std::io::ErrorKind::AlreadyExists { StorageErrorKind::PreconditionFailed } else { StorageErrorKind::Other },
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        StorageErrorKind::PreconditionFailed
+                    } else {
+                        StorageErrorKind::Other
+                    },
                     e.to_string(),
                 ))
             }

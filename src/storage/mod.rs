@@ -59,10 +59,18 @@ pub trait Store: Send + Sync + 'static {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Stored, StorageError>;
 
     /// Reads a small object whole, with its ETag.
-    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, ObjectMeta), StorageError>;
+    async fn get(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<(Bytes, ObjectMeta), StorageError>;
 
     /// Streams an object; errors part-way arrive in the stream.
-    async fn get_stream(&self, key: &str, version: Option<&str>) -> Result<ByteStream, StorageError>;
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<ByteStream, StorageError>;
 
     async fn head(&self, key: &str, version: Option<&str>) -> Result<ObjectMeta, StorageError>;
 
@@ -126,7 +134,10 @@ pub async fn upload_stream(
                 let take = want.min(chunk.len());
                 part.extend_from_slice(&chunk.split_to(take));
                 if part.len() >= upload.next_part_size() {
-                    let full = std::mem::replace(&mut part, BytesMut::with_capacity(upload.next_part_size()));
+                    let full = std::mem::replace(
+                        &mut part,
+                        BytesMut::with_capacity(upload.next_part_size()),
+                    );
                     upload.put_part(full.freeze()).await?;
                 }
             }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
@@ -50,7 +50,14 @@ impl S3Store {
     /// # Errors
     /// Never for now; kept fallible for settings that cannot be used.
     pub async fn connect(config: &RepositoryConfig) -> Result<Self, StorageError> {
-        let RepositoryConfig::S3 { bucket, prefix, endpoint, region, path_style } = config else {
+        let RepositoryConfig::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+        } = config
+        else {
             unreachable!("S3Store::connect called with a non-S3 configuration");
         };
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
@@ -62,7 +69,9 @@ impl S3Store {
             .force_path_style(*path_style)
             // drctl checks sha256 of every object itself; the SDK cannot
             // validate multipart part-level checksums and would only warn.
-            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .retry_config(
                 aws_config::retry::RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
@@ -89,11 +98,21 @@ impl S3Store {
     }
 
     fn full_key(&self, key: &str) -> String {
-        if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) }
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
     }
 
     fn relative_key<'a>(&self, full: &'a str) -> &'a str {
-        if self.prefix.is_empty() { full } else { full.strip_prefix(&self.prefix).map(|k| k.trim_start_matches('/')).unwrap_or(full) }
+        if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(&self.prefix)
+                .map(|k| k.trim_start_matches('/'))
+                .unwrap_or(full)
+        }
     }
 
     fn err<E>(&self, op: &'static str, key: &str, e: &SdkError<E, HttpResponse>) -> StorageError
@@ -104,7 +123,13 @@ impl S3Store {
     }
 }
 
-fn map_error<E>(op: &'static str, location: &str, key: &str, bucket: &str, e: &SdkError<E, HttpResponse>) -> StorageError
+fn map_error<E>(
+    op: &'static str,
+    location: &str,
+    key: &str,
+    bucket: &str,
+    e: &SdkError<E, HttpResponse>,
+) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -115,20 +140,48 @@ where
             let code = err.code().unwrap_or("");
             let status = Some(se.raw().status().as_u16());
             let kind = match (code, status) {
-                ("NoSuchKey" | "NotFound" | "NoSuchVersion", _) | (_, Some(404)) if code != "NoSuchBucket" => NotFound,
+                ("NoSuchKey" | "NotFound" | "NoSuchVersion", _) | (_, Some(404))
+                    if code != "NoSuchBucket" =>
+                {
+                    NotFound
+                }
                 ("NoSuchBucket", _) => NotFound,
-                ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412)) => PreconditionFailed,
-                ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken", _) | (_, Some(403)) => AccessDenied,
+                ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412)) => {
+                    PreconditionFailed
+                }
+                (
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken",
+                    _,
+                )
+                | (_, Some(403)) => AccessDenied,
                 ("InvalidObjectState", _) => Archived,
-                ("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "Throttling", _) => Transient,
+                (
+                    "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout"
+                    | "Throttling",
+                    _,
+                ) => Transient,
                 (_, Some(s)) if s >= 500 => Transient,
                 _ => Other,
             };
             let message = err.message().unwrap_or("");
             let detail = match (code, kind) {
-                ("NoSuchBucket", _) => format!("bucket `{bucket}` does not exist (create it, or fix `repository.url`)"),
-                (_, AccessDenied) => format!("access denied ({code}: {message}); check the AWS credentials and the bucket policy"),
-                ("", _) => format!("HTTP {}: {}", status.map(|s| s.to_string()).unwrap_or_else(|| "error".into()), error_chain(e)),
+                ("NoSuchBucket", _) => {
+                    format!("bucket `{bucket}` does not exist (create it, or fix `repository.url`)")
+                }
+                (_, AccessDenied) => format!(
+                    "access denied ({code}: {message}); check the AWS credentials and the bucket policy"
+                ),
+                ("", _) => format!(
+                    "HTTP {}: {}",
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "error".into()),
+                    error_chain(e)
+                ),
                 _ => format!("{code}: {message}"),
             };
             (kind, detail)
@@ -136,7 +189,12 @@ where
         SdkError::TimeoutError(_) => (Transient, "timed out".to_string()),
         SdkError::DispatchFailure(d) => (
             Transient,
-            format!("cannot reach the S3 endpoint ({})", d.as_connector_error().map(|c| c.to_string()).unwrap_or_else(|| format!("{e}"))),
+            format!(
+                "cannot reach the S3 endpoint ({})",
+                d.as_connector_error()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| format!("{e}"))
+            ),
         ),
         SdkError::ResponseError(_) => (Transient, format!("bad response: {}", error_chain(e))),
         _ => (Other, error_chain(e)),
@@ -162,21 +220,38 @@ fn to_utc(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<chrono::DateTi
 #[async_trait]
 impl Store for S3Store {
     fn location(&self) -> String {
-        if self.prefix.is_empty() { format!("s3://{}", self.bucket) } else { format!("s3://{}/{}", self.bucket, self.prefix) }
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
     }
 
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Stored, StorageError> {
         let size = body.len() as u64;
-        let mut req = self.client.put_object().bucket(&self.bucket).key(self.full_key(key)).body(SdkByteStream::from(body));
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(SdkByteStream::from(body));
         req = match mode {
             PutMode::Create => req.if_none_match("*"),
             PutMode::IfMatch(etag) => req.if_match(etag),
         };
         let out = req.send().await.map_err(|e| self.err("put", key, &e))?;
-        Ok(Stored { size, etag: out.e_tag, version_id: out.version_id })
+        Ok(Stored {
+            size,
+            etag: out.e_tag,
+            version_id: out.version_id,
+        })
     }
 
-    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, ObjectMeta), StorageError> {
+    async fn get(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<(Bytes, ObjectMeta), StorageError> {
         let out = self
             .client
             .get_object()
@@ -198,12 +273,24 @@ impl Store for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| StorageError::new("get", self.location(), key, StorageErrorKind::Transient, error_chain(&e)))?
+            .map_err(|e| {
+                StorageError::new(
+                    "get",
+                    self.location(),
+                    key,
+                    StorageErrorKind::Transient,
+                    error_chain(&e),
+                )
+            })?
             .into_bytes();
         Ok((data, meta))
     }
 
-    async fn get_stream(&self, key: &str, version: Option<&str>) -> Result<ByteStream, StorageError> {
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key);
         let out = self
             .client
@@ -227,7 +314,10 @@ impl Store for S3Store {
             resumes_left: DOWNLOAD_RESUMES,
             body: Some(out.body),
         };
-        Ok(Box::pin(futures::stream::unfold(state, DownloadState::next)))
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            DownloadState::next,
+        )))
     }
 
     async fn head(&self, key: &str, version: Option<&str>) -> Result<ObjectMeta, StorageError> {
@@ -252,7 +342,13 @@ impl Store for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         let mut out = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full_key(prefix)).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix))
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.err("list", prefix, &e))?;
             for o in page.contents.unwrap_or_default() {
@@ -271,7 +367,13 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.client.delete_object().bucket(&self.bucket).key(self.full_key(key)).send().await.map_err(|e| self.err("delete", key, &e))?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.err("delete", key, &e))?;
         Ok(())
     }
 
@@ -338,7 +440,13 @@ impl DownloadState {
                     }
                 }
                 Err(e) => {
-                    let err = StorageError::new("get", &self.location, &self.key, StorageErrorKind::Transient, error_chain(&e));
+                    let err = StorageError::new(
+                        "get",
+                        &self.location,
+                        &self.key,
+                        StorageErrorKind::Transient,
+                        error_chain(&e),
+                    );
                     self.body = None;
                     return Some((Err(err), self));
                 }
@@ -378,13 +486,21 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| map_error("upload", &self.location, &self.key, &self.bucket, &e))?;
-        self.upload_id = Some(out.upload_id.ok_or_else(|| self.err(StorageErrorKind::Other, "CreateMultipartUpload returned no upload id"))?);
+        self.upload_id = Some(out.upload_id.ok_or_else(|| {
+            self.err(
+                StorageErrorKind::Other,
+                "CreateMultipartUpload returned no upload id",
+            )
+        })?);
         Ok(())
     }
 
     async fn send_part(&mut self, number: usize, data: Bytes) -> Result<(), StorageError> {
         if number > MAX_PARTS {
-            return Err(self.err(StorageErrorKind::Other, format!("more than {MAX_PARTS} parts; the object is larger than S3 allows")));
+            return Err(self.err(
+                StorageErrorKind::Other,
+                format!("more than {MAX_PARTS} parts; the object is larger than S3 allows"),
+            ));
         }
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.reap_one().await?;
@@ -399,9 +515,13 @@ impl S3Upload {
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             // The SDK retries a failed part from this in-memory buffer.
             .body(SdkByteStream::from(data));
-        let (location, key, bucket) = (self.location.clone(), self.key.clone(), self.bucket.clone());
+        let (location, key, bucket) =
+            (self.location.clone(), self.key.clone(), self.bucket.clone());
         self.in_flight.spawn(async move {
-            let out = req.send().await.map_err(|e| map_error("upload part", &location, &key, &bucket, &e))?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| map_error("upload part", &location, &key, &bucket, &e))?;
             Ok(CompletedPart::builder()
                 .part_number(number as i32)
                 .set_e_tag(out.e_tag)
@@ -413,7 +533,9 @@ impl S3Upload {
 
     async fn reap_one(&mut self) -> Result<(), StorageError> {
         if let Some(joined) = self.in_flight.join_next().await {
-            let part = joined.map_err(|e| self.err(StorageErrorKind::Other, format!("part task failed: {e}")))??;
+            let part = joined.map_err(|e| {
+                self.err(StorageErrorKind::Other, format!("part task failed: {e}"))
+            })??;
             self.done.push(part);
         }
         Ok(())
@@ -430,7 +552,9 @@ impl S3Upload {
                 .upload_id(id)
                 .send()
                 .await
-                .map_err(|e| map_error("abort upload", &self.location, &self.key, &self.bucket, &e))?;
+                .map_err(|e| {
+                    map_error("abort upload", &self.location, &self.key, &self.bucket, &e)
+                })?;
         }
         Ok(())
     }
@@ -474,7 +598,11 @@ impl Upload for S3Upload {
                 .send()
                 .await
                 .map_err(|e| map_error("upload", &self.location, &self.key, &self.bucket, &e))?;
-            return Ok(Stored { size: self.size, etag: out.e_tag, version_id: out.version_id });
+            return Ok(Stored {
+                size: self.size,
+                etag: out.e_tag,
+                version_id: out.version_id,
+            });
         }
         let result: Result<Stored, StorageError> = async {
             while !self.in_flight.is_empty() {
@@ -489,11 +617,27 @@ impl Upload for S3Upload {
                 .key(&self.full_key)
                 .upload_id(self.upload_id.clone().expect("multipart started"))
                 .if_none_match("*")
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
-                .map_err(|e| map_error("complete upload", &self.location, &self.key, &self.bucket, &e))?;
-            Ok(Stored { size: self.size, etag: out.e_tag, version_id: out.version_id })
+                .map_err(|e| {
+                    map_error(
+                        "complete upload",
+                        &self.location,
+                        &self.key,
+                        &self.bucket,
+                        &e,
+                    )
+                })?;
+            Ok(Stored {
+                size: self.size,
+                etag: out.e_tag,
+                version_id: out.version_id,
+            })
         }
         .await;
         match result {
@@ -519,8 +663,14 @@ mod tests {
     #[test]
     fn part_sizes_fit_the_largest_object_in_ten_thousand_parts() {
         let total: u128 = (1..=MAX_PARTS).map(|n| part_size(n) as u128).sum();
-        assert!(total >= 5 * 1024u128.pow(4), "10,000 parts hold only {total} bytes");
-        assert!((1..=MAX_PARTS).all(|n| part_size(n) >= 5 * 1024 * 1024 && part_size(n) <= MAX_PART_BYTES));
+        assert!(
+            total >= 5 * 1024u128.pow(4),
+            "10,000 parts hold only {total} bytes"
+        );
+        assert!(
+            (1..=MAX_PARTS)
+                .all(|n| part_size(n) >= 5 * 1024 * 1024 && part_size(n) <= MAX_PART_BYTES)
+        );
         assert_eq!(part_size(1), FIRST_PART_BYTES);
         assert_eq!(part_size(1001), 2 * FIRST_PART_BYTES);
     }

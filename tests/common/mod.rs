@@ -13,6 +13,8 @@
 //! in one `block_on` call stays usable in the next.
 #![allow(dead_code)]
 
+pub mod workspace;
+
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
