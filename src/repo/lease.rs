@@ -23,6 +23,49 @@ pub struct LeaseBody {
     pub job: String,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Identifies the holder's process precisely enough to tell, on the same
+    /// machine, that it has died: then its lease need not run out first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub boot_id: String,
+    pub pid_namespace: String,
+    pub pid: u32,
+}
+
+impl ProcessId {
+    fn current() -> Option<ProcessId> {
+        Some(ProcessId {
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()?
+                .trim()
+                .to_string(),
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+            pid: std::process::id(),
+        })
+    }
+
+    /// True only when the holder ran in this kernel boot and pid namespace
+    /// and no process with its pid exists any more. Anything uncertain
+    /// counts as alive, and the lease must expire instead.
+    fn is_dead(&self) -> bool {
+        let Some(me) = ProcessId::current() else {
+            return false;
+        };
+        if me.boot_id != self.boot_id || me.pid_namespace != self.pid_namespace {
+            return false;
+        }
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        !alive
+    }
 }
 
 pub struct Lease {
@@ -62,6 +105,7 @@ impl Lease {
             job: job.to_string(),
             acquired_at: now,
             expires_at: now + ttl,
+            process: ProcessId::current(),
         };
         let encode =
             |b: &LeaseBody| Bytes::from(serde_json::to_vec_pretty(b).expect("lease serialises"));
@@ -72,7 +116,10 @@ impl Lease {
                 let (bytes, meta) = store.get(&key, None).await?;
                 let current: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
                 match current {
-                    Some(c) if c.expires_at > now => {
+                    Some(c)
+                        if c.expires_at > now
+                            && !c.process.as_ref().is_some_and(ProcessId::is_dead) =>
+                    {
                         return Err(Error::Locked {
                             policy: policy.to_string(),
                             message: format!(
@@ -88,7 +135,10 @@ impl Lease {
                     }
                     _ => {
                         let etag = meta.etag.unwrap_or_default();
-                        tracing::warn!(policy, "Taking over an expired lease.");
+                        tracing::warn!(
+                            policy,
+                            "Taking over the lease of a job that expired or died."
+                        );
                         store
                             .put(&key, encode(&body(now)), PutMode::IfMatch(etag))
                             .await
@@ -128,6 +178,7 @@ impl Lease {
                         job: job.clone(),
                         acquired_at,
                         expires_at: Utc::now() + ttl,
+                        process: ProcessId::current(),
                     };
                     let mode = PutMode::IfMatch(guard.clone().unwrap_or_default());
                     match store.put(&key, encode(&next), mode).await {
