@@ -293,6 +293,16 @@ pub fn check_empty_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// How to restore into a database.
+#[derive(Debug, Clone, Default)]
+pub struct DbRestoreOptions {
+    /// Replace a target database that is not empty.
+    pub clean: bool,
+    /// Compare the restored database with the backup's fingerprint.
+    pub verify: bool,
+    pub pg_restore_args: Vec<String>,
+}
+
 /// What a restore into a database found and will do.
 #[derive(Debug, Clone)]
 pub struct DbTarget {
@@ -365,18 +375,16 @@ pub async fn to_database(
     identities: &[age::x25519::Identity],
     manifest: &Manifest,
     target: &DbTarget,
-    clean: bool,
-    verify: bool,
-    pg_restore_args: &[String],
+    opts: &DbRestoreOptions,
     received: Arc<AtomicU64>,
 ) -> Result<Option<Vec<String>>> {
-    if let Some(n) = target.existing_objects.filter(|n| *n > 0) {
-        if !clean {
-            return Err(Error::Refused(format!(
-                "database `{}` on {} is not empty ({n} objects); restore into a new database, or pass --clean to replace it",
-                target.dbname, target.describe
-            )));
-        }
+    if let Some(n) = target.existing_objects.filter(|n| *n > 0)
+        && !opts.clean
+    {
+        return Err(Error::Refused(format!(
+            "database `{}` on {} is not empty ({n} objects); restore into a new database, or pass --clean to replace it",
+            target.dbname, target.describe
+        )));
     }
     let scratch = scratch_name(&target.dbname, &manifest.id);
     let admin_url = postgres::with_dbname(&target.url, "postgres");
@@ -405,8 +413,7 @@ pub async fn to_database(
         manifest,
         &target.url,
         &scratch,
-        verify,
-        pg_restore_args,
+        opts,
         received,
     )
     .await;
@@ -502,15 +509,13 @@ pub fn scratch_name(base: &str, tag: &str) -> String {
     format!("{keep}{suffix}")
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn restore_into_scratch(
     repo: &Repo,
     identities: &[age::x25519::Identity],
     manifest: &Manifest,
     target_url: &str,
     scratch: &str,
-    verify: bool,
-    pg_restore_args: &[String],
+    opts: &DbRestoreOptions,
     received: Arc<AtomicU64>,
 ) -> Result<Option<Vec<String>>> {
     let scratch_url = postgres::with_dbname(target_url, scratch);
@@ -530,7 +535,7 @@ async fn restore_into_scratch(
     let program = postgres::program(bin.as_deref(), "pg_restore");
     postgres::check_tool(&manifest.policy, &program, server)?;
     let mut cmd = postgres::pg_restore_command(&program, &scratch_url);
-    cmd.args(pg_restore_args);
+    cmd.args(&opts.pg_restore_args);
     if let Some(pw) = pg.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref());
     }
@@ -570,7 +575,7 @@ async fn restore_into_scratch(
     .await
     .map_err(|e| name_object(e, &object));
     streamed?;
-    if !verify {
+    if !opts.verify {
         return Ok(None);
     }
     let Some(record) = &manifest.fingerprint else {

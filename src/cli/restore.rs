@@ -202,13 +202,14 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             eprintln!("  {k:<17} {v}");
         }
     }
-    if let Destination::Database(t) = &destination {
-        if t.existing_objects.is_some_and(|n| n > 0) && !args.clean {
-            return Err(Error::Refused(format!(
-                "database `{}` on {} is not empty; restore into a new database, or pass --clean to replace it",
-                t.dbname, t.describe
-            )));
-        }
+    if let Destination::Database(t) = &destination
+        && t.existing_objects.is_some_and(|n| n > 0)
+        && !args.clean
+    {
+        return Err(Error::Refused(format!(
+            "database `{}` on {} is not empty; restore into a new database, or pass --clean to replace it",
+            t.dbname, t.describe
+        )));
     }
     if destructive && !args.yes {
         confirm()?;
@@ -229,9 +230,11 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
                 &identities,
                 manifest,
                 t,
-                args.clean,
-                args.verify,
-                &args.pg_restore_args,
+                &job::DbRestoreOptions {
+                    clean: args.clean,
+                    verify: args.verify,
+                    pg_restore_args: args.pg_restore_args.clone(),
+                },
                 received,
             )
             .await?;

@@ -428,16 +428,16 @@ fn parse_repository(
             );
             return None;
         }
-        if let Some(e) = &raw.endpoint {
-            if url::Url::parse(e.get_ref()).is_err() {
-                cx.err(
-                    e,
-                    format!(
-                        "`endpoint` = \"{}\": not a URL (expected e.g. https://s3.example.com)",
-                        e.get_ref()
-                    ),
-                );
-            }
+        if let Some(e) = &raw.endpoint
+            && url::Url::parse(e.get_ref()).is_err()
+        {
+            cx.err(
+                e,
+                format!(
+                    "`endpoint` = \"{}\": not a URL (expected e.g. https://s3.example.com)",
+                    e.get_ref()
+                ),
+            );
         }
         Some(RepositoryConfig::S3 {
             bucket: bucket.to_string(),
@@ -694,9 +694,7 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
         None => DEFAULT_COMPRESSION_LEVEL,
     };
     let base = path.parent().unwrap_or(Path::new("."));
-    let Some(source) = parse_source(&mut cx, &raw.source, base) else {
-        return None;
-    };
+    let source = parse_source(&mut cx, &raw.source, base)?;
     let schedule = raw.schedule.as_ref().map(|s| {
         let timezone = match &s.timezone {
             Some(tz) => tz.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
@@ -727,13 +725,13 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
         keep_within: cx.duration(&r.keep_within, "keep_within"),
     });
     let drill = raw.drill.as_ref().map(|d| {
-        if let (Some(u), SourceConfig::Postgres { url, .. }) = (&d.scratch_url, &source) {
-            if u.get_ref() == url {
-                cx.err(
-                    u,
-                    "`scratch_url` is the source database; a drill must restore somewhere else",
-                );
-            }
+        if let (Some(u), SourceConfig::Postgres { url, .. }) = (&d.scratch_url, &source)
+            && u.get_ref() == url
+        {
+            cx.err(
+                u,
+                "`scratch_url` is the source database; a drill must restore somewhere else",
+            );
         }
         Drill {
             schedule: cx.schedule(&d.schedule, "schedule"),

@@ -57,15 +57,15 @@ pub fn resolve(url: &str) -> Result<tokio_postgres::Config> {
             }
         }
     }
-    if config.get_ports().is_empty() {
-        if let Some(p) = std::env::var("PGPORT").ok().and_then(|p| p.parse().ok()) {
-            config.port(p);
-        }
+    if config.get_ports().is_empty()
+        && let Some(p) = std::env::var("PGPORT").ok().and_then(|p| p.parse().ok())
+    {
+        config.port(p);
     }
-    if config.get_password().is_none() {
-        if let Some(pw) = password_from_env(&config) {
-            config.password(pw);
-        }
+    if config.get_password().is_none()
+        && let Some(pw) = password_from_env(&config)
+    {
+        config.password(pw);
     }
     config.connect_timeout(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECONDS));
     Ok(config)
@@ -305,11 +305,11 @@ pub fn pg_restore_command(program: &Path, url: &str) -> Command {
 /// A connection string like `url` but naming database `db`. Works for URLs
 /// and key=value strings.
 pub fn with_dbname(url: &str, db: &str) -> String {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        if let Ok(mut u) = url::Url::parse(url) {
-            u.set_path(&format!("/{}", urlencode(db)));
-            return u.to_string();
-        }
+    if (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        && let Ok(mut u) = url::Url::parse(url)
+    {
+        u.set_path(&format!("/{}", urlencode(db)));
+        return u.to_string();
     }
     format!(
         "{url} dbname='{}'",

@@ -161,11 +161,11 @@ pub async fn upload_stream(
             "the data stream ended early; upload aborted",
         ));
     }
-    if !part.is_empty() {
-        if let Err(e) = upload.put_part(part.freeze()).await {
-            let _ = upload.abort().await;
-            return Err(e);
-        }
+    if !part.is_empty()
+        && let Err(e) = upload.put_part(part.freeze()).await
+    {
+        let _ = upload.abort().await;
+        return Err(e);
     }
     upload.complete().await
 }
