@@ -28,6 +28,10 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 pub const CHANNEL_CHUNKS: usize = 4;
 /// zstd worker threads for compression; 0 would compress on the caller's thread.
 pub const ZSTD_WORKERS: u32 = 2;
+/// Input per zstd worker job. The default (4× the window) keeps about 60 MiB
+/// in flight with two workers; 2 MiB keeps peak memory near 30 MiB for a
+/// ratio within a fraction of a percent (measured in docs/benchmarks.md).
+pub const ZSTD_JOB_BYTES: u32 = 2 * 1024 * 1024;
 
 /// Sizes and sha256 digests of both sides of a sealed stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +58,7 @@ impl<W: Write> Sealer<W> {
         let encrypted = encryptor.wrap_output(HashWriter::new(out))?;
         let mut zstd = zstd::stream::write::Encoder::new(encrypted, level)?;
         zstd.multithread(ZSTD_WORKERS)?;
+        zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
         Ok(Sealer {
             inner: HashWriter::new(zstd),
         })
