@@ -17,8 +17,9 @@ use super::{ByteStream, ObjectMeta, PutMode, Store, Stored, Upload};
 use crate::config::RepositoryConfig;
 use crate::error::{StorageError, StorageErrorKind};
 
-/// The first parts are this big; later ones grow (see [`part_size`]).
-pub const FIRST_PART_BYTES: usize = 8 * 1024 * 1024;
+/// The first parts are this big (S3 allows 5 MiB and up); later ones grow
+/// (see [`part_size`]). With [`PARTS_IN_FLIGHT`] this bounds upload memory.
+pub const FIRST_PART_BYTES: usize = 6 * 1024 * 1024;
 /// Part sizes double after this many parts, so that 10,000 parts hold more
 /// than S3's 5 TiB object limit while small backups keep small buffers.
 pub const PARTS_PER_SIZE_STEP: usize = 1000;
