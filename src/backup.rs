@@ -15,7 +15,8 @@ use crate::pipeline::{self, CHANNEL_CHUNKS, ChannelWriter, Digests, Sealer, cryp
 use crate::progress::Progress;
 use crate::repo::manifest::{Compression, Manifest, ObjectRecord, PostgresInfo};
 use crate::repo::{self, Repo, lease::Lease};
-use crate::source::{files, fingerprint, postgres, process};
+use crate::source::dumpscan::{DumpPrint, DumpScanner};
+use crate::source::{files, postgres, process};
 use crate::storage::{PutMode, Stored, upload_stream};
 
 /// Bytes read from pg_dump at a time.
@@ -122,25 +123,15 @@ async fn run_locked(
                 message: format!("cannot start {}: {e}", program.display()),
             })?;
             let name = policy.name.clone();
-            let produce = move |out: &mut dyn Write| dump_into(&name, child, out, &counter);
-            let exclusions = fingerprint::Exclusions::from_pg_dump_args(pg_dump_args);
+            let scan = *take_print;
+            let produce = move |out: &mut dyn Write| dump_into(&name, child, out, &counter, scan);
             let key = format!("{dir}data.pgdump.zst.age");
-            let (data, print) = tokio::join!(
-                store_sealed(repo, &key, &recipients, level, opts.cancel.clone(), produce),
-                async {
-                    if *take_print {
-                        fingerprint::take(&client, &target, &exclusions)
-                            .await
-                            .map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                }
-            );
-            // Ending the transaction releases the snapshot; pg_dump is done with it.
+            let data =
+                store_sealed(repo, &key, &recipients, level, opts.cancel.clone(), produce).await;
+            // The snapshot stayed exported until pg_dump had finished with it.
             let _ = client.batch_execute("COMMIT").await;
-            let (data, ()) = data?;
-            let json = print?.map(|p| serde_json::to_vec(&p).expect("fingerprint serialises"));
+            let (data, print) = data?;
+            let json = print.map(|p| serde_json::to_vec(&p).expect("fingerprint serialises"));
             let info = PostgresInfo {
                 server_version: snap.server_version.clone(),
                 pg_dump_version,
@@ -237,19 +228,25 @@ async fn run_locked(
     Ok(manifest)
 }
 
-/// Copies pg_dump's output into the pipe and checks how pg_dump ended.
+/// Copies pg_dump's output into the pipe, fingerprinting the table data on
+/// the way (see `source::fingerprint`), and checks how pg_dump ended.
 fn dump_into(
     policy: &str,
     mut child: process::Supervised,
     out: &mut dyn Write,
     counter: &AtomicU64,
-) -> Result<()> {
+    scan: bool,
+) -> Result<Option<DumpPrint>> {
     let mut stdout = child.child.stdout.take().expect("pg_dump stdout is piped");
+    let mut scanner = scan.then(DumpScanner::new);
     let mut buf = vec![0u8; READ_BYTES];
     let copied: std::io::Result<()> = (|| loop {
         let n = stdout.read(&mut buf)?;
         if n == 0 {
             return Ok(());
+        }
+        if let Some(s) = scanner.as_mut() {
+            s.write_all(&buf[..n])?;
         }
         out.write_all(&buf[..n])?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -275,7 +272,13 @@ fn dump_into(
             ),
         });
     }
-    Ok(())
+    scanner
+        .map(|s| s.finish())
+        .transpose()
+        .map_err(|e| Error::Source {
+            policy: policy.into(),
+            message: format!("cannot fingerprint pg_dump's output: {e}"),
+        })
 }
 
 fn pipe_error(policy: &str, e: std::io::Error, stderr: &str) -> Error {

@@ -108,6 +108,10 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// Arguments that do not fit together, beyond what clap checks.
+    #[error("{0}")]
+    Usage(String),
+
     #[error("policy `{policy}` is busy: {message}")]
     Locked { policy: String, message: String },
 

@@ -1,5 +1,6 @@
-//! Progress on long work: a bar on a terminal, periodic log lines otherwise,
-//! both fed from a byte counter the blocking stages bump.
+//! Progress on long work: a bar on a terminal (nothing otherwise), fed from
+//! a byte counter the blocking stages bump; and the [`Meter`] that carries
+//! that counter and the cancel flag into a job.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -10,6 +11,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often the display is refreshed.
 const TICK: Duration = Duration::from_millis(200);
+
+/// What a running job reports through and listens to.
+#[derive(Clone, Default)]
+pub struct Meter {
+    /// Bytes done so far, for the progress display.
+    pub bytes: Arc<AtomicU64>,
+    /// Set to ask the job to stop; it cleans up and fails with `Interrupted`.
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
+}
 
 pub struct Progress {
     pub counter: Arc<AtomicU64>,

@@ -5,9 +5,8 @@
 //! removed).
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -15,8 +14,10 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::pipeline::{CHANNEL_CHUNKS, ChannelReader, Digests, Opener, crypto};
+use crate::progress::Meter;
 use crate::repo::Repo;
 use crate::repo::manifest::{Manifest, ObjectRecord};
+use crate::source::dumpscan::DumpPrint;
 use crate::source::{files, fingerprint, postgres, process};
 
 /// Bytes handed to the destination at a time.
@@ -33,7 +34,7 @@ pub async fn stream_object<T, F>(
     repo: &Repo,
     identities: &[age::x25519::Identity],
     record: &ObjectRecord,
-    received: Arc<AtomicU64>,
+    meter: Meter,
     consume: F,
 ) -> Result<T>
 where
@@ -47,8 +48,12 @@ where
         .await
         .map_err(|e| fetch_error(e, &object))?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(CHANNEL_CHUNKS);
+    let stop = meter.cancel.clone();
     let pump = tokio::spawn(async move {
         while let Some(item) = stream.next().await {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 break;
@@ -58,7 +63,8 @@ where
     let identities = identities.to_vec();
     let obj = object.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<(T, Digests)> {
-        let mut reader = ChannelReader::new(rx, received);
+        let cancel = meter.cancel.clone();
+        let mut reader = ChannelReader::new(rx, meter.bytes);
         let outcome = (|| {
             let mut opener = Opener::new(&identities, &mut reader).map_err(|e| match e {
                 crypto::OpenError::NoMatchingKey => Error::Key(format!("the identity file does not decrypt `{obj}`: it matches none of the backup's recipients")),
@@ -72,6 +78,11 @@ where
             Ok((value, digests))
         })();
         match (outcome, reader.take_failure()) {
+            (Err(_), _) if cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(Error::Interrupted(
+                    "the restore was stopped before it finished; nothing was put in place".into(),
+                ))
+            }
             (Err(_), Some(storage)) => Err(fetch_error(storage, &obj)),
             (outcome, _) => outcome,
         }
@@ -130,7 +141,7 @@ pub async fn read_sealed(
     identities: &[age::x25519::Identity],
     record: &ObjectRecord,
 ) -> Result<Vec<u8>> {
-    stream_object(repo, identities, record, Arc::new(AtomicU64::new(0)), |r| {
+    stream_object(repo, identities, record, Meter::default(), |r| {
         let mut out = Vec::new();
         r.read_to_end(&mut out)
             .map_err(|e| Error::io("reading the fingerprint", e))?;
@@ -180,7 +191,7 @@ pub async fn to_file(
     identities: &[age::x25519::Identity],
     record: &ObjectRecord,
     path: &Path,
-    received: Arc<AtomicU64>,
+    meter: Meter,
 ) -> Result<()> {
     if path.exists() {
         return Err(Error::Refused(format!(
@@ -189,14 +200,18 @@ pub async fn to_file(
         )));
     }
     let partial = partial_path(path);
+    // A leftover from an interrupted restore is ours to replace.
+    let _ = std::fs::remove_file(&partial);
+    // Plaintext database content: readable by its owner only.
     let file = std::fs::File::options()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&partial)
         .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
     let what = partial.display().to_string();
     let object = format!("{}/{}", repo.store.location(), record.key);
-    let result = stream_object(repo, identities, record, received, move |r| {
+    let result = stream_object(repo, identities, record, meter, move |r| {
         let mut file = file;
         copy_out(r, &mut file, &what)?;
         file.sync_all()
@@ -235,10 +250,12 @@ fn partial_path(path: &Path) -> PathBuf {
 pub async fn to_directory(
     repo: &Repo,
     identities: &[age::x25519::Identity],
-    record: &ObjectRecord,
+    manifest: &Manifest,
     dir: &Path,
-    received: Arc<AtomicU64>,
-) -> Result<()> {
+    verify: bool,
+    meter: Meter,
+) -> Result<Option<Vec<String>>> {
+    let record = &manifest.data;
     check_empty_dir(dir)?;
     let partial = partial_path(dir);
     if partial.exists() {
@@ -249,7 +266,7 @@ pub async fn to_directory(
         .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
     let object = format!("{}/{}", repo.store.location(), record.key);
     let target = partial.clone();
-    let result = stream_object(repo, identities, record, received, move |r| {
+    let result = stream_object(repo, identities, record, meter, move |r| {
         files::unpack(r, &target).map_err(|e| Error::Integrity {
             object: String::new(),
             reason: format!("unpacking: {e}"),
@@ -257,8 +274,24 @@ pub async fn to_directory(
     })
     .await
     .map_err(|e| name_object(e, &object));
+    let result = match (result, &manifest.fingerprint) {
+        (Ok(()), Some(print)) if verify => compare_files(repo, identities, print, &partial)
+            .await
+            .map(Some),
+        (r, _) => r.map(|()| None),
+    };
     match result {
-        Ok(()) => {
+        Ok(Some(diffs)) if !diffs.is_empty() => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(Error::Integrity {
+                object: object.clone(),
+                reason: format!(
+                    "the unpacked files do not match the backup's fingerprint: {}",
+                    diffs.join("; ")
+                ),
+            })
+        }
+        Ok(diffs) => {
             if dir.exists() {
                 std::fs::remove_dir(dir)
                     .map_err(|e| Error::io(format!("replacing the empty {}", dir.display()), e))?;
@@ -268,13 +301,34 @@ pub async fn to_directory(
                     format!("renaming {} to {}", partial.display(), dir.display()),
                     e,
                 )
-            })
+            })?;
+            Ok(diffs)
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&partial);
             Err(e)
         }
     }
+}
+
+async fn compare_files(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    root: &Path,
+) -> Result<Vec<String>> {
+    let json = read_sealed(repo, identities, record).await?;
+    let expected: files::FilesPrint =
+        serde_json::from_slice(&json).map_err(|e| Error::Integrity {
+            object: format!("{}/{}", repo.store.location(), record.key),
+            reason: format!("not a files fingerprint: {e}"),
+        })?;
+    let root = root.to_path_buf();
+    Ok(
+        tokio::task::spawn_blocking(move || files::compare(&expected, &root))
+            .await
+            .expect("compare task panicked"),
+    )
 }
 
 /// Refuses a directory that holds anything.
@@ -376,7 +430,7 @@ pub async fn to_database(
     manifest: &Manifest,
     target: &DbTarget,
     opts: &DbRestoreOptions,
-    received: Arc<AtomicU64>,
+    meter: Meter,
 ) -> Result<Option<Vec<String>>> {
     if let Some(n) = target.existing_objects.filter(|n| *n > 0)
         && !opts.clean
@@ -414,7 +468,7 @@ pub async fn to_database(
         &target.url,
         &scratch,
         opts,
-        received,
+        meter,
     )
     .await;
     let outcome = match outcome {
@@ -516,7 +570,7 @@ async fn restore_into_scratch(
     target_url: &str,
     scratch: &str,
     opts: &DbRestoreOptions,
-    received: Arc<AtomicU64>,
+    meter: Meter,
 ) -> Result<Option<Vec<String>>> {
     let scratch_url = postgres::with_dbname(target_url, scratch);
     let pg = postgres::resolve(&scratch_url)?;
@@ -544,7 +598,7 @@ async fn restore_into_scratch(
         message: format!("cannot start {}: {e}", program.display()),
     })?;
     let object = format!("{}/{}", repo.store.location(), manifest.data.key);
-    let streamed = stream_object(repo, identities, &manifest.data, received, move |r| {
+    let streamed = stream_object(repo, identities, &manifest.data, meter, move |r| {
         let mut stdin = child.child.stdin.take().expect("pg_restore stdin is piped");
         let copied = copy_out(r, &mut stdin, "pg_restore");
         drop(stdin);
@@ -582,11 +636,10 @@ async fn restore_into_scratch(
         return Ok(None);
     };
     let json = read_sealed(repo, identities, record).await?;
-    let expected: fingerprint::Fingerprint =
-        serde_json::from_slice(&json).map_err(|e| Error::Integrity {
-            object: record.key.clone(),
-            reason: format!("not a fingerprint: {e}"),
-        })?;
+    let expected: DumpPrint = serde_json::from_slice(&json).map_err(|e| Error::Integrity {
+        object: record.key.clone(),
+        reason: format!("not a fingerprint: {e}"),
+    })?;
     let client = postgres::connect(&pg).await?;
     let describe = postgres::describe(&pg);
     client
@@ -596,9 +649,9 @@ async fn restore_into_scratch(
             target: describe.clone(),
             message: postgres::error_text(&e),
         })?;
-    let actual = fingerprint::take(&client, &describe, &fingerprint::Exclusions::default()).await?;
+    let diffs = fingerprint::verify(&client, &describe, &expected).await?;
     let _ = client.batch_execute("COMMIT").await;
-    Ok(Some(fingerprint::compare(&expected, &actual)))
+    Ok(Some(diffs))
 }
 
 /// What `verify` found for one backup.
@@ -640,7 +693,7 @@ pub async fn verify(
             }
         }
         if let Some(ids) = identities {
-            let r = stream_object(repo, ids, record, Arc::new(AtomicU64::new(0)), |r| {
+            let r = stream_object(repo, ids, record, Meter::default(), |r| {
                 std::io::copy(r, &mut std::io::sink()).map_err(|e| read_error(e, "nowhere"))?;
                 Ok(())
             })

@@ -39,7 +39,8 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
                 results.push(serde_json::json!({"policy": p.name, "ok": true, "manifest": m}));
             }
             Err(e) => {
-                tracing::error!(policy = %p.name, error = %e, "Backup failed.");
+                // The CLI prints the error itself; the log line is for --log-format json.
+                tracing::info!(policy = %p.name, error = %e, "Backup failed.");
                 if all && !ctx.cli.json {
                     eprintln!("{}: backup FAILED: {e}", p.name);
                 }
@@ -61,10 +62,12 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
         Some(e) if !all => Err(e),
         Some(e) => {
             let failed = results.iter().filter(|r| r["ok"] == false).count();
-            Err(Error::Source {
-                policy: "--all".into(),
-                message: format!("{failed} of {} backups failed; first: {e}", results.len()),
-            })
+            eprintln!(
+                "{failed} of {} backups failed; the first failure follows.",
+                results.len()
+            );
+            // The first failure keeps its own exit code (busy, unavailable…).
+            Err(e)
         }
         None => Ok(()),
     }

@@ -124,7 +124,8 @@ impl ExitCode {
             | Error::InvalidTime { .. }
             | Error::NoBackup(_)
             | Error::NotInitialised { .. }
-            | Error::Key(_) => ExitCode::BadInput,
+            | Error::Key(_)
+            | Error::Usage(_) => ExitCode::BadInput,
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } => ExitCode::Integrity,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,

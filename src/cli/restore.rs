@@ -39,7 +39,7 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation.
     #[arg(long, short)]
     pub yes: bool,
-    /// After restoring, compare the database with the backup's fingerprint.
+    /// After restoring, compare the result (rows, or files) with the backup's fingerprint.
     #[arg(long)]
     pub verify: bool,
     /// Extra pg_restore arguments, e.g. --pg-restore-arg=--no-owner.
@@ -77,19 +77,19 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     };
     let destination = match (&policy.source, &args.target, &args.output, &args.into) {
         (_, None, None, None) => {
-            return Err(Error::Refused(match policy.source {
+            return Err(Error::Usage(match policy.source {
                 SourceConfig::Postgres { .. } => "say where to restore: --target postgres://…/NEW_DB, or --output FILE for a custom-format dump".into(),
                 SourceConfig::Files { .. } => "say where to restore: --into DIR (a new or empty directory), or --output FILE for the tar stream".into(),
             }));
         }
         (SourceConfig::Files { .. }, Some(_), _, _) => {
-            return Err(Error::Refused(format!(
+            return Err(Error::Usage(format!(
                 "policy `{}` backs up files; use --into DIR",
                 policy.name
             )));
         }
         (SourceConfig::Postgres { .. }, _, _, Some(_)) => {
-            return Err(Error::Refused(format!(
+            return Err(Error::Usage(format!(
                 "policy `{}` backs up a database; use --target URL or --output FILE",
                 policy.name
             )));
@@ -220,7 +220,10 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         Some(manifest.data.digests.size),
         ctx.progress(),
     );
-    let received = progress.counter.clone();
+    let received = crate::progress::Meter {
+        bytes: progress.counter.clone(),
+        cancel: ctx.cancel.clone(),
+    };
     let started = std::time::Instant::now();
     let mut fingerprint_diffs = None;
     match &destination {
@@ -243,7 +246,8 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             job::to_file(&repo, &identities, &manifest.data, p, received).await?
         }
         Destination::Directory(p) => {
-            job::to_directory(&repo, &identities, &manifest.data, p, received).await?
+            fingerprint_diffs =
+                job::to_directory(&repo, &identities, manifest, p, args.verify, received).await?
         }
     }
     progress.finish();

@@ -736,7 +736,7 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
         Drill {
             schedule: cx.schedule(&d.schedule, "schedule"),
             scratch_url: d.scratch_url.as_ref().map(|u| u.get_ref().clone()),
-            scratch_dir: d.scratch_dir.as_ref().map(PathBuf::from),
+            scratch_dir: d.scratch_dir.as_ref().map(|p| base.join(p)),
             rto_target: cx.duration(&d.rto_target, "rto_target"),
             rpo_target: cx.duration(&d.rpo_target, "rpo_target"),
             checks: d

@@ -133,7 +133,10 @@ impl<R: Read> Opener<R> {
     ///
     /// # Errors
     /// Trailing data, truncation or tampering after the last zstd frame.
-    pub fn finish(self) -> io::Result<Digests> {
+    pub fn finish(mut self) -> io::Result<Digests> {
+        // A consumer may stop at its own end marker (tar does): whatever
+        // plaintext is left must still pass through the hash.
+        io::copy(&mut self.inner, &mut io::sink())?;
         let mut decrypted = self.inner.into_inner().finish();
         let trailing = io::copy(&mut decrypted, &mut io::sink())?;
         if trailing > 0 {

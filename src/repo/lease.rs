@@ -115,6 +115,9 @@ impl Lease {
             Err(e) if e.kind == StorageErrorKind::PreconditionFailed => {
                 let (bytes, meta) = store.get(&key, None).await?;
                 let current: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
+                if current.is_none() {
+                    tracing::warn!(policy, key = %key, "The lease object is not readable JSON; treating it as expired.");
+                }
                 match current {
                     Some(c)
                         if c.expires_at > now

@@ -47,12 +47,14 @@ fn archive_name(p: &Path) -> PathBuf {
 struct HashingFile<R> {
     inner: R,
     hasher: Sha256,
+    read: u64,
 }
 
 impl<R: Read> Read for HashingFile<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.read += n as u64;
         Ok(n)
     }
 }
@@ -88,12 +90,25 @@ pub fn write_tar(
         message: format!("{}: {e}", p.display()),
     };
 
-    // Parents of the listed paths first, so a restore recreates them with
-    // their modes and owners rather than defaults.
-    let mut stack: Vec<PathBuf> = paths.iter().rev().cloned().collect();
     for p in paths {
         std::fs::symlink_metadata(p).map_err(|e| io(p, e))?;
     }
+    // Parents of the listed paths go first (headers only), so a restore
+    // recreates them with their modes and owners rather than defaults.
+    let mut parents: Vec<PathBuf> = paths
+        .iter()
+        .flat_map(|p| p.ancestors().skip(1))
+        .filter(|a| a.parent().is_some())
+        .map(Path::to_path_buf)
+        .collect();
+    parents.sort();
+    parents.dedup();
+    for parent in &parents {
+        builder
+            .append_path_with_name(parent, archive_name(parent))
+            .map_err(|e| io(parent, e))?;
+    }
+    let mut stack: Vec<PathBuf> = paths.iter().rev().cloned().collect();
     while let Some(path) = stack.pop() {
         let excluded =
             excludes.is_match(&path) || path.file_name().is_some_and(|n| excludes.is_match(n));
@@ -114,14 +129,27 @@ pub fn write_tar(
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
-            // A file that grows while it is read would not match its header.
+            // A file that grows while it is read would not match its header,
+            // and one that shrinks would leave the archive misaligned.
             let mut reader = HashingFile {
                 inner: file.take(meta.len()),
                 hasher: Sha256::new(),
+                read: 0,
             };
             builder
                 .append_data(&mut header, &name, &mut reader)
                 .map_err(|e| io(&path, e))?;
+            if reader.read != meta.len() {
+                return Err(Error::Source {
+                    policy: policy.into(),
+                    message: format!(
+                        "{} shrank from {} to {} bytes while it was read; back it up again, or exclude it if it changes all the time",
+                        path.display(),
+                        meta.len(),
+                        reader.read
+                    ),
+                });
+            }
             progress.fetch_add(meta.len(), std::sync::atomic::Ordering::Relaxed);
             entry.kind = "file".into();
             entry.sha256 = Some(hex::encode(reader.hasher.finalize()));
@@ -176,8 +204,42 @@ pub fn unpack(input: impl Read, dir: &Path) -> std::io::Result<()> {
     archive.set_preserve_mtime(true);
     archive.set_preserve_ownerships(unsafe { libc::geteuid() } == 0);
     archive.set_overwrite(false);
-    archive.unpack(dir)?;
+    // Directories come last, deepest first (as the tar crate's own `unpack`
+    // does), so a read-only directory still receives its contents and
+    // writing into a directory cannot change its restored mtime, which the
+    // tar crate leaves unset and we set ourselves.
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_dir() {
+            directories.push(entry);
+        } else {
+            unpack_entry(&mut entry, dir)?;
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut entry in directories {
+        unpack_entry(&mut entry, dir)?;
+        let mtime = entry.header().mtime()?;
+        let path = dir.join(entry.path()?);
+        std::fs::File::open(&path)?
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime))?;
+    }
     Ok(())
+}
+
+fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dir: &Path) -> std::io::Result<()> {
+    if entry.unpack_in(dir)? {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "entry `{}` would be written outside the target directory",
+                String::from_utf8_lossy(&entry.path_bytes())
+            ),
+        ))
+    }
 }
 
 /// Checks a restored tree against a fingerprint; one line per difference.

@@ -2,6 +2,7 @@
 //! (`pg_dump` from an exported snapshot, with a fingerprint taken in the
 //! same snapshot) and files (a tar stream).
 
+pub mod dumpscan;
 pub mod files;
 pub mod fingerprint;
 pub mod postgres;

@@ -289,6 +289,11 @@ pub fn pg_dump_command(program: &Path, url: &str, snapshot: &str, extra: &[Strin
         .arg(format!("--dbname={url}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
+    // The fingerprint hashes COPY text; pin the settings pg_dump leaves to
+    // the server so that a check elsewhere prints values the same way.
+    let options = std::env::var("PGOPTIONS").unwrap_or_default();
+    cmd.env("PGTZ", "UTC")
+        .env("PGOPTIONS", format!("{options} -c bytea_output=hex").trim());
     cmd
 }
 

@@ -29,7 +29,7 @@ pub const MAX_PART_BYTES: usize = 5 * 1024 * 1024 * 1024;
 /// upload is at most (this + 1) parts.
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// Attempts per request, including the first; the SDK backs off with jitter.
-pub const MAX_ATTEMPTS: u32 = 10;
+pub const MAX_ATTEMPTS: u32 = 6;
 /// Times a download resumes (with a Range request) after the body fails.
 pub const DOWNLOAD_RESUMES: u32 = 5;
 
@@ -62,9 +62,18 @@ impl S3Store {
             unreachable!("S3Store::connect called with a non-S3 configuration");
         };
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
+        loader = match region {
+            Some(r) => loader.region(aws_config::Region::new(r.clone())),
+            // The environment or the profile, else us-east-1; not the EC2
+            // metadata service, which off EC2 costs seconds and log noise.
+            None => loader.region(
+                aws_config::meta::region::RegionProviderChain::first_try(
+                    aws_config::environment::EnvironmentVariableRegionProvider::new(),
+                )
+                .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+                .or_else(aws_config::Region::new("us-east-1")),
+            ),
+        };
         let shared = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(*path_style)
@@ -203,6 +212,13 @@ where
     StorageError::new(op, location, key, kind, detail)
 }
 
+/// An unversioned bucket may still answer `x-amz-version-id: null` (moto
+/// does after CompleteMultipartUpload); that is no version at all, and
+/// asking for `versionId=null` later would be refused.
+fn real_version(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.is_empty() && v != "null")
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -244,7 +260,7 @@ impl Store for S3Store {
         Ok(Stored {
             size,
             etag: out.e_tag,
-            version_id: out.version_id,
+            version_id: real_version(out.version_id),
         })
     }
 
@@ -266,7 +282,7 @@ impl Store for S3Store {
             key: key.to_string(),
             size: out.content_length.unwrap_or(0).max(0) as u64,
             etag: out.e_tag.clone(),
-            version_id: out.version_id.clone(),
+            version_id: real_version(out.version_id.clone()),
             last_modified: to_utc(out.last_modified.as_ref()),
             storage_class: out.storage_class.as_ref().map(|c| c.as_str().to_string()),
         };
@@ -335,7 +351,7 @@ impl Store for S3Store {
             key: key.to_string(),
             size: out.content_length.unwrap_or(0).max(0) as u64,
             etag: out.e_tag,
-            version_id: out.version_id,
+            version_id: real_version(out.version_id),
             last_modified: to_utc(out.last_modified.as_ref()),
             storage_class: out.storage_class.map(|c| c.as_str().to_string()),
         })
@@ -602,7 +618,7 @@ impl Upload for S3Upload {
             return Ok(Stored {
                 size: self.size,
                 etag: out.e_tag,
-                version_id: out.version_id,
+                version_id: real_version(out.version_id),
             });
         }
         let result: Result<Stored, StorageError> = async {
@@ -637,7 +653,7 @@ impl Upload for S3Upload {
             Ok(Stored {
                 size: self.size,
                 etag: out.e_tag,
-                version_id: out.version_id,
+                version_id: real_version(out.version_id),
             })
         }
         .await;

@@ -1,0 +1,617 @@
+#!/usr/bin/env bash
+# Benchmarks drctl against the plain tools it replaces, on a fresh Debian
+# (bookworm) machine as root:
+#
+#   scripts/bench.sh [SCALE]          # SCALE: pgbench scale, default 100
+#
+#   environment: RANDOM_MB (default 1024)  size of the less compressible table
+#                RUNS (default 3)          timed runs per command, after a warm-up
+#                OUT                       results file (default TARGET_DIR/bench-results-SCALE.md)
+#                BENCH_TIMEOUT (default 7200) seconds any one command may take
+#                S3_VERSIONING (default on)  on: a versioned bucket, as DESIGN.md
+#                                          recommends; off: an unversioned one
+#
+# Installs what is missing (and only that), builds drctl with --release,
+# starts a throwaway PostgreSQL 15 cluster and a moto S3 server on 127.0.0.1,
+# builds two databases (pgbench, and one table of random rows), then times
+# pg_dump, the equivalent shell pipelines (pg_dump | zstd | age [| aws s3 cp])
+# and drctl backup, and the matching restores. Every timed command is printed
+# exactly as run, and the results are written as Markdown to $OUT.
+#
+# Measured with GNU time (`/usr/bin/time -f '%e %U %S %M'`): wall seconds,
+# user+sys CPU of the command and all its children, and max RSS. hyperfine is
+# not used: it reports neither RSS nor the CPU of a whole process tree.
+# Everything is removed on exit. Nothing talks to anything but 127.0.0.1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+checkout=$PWD
+
+say() { printf '\n==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+SCALE=${1:-${SCALE:-100}}
+RANDOM_MB=${RANDOM_MB:-1024}
+RUNS=${RUNS:-3}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-7200}
+S3_VERSIONING=${S3_VERSIONING:-on}
+[[ $S3_VERSIONING == on || $S3_VERSIONING == off ]] || die "S3_VERSIONING must be on or off, not '$S3_VERSIONING'"
+for v in SCALE RANDOM_MB RUNS BENCH_TIMEOUT; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
+
+pg_bin=/usr/lib/postgresql/15/bin
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+t_script=$SECONDS
+
+# --- what is missing -------------------------------------------------------------
+export DEBIAN_FRONTEND=noninteractive
+missing=()
+[[ -x $pg_bin/initdb && -x $pg_bin/pg_ctl && -x $pg_bin/postgres && -x $pg_bin/pgbench ]] ||
+  missing+=(postgresql-15)
+[[ -x $pg_bin/pg_dump && -x $pg_bin/pg_restore && -x $pg_bin/psql ]] || missing+=(postgresql-client-15)
+[[ -x /usr/bin/time ]] || missing+=(time)
+command -v age >/dev/null || missing+=(age)
+command -v age-keygen >/dev/null || missing+=(age)
+command -v zstd >/dev/null || missing+=(zstd)
+command -v cc >/dev/null || missing+=(build-essential)
+command -v python3 >/dev/null || missing+=(python3)
+command -v timeout >/dev/null || missing+=(coreutils)
+command -v pgrep >/dev/null || missing+=(procps)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if ! command -v cargo >/dev/null && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
+  command -v curl >/dev/null || missing+=(curl ca-certificates)
+fi
+if ((${#missing[@]})); then
+  ((EUID == 0)) || die "missing ${missing[*]}; run as root to install them, or install them yourself"
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  say "Installing with apt: ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  say "System packages: all present"
+fi
+
+# Rust: Debian's cargo is too old for edition 2024, so rustup when cargo is missing.
+if ! command -v cargo >/dev/null; then
+  if [[ ! -x $HOME/.cargo/bin/cargo ]]; then
+    say "Installing Rust with rustup (minimal profile, stable)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain stable
+  fi
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+# moto and the aws CLI, as scripts/test.sh installs them.
+pip_packages=()
+python3 - <<'PY' >/dev/null 2>&1 || pip_packages+=('moto[server]>=5.2.5,<6')
+import moto.server, moto
+major, minor, patch = (int(x) for x in moto.__version__.split(".")[:3])
+assert (major, minor, patch) >= (5, 2, 5) and major < 6
+PY
+command -v aws >/dev/null || pip_packages+=(awscli)
+if ((${#pip_packages[@]})); then
+  pip_flags=()
+  if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    pip_flags+=(--break-system-packages)
+  fi
+  say "Installing with pip: ${pip_packages[*]}"
+  python3 -m pip install --quiet "${pip_flags[@]}" "${pip_packages[@]}"
+  command -v pyenv >/dev/null && pyenv rehash || true
+  python3 -c 'import moto.server' || die "moto is still not importable after pip install"
+else
+  say "moto and awscli: present"
+fi
+if command -v moto_server >/dev/null; then
+  moto_cmd=(moto_server)
+else
+  moto_cmd=(python3 -m moto.server)
+fi
+
+# --- build -------------------------------------------------------------------------
+say "Building drctl: cargo build --release"
+t0=$SECONDS
+cargo build --release
+build_seconds=$((SECONDS - t0))
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(cd "$target_dir" && pwd -P)
+[[ -x $target_dir/release/drctl ]] || die "cargo built no $target_dir/release/drctl"
+drctl_bin=$(cd "$target_dir/release" && pwd -P)/drctl
+note "binary: $drctl_bin"
+OUT=${OUT:-$target_dir/bench-results-$SCALE.md}
+mkdir -p "$(dirname "$OUT")" 2>/dev/null || OUT=/tmp/bench-results-$SCALE.md
+
+# --- a scratch directory, and cleanup ---------------------------------------------
+# PostgreSQL refuses to run as root; as root the cluster belongs to `postgres`.
+work=$(mktemp -d "${TMPDIR:-/tmp}/drctl-bench.XXXXXX")
+if ((EUID == 0)); then
+  id postgres >/dev/null 2>&1 || die "no \`postgres\` OS user; install postgresql-15"
+  as_pg() { (cd "$work/pg" && runuser -u postgres -- "$@"); }
+else
+  as_pg() { (cd "$work/pg" && "$@"); }
+fi
+moto_pid=
+cleanup() {
+  set +e
+  if [[ -n $moto_pid ]] && kill -0 "$moto_pid" 2>/dev/null; then
+    kill "$moto_pid"
+    for _ in $(seq 1 50); do kill -0 "$moto_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$moto_pid" 2>/dev/null
+  fi
+  if [[ -f $work/pg/data/postmaster.pid ]]; then
+    as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m fast -w -t 60 stop >/dev/null 2>&1 ||
+      as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w -t 30 stop >/dev/null 2>&1
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+chmod 0711 "$work"
+mkdir -p "$work/pg" "$work/keys" "$work/out" "$work/policies" "$work/results" "$work/logs"
+chmod 0700 "$work/keys"
+((EUID == 0)) && chown postgres: "$work/pg"
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 30000))
+    port_in_use "$p" || { echo "$p"; return 0; }
+  done
+  die "found no free port on 127.0.0.1"
+}
+
+# --- PostgreSQL ------------------------------------------------------------------------
+say "Starting a throwaway PostgreSQL 15 cluster in $work/pg"
+password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$password" >"$work/pg/pwfile"
+((EUID == 0)) && chown postgres: "$work/pg/pwfile"
+as_pg env LC_ALL=C timeout 300 "$pg_bin/initdb" -D "$work/pg/data" -U postgres --pwfile="$work/pg/pwfile" \
+  --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >"$work/logs/initdb.log" 2>&1 ||
+  { cat "$work/logs/initdb.log" >&2; die "initdb failed"; }
+rm -f "$work/pg/pwfile"
+# Benchmark settings: no fsync (nothing here must survive a crash), few
+# checkpoints, no autovacuum (VACUUM ANALYZE runs once after loading), and
+# memory for index builds on restore. wal_level stays `replica`, as on a
+# production server.
+pg_settings=(
+  "fsync = off"
+  "synchronous_commit = off"
+  "full_page_writes = off"
+  "shared_buffers = 512MB"
+  "maintenance_work_mem = 512MB"
+  "work_mem = 64MB"
+  "max_wal_size = 16GB"
+  "checkpoint_timeout = 1h"
+  "autovacuum = off"
+  "listen_addresses = '127.0.0.1'"
+  "unix_socket_directories = '$work/pg'"
+)
+printf '%s\n' "" "# scripts/bench.sh" "${pg_settings[@]}" >>"$work/pg/data/postgresql.conf"
+pg_port=
+for _ in $(seq 1 10); do
+  candidate=$(free_port)
+  if as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/postgres.log" -w -t 60 \
+    -o "-p $candidate" start >/dev/null; then
+    pg_port=$candidate
+    break
+  fi
+  grep -q "Address already in use" "$work/pg/postgres.log" 2>/dev/null ||
+    { cat "$work/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
+done
+[[ -n $pg_port ]] || die "found no free port for PostgreSQL"
+pm_pid=$(head -n1 "$work/pg/data/postmaster.pid")
+note "listening on 127.0.0.1:$pg_port; superuser postgres, random password in PGPASSWORD"
+note "settings: ${pg_settings[*]:0:9}"
+note "fsync=off: fine for a throwaway benchmark cluster, and the same for every restore row"
+
+export PATH="$pg_bin:$PATH"
+export PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres PGPASSWORD=$password PGCONNECT_TIMEOUT=10
+psql_() { timeout "$BENCH_TIMEOUT" psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/$1"; }
+
+# CPU time of PostgreSQL backends that have exited: the postmaster's reaped
+# children (cutime + cstime in /proc/PID/stat), in clock ticks.
+clk_tck=$(getconf CLK_TCK)
+server_ticks() { awk '{print $16 + $17}' "/proc/$pm_pid/stat"; }
+# Waits (at most 30 s) until no client backend is left, not even as a zombie,
+# so that its CPU time has been reaped. Auxiliary processes (checkpointer,
+# ...) do not count.
+wait_backends() {
+  for _ in $(seq 1 300); do
+    ps --ppid "$pm_pid" -o stat=,args= |
+      awk '$1 ~ /^Z/ || /127\.0\.0\.1\(|\[local\]/ { busy = 1 } END { exit !busy }' || return 0
+    sleep 0.1
+  done
+  note "warning: PostgreSQL client backends still running after 30 s; server CPU may be off"
+}
+
+# --- moto S3 server ------------------------------------------------------------------------
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
+  AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null \
+  AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_PAGER=
+moto_port=$(free_port)
+s3=http://127.0.0.1:$moto_port
+say "Starting moto on $s3: ${moto_cmd[*]} -H 127.0.0.1 -p $moto_port"
+(cd "$work" && exec "${moto_cmd[@]}" -H 127.0.0.1 -p "$moto_port" >"$work/logs/moto.log" 2>&1) &
+moto_pid=$!
+for i in $(seq 1 300); do
+  port_in_use "$moto_port" && break
+  kill -0 "$moto_pid" 2>/dev/null || { cat "$work/logs/moto.log" >&2; die "moto exited during start-up"; }
+  ((i < 300)) || { cat "$work/logs/moto.log" >&2; die "moto did not listen within 30 s"; }
+  sleep 0.1
+done
+aws_() { timeout "$BENCH_TIMEOUT" aws --endpoint-url "$s3" --cli-connect-timeout 10 --cli-read-timeout 300 "$@"; }
+bucket=drctl-bench
+aws_ s3 mb "s3://$bucket" >/dev/null
+if [[ $S3_VERSIONING == on ]]; then
+  aws_ s3api put-bucket-versioning --bucket "$bucket" --versioning-configuration Status=Enabled
+fi
+note "bucket s3://$bucket, versioning $S3_VERSIONING"
+# purge-s3 PREFIX: removes every object version and delete marker under
+# PREFIX, so that moto holds one copy of each benchmark object at a time.
+cat >"$work/purge-s3" <<PURGE
+#!/usr/bin/env bash
+set -euo pipefail
+aws="timeout $BENCH_TIMEOUT aws --endpoint-url $s3 --cli-connect-timeout 10 --cli-read-timeout 300"
+\$aws s3api list-object-versions --bucket $bucket --prefix "\$1" --output json |
+  python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read() or "{}")
+objs = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in (d.get("Versions") or []) + (d.get("DeleteMarkers") or [])]
+for i in range(0, len(objs), 1000):
+    print(json.dumps({"Objects": objs[i:i + 1000], "Quiet": True}))
+' |
+  while IFS= read -r batch; do
+    \$aws s3api delete-objects --bucket $bucket --delete "\$batch" >/dev/null
+  done
+PURGE
+chmod +x "$work/purge-s3"
+
+# --- data ------------------------------------------------------------------------------------------
+dbs=(bench_pgbench bench_random)
+say "Loading bench_pgbench: pgbench -i -s $SCALE"
+t0=$SECONDS
+psql_ -d postgres -c "CREATE DATABASE bench_pgbench"
+timeout "$BENCH_TIMEOUT" pgbench -i -q -s "$SCALE" bench_pgbench >"$work/logs/pgbench.log" 2>&1 ||
+  { tail -n 20 "$work/logs/pgbench.log" >&2; die "pgbench -i failed"; }
+note "took $((SECONDS - t0)) s"
+
+say "Loading bench_random: about $RANDOM_MB MB of less compressible rows"
+t0=$SECONDS
+psql_ -d postgres -c "CREATE DATABASE bench_random"
+psql_ -d bench_random <<'SQL'
+CREATE TABLE bench_random (
+  id bigint NOT NULL,
+  payload text NOT NULL,
+  doc jsonb NOT NULL,
+  amount numeric(14, 4) NOT NULL,
+  happened_at timestamptz NOT NULL
+);
+CREATE FUNCTION bench_fill(lo bigint, hi bigint) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO bench_random
+  SELECT g,
+         -- 48 random-ish bytes as 64 base64 characters (6 bits each, unlike hex's 4)
+         encode(decode(md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex'), 'base64'),
+         jsonb_build_object(
+           'k', md5(random()::text),
+           'n', (random() * 1e12)::bigint,
+           'f', random(),
+           'tags', jsonb_build_array(substr(md5(random()::text), 1, 8), substr(md5(random()::text), 1, 12)),
+           'ok', random() < 0.5),
+         round((random() * 1e9)::numeric, 4),
+         timestamptz '2020-01-01 00:00:00+00' + random() * interval '2000 days'
+  FROM generate_series(lo, hi) g
+$$;
+SQL
+# A sample to learn the bytes per row, then the rest in parallel chunks.
+sample=20000
+psql_ -d bench_random -c "SELECT bench_fill(1, $sample)" >/dev/null
+row_bytes=$(psql_ -d bench_random -c "SELECT pg_relation_size('bench_random') / $sample")
+rows=$((RANDOM_MB * 1024 * 1024 / row_bytes))
+((rows > sample)) || rows=$sample
+jobs=$(nproc)
+((jobs > 8)) && jobs=8
+note "~$row_bytes bytes per row: $rows rows, filled by $jobs sessions"
+remaining=$((rows - sample))
+pids=()
+if ((remaining > 0)); then
+  per=$(((remaining + jobs - 1) / jobs))
+  for ((j = 0; j < jobs; j++)); do
+    lo=$((sample + 1 + j * per))
+    hi=$((sample + (j + 1) * per))
+    ((hi > rows)) && hi=$rows
+    ((lo > hi)) && continue
+    psql_ -d bench_random -c "SELECT bench_fill($lo, $hi)" >/dev/null &
+    pids+=($!)
+  done
+fi
+for p in "${pids[@]}"; do wait "$p" || die "filling bench_random failed"; done
+psql_ -d bench_random <<'SQL'
+DROP FUNCTION bench_fill(bigint, bigint);
+ALTER TABLE bench_random ADD PRIMARY KEY (id);
+CREATE INDEX bench_random_happened_at ON bench_random (happened_at);
+CREATE INDEX bench_random_doc_k ON bench_random ((doc ->> 'k'));
+SQL
+note "took $((SECONDS - t0)) s"
+
+say "VACUUM ANALYZE both databases"
+for db in "${dbs[@]}"; do psql_ -d "$db" -c "VACUUM ANALYZE"; done
+declare -A db_size db_pretty main_table main_rows
+main_table[bench_pgbench]=pgbench_accounts
+main_table[bench_random]=bench_random
+for db in "${dbs[@]}"; do
+  db_size[$db]=$(psql_ -d "$db" -c "SELECT pg_database_size(current_database())")
+  db_pretty[$db]=$(psql_ -d "$db" -c "SELECT pg_size_pretty(pg_database_size(current_database()))")
+  main_rows[$db]=$(psql_ -d "$db" -c "SELECT count(*) FROM ${main_table[$db]}")
+  note "$db: pg_database_size ${db_size[$db]} bytes (${db_pretty[$db]}); ${main_table[$db]}: ${main_rows[$db]} rows"
+done
+
+# --- keys and drctl configuration ----------------------------------------------------------------
+say "Keys and drctl configuration in $work"
+age_key=$work/keys/age.key
+age-keygen -o "$age_key" 2>/dev/null
+age_recipient=$(age-keygen -y "$age_key")
+drctl_identity=$work/keys/drctl-identity.age
+drctl_recipient=$("$drctl_bin" key generate --out "$drctl_identity")
+note "age-keygen recipient (shell pipelines): $age_recipient"
+note "drctl key generate recipient (drctl):   $drctl_recipient"
+local_cfg=$work/drctl-local.toml
+s3_cfg=$work/drctl-s3.toml
+cat >"$local_cfg" <<EOF
+policies_dir = "$work/policies"
+
+[repository]
+url = "file://$work/repo-local"
+
+[encryption]
+recipients = ["$drctl_recipient"]
+identity_file = "$drctl_identity"
+EOF
+cat >"$s3_cfg" <<EOF
+policies_dir = "$work/policies"
+
+[repository]
+url = "s3://$bucket/drctl"
+endpoint = "$s3"
+region = "us-east-1"
+path_style = true
+
+[encryption]
+recipients = ["$drctl_recipient"]
+identity_file = "$drctl_identity"
+EOF
+for db in "${dbs[@]}"; do
+  printf '[source]\ntype = "postgres"\nurl = "%s"\n' "$(pg_url "$db")" >"$work/policies/$db.toml"
+  # The same without the fingerprint, to show what the fingerprint costs.
+  printf '[source]\ntype = "postgres"\nurl = "%s"\nfingerprint = false\n' "$(pg_url "$db")" >"$work/policies/${db}_nofp.toml"
+done
+for cfg in "$local_cfg" "$s3_cfg"; do
+  note "$cfg:"
+  sed 's/^/      /' "$cfg"
+done
+note "$work/policies/bench_pgbench.toml:"
+sed 's/^/      /' "$work/policies/bench_pgbench.toml"
+timeout 120 "$drctl_bin" --config "$local_cfg" --quiet init >/dev/null
+timeout 120 "$drctl_bin" --config "$s3_cfg" --quiet init >/dev/null
+timeout 300 "$drctl_bin" --config "$local_cfg" --quiet check >"$work/logs/check.log" 2>&1 ||
+  { cat "$work/logs/check.log" >&2; die "drctl check failed"; }
+
+# --- measuring ------------------------------------------------------------------------------------------
+drctl_local="$drctl_bin --config $local_cfg --quiet"
+drctl_s3="$drctl_bin --config $s3_cfg --quiet"
+restore_db=bench_restore
+# drctl restore runs `pg_restore --exit-on-error --single-transaction`; the
+# pg_restore rows that are compared with it use the same flags.
+pg_restore_flags="--exit-on-error --single-transaction"
+
+declare -A label cmd_of size_of
+order=()
+
+# measure DB ID LABEL PREP CMD: PREP (untimed) then CMD, once to warm up and
+# RUNS times measured. Results go to $work/results/DB/ID, one run a line:
+# wall, user+sys CPU, server CPU, max RSS KiB.
+measure() {
+  local db=$1 id=$2 what=$3 prep=$4 cmd=$5
+  local res=$work/results/$db/$id tf=$work/results/$db/$id.time log=$work/logs/$db-$id.log
+  mkdir -p "$work/results/$db"
+  : >"$res"
+  label[$db/$id]=$what
+  cmd_of[$db/$id]=$cmd
+  order+=("$db/$id")
+  printf '\n  [%s %s] %s\n' "$db" "$id" "$what"
+  [[ -z $prep ]] || printf '    untimed before each run: %s\n' "$prep"
+  printf '    $ %s\n' "$cmd"
+  local i before after wall user sys rss
+  for ((i = 0; i <= RUNS; i++)); do
+    if [[ -n $prep ]]; then
+      timeout -k 10 900 bash -o pipefail -c "$prep" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; die "$db $id: preparing failed: $prep"; }
+    fi
+    wait_backends
+    before=$(server_ticks)
+    if ! timeout -k 30 "$BENCH_TIMEOUT" /usr/bin/time -o "$tf" -f '%e %U %S %M' \
+      bash -o pipefail -c "$cmd" >>"$log" 2>&1; then
+      tail -n 30 "$log" >&2
+      cat "$tf" >&2 2>/dev/null || true
+      die "$db $id failed (run $i): $cmd"
+    fi
+    wait_backends
+    after=$(server_ticks)
+    read -r wall user sys rss < <(tail -n1 "$tf")
+    if ((i == 0)); then
+      printf '    warm-up: %ss\n' "$wall"
+      continue
+    fi
+    awk -v w="$wall" -v u="$user" -v s="$sys" -v d="$((after - before))" -v t="$clk_tck" -v r="$rss" \
+      'BEGIN { printf "%.2f %.2f %.2f %d\n", w, u + s, d / t, r }' >>"$res"
+    printf '    run %d: %ss wall, %ss cpu, %ss server cpu, %d MiB max rss\n' "$i" "$wall" \
+      "$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" \
+      "$(awk -v d="$((after - before))" -v t="$clk_tck" 'BEGIN { printf "%.2f", d / t }')" "$((rss / 1024))"
+  done
+}
+
+# median FILE COLUMN
+median() {
+  sort -g -k"$2,$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END {
+    if (NR == 0) { print "nan"; exit }
+    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+recreate_restore_db="psql -X -q -v ON_ERROR_STOP=1 -d postgres -c 'DROP DATABASE IF EXISTS $restore_db WITH (FORCE)' -c 'CREATE DATABASE $restore_db'"
+check_restored() {
+  local db=$1 id=$2 n
+  n=$(psql_ -d "$restore_db" -c "SELECT count(*) FROM ${main_table[$db]}")
+  [[ $n == "${main_rows[$db]}" ]] ||
+    die "$db $id: restored ${main_table[$db]} has $n rows, the source ${main_rows[$db]}"
+}
+s3_size() {
+  aws_ s3api head-object --bucket "$bucket" --key "$1" --query ContentLength --output text
+}
+
+for db in "${dbs[@]}"; do
+  say "Measuring $db (${db_pretty[$db]}): one warm-up run, then $RUNS timed runs per command"
+  dump=$work/out/$db.dump
+  sealed=$work/out/$db.dump.zst.age
+  s3_key=shell/$db.dump.zst.age
+
+  measure "$db" a "pg_dump to /dev/null (the input limit)" "" \
+    "pg_dump -Fc -Z0 -d $db > /dev/null"
+  # The uncompressed dump that pg_restore reads below; its size bounds the others.
+  timeout "$BENCH_TIMEOUT" pg_dump -Fc -Z0 -d "$db" >"$dump"
+  plain=$(stat -c %s "$dump")
+  size_of[$db/a]=$plain
+  # aws needs an upper bound to pick part sizes for a stream (above 80 GB).
+  expected=$((plain + plain / 100 + 1048576))
+
+  measure "$db" b "shell: pg_dump | zstd | age > file" "rm -f $sealed" \
+    "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient > $sealed"
+  size_of[$db/b]=$(stat -c %s "$sealed")
+
+  measure "$db" c "shell: pg_dump | zstd | age | aws s3 cp (moto)" "$work/purge-s3 $s3_key" \
+    "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient | aws --endpoint-url $s3 s3 cp --expected-size $expected - s3://$bucket/$s3_key"
+  size_of[$db/c]=$(s3_size "$s3_key")
+
+  # Earlier runs' backups are removed before each run (untimed), so every run
+  # starts from the same repository and moto holds one backup at a time.
+  measure "$db" d "drctl backup, local directory" "rm -rf $work/repo-local/backups/$db" \
+    "$drctl_local backup $db"
+  obj=$(find "$work/repo-local/backups/$db" -name 'data.pgdump.zst.age' -print -quit)
+  size_of[$db/d]=$(stat -c %s "$obj")
+
+  measure "$db" d2 "drctl backup, local directory, fingerprint = false" "rm -rf $work/repo-local/backups/${db}_nofp" \
+    "$drctl_local backup ${db}_nofp"
+  obj=$(find "$work/repo-local/backups/${db}_nofp" -name 'data.pgdump.zst.age' -print -quit)
+  size_of[$db/d2]=$(stat -c %s "$obj")
+
+  measure "$db" e "drctl backup, S3 (moto)" \
+    "$work/purge-s3 drctl/backups/$db/" \
+    "$drctl_s3 backup $db"
+  key=$(aws_ s3api list-objects-v2 --bucket "$bucket" --prefix "drctl/backups/$db/" \
+    --query "Contents[?ends_with(Key, 'data.pgdump.zst.age')].Key | [0]" --output text)
+  size_of[$db/e]=$(s3_size "$key")
+
+  measure "$db" f1 "pg_restore from the uncompressed dump file (plain flags)" "$recreate_restore_db" \
+    "pg_restore -d $restore_db $dump"
+  check_restored "$db" f1
+  measure "$db" f2 "pg_restore from the uncompressed dump file (drctl's flags)" "$recreate_restore_db" \
+    "pg_restore $pg_restore_flags -d $restore_db $dump"
+  check_restored "$db" f2
+  measure "$db" f3 "shell: age -d | zstd -d | pg_restore (local file)" "$recreate_restore_db" \
+    "age -d -i $age_key $sealed | zstd -d | pg_restore $pg_restore_flags -d $restore_db"
+  check_restored "$db" f3
+  measure "$db" f4 "shell: aws s3 cp | age -d | zstd -d | pg_restore (moto)" "$recreate_restore_db" \
+    "aws --endpoint-url $s3 s3 cp s3://$bucket/$s3_key - | age -d -i $age_key | zstd -d | pg_restore $pg_restore_flags -d $restore_db"
+  check_restored "$db" f4
+  measure "$db" f5 "drctl restore, local directory" "$recreate_restore_db" \
+    "$drctl_local restore $db --to latest --target $(pg_url $restore_db) --yes"
+  check_restored "$db" f5
+  measure "$db" f6 "drctl restore, S3 (moto)" "$recreate_restore_db" \
+    "$drctl_s3 restore $db --to latest --target $(pg_url $restore_db) --yes"
+  check_restored "$db" f6
+  psql_ -d postgres -c "DROP DATABASE IF EXISTS $restore_db WITH (FORCE)"
+  rm -f "$dump" "$sealed"
+done
+
+# --- report ------------------------------------------------------------------------------------------------
+say "Results"
+ended_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+mem_total=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+drctl_rev=$(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$checkout" status --porcelain --untracked-files=no 2>/dev/null) ]] && drctl_rev="$drctl_rev (with uncommitted changes)"
+
+# ratio A B COLUMN: median of A / median of B, or n/a.
+ratio() {
+  local a b
+  a=$(median "$work/results/$1" "$3")
+  b=$(median "$work/results/$2" "$3")
+  awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+report=$work/report.md
+{
+  echo "# drctl benchmark"
+  echo
+  echo "Produced by \`scripts/bench.sh $SCALE\` (RANDOM_MB=$RANDOM_MB RUNS=$RUNS), $started_at to $ended_at."
+  echo
+  echo "- Machine: $(nproc) CPUs ($cpu_model), $mem_total memory, Linux $(uname -r)"
+  echo "- Load average at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- $(postgres --version), $(pg_dump --version)"
+  echo "- $(zstd --version | sed 's/^\*\*\* //; s/ \*\*\*$//'), age $(age --version), $(aws --version 2>&1 | cut -d' ' -f1), moto $(python3 -c 'import moto; print(moto.__version__)')"
+  echo "- drctl $("$drctl_bin" --version | cut -d' ' -f2) at $drctl_rev, \`cargo build --release\`"
+  echo "- SCALE=$SCALE (pgbench), RANDOM_MB=$RANDOM_MB, RUNS=$RUNS"
+  echo "- Databases: bench_pgbench (\`pgbench -i -s $SCALE\`) ${db_size[bench_pgbench]} bytes (${db_pretty[bench_pgbench]}); bench_random (one table of random base64 text, jsonb, numeric, timestamptz; primary key and 2 indexes) ${db_size[bench_random]} bytes (${db_pretty[bench_random]}), by pg_database_size after VACUUM ANALYZE"
+  echo "- PostgreSQL 15 on 127.0.0.1 with: \`$(printf '%s; ' "${pg_settings[@]:0:9}" | sed 's/; $//')\`. fsync=off is not crash safe; fine for a throwaway cluster, and the same for every row."
+  echo "- S3 is moto $(python3 -c 'import moto; print(moto.__version__)') on 127.0.0.1 (bucket versioning $S3_VERSIONING), a Python server: the S3 rows measure moto at least as much as the client."
+  echo
+  echo "How it is measured:"
+  echo
+  echo "- Each command runs once to warm up (the OS page cache is warm), then $RUNS times; the table shows medians."
+  echo "- Each run is \`/usr/bin/time -f '%e %U %S %M' bash -o pipefail -c 'COMMAND'\`, with the environment \`PATH=$pg_bin:\$PATH PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres PGPASSWORD=(random) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1\`. Untimed preparation before each run: restores go into a freshly created empty database \`$restore_db\`; drctl backups start from a repository without earlier backups of the policy."
+  echo "- **CPU s** is user+sys of the command and every child process (pg_dump, zstd, age, aws, or the pg_dump/pg_restore drctl starts). **Server CPU s** is the CPU time of the PostgreSQL backends that served the command (measured from the postmaster's reaped-children times); it is not in CPU s."
+  echo "- **Max RSS** is GNU time's %M: the largest single process of the tree, not the sum. For a shell pipeline it is the biggest of pg_dump, zstd, age and aws; for drctl it is drctl or its pg_dump/pg_restore, whichever is larger. PostgreSQL and moto are not included."
+  echo "- **Output bytes**: a: the uncompressed custom-format dump; b, d, d2: the encrypted file on disk; c, e: the S3 object (for drctl the data object; its small fingerprint object and manifest are not counted)."
+  echo "- zstd: the shell pipelines use \`zstd -3 -T0\` ($(nproc) threads here); drctl uses level 3 with 2 worker threads."
+  echo "- drctl backup also takes a fingerprint (row count and hash of every row) in the dump's snapshot, concurrently with pg_dump; row d2 is the same backup with \`fingerprint = false\`."
+  echo "- drctl restore runs \`pg_restore $pg_restore_flags\` into a scratch database and renames it; rows f2 to f4 use the same pg_restore flags, row f1 plain \`pg_restore -d\`."
+  for db in "${dbs[@]}"; do
+    echo
+    echo "## $db (${db_pretty[$db]})"
+    echo
+    echo "| | command | wall s | CPU s | server CPU s | max RSS MiB | output bytes |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    for key in "${order[@]}"; do
+      [[ $key == "$db/"* ]] || continue
+      id=${key#*/}
+      f=$work/results/$key
+      printf '| %s | %s | %.2f | %.2f | %.2f | %.0f | %s |\n' "$id" "${label[$key]//|/\\|}" \
+        "$(median "$f" 1)" "$(median "$f" 2)" "$(median "$f" 3)" \
+        "$(awk -v k="$(median "$f" 4)" 'BEGIN { print k / 1024 }')" "${size_of[$key]:-}"
+    done
+    echo
+    echo "Ratios of medians (wall, CPU; below 1 means drctl is faster or uses less):"
+    echo
+    echo "- backup: drctl local (d) / pg_dump to /dev/null (a): wall $(ratio "$db/d" "$db/a" 1), CPU $(ratio "$db/d" "$db/a" 2)"
+    echo "- backup: drctl local (d) / shell pipeline to a file (b): wall $(ratio "$db/d" "$db/b" 1), CPU $(ratio "$db/d" "$db/b" 2), output size $(awk -v a="${size_of[$db/d]}" -v b="${size_of[$db/b]}" 'BEGIN { printf "%.3f", a / b }')"
+    echo "- backup: drctl local without fingerprint (d2) / shell pipeline to a file (b): wall $(ratio "$db/d2" "$db/b" 1), CPU $(ratio "$db/d2" "$db/b" 2)"
+    echo "- backup: drctl S3 (e) / shell pipeline to S3 (c): wall $(ratio "$db/e" "$db/c" 1), CPU $(ratio "$db/e" "$db/c" 2)"
+    echo "- restore: drctl local (f5) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/f5" "$db/f2" 1), CPU $(ratio "$db/f5" "$db/f2" 2)"
+    echo "- restore: drctl local (f5) / plain pg_restore from an uncompressed file (f1): wall $(ratio "$db/f5" "$db/f1" 1)"
+    echo "- restore: drctl local (f5) / shell pipeline from a local file (f3): wall $(ratio "$db/f5" "$db/f3" 1), CPU $(ratio "$db/f5" "$db/f3" 2)"
+    echo "- restore: drctl S3 (f6) / shell pipeline from S3 (f4): wall $(ratio "$db/f6" "$db/f4" 1), CPU $(ratio "$db/f6" "$db/f4" 2)"
+    echo
+    echo "Commands, exactly as timed:"
+    echo
+    echo '```'
+    for key in "${order[@]}"; do
+      [[ $key == "$db/"* ]] && printf '%-3s %s\n' "${key#*/}" "${cmd_of[$key]}"
+    done
+    echo '```'
+  done
+  echo
+  echo "Whole run: $((SECONDS - t_script)) s, of which cargo build --release $build_seconds s."
+} >"$report"
+cat "$report"
+cp "$report" "$OUT"
+say "Written to $OUT"
