@@ -23,11 +23,24 @@ fn example_policies() -> Vec<PathBuf> {
     files
 }
 
-/// A temporary directory holding `drctl.toml` (with `config_text`) and a copy
-/// of `policies/`.
+/// The example's placeholder recipient, which a user must replace.
+const PLACEHOLDER: &str = "age1-REPLACE-WITH-THE-KEY-PRINTED-BY-drctl-key-generate";
+/// A well-formed public key to stand in for the user's.
+const SOME_KEY: &str = "age1dlt76suyf6e7f2jgu8vfyk99m3uy9u4tnfczlpea0md0qjz2vfxqrquvxp";
+
+/// A temporary directory holding `drctl.toml` (with `config_text`, its
+/// placeholder key replaced as the user would) and a copy of `policies/`.
 fn setup(config_text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("drctl.toml"), config_text).expect("write drctl.toml");
+    assert!(
+        config_text.contains(PLACEHOLDER),
+        "the example carries the placeholder key"
+    );
+    std::fs::write(
+        dir.path().join("drctl.toml"),
+        config_text.replace(PLACEHOLDER, SOME_KEY),
+    )
+    .expect("write drctl.toml");
     std::fs::create_dir(dir.path().join("policies")).expect("create policies/");
     for file in example_policies() {
         std::fs::copy(
@@ -112,6 +125,28 @@ fn example_config_and_policies_pass_check() {
         .collect();
     names.sort();
     assert_eq!(names, ["nginx-config", "orders-db"]);
+}
+
+/// Copying the example without putting in a real key must not produce a
+/// configuration that encrypts to nobody's key.
+#[test]
+fn example_placeholder_key_is_refused_with_its_line() {
+    let text = std::fs::read_to_string(repo_root().join("drctl.toml.example"))
+        .expect("read drctl.toml.example");
+    let dir = setup(&text);
+    std::fs::write(dir.path().join("drctl.toml"), &text).expect("write drctl.toml");
+    let line = text
+        .lines()
+        .position(|l| l.contains(PLACEHOLDER))
+        .expect("placeholder line")
+        + 1;
+    let (code, _, stderr) = run_drctl(dir.path(), &["check"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("drctl.toml:{line}:"))
+            && stderr.contains("not an age X25519 public key"),
+        "{stderr}"
+    );
 }
 
 #[test]
