@@ -382,17 +382,11 @@ pub async fn inspect_target(url: &str) -> Result<DbTarget> {
             message: "the target names no database".into(),
         })?
         .to_string();
-    let admin =
-        postgres::connect(&postgres::resolve(&postgres::with_dbname(url, "postgres"))?).await?;
+    let exists = postgres::Admin::connect(url).await?.exists(&dbname).await?;
     let db = |e: tokio_postgres::Error| Error::Database {
         target: describe.clone(),
         message: postgres::error_text(&e),
     };
-    let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
-        .await
-        .map_err(db)?
-        .is_some();
     let existing_objects = if exists {
         let client = postgres::connect(&pg).await?;
         let row = client
@@ -440,27 +434,11 @@ pub async fn to_database(
             target.dbname, target.describe
         )));
     }
-    let scratch = scratch_name(&target.dbname, &manifest.id);
-    let admin_url = postgres::with_dbname(&target.url, "postgres");
-    let admin = postgres::connect(&postgres::resolve(&admin_url)?).await?;
-    let db = |e: tokio_postgres::Error| Error::Database {
-        target: target.describe.clone(),
-        message: postgres::error_text(&e),
-    };
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            postgres::quote_ident(&scratch)
-        ))
-        .await
-        .map_err(db)?;
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            postgres::quote_ident(&scratch)
-        ))
-        .await
-        .map_err(db)?;
+    let tag = manifest.id.rsplit('-').next().unwrap_or(&manifest.id);
+    let scratch = postgres::db_name_with(&target.dbname, &format!("_drctl_{tag}"));
+    let admin = postgres::Admin::connect(&target.url).await?;
+    admin.drop(&scratch).await?;
+    admin.create(&scratch).await?;
     let outcome = restore_into_scratch(
         repo,
         identities,
@@ -481,86 +459,41 @@ pub async fn to_database(
         }),
         other => other,
     };
-    let diffs = match outcome {
-        Ok(d) => d,
-        Err(e) => {
-            if let Err(drop) = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    postgres::quote_ident(&scratch)
-                ))
-                .await
-            {
-                tracing::error!(database = %scratch, error = %postgres::error_text(&drop), "Could not drop the scratch database of a failed restore; drop it by hand.");
-            }
-            return Err(e);
-        }
+    let outcome = match outcome {
+        Ok(diffs) => swap_into_place(&admin, &scratch, target, tag)
+            .await
+            .map(|()| diffs),
+        Err(e) => Err(e),
     };
-    let swap = async {
-        if target.existing_objects.is_some() {
-            let old = scratch_name(&target.dbname, "replaced");
-            admin
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
-                    postgres::quote_ident(&target.dbname),
-                    postgres::quote_ident(&old)
-                ))
-                .await
-                .map_err(|e| Error::Database {
-                    target: target.describe.clone(),
-                    message: format!(
-                        "cannot move the existing `{}` aside: {} (close its connections and retry)",
-                        target.dbname,
-                        postgres::error_text(&e)
-                    ),
-                })?;
-            admin
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
-                    postgres::quote_ident(&scratch),
-                    postgres::quote_ident(&target.dbname)
-                ))
-                .await
-                .map_err(db)?;
-            admin
-                .batch_execute(&format!(
-                    "DROP DATABASE {} WITH (FORCE)",
-                    postgres::quote_ident(&old)
-                ))
-                .await
-                .map_err(db)?;
-        } else {
-            admin
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
-                    postgres::quote_ident(&scratch),
-                    postgres::quote_ident(&target.dbname)
-                ))
-                .await
-                .map_err(db)?;
-        }
-        Ok::<_, Error>(())
-    };
-    if let Err(e) = swap.await {
-        let _ = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                postgres::quote_ident(&scratch)
-            ))
-            .await;
-        return Err(e);
+    if outcome.is_err()
+        && let Err(drop) = admin.drop(&scratch).await
+    {
+        tracing::error!(database = %scratch, error = %drop, "Could not drop the scratch database of a failed restore; drop it by hand.");
     }
-    Ok(diffs)
+    outcome
 }
 
-/// A database name for work in progress, within PostgreSQL's 63 bytes.
-pub fn scratch_name(base: &str, tag: &str) -> String {
-    let suffix = format!("_drctl_{}", tag.rsplit('-').next().unwrap_or(tag));
-    let mut keep = base.to_string();
-    while keep.len() + suffix.len() > 63 {
-        keep.pop();
+/// Renames the finished scratch database to the target's name. An existing
+/// target is moved aside first and dropped only once the new one is in
+/// place; if that fails it is moved back.
+async fn swap_into_place(
+    admin: &postgres::Admin,
+    scratch: &str,
+    target: &DbTarget,
+    tag: &str,
+) -> Result<()> {
+    if target.existing_objects.is_none() {
+        return admin.rename(scratch, &target.dbname).await;
     }
-    format!("{keep}{suffix}")
+    let old = postgres::db_name_with(&target.dbname, &format!("_drctl_{tag}_old"));
+    admin.rename(&target.dbname, &old).await?;
+    if let Err(e) = admin.rename(scratch, &target.dbname).await {
+        if let Err(back) = admin.rename(&old, &target.dbname).await {
+            tracing::error!(database = %old, error = %back, "Could not move the original database back; it is intact under this name.");
+        }
+        return Err(e);
+    }
+    admin.drop(&old).await
 }
 
 async fn restore_into_scratch(

@@ -339,6 +339,97 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Database-level work on one server (create, drop, rename), through a
+/// connection to its `postgres` database. Restores and drills use it for
+/// their scratch databases.
+pub struct Admin {
+    client: Client,
+    /// `host:port` for messages.
+    pub server: String,
+}
+
+impl Admin {
+    /// Connects to the `postgres` database of the server `url` names.
+    ///
+    /// # Errors
+    /// `Database` when the server cannot be reached or refuses the login.
+    pub async fn connect(url: &str) -> Result<Admin> {
+        let config = resolve(&with_dbname(url, "postgres"))?;
+        let server = describe(&config).trim_end_matches("/postgres").to_string();
+        Ok(Admin {
+            client: connect(&config).await?,
+            server,
+        })
+    }
+
+    fn fail(&self, e: &tokio_postgres::Error) -> Error {
+        Error::Database {
+            target: self.server.clone(),
+            message: error_text(e),
+        }
+    }
+
+    /// # Errors
+    /// `Database` on a query failure.
+    pub async fn exists(&self, db: &str) -> Result<bool> {
+        let row = self
+            .client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+            .await
+            .map_err(|e| self.fail(&e))?;
+        Ok(row.is_some())
+    }
+
+    /// Creates an empty database from `template0`.
+    ///
+    /// # Errors
+    /// `Database`, e.g. when it already exists.
+    pub async fn create(&self, db: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(db)
+            ))
+            .await
+            .map_err(|e| self.fail(&e))
+    }
+
+    /// Drops a database if it exists, ending its sessions.
+    ///
+    /// # Errors
+    /// `Database` on failure.
+    pub async fn drop(&self, db: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(db)
+            ))
+            .await
+            .map_err(|e| self.fail(&e))
+    }
+
+    /// # Errors
+    /// `Database`, e.g. when the database has sessions or `to` exists.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to)))
+            .await
+            .map_err(|e| Error::Database {
+                target: self.server.clone(),
+                message: format!("cannot rename database `{from}` to `{to}`: {} (close its connections and retry)", error_text(&e)),
+            })
+    }
+}
+
+/// `base` with `suffix` appended, shortened to PostgreSQL's 63-byte names.
+pub fn db_name_with(base: &str, suffix: &str) -> String {
+    let mut keep = base.to_string();
+    while keep.len() + suffix.len() > 63 {
+        keep.pop();
+    }
+    format!("{keep}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
