@@ -283,7 +283,9 @@ fn dump_into(
 
 fn pipe_error(policy: &str, e: std::io::Error, stderr: &str) -> Error {
     match e.kind() {
-        std::io::ErrorKind::Interrupted => Error::Interrupted("the backup was cancelled".into()),
+        _ if crate::pipeline::channel::is_cancelled(&e) => {
+            Error::Interrupted("the backup was cancelled".into())
+        }
         std::io::ErrorKind::BrokenPipe => Error::io("the upload stopped", e),
         _ => Error::Source {
             policy: policy.into(),
@@ -312,11 +314,16 @@ where
     let (done_tx, done_rx) = oneshot::channel();
     let recipients = recipients.to_vec();
     let producer = tokio::task::spawn_blocking(move || -> Result<(Digests, T)> {
-        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel))
+        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel.clone()))
             .map_err(|e| Error::io("starting encryption", e))?;
-        let value = produce(&mut sealer)?;
+        // Whatever error a cancelled write turned into on its way up through
+        // the source (tar names the file it was writing), it means "stopped".
+        let value = produce(&mut sealer).map_err(|e| match cancel.load(Ordering::Relaxed) {
+            true => Error::Interrupted("the backup was cancelled".into()),
+            false => e,
+        })?;
         let (mut sink, digests) = sealer.finish().map_err(|e| match e.kind() {
-            std::io::ErrorKind::Interrupted => {
+            _ if crate::pipeline::channel::is_cancelled(&e) => {
                 Error::Interrupted("the backup was cancelled".into())
             }
             _ => Error::io("finishing compression and encryption", e),

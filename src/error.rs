@@ -96,6 +96,13 @@ pub enum Error {
     #[error("object `{object}` failed its integrity check: {reason}")]
     Integrity { object: String, reason: String },
 
+    #[error("{failed} of {total} backups failed verification; first: {first}")]
+    VerifyFailed {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+
     #[error("policy `{policy}`: {message}")]
     Source { policy: String, message: String },
 

@@ -627,7 +627,10 @@ pub async fn verify(
         }
         if let Some(ids) = identities {
             let r = stream_object(repo, ids, record, Meter::default(), |r| {
-                std::io::copy(r, &mut std::io::sink()).map_err(|e| read_error(e, "nowhere"))?;
+                std::io::copy(r, &mut std::io::sink()).map_err(|e| Error::Integrity {
+                    object: String::new(),
+                    reason: e.to_string(),
+                })?;
                 Ok(())
             })
             .await

@@ -234,22 +234,21 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             failed.len()
         );
     }
-    if let Some(first) = failed.first() {
-        return Err(Error::Integrity {
-            object: format!("{} {}", first.policy, first.id),
-            reason: format!(
-                "{} of {} backups failed verification: {}",
-                failed.len(),
-                reports.len(),
-                first.problems.join("; ")
-            ),
-        });
+    if failed.is_empty() && damaged.is_empty() {
+        return Ok(());
     }
-    if let Some(d) = damaged.first() {
-        return Err(Error::Integrity {
-            object: d.clone(),
-            reason: "unreadable manifest".into(),
-        });
-    }
-    Ok(())
+    let first = match failed.first() {
+        Some(r) => format!(
+            "backup {} of `{}`: {}",
+            r.id,
+            r.policy,
+            r.problems.join("; ")
+        ),
+        None => format!("damaged manifest {}", damaged[0]),
+    };
+    Err(Error::VerifyFailed {
+        failed: failed.len() + damaged.len(),
+        total: reports.len() + damaged.len(),
+        first,
+    })
 }

@@ -127,7 +127,7 @@ impl ExitCode {
             | Error::Key(_)
             | Error::Usage(_) => ExitCode::BadInput,
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
-            Error::Integrity { .. } => ExitCode::Integrity,
+            Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
                 ExitCode::Unavailable

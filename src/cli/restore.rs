@@ -113,9 +113,9 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let repo = ctx.repo(&config).await?;
     let catalog = catalog::load(&repo, &policy.name).await?;
     let (manifest, gap) = match (&args.backup, target_time) {
-        (Some(id), _) => (catalog::find(&policy.name, &catalog.backups, id)?, None),
+        (Some(id), _) => (catalog.find(&policy.name, id)?, None),
         (None, Some(t)) => {
-            let s = catalog::select(&policy.name, &catalog.backups, t)?;
+            let s = catalog.select(&policy.name, t)?;
             (s.backup, Some(s.gap))
         }
         (None, None) => unreachable!("clap requires --to or --backup"),

@@ -13,6 +13,24 @@ use tokio::sync::mpsc;
 use super::CHUNK_BYTES;
 use crate::error::StorageError;
 
+/// The error a cancelled [`ChannelWriter`] fails with. Not
+/// `ErrorKind::Interrupted`: `write_all` and `io::copy` retry that forever.
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job was cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// Whether `e` is (or wraps) the cancellation of a [`ChannelWriter`].
+pub fn is_cancelled(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Cancelled>())
+}
+
 pub struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,
     buf: BytesMut,
@@ -44,10 +62,7 @@ impl ChannelWriter {
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the job was cancelled",
-            ));
+            return Err(io::Error::other(Cancelled));
         }
         let take = (CHUNK_BYTES - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..take]);

@@ -106,6 +106,71 @@ pub fn select<'a>(
     }))
 }
 
+impl Catalog {
+    /// [`select`], refusing when a damaged manifest stands where the answer
+    /// would be: silently restoring an older backup instead would widen the
+    /// data-loss window without saying so.
+    ///
+    /// # Errors
+    /// `Integrity` naming the damaged manifest; otherwise as [`select`].
+    pub fn select(&self, policy: &str, target: DateTime<Utc>) -> Result<Selection<'_>> {
+        let damaged = self
+            .damaged_entries()
+            .filter(|(id, _, _)| id_time(id).is_some_and(|t| t <= target))
+            .max_by(|a, b| a.0.cmp(b.0));
+        let chosen = select(policy, &self.backups, target);
+        match (chosen, damaged) {
+            (Ok(s), Some((id, key, reason))) if id > s.backup.id.as_str() => {
+                Err(damaged_error(key, reason, Some(&s.backup.id)))
+            }
+            (Err(_), Some((_, key, reason))) => Err(damaged_error(key, reason, None)),
+            (chosen, _) => chosen,
+        }
+    }
+
+    /// [`find`], naming a damaged manifest when the id is one.
+    ///
+    /// # Errors
+    /// `Integrity` for a damaged manifest; otherwise as [`find`].
+    pub fn find(&self, policy: &str, id: &str) -> Result<&Manifest> {
+        let found = find(policy, &self.backups, id);
+        if found.is_err()
+            && let Some((_, key, reason)) =
+                self.damaged_entries().find(|(d, _, _)| d.starts_with(id))
+        {
+            return Err(damaged_error(key, reason, None));
+        }
+        found
+    }
+
+    fn damaged_entries(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.damaged.iter().filter_map(|(key, reason)| {
+            key.split('/')
+                .nth(2)
+                .map(|id| (id, key.as_str(), reason.as_str()))
+        })
+    }
+}
+
+/// The start time encoded in a backup id (`20261127T012000Z-…`).
+fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(id.get(..16)?, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn damaged_error(key: &str, reason: &str, older: Option<&str>) -> Error {
+    Error::Integrity {
+        object: key.to_string(),
+        reason: match older {
+            Some(id) => format!(
+                "{reason}; it is the backup this restore would use. To restore the older backup instead, pass --backup {id}"
+            ),
+            None => reason.to_string(),
+        },
+    }
+}
+
 /// Finds a backup by id (or a unique prefix of one).
 ///
 /// # Errors
@@ -178,6 +243,35 @@ mod tests {
         );
         let err = select("p", &[], t(3)).unwrap_err().to_string();
         assert!(err.contains("no backups yet"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_newer_manifest_is_not_skipped_silently() {
+        let t = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
+        let catalog = Catalog {
+            backups: vec![m("20261126T040000Z-aa", t(4))],
+            damaged: vec![(
+                "backups/p/20261126T080000Z-bb/manifest.json".into(),
+                "not a valid manifest".into(),
+            )],
+        };
+        let err = catalog.select("p", t(10)).unwrap_err().to_string();
+        assert!(
+            err.contains("20261126T080000Z-bb/manifest.json")
+                && err.contains("--backup 20261126T040000Z-aa"),
+            "{err}"
+        );
+        assert_eq!(
+            catalog.select("p", t(6)).unwrap().backup.id,
+            "20261126T040000Z-aa"
+        );
+        assert!(
+            catalog
+                .find("p", "20261126T08")
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid manifest")
+        );
     }
 
     #[test]

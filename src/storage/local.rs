@@ -48,9 +48,32 @@ impl LocalStore {
     fn tmp_file(&self) -> std::io::Result<(PathBuf, File)> {
         let dir = self.root.join(TMP_DIR);
         std::fs::create_dir_all(&dir)?;
+        sweep_stale(&dir);
         let path = dir.join(format!("{:016x}", rand::random::<u64>()));
         let file = File::options().write(true).create_new(true).open(&path)?;
         Ok((path, file))
+    }
+}
+
+/// Temporary files untouched for this long belong to a writer that died
+/// (a killed backup); a live upload writes to its file continually.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes what killed writers left in `.tmp/`, best effort.
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TMP);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

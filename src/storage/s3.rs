@@ -42,6 +42,8 @@ pub fn part_size(n: usize) -> usize {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// For messages: where requests go.
+    endpoint: String,
     prefix: String,
 }
 
@@ -103,6 +105,9 @@ impl S3Store {
         Ok(S3Store {
             client: Client::from_conf(builder.build()),
             bucket: bucket.clone(),
+            endpoint: endpoint
+                .clone()
+                .unwrap_or_else(|| "(AWS, from the region)".into()),
             prefix: prefix.clone(),
         })
     }
@@ -129,7 +134,7 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        map_error(op, &self.location(), key, &self.bucket, e)
+        map_error(op, &self.location(), key, &self.bucket, &self.endpoint, e)
     }
 }
 
@@ -138,6 +143,7 @@ fn map_error<E>(
     location: &str,
     key: &str,
     bucket: &str,
+    endpoint: &str,
     e: &SdkError<E, HttpResponse>,
 ) -> StorageError
 where
@@ -200,10 +206,10 @@ where
         SdkError::DispatchFailure(d) => (
             Transient,
             format!(
-                "cannot reach the S3 endpoint ({})",
+                "cannot reach the S3 endpoint {endpoint}: {} (check `repository.endpoint`, the network and any proxy)",
                 d.as_connector_error()
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| format!("{e}"))
+                    .map(|c| error_chain(c))
+                    .unwrap_or_else(|| error_chain(e))
             ),
         ),
         SdkError::ResponseError(_) => (Transient, format!("bad response: {}", error_chain(e))),
@@ -321,6 +327,7 @@ impl Store for S3Store {
         let state = DownloadState {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
             full_key: full,
             key: key.to_string(),
             location: self.location(),
@@ -398,6 +405,7 @@ impl Store for S3Store {
         Ok(Box::new(S3Upload {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
             full_key: self.full_key(key),
             key: key.to_string(),
             location: self.location(),
@@ -414,6 +422,8 @@ impl Store for S3Store {
 struct DownloadState {
     client: Client,
     bucket: String,
+    /// For messages: where requests go.
+    endpoint: String,
     full_key: String,
     key: String,
     location: String,
@@ -450,7 +460,14 @@ impl DownloadState {
                     match resumed {
                         Ok(out) => self.body = Some(out.body),
                         Err(e) => {
-                            let err = map_error("get", &self.location, &self.key, &self.bucket, &e);
+                            let err = map_error(
+                                "get",
+                                &self.location,
+                                &self.key,
+                                &self.bucket,
+                                &self.endpoint,
+                                &e,
+                            );
                             self.body = None;
                             return Some((Err(err), self));
                         }
@@ -475,6 +492,8 @@ impl DownloadState {
 struct S3Upload {
     client: Client,
     bucket: String,
+    /// For messages: where requests go.
+    endpoint: String,
     full_key: String,
     key: String,
     location: String,
@@ -502,7 +521,16 @@ impl S3Upload {
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .send()
             .await
-            .map_err(|e| map_error("upload", &self.location, &self.key, &self.bucket, &e))?;
+            .map_err(|e| {
+                map_error(
+                    "upload",
+                    &self.location,
+                    &self.key,
+                    &self.bucket,
+                    &self.endpoint,
+                    &e,
+                )
+            })?;
         self.upload_id = Some(out.upload_id.ok_or_else(|| {
             self.err(
                 StorageErrorKind::Other,
@@ -534,11 +562,12 @@ impl S3Upload {
             .body(SdkByteStream::from(data));
         let (location, key, bucket) =
             (self.location.clone(), self.key.clone(), self.bucket.clone());
+        let endpoint = self.endpoint.clone();
         self.in_flight.spawn(async move {
             let out = req
                 .send()
                 .await
-                .map_err(|e| map_error("upload part", &location, &key, &bucket, &e))?;
+                .map_err(|e| map_error("upload part", &location, &key, &bucket, &endpoint, &e))?;
             Ok(CompletedPart::builder()
                 .part_number(number as i32)
                 .set_e_tag(out.e_tag)
@@ -570,7 +599,14 @@ impl S3Upload {
                 .send()
                 .await
                 .map_err(|e| {
-                    map_error("abort upload", &self.location, &self.key, &self.bucket, &e)
+                    map_error(
+                        "abort upload",
+                        &self.location,
+                        &self.key,
+                        &self.bucket,
+                        &self.endpoint,
+                        &e,
+                    )
                 })?;
         }
         Ok(())
@@ -614,7 +650,16 @@ impl Upload for S3Upload {
                 .body(SdkByteStream::from(body))
                 .send()
                 .await
-                .map_err(|e| map_error("upload", &self.location, &self.key, &self.bucket, &e))?;
+                .map_err(|e| {
+                    map_error(
+                        "upload",
+                        &self.location,
+                        &self.key,
+                        &self.bucket,
+                        &self.endpoint,
+                        &e,
+                    )
+                })?;
             return Ok(Stored {
                 size: self.size,
                 etag: out.e_tag,
@@ -647,6 +692,7 @@ impl Upload for S3Upload {
                         &self.location,
                         &self.key,
                         &self.bucket,
+                        &self.endpoint,
                         &e,
                     )
                 })?;
