@@ -573,7 +573,7 @@ report=$work/report.md
   echo "- **Max RSS** is GNU time's %M: the largest single process of the tree, not the sum. For a shell pipeline it is the biggest of pg_dump, zstd, age and aws; for drctl it is drctl or its pg_dump/pg_restore, whichever is larger. PostgreSQL and moto are not included."
   echo "- **Output bytes**: a: the uncompressed custom-format dump; b, d, d2: the encrypted file on disk; c, e: the S3 object (for drctl the data object; its small fingerprint object and manifest are not counted)."
   echo "- zstd: the shell pipelines use \`zstd -3 -T0\` ($(nproc) threads here); drctl uses level 3 with 2 worker threads."
-  echo "- drctl backup also takes a fingerprint (row count and hash of every row) in the dump's snapshot, concurrently with pg_dump; row d2 is the same backup with \`fingerprint = false\`."
+  echo "- drctl backup also fingerprints the table data (row count and a hash of every row) from pg_dump's output as it streams, without reading the database again; row d2 is the same backup with \`fingerprint = false\`."
   echo "- drctl restore runs \`pg_restore $pg_restore_flags\` into a scratch database and renames it; rows f2 to f4 use the same pg_restore flags, row f1 plain \`pg_restore -d\`."
   for db in "${dbs[@]}"; do
     echo

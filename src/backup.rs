@@ -21,6 +21,10 @@ use crate::storage::{PutMode, Stored, upload_stream};
 
 /// Bytes read from pg_dump at a time.
 const READ_BYTES: usize = 256 * 1024;
+/// pg_dump chunks queued for the fingerprint thread.
+const SCAN_CHUNKS: usize = 8;
+/// How often a job looks at the process-wide stop flag.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How the process runs a job (flags, not policy).
 #[derive(Clone, Default)]
@@ -43,19 +47,31 @@ pub async fn run(
     opts: &JobOptions,
 ) -> Result<Manifest> {
     let lease = Lease::acquire(repo.store.clone(), &policy.name, "backup").await?;
+    // This job stops when the process is told to, or when this policy's
+    // lease is lost; the latter must not stop other policies' jobs.
+    let job = JobOptions {
+        show_progress: opts.show_progress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
     let lease_lost = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (cancel, flag) = (opts.cancel.clone(), lease_lost.clone());
+        let (outer, cancel, flag) = (opts.cancel.clone(), job.cancel.clone(), lease_lost.clone());
         let lost = lease.lost_signal();
         tokio::spawn(async move {
-            lost.await;
-            flag.store(true, Ordering::Relaxed);
+            tokio::select! {
+                () = lost => flag.store(true, Ordering::Relaxed),
+                () = async {
+                    while !outer.load(Ordering::Relaxed) {
+                        tokio::time::sleep(CANCEL_POLL).await;
+                    }
+                } => {}
+            }
             cancel.store(true, Ordering::Relaxed);
         })
     };
     let started = Utc::now();
     let id = repo::new_backup_id(started);
-    let result = run_locked(repo, config, policy, &id, started, opts).await;
+    let result = run_locked(repo, config, policy, &id, started, &job).await;
     watcher.abort();
     let lost = lease_lost.load(Ordering::Relaxed);
     lease.release().await;
@@ -238,19 +254,40 @@ fn dump_into(
     scan: bool,
 ) -> Result<Option<DumpPrint>> {
     let mut stdout = child.child.stdout.take().expect("pg_dump stdout is piped");
-    let mut scanner = scan.then(DumpScanner::new);
-    let mut buf = vec![0u8; READ_BYTES];
+    // The fingerprint is computed on a thread of its own from shared chunks,
+    // so it runs beside compression instead of in front of it.
+    let (scan_tx, scanner) = if scan {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(SCAN_CHUNKS);
+        let handle = std::thread::Builder::new()
+            .name("drctl-fingerprint".into())
+            .spawn(move || {
+                let mut scanner = DumpScanner::new();
+                for chunk in rx {
+                    let _ = scanner.write_all(&chunk);
+                }
+                scanner.finish()
+            })
+            .map_err(|e| Error::io("starting the fingerprint thread", e))?;
+        (Some(tx), Some(handle))
+    } else {
+        (None, None)
+    };
     let copied: std::io::Result<()> = (|| loop {
+        let mut buf = bytes::BytesMut::zeroed(READ_BYTES);
         let n = stdout.read(&mut buf)?;
         if n == 0 {
             return Ok(());
         }
-        if let Some(s) = scanner.as_mut() {
-            s.write_all(&buf[..n])?;
+        buf.truncate(n);
+        let chunk = buf.freeze();
+        if let Some(tx) = &scan_tx {
+            // The scanner only stops early if it panicked; `finish` reports that.
+            let _ = tx.send(chunk.clone());
         }
-        out.write_all(&buf[..n])?;
+        out.write_all(&chunk)?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     })();
+    drop(scan_tx);
     if let Err(e) = copied {
         let stderr = child.kill();
         return Err(pipe_error(policy, e, &stderr));
@@ -273,7 +310,7 @@ fn dump_into(
         });
     }
     scanner
-        .map(|s| s.finish())
+        .map(|h| h.join().expect("the fingerprint thread panicked"))
         .transpose()
         .map_err(|e| Error::Source {
             policy: policy.into(),

@@ -23,6 +23,7 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod pipeline;
 pub mod progress;

@@ -23,9 +23,13 @@ pub use channel::{ChannelReader, ChannelWriter};
 pub use hash::{HashHandle, HashReader, HashWriter};
 
 /// Bytes per message between the CPU stages and the network task.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Messages the channel holds; with the chunk size this bounds its memory.
-pub const CHANNEL_CHUNKS: usize = 4;
+pub const CHANNEL_CHUNKS: usize = 8;
+/// Compressed bytes per hand-over to the encrypting stage thread.
+pub const STAGE_CHUNK_BYTES: usize = 256 * 1024;
+/// Hand-overs in flight to the encrypting stage.
+pub const STAGE_CHUNKS: usize = 4;
 /// zstd worker threads for compression; 0 would compress on the caller's thread.
 pub const ZSTD_WORKERS: u32 = 2;
 /// Input per zstd worker job. The default (4× the window) keeps about 60 MiB
@@ -43,20 +47,118 @@ pub struct Digests {
 }
 
 /// The write side: plaintext in, compressed and encrypted bytes out to `W`.
-pub struct Sealer<W: Write> {
-    inner:
-        HashWriter<zstd::stream::write::Encoder<'static, age::stream::StreamWriter<HashWriter<W>>>>,
+///
+/// Two threads share the work, as `zstd | age` would in a shell: the
+/// caller's thread hashes the plaintext and feeds zstd (whose workers
+/// compress), and a stage thread encrypts and hashes the compressed bytes.
+pub struct Sealer<W: Write + Send + 'static> {
+    inner: HashWriter<zstd::stream::write::Encoder<'static, StageWriter<W>>>,
 }
 
-impl<W: Write> Sealer<W> {
+type StageResult<W> = io::Result<(W, hash::Hashed)>;
+
+/// Hands compressed bytes to the encrypting stage thread.
+struct StageWriter<W> {
+    /// `Some(bytes)` carries data; `None` says the stream is complete. A
+    /// channel closed without `None` means the producer failed, and the
+    /// stage must not finish the age stream.
+    tx: Option<std::sync::mpsc::SyncSender<Option<Vec<u8>>>>,
+    stage: Option<std::thread::JoinHandle<StageResult<W>>>,
+    buf: Vec<u8>,
+}
+
+impl<W> StageWriter<W> {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STAGE_CHUNK_BYTES));
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Some(chunk)).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The stage stopped: its own error says why (a cancelled or failed upload).
+        Err(match self.join() {
+            Err(e) => e,
+            Ok(_) => io::Error::new(io::ErrorKind::BrokenPipe, "the encryption stage stopped"),
+        })
+    }
+
+    fn end(&mut self) -> StageResult<W> {
+        self.send()?;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(None);
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> StageResult<W> {
+        self.tx = None;
+        match self.stage.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the encryption stage panicked"))),
+            None => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the encryption stage already ended",
+            )),
+        }
+    }
+}
+
+impl<W> Write for StageWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let take = (STAGE_CHUNK_BYTES - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        if self.buf.len() >= STAGE_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl<W: Write + Send + 'static> Sealer<W> {
     /// # Errors
     /// If a recipient cannot wrap the key or the first write fails.
     pub fn new(recipients: &[age::x25519::Recipient], level: i32, out: W) -> io::Result<Self> {
         let encryptor =
             age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
                 .map_err(|e| io::Error::other(format!("cannot encrypt to the recipients: {e}")))?;
-        let encrypted = encryptor.wrap_output(HashWriter::new(out))?;
-        let mut zstd = zstd::stream::write::Encoder::new(encrypted, level)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(STAGE_CHUNKS);
+        let stage = std::thread::Builder::new()
+            .name("drctl-encrypt".into())
+            .spawn(move || -> StageResult<W> {
+                let mut encrypted = encryptor.wrap_output(HashWriter::new(out))?;
+                loop {
+                    match rx.recv() {
+                        Ok(Some(chunk)) => encrypted.write_all(&chunk)?,
+                        Ok(None) => break,
+                        Err(_) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::BrokenPipe,
+                                "the data stream stopped before its end",
+                            ));
+                        }
+                    }
+                }
+                let hashed = encrypted.finish()?;
+                let (mut out, cipher) = hashed.into_parts();
+                out.flush()?;
+                Ok((out, cipher))
+            })?;
+        let staged = StageWriter {
+            tx: Some(tx),
+            stage: Some(stage),
+            buf: Vec::with_capacity(STAGE_CHUNK_BYTES),
+        };
+        let mut zstd = zstd::stream::write::Encoder::new(staged, level)?;
         zstd.multithread(ZSTD_WORKERS)?;
         zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
         Ok(Sealer {
@@ -71,10 +173,8 @@ impl<W: Write> Sealer<W> {
     /// Any error from a stage or the sink.
     pub fn finish(self) -> io::Result<(W, Digests)> {
         let (zstd, plain) = self.inner.into_parts();
-        let encrypted = zstd.finish()?;
-        let hashed = encrypted.finish()?;
-        let (mut out, cipher) = hashed.into_parts();
-        out.flush()?;
+        let mut staged = zstd.finish()?;
+        let (out, cipher) = staged.end()?;
         Ok((
             out,
             Digests {
@@ -87,7 +187,7 @@ impl<W: Write> Sealer<W> {
     }
 }
 
-impl<W: Write> Write for Sealer<W> {
+impl<W: Write + Send + 'static> Write for Sealer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.inner.write(buf)
     }

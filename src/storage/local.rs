@@ -20,7 +20,7 @@ const TMP_DIR: &str = ".tmp";
 const LOCK_FILE: &str = ".lock";
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Parts are only a unit of buffering here; any size works.
-const PART_BYTES: usize = 4 * 1024 * 1024;
+const PART_BYTES: usize = 1024 * 1024;
 
 pub struct LocalStore {
     root: PathBuf,
