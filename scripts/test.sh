@@ -5,7 +5,8 @@
 #
 # The tests use real parts (docs: /work/shared/DESIGN.md, "Tests use real
 # parts"): PostgreSQL 15 binaries for throwaway clusters, the moto S3 server,
-# and the `age`, `zstd` and `aws` command-line tools.
+# the `age`, `zstd` and `aws` command-line tools, and Chromium (headless) to
+# load the HTML report.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +37,8 @@ fi
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v age >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
+# tests/report.rs loads the HTML report in headless Chromium.
+command -v chromium >/dev/null || missing+=(chromium)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v python3 >/dev/null || missing+=(python3)
 if ! python3 -m pip --version >/dev/null 2>&1; then
@@ -90,6 +93,7 @@ printf '    %s\n' \
   "moto $(python3 -c 'import moto; print(moto.__version__)')" \
   "age $(age --version)" \
   "$(zstd --version)" \
+  "$(chromium --version 2>/dev/null || echo 'chromium: not found')" \
   "$(aws --version 2>&1)" \
   "$(cargo --version)"
 

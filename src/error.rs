@@ -103,6 +103,9 @@ pub enum Error {
         first: String,
     },
 
+    #[error("drill of `{policy}` failed: {reason}")]
+    DrillFailed { policy: String, reason: String },
+
     #[error("policy `{policy}`: {message}")]
     Source { policy: String, message: String },
 
@@ -131,6 +134,11 @@ pub enum Error {
 
     #[error("interrupted: {0}")]
     Interrupted(String),
+
+    /// A policy's chain of drill records does not hold: a record was
+    /// edited or removed. Each problem names the record.
+    #[error("drill records were altered or removed:\n{}", .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    ChainBroken { problems: Vec<String> },
 }
 
 impl Error {

@@ -18,6 +18,8 @@
 //! - [`repo`]: repository layout, backup ids, manifests, the catalog and
 //!   `--to` selection, and leases.
 //! - [`backup`] and [`restore`]: the jobs that join them.
+//! - [`drill`]: restore drills and their hash-chained records.
+//! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
 
 pub mod backup;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod pipeline;
 pub mod progress;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod schedule;
 pub mod source;

@@ -357,6 +357,21 @@ pub struct DbRestoreOptions {
     pub pg_restore_args: Vec<String>,
 }
 
+/// What a finished restore into a database did.
+#[derive(Debug, Clone, Default)]
+pub struct DbRestored {
+    /// With `verify`: one line per difference from the fingerprint (empty
+    /// when it matched); `None` when nothing was compared.
+    pub diffs: Option<Vec<String>>,
+    /// Fetching, decrypting, decompressing and pg_restore, which stream
+    /// together and so are timed together.
+    pub restore_seconds: f64,
+    pub verify_seconds: f64,
+    /// Tables and rows the fingerprint covered.
+    pub tables: usize,
+    pub rows: u64,
+}
+
 /// What a restore into a database found and will do.
 #[derive(Debug, Clone)]
 pub struct DbTarget {
@@ -425,7 +440,7 @@ pub async fn to_database(
     target: &DbTarget,
     opts: &DbRestoreOptions,
     meter: Meter,
-) -> Result<Option<Vec<String>>> {
+) -> Result<DbRestored> {
     if let Some(n) = target.existing_objects.filter(|n| *n > 0)
         && !opts.clean
     {
@@ -450,19 +465,19 @@ pub async fn to_database(
     )
     .await;
     let outcome = match outcome {
-        Ok(diffs) if diffs.as_ref().is_some_and(|d| !d.is_empty()) => Err(Error::Integrity {
+        Ok(done) if done.diffs.as_ref().is_some_and(|d| !d.is_empty()) => Err(Error::Integrity {
             object: format!("{}/{}", repo.store.location(), manifest.data.key),
             reason: format!(
                 "the restored data does not match the backup's fingerprint: {}",
-                diffs.unwrap_or_default().join("; ")
+                done.diffs.unwrap_or_default().join("; ")
             ),
         }),
         other => other,
     };
     let outcome = match outcome {
-        Ok(diffs) => swap_into_place(&admin, &scratch, target, tag)
+        Ok(done) => swap_into_place(&admin, &scratch, target, tag)
             .await
-            .map(|()| diffs),
+            .map(|()| done),
         Err(e) => Err(e),
     };
     if outcome.is_err()
@@ -504,7 +519,8 @@ async fn restore_into_scratch(
     scratch: &str,
     opts: &DbRestoreOptions,
     meter: Meter,
-) -> Result<Option<Vec<String>>> {
+) -> Result<DbRestored> {
+    let started = std::time::Instant::now();
     let scratch_url = postgres::with_dbname(target_url, scratch);
     let pg = postgres::resolve(&scratch_url)?;
     let server = {
@@ -562,12 +578,17 @@ async fn restore_into_scratch(
     .await
     .map_err(|e| name_object(e, &object));
     streamed?;
+    let mut done = DbRestored {
+        restore_seconds: started.elapsed().as_secs_f64(),
+        ..DbRestored::default()
+    };
     if !opts.verify {
-        return Ok(None);
+        return Ok(done);
     }
     let Some(record) = &manifest.fingerprint else {
-        return Ok(None);
+        return Ok(done);
     };
+    let verify_started = std::time::Instant::now();
     let json = read_sealed(repo, identities, record).await?;
     let expected: DumpPrint = serde_json::from_slice(&json).map_err(|e| Error::Integrity {
         object: record.key.clone(),
@@ -584,7 +605,11 @@ async fn restore_into_scratch(
         })?;
     let diffs = fingerprint::verify(&client, &describe, &expected).await?;
     let _ = client.batch_execute("COMMIT").await;
-    Ok(Some(diffs))
+    done.verify_seconds = verify_started.elapsed().as_secs_f64();
+    done.tables = expected.tables.len();
+    done.rows = expected.tables.iter().map(|t| t.rows).sum();
+    done.diffs = Some(diffs);
+    Ok(done)
 }
 
 /// What `verify` found for one backup.

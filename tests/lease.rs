@@ -339,9 +339,11 @@ fn concurrent_backups_one_wins(kind: Kind) {
         cmd.spawn().expect("start drctl backup")
     };
     let a = spawn();
-    common::wait_for("the first backup to take the lease", Duration::from_secs(60), || {
-        (!w.keys("locks/").is_empty()).then_some(())
-    });
+    common::wait_for(
+        "the first backup to take the lease",
+        Duration::from_secs(60),
+        || (!w.keys("locks/").is_empty()).then_some(()),
+    );
     let b = spawn();
     let pids = [a.id(), b.id()];
     let (a, b) = thread::scope(|s| {

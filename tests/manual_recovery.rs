@@ -373,8 +373,14 @@ fn database_recovered_from_s3_with_aws_age_zstd_and_pg_restore() {
         orders["rows"].to_string(),
         "the fingerprint's row count matches the manually restored table"
     );
-    assert!(orders["hash"].is_u64(), "the row hash is a 64-bit number: {fp}");
-    assert!(orders["columns"].is_string(), "the COPY column list is recorded: {fp}");
+    assert!(
+        orders["hash"].is_u64(),
+        "the row hash is a 64-bit number: {fp}"
+    );
+    assert!(
+        orders["columns"].is_string(),
+        "the COPY column list is recorded: {fp}"
+    );
 }
 
 #[test]

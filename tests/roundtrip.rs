@@ -1063,9 +1063,15 @@ fn multipart_backup(kind: Kind) {
         );
         let version = manifest["data"]["version_id"].as_str();
         if versioned {
-            assert!(version.is_some(), "a versioned bucket records data.version_id: {manifest:#}");
+            assert!(
+                version.is_some(),
+                "a versioned bucket records data.version_id: {manifest:#}"
+            );
         } else {
-            assert_eq!(version, None, "an unversioned bucket has no version ids: {manifest:#}");
+            assert_eq!(
+                version, None,
+                "an unversioned bucket has no version ids: {manifest:#}"
+            );
         }
         let head = block_on(
             server

@@ -2,7 +2,9 @@
 //! or `--json` output, and the mapping from errors to exit codes.
 
 mod backup;
+mod drill;
 mod inspect;
+mod report;
 mod restore;
 
 use std::path::PathBuf;
@@ -79,6 +81,15 @@ pub enum Command {
     },
     /// Restore a backup chosen by time (or id).
     Restore(restore::RestoreArgs),
+    /// Run a restore drill: restore into a scratch target, verify, measure, record.
+    Drill(drill::DrillArgs),
+    /// List drill records, newest first.
+    Drills {
+        /// Only this policy.
+        policy: Option<String>,
+    },
+    /// A compliance report built from drill records and backups.
+    Report(report::ReportArgs),
     /// Check that backups are intact.
     Verify {
         /// Only this policy.
@@ -191,6 +202,9 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
         Command::List { policy } => inspect::list(&ctx, policy.as_deref()).await,
         Command::Restore(args) => restore::restore(&ctx, args).await,
+        Command::Drill(args) => drill::drill(&ctx, args).await,
+        Command::Drills { policy } => drill::drills(&ctx, policy.as_deref()).await,
+        Command::Report(args) => report::report(&ctx, args).await,
         Command::Verify { policy, read_data } => {
             inspect::verify(&ctx, policy.as_deref(), *read_data).await
         }

@@ -240,7 +240,8 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
                 },
                 received,
             )
-            .await?;
+            .await?
+            .diffs;
         }
         Destination::File(p) => {
             job::to_file(&repo, &identities, &manifest.data, p, received).await?

@@ -78,3 +78,351 @@ pub async fn append(repo: &Repo, mut record: DrillRecord) -> Result<DrillRecord>
         .await?;
     Ok(record)
 }
+
+/// Which backup a drill restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    Newest,
+    Id(String),
+    /// A uniformly random one, so over time every age of backup is tested.
+    Random,
+}
+
+pub struct DrillOptions {
+    pub choice: Choice,
+    /// Leave the scratch database or directory in place for inspection.
+    pub keep: bool,
+    pub identity_file: Option<std::path::PathBuf>,
+    pub meter: crate::progress::Meter,
+}
+
+/// Prefix of every scratch database a drill of `policy` creates; a leftover
+/// from a killed drill is recognised by it and dropped by the next drill.
+pub fn scratch_prefix(policy: &str) -> String {
+    format!("drctl_drill_{}_", policy.replace(['-', '.'], "_"))
+}
+
+/// Runs one drill and appends its record, passed or failed. A drill that
+/// cannot run (no scratch target, no identity, scratch equal to the source)
+/// is recorded as failed with the reason, never skipped.
+///
+/// # Errors
+/// Only when the record itself cannot be written; the drill's own failure
+/// is in the returned record (`passed == false`, `failure`).
+pub async fn run(
+    repo: &Repo,
+    policy: &crate::config::Policy,
+    opts: &DrillOptions,
+) -> Result<DrillRecord> {
+    let started = chrono::Utc::now();
+    let clock = std::time::Instant::now();
+    let mut record = DrillRecord {
+        format: record::RECORD_FORMAT,
+        id: crate::repo::new_backup_id(started),
+        policy: policy.name.clone(),
+        kind: policy.source.kind().to_string(),
+        backup_id: None,
+        backup_point_in_time: None,
+        started_at: started,
+        finished_at: started,
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        passed: false,
+        failure: None,
+        steps: Vec::new(),
+        rto: record::Objective {
+            measured_seconds: None,
+            target_seconds: policy
+                .drill
+                .as_ref()
+                .and_then(|d| d.rto_target)
+                .map(|d| d.num_milliseconds() as f64 / 1000.0),
+        },
+        rpo: record::Objective {
+            measured_seconds: None,
+            target_seconds: policy
+                .drill
+                .as_ref()
+                .and_then(|d| d.rpo_target)
+                .or(policy.schedule.as_ref().and_then(|s| s.rpo_target))
+                .map(|d| d.num_milliseconds() as f64 / 1000.0),
+        },
+        checks: Vec::new(),
+        previous_sha256: None,
+    };
+    // One drill per policy at a time, across hosts, so that dropping an
+    // earlier drill's leftovers cannot hit a drill still running. ('@' is
+    // not allowed in policy names, so this never names a policy's lease.)
+    let outcome = match crate::repo::lease::Lease::acquire(
+        repo.store.clone(),
+        &format!("{}@drill", policy.name),
+        "drill",
+    )
+    .await
+    {
+        Ok(lease) => {
+            let outcome = drill_steps(repo, policy, opts, &mut record, clock).await;
+            lease.release().await;
+            outcome
+        }
+        Err(e) => Err(e),
+    };
+    record.finished_at = chrono::Utc::now();
+    match outcome {
+        Ok(()) => {
+            let failed: Vec<&str> = record
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.name.as_str())
+                .collect();
+            record.passed = failed.is_empty();
+            if !failed.is_empty() {
+                record.failure = Some(format!("checks failed: {}", failed.join(", ")));
+            }
+        }
+        Err(e) => {
+            record.passed = false;
+            record.failure = Some(e.to_string());
+            record.rto.measured_seconds = None;
+        }
+    }
+    append(repo, record).await
+}
+
+fn step(record: &mut DrillRecord, name: &str, since: std::time::Instant, ok: bool) {
+    record.steps.push(record::Step {
+        name: name.to_string(),
+        seconds: since.elapsed().as_secs_f64(),
+        ok,
+    });
+}
+
+async fn drill_steps(
+    repo: &Repo,
+    policy: &crate::config::Policy,
+    opts: &DrillOptions,
+    record: &mut DrillRecord,
+    clock: std::time::Instant,
+) -> Result<()> {
+    use crate::config::SourceConfig;
+    use crate::error::Error;
+    let drill = policy.drill.as_ref().ok_or_else(|| {
+        Error::Refused(format!(
+            "policy `{}` has no [drill] section saying where to restore",
+            policy.name
+        ))
+    })?;
+
+    let t = std::time::Instant::now();
+    let catalog = crate::repo::catalog::load(repo, &policy.name).await?;
+    let newest = catalog.backups.first().ok_or_else(|| {
+        Error::NoBackup(format!("policy `{}` has no backups to drill", policy.name))
+    })?;
+    record.rpo.measured_seconds =
+        Some((record.started_at - newest.point_in_time).num_milliseconds() as f64 / 1000.0);
+    let manifest = match &opts.choice {
+        Choice::Newest => newest,
+        Choice::Id(id) => catalog.find(&policy.name, id)?,
+        Choice::Random => &catalog.backups[rand::random_range(0..catalog.backups.len())],
+    };
+    record.backup_id = Some(manifest.id.clone());
+    record.backup_point_in_time = Some(manifest.point_in_time);
+    step(record, "choose backup", t, true);
+
+    let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;
+    match &policy.source {
+        SourceConfig::Postgres {
+            url: source_url, ..
+        } => {
+            let scratch_url = drill.scratch_url.as_deref().ok_or_else(|| {
+                Error::Refused("[drill] has no scratch_url (a server to restore into)".into())
+            })?;
+            let scratch_name = format!(
+                "{}{}",
+                scratch_prefix(&policy.name),
+                record.id.rsplit('-').next().unwrap_or("x")
+            );
+            let source = crate::source::postgres::resolve(source_url)?;
+            let scratch_server = crate::source::postgres::resolve(scratch_url)?;
+            let same_server = crate::source::postgres::describe(&source)
+                .rsplit_once('/')
+                .map(|(s, _)| s.to_string())
+                == crate::source::postgres::describe(&scratch_server)
+                    .rsplit_once('/')
+                    .map(|(s, _)| s.to_string());
+            if same_server && source.get_dbname() == Some(scratch_name.as_str()) {
+                return Err(Error::Refused(
+                    "the drill's scratch database is the source database".into(),
+                ));
+            }
+            let t = std::time::Instant::now();
+            let admin = crate::source::postgres::Admin::connect(scratch_url).await?;
+            for leftover in admin
+                .databases_with_prefix(&scratch_prefix(&policy.name))
+                .await?
+            {
+                tracing::warn!(database = %leftover, "Dropping a scratch database left by an earlier drill.");
+                admin.drop(&leftover).await?;
+            }
+            let target_url = crate::source::postgres::with_dbname(scratch_url, &scratch_name);
+            let target = crate::restore::DbTarget {
+                url: target_url.clone(),
+                describe: format!("{}/{scratch_name}", admin.server),
+                dbname: scratch_name.clone(),
+                existing_objects: None,
+            };
+            let restore_opts = crate::restore::DbRestoreOptions {
+                clean: false,
+                verify: true,
+                pg_restore_args: Vec::new(),
+            };
+            let restored = crate::restore::to_database(
+                repo,
+                &identities,
+                manifest,
+                &target,
+                &restore_opts,
+                opts.meter.clone(),
+            )
+            .await;
+            let restored = match restored {
+                Ok(r) => r,
+                Err(e) => {
+                    step(record, "restore and verify", t, false);
+                    return Err(e);
+                }
+            };
+            record.steps.push(record::Step {
+                name: "fetch, decrypt, decompress and pg_restore".into(),
+                seconds: restored.restore_seconds,
+                ok: true,
+            });
+            record.steps.push(record::Step {
+                name: "verify fingerprint".into(),
+                seconds: restored.verify_seconds,
+                ok: true,
+            });
+            record.rto.measured_seconds = Some(clock.elapsed().as_secs_f64());
+            record.checks.push(record::Check {
+                name: "fingerprint".into(),
+                ok: restored.diffs.is_some(),
+                detail: match restored.diffs {
+                    Some(_) => format!(
+                        "{} tables, {} rows matched the backup",
+                        restored.tables, restored.rows
+                    ),
+                    None => "the backup has no fingerprint (fingerprint = false)".into(),
+                },
+            });
+            let t = std::time::Instant::now();
+            let checks = run_checks(&target_url, &drill.checks).await;
+            let all_ok = checks.iter().all(|c| c.ok);
+            record.checks.extend(checks);
+            step(record, "checks", t, all_ok);
+            if !opts.keep {
+                let t = std::time::Instant::now();
+                admin.drop(&scratch_name).await?;
+                step(record, "drop scratch database", t, true);
+            }
+        }
+        SourceConfig::Files { .. } => {
+            let dir = drill.scratch_dir.as_ref().ok_or_else(|| {
+                Error::Refused("[drill] has no scratch_dir (a directory to restore into)".into())
+            })?;
+            let into = dir.join(&record.id);
+            let t = std::time::Instant::now();
+            let diffs = crate::restore::to_directory(
+                repo,
+                &identities,
+                manifest,
+                &into,
+                true,
+                opts.meter.clone(),
+            )
+            .await;
+            let ok = diffs.is_ok();
+            step(
+                record,
+                "fetch, decrypt, decompress, unpack and compare",
+                t,
+                ok,
+            );
+            let diffs = diffs?;
+            record.rto.measured_seconds = Some(clock.elapsed().as_secs_f64());
+            record.checks.push(record::Check {
+                name: "files".into(),
+                ok: diffs.is_some(),
+                detail: match diffs {
+                    Some(_) => "every path's content, mode and link target matched".into(),
+                    None => "the backup has no files fingerprint".into(),
+                },
+            });
+            if !opts.keep {
+                std::fs::remove_dir_all(&into)
+                    .map_err(|e| Error::io(format!("removing {}", into.display()), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs each `[[drill.checks]]` query on the restored database and compares
+/// the first column of the first row, as text, with `expect`.
+async fn run_checks(url: &str, checks: &[crate::config::DrillCheck]) -> Vec<record::Check> {
+    if checks.is_empty() {
+        return Vec::new();
+    }
+    let client = match crate::source::postgres::resolve(url) {
+        Ok(c) => crate::source::postgres::connect(&c).await,
+        Err(e) => Err(e),
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            return checks
+                .iter()
+                .map(|c| record::Check {
+                    name: c.name.clone(),
+                    ok: false,
+                    detail: e.to_string(),
+                })
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for check in checks {
+        let result = client.simple_query(&check.sql).await;
+        let (ok, detail) = match result {
+            Ok(messages) => {
+                let value = messages.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).map(str::to_string))
+                    }
+                    _ => None,
+                });
+                match value {
+                    Some(Some(v)) => (
+                        v == check.expect,
+                        format!("returned `{v}`, expected `{}`", check.expect),
+                    ),
+                    Some(None) => (false, format!("returned NULL, expected `{}`", check.expect)),
+                    None => (
+                        false,
+                        format!("returned no rows, expected `{}`", check.expect),
+                    ),
+                }
+            }
+            Err(e) => (
+                false,
+                format!("query failed: {}", crate::source::postgres::error_text(&e)),
+            ),
+        };
+        out.push(record::Check {
+            name: check.name.clone(),
+            ok,
+            detail,
+        });
+    }
+    out
+}

@@ -380,6 +380,22 @@ impl Admin {
         Ok(row.is_some())
     }
 
+    /// Databases whose names start with `prefix`.
+    ///
+    /// # Errors
+    /// `Database` on a query failure.
+    pub async fn databases_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+                &[&prefix],
+            )
+            .await
+            .map_err(|e| self.fail(&e))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     /// Creates an empty database from `template0`.
     ///
     /// # Errors

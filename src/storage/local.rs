@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{ByteStream, ObjectMeta, PutMode, Store, Stored, Upload};
+use super::{ByteStream, ObjectMeta, Protection, PutMode, Store, Stored, Upload};
 use crate::error::{StorageError, StorageErrorKind};
 
 const TMP_DIR: &str = ".tmp";
@@ -289,6 +289,14 @@ impl Store for LocalStore {
             file: Arc::new(file),
             size: 0,
         }))
+    }
+
+    async fn protection(&self) -> Result<Protection, StorageError> {
+        Ok(Protection {
+            applicable: false,
+            versioning: None,
+            object_lock: None,
+        })
     }
 }
 

@@ -48,6 +48,19 @@ pub struct ObjectMeta {
     pub storage_class: Option<String>,
 }
 
+/// Whether the store keeps overwritten and deleted objects and locks them:
+/// what an auditor asks about a bucket. A local directory has neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// False for a local directory, where the question does not apply.
+    pub applicable: bool,
+    /// `Enabled`, `Suspended`, or `None` when versioning was never enabled.
+    pub versioning: Option<String>,
+    /// Object Lock with its default retention, e.g. `Enabled, default
+    /// GOVERNANCE retention of 30 days`; `None` without Object Lock.
+    pub object_lock: Option<String>,
+}
+
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
 
 #[async_trait]
@@ -81,6 +94,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts writing a large object that must not exist yet.
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
+
+    /// The store's versioning and Object Lock settings, for reports.
+    async fn protection(&self) -> Result<Protection, StorageError>;
 }
 
 /// A large object being written in parts. Nothing is visible at the key until

@@ -13,7 +13,7 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use super::{ByteStream, ObjectMeta, PutMode, Store, Stored, Upload};
+use super::{ByteStream, ObjectMeta, Protection, PutMode, Store, Stored, Upload};
 use crate::config::RepositoryConfig;
 use crate::error::{StorageError, StorageErrorKind};
 
@@ -417,6 +417,91 @@ impl Store for S3Store {
             size: 0,
         }))
     }
+
+    async fn protection(&self) -> Result<Protection, StorageError> {
+        let versioning = match self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.status.map(|s| s.as_str().to_string()),
+            Err(e) => {
+                // moto (5.2) names the answer's root element
+                // `GetBucketVersioningResponse`, not `VersioningConfiguration`,
+                // and the SDK refuses it; the status inside is the same.
+                let body = match &e {
+                    SdkError::ServiceError(se) if se.raw().status().is_success() => {
+                        se.raw().body().bytes()
+                    }
+                    _ => None,
+                };
+                match body.and_then(versioning_in_misnamed_answer) {
+                    Some(status) => status,
+                    None => return Err(self.err("GetBucketVersioning", &self.bucket, &e)),
+                }
+            }
+        };
+        let lock = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .object_lock_configuration
+                .and_then(|c| describe_lock(&c)),
+            // The answer of a bucket made without Object Lock.
+            Err(e)
+                if e.as_service_error().and_then(|se| se.code())
+                    == Some("ObjectLockConfigurationNotFoundError") =>
+            {
+                None
+            }
+            Err(e) => return Err(self.err("GetObjectLockConfiguration", &self.bucket, &e)),
+        };
+        Ok(Protection {
+            applicable: true,
+            versioning,
+            object_lock: lock,
+        })
+    }
+}
+
+/// The versioning status in a GetBucketVersioning answer whose root element
+/// is `GetBucketVersioningResponse`: `Some(None)` when it has no status
+/// (never enabled), `None` when the body is not such an answer at all.
+fn versioning_in_misnamed_answer(body: &[u8]) -> Option<Option<String>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains("<GetBucketVersioningResponse") {
+        return None;
+    }
+    let status = text
+        .split_once("<Status>")
+        .and_then(|(_, rest)| rest.split_once("</Status>"))
+        .map(|(status, _)| status.trim().to_string());
+    Some(status)
+}
+
+/// `Enabled, default GOVERNANCE retention of 30 days`, or `None` when
+/// Object Lock is not enabled.
+fn describe_lock(c: &aws_sdk_s3::types::ObjectLockConfiguration) -> Option<String> {
+    let enabled = c.object_lock_enabled.as_ref()?.as_str().to_string();
+    let retention = c.rule.as_ref().and_then(|r| r.default_retention.as_ref());
+    Some(match retention {
+        None => format!("{enabled}, no default retention"),
+        Some(d) => {
+            let mode = d.mode.as_ref().map_or("", |m| m.as_str());
+            let length = match (d.days, d.years) {
+                (Some(n), _) => format!("{n} day{}", if n == 1 { "" } else { "s" }),
+                (None, Some(n)) => format!("{n} year{}", if n == 1 { "" } else { "s" }),
+                (None, None) => "an unstated time".to_string(),
+            };
+            format!("{enabled}, default {mode} retention of {length}")
+        }
+    })
 }
 
 struct DownloadState {
@@ -736,5 +821,53 @@ mod tests {
         );
         assert_eq!(part_size(1), FIRST_PART_BYTES);
         assert_eq!(part_size(1001), 2 * FIRST_PART_BYTES);
+    }
+
+    #[test]
+    fn object_lock_descriptions() {
+        use aws_sdk_s3::types::{
+            DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+            ObjectLockRule,
+        };
+        let enabled =
+            ObjectLockConfiguration::builder().object_lock_enabled(ObjectLockEnabled::Enabled);
+        assert_eq!(
+            describe_lock(&ObjectLockConfiguration::builder().build()),
+            None
+        );
+        assert_eq!(
+            describe_lock(&enabled.clone().build()).as_deref(),
+            Some("Enabled, no default retention")
+        );
+        let rule = |d: DefaultRetention| ObjectLockRule::builder().default_retention(d).build();
+        let years = DefaultRetention::builder()
+            .mode(ObjectLockRetentionMode::Compliance)
+            .years(1)
+            .build();
+        assert_eq!(
+            describe_lock(&enabled.rule(rule(years)).build()).as_deref(),
+            Some("Enabled, default COMPLIANCE retention of 1 year")
+        );
+    }
+
+    #[test]
+    fn versioning_status_from_a_misnamed_answer() {
+        let answer = |inner: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<GetBucketVersioningResponse xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{inner}</GetBucketVersioningResponse>"
+            )
+        };
+        assert_eq!(
+            versioning_in_misnamed_answer(answer("<Status>Enabled</Status>").as_bytes()),
+            Some(Some("Enabled".to_string()))
+        );
+        assert_eq!(
+            versioning_in_misnamed_answer(answer("").as_bytes()),
+            Some(None)
+        );
+        assert_eq!(
+            versioning_in_misnamed_answer(b"<Error><Code>X</Code></Error>"),
+            None
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! `drill` and `drills`.
+
+use super::Ctx;
+use crate::drill::{self, Choice, DrillOptions};
+use crate::error::{Error, Result};
+use crate::timespec::human_duration;
+
+#[derive(Debug, clap::Args)]
+pub struct DrillArgs {
+    /// Policy to drill.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub policy: Option<String>,
+    /// Drill every policy that has a [drill] section, one after another.
+    #[arg(long)]
+    pub all: bool,
+    /// Restore this backup (id or unique prefix) instead of the newest.
+    #[arg(long, value_name = "ID", conflicts_with = "random")]
+    pub backup: Option<String>,
+    /// Restore a randomly chosen backup.
+    #[arg(long)]
+    pub random: bool,
+    /// Leave the scratch database or directory in place afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map(|s| human_duration(chrono::Duration::milliseconds((s * 1000.0) as i64)))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn against(o: &drill::record::Objective) -> String {
+    match (o.measured_seconds, o.target_seconds) {
+        (m, Some(t)) => format!(
+            "{} (target {}, {})",
+            seconds(m),
+            seconds(Some(t)),
+            if o.met() == Some(true) {
+                "met"
+            } else {
+                "MISSED"
+            }
+        ),
+        (m, None) => format!("{} (no target)", seconds(m)),
+    }
+}
+
+pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
+    let config = ctx.config()?;
+    let policies: Vec<_> = match &args.policy {
+        Some(name) => vec![config.policy(name)?],
+        None => config
+            .policies
+            .iter()
+            .filter(|p| p.drill.is_some())
+            .collect(),
+    };
+    if policies.is_empty() {
+        return Err(Error::Usage("no policy has a [drill] section".into()));
+    }
+    let repo = ctx.repo(&config).await?;
+    let choice = match (&args.backup, args.random) {
+        (Some(id), _) => Choice::Id(id.clone()),
+        (None, true) => Choice::Random,
+        (None, false) => Choice::Newest,
+    };
+    let meter = crate::progress::Meter {
+        bytes: Default::default(),
+        cancel: ctx.cancel.clone(),
+    };
+    let opts = DrillOptions {
+        choice,
+        keep: args.keep,
+        identity_file: ctx.cli.identity.clone().or(config.identity_file.clone()),
+        meter,
+    };
+    let mut records = Vec::new();
+    for policy in policies {
+        let record = drill::run(&repo, policy, &opts).await?;
+        if !ctx.cli.json {
+            println!(
+                "{}: drill {} {} backup {}",
+                record.policy,
+                record.id,
+                if record.passed { "PASSED" } else { "FAILED" },
+                record.backup_id.as_deref().unwrap_or("(none)")
+            );
+            for step in &record.steps {
+                println!(
+                    "  step   {:<48} {:>8.2}s {}",
+                    step.name,
+                    step.seconds,
+                    if step.ok { "ok" } else { "failed" }
+                );
+            }
+            for check in &record.checks {
+                println!(
+                    "  check  {:<24} {}  {}",
+                    check.name,
+                    if check.ok { "ok    " } else { "FAILED" },
+                    check.detail
+                );
+            }
+            println!("  RTO    {}", against(&record.rto));
+            println!("  RPO    {} since the newest backup", against(&record.rpo));
+            if let Some(f) = &record.failure {
+                println!("  reason {f}");
+            }
+        }
+        records.push(record);
+    }
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({ "drills": records }));
+    }
+    let failed: Vec<_> = records.iter().filter(|r| !r.passed).collect();
+    match failed.first() {
+        None => Ok(()),
+        Some(r) => Err(Error::DrillFailed {
+            policy: r.policy.clone(),
+            reason: r.failure.clone().unwrap_or_else(|| "see the record".into()),
+        }),
+    }
+}
+
+pub async fn drills(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
+    let config = ctx.config()?;
+    let names: Vec<String> = match policy {
+        Some(name) => vec![config.policy(name)?.name.clone()],
+        None => config.policies.iter().map(|p| p.name.clone()).collect(),
+    };
+    let repo = ctx.repo(&config).await?;
+    let mut all = Vec::new();
+    for name in &names {
+        for stored in drill::load_records(&repo, name).await?.into_iter().rev() {
+            all.push(stored);
+        }
+    }
+    if ctx.cli.json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|s| match &s.record {
+                Ok(r) => serde_json::json!({ "key": s.key, "sha256": s.sha256, "record": r }),
+                Err(e) => serde_json::json!({ "key": s.key, "sha256": s.sha256, "error": e }),
+            })
+            .collect();
+        ctx.print_json(&serde_json::json!({ "drills": rows }));
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<27} {:<7} {:<27} {:>10} {:>10}",
+        "POLICY", "DRILL", "RESULT", "BACKUP", "RTO", "RPO"
+    );
+    for s in &all {
+        match &s.record {
+            Ok(r) => println!(
+                "{:<14} {:<27} {:<7} {:<27} {:>10} {:>10}",
+                r.policy,
+                r.id,
+                if r.passed { "passed" } else { "FAILED" },
+                r.backup_id.as_deref().unwrap_or("-"),
+                seconds(r.rto.measured_seconds),
+                seconds(r.rpo.measured_seconds)
+            ),
+            Err(e) => println!("DAMAGED {}: {e}", s.key),
+        }
+    }
+    Ok(())
+}
