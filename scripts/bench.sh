@@ -383,7 +383,8 @@ recipients = ["$drctl_recipient"]
 identity_file = "$drctl_identity"
 EOF
 for db in "${dbs[@]}"; do
-  printf '[source]\ntype = "postgres"\nurl = "%s"\n' "$(pg_url "$db")" >"$work/policies/$db.toml"
+  # The drill section lets row g time a restore drill of the same backup.
+  printf '[source]\ntype = "postgres"\nurl = "%s"\n\n[drill]\nscratch_url = "%s"\n' "$(pg_url "$db")" "$(pg_url postgres)" >"$work/policies/$db.toml"
   # The same without the fingerprint, to show what the fingerprint costs.
   printf '[source]\ntype = "postgres"\nurl = "%s"\nfingerprint = false\n' "$(pg_url "$db")" >"$work/policies/${db}_nofp.toml"
 done
@@ -529,6 +530,10 @@ for db in "${dbs[@]}"; do
   measure "$db" f6 "drctl restore, S3 (moto)" "$recreate_restore_db" \
     "$drctl_s3 restore $db --to latest --target $(pg_url $restore_db) --yes"
   check_restored "$db" f6
+  # A restore drill of the same backup: pg_restore into a scratch database,
+  # then the fingerprint check; each drill's record gives the split.
+  measure "$db" g "drctl drill, local directory (restore, then fingerprint check)" "" \
+    "$drctl_local --json drill $db > $work/results/$db/drill-\$(date +%s%N).json"
   psql_ -d postgres -c "DROP DATABASE IF EXISTS $restore_db WITH (FORCE)"
   rm -f "$dump" "$sealed"
 done
@@ -600,6 +605,18 @@ report=$work/report.md
     echo "- restore: drctl local (f5) / plain pg_restore from an uncompressed file (f1): wall $(ratio "$db/f5" "$db/f1" 1)"
     echo "- restore: drctl local (f5) / shell pipeline from a local file (f3): wall $(ratio "$db/f5" "$db/f3" 1), CPU $(ratio "$db/f5" "$db/f3" 2)"
     echo "- restore: drctl S3 (f6) / shell pipeline from S3 (f4): wall $(ratio "$db/f6" "$db/f4" 1), CPU $(ratio "$db/f6" "$db/f4" 2)"
+    echo "- drill: drctl drill (g) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g" "$db/f2" 1)"
+    python3 - "$work/results/$db" <<'PY'
+import glob, json, statistics, sys
+restore, check = [], []
+for path in glob.glob(sys.argv[1] + "/drill-*.json"):
+    steps = {s["name"]: s["seconds"] for s in json.load(open(path))["drills"][0]["steps"]}
+    restore.append(steps["fetch, decrypt, decompress and pg_restore"])
+    check.append(steps["verify fingerprint"])
+if restore:
+    r, c = statistics.median(restore), statistics.median(check)
+    print(f"- drill (g), from its records (median of {len(restore)} drills): restore {r:.2f} s, fingerprint check {c:.2f} s; the check adds {100 * c / r:.0f} % to the restore")
+PY
     echo
     echo "Commands, exactly as timed:"
     echo
