@@ -143,6 +143,8 @@ impl ExitCode {
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
                 ExitCode::Unavailable
             }
+            // The contract for `drill` and `report --verify`: exit 1.
+            Error::DrillFailed { .. } | Error::ChainBroken { .. } => ExitCode::Failed,
             _ => ExitCode::Failed,
         }
     }

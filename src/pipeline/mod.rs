@@ -52,12 +52,7 @@ pub struct Digests {
 /// caller's thread hashes the plaintext and feeds zstd (whose workers
 /// compress), and a stage thread encrypts and hashes the compressed bytes.
 pub struct Sealer<W: Write + Send + 'static> {
-    zstd: zstd::stream::write::Encoder<'static, StageWriter<W>>,
-    /// The plaintext digest is computed on a thread of its own, from copies
-    /// batched here, so the caller's thread only feeds zstd.
-    plain_buf: Vec<u8>,
-    plain_tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    plain: Option<std::thread::JoinHandle<hash::Hashed>>,
+    inner: HashWriter<zstd::stream::write::Encoder<'static, StageWriter<W>>>,
 }
 
 type StageResult<W> = io::Result<(W, hash::Hashed)>;
@@ -166,21 +161,8 @@ impl<W: Write + Send + 'static> Sealer<W> {
         let mut zstd = zstd::stream::write::Encoder::new(staged, level)?;
         zstd.multithread(ZSTD_WORKERS)?;
         zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
-        let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STAGE_CHUNKS);
-        let plain = std::thread::Builder::new()
-            .name("drctl-hash".into())
-            .spawn(move || {
-                let mut hasher = HashWriter::new(io::sink());
-                for chunk in plain_rx {
-                    let _ = hasher.write_all(&chunk);
-                }
-                hasher.into_parts().1
-            })?;
         Ok(Sealer {
-            zstd,
-            plain_buf: Vec::with_capacity(STAGE_CHUNK_BYTES),
-            plain_tx: Some(plain_tx),
-            plain: Some(plain),
+            inner: HashWriter::new(zstd),
         })
     }
 
@@ -190,16 +172,8 @@ impl<W: Write + Send + 'static> Sealer<W> {
     /// # Errors
     /// Any error from a stage or the sink.
     pub fn finish(self) -> io::Result<(W, Digests)> {
-        let mut this = self;
-        this.send_plain()?;
-        this.plain_tx = None;
-        let plain = this
-            .plain
-            .take()
-            .expect("hash thread runs until finish")
-            .join()
-            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
-        let mut staged = this.zstd.finish()?;
+        let (zstd, plain) = self.inner.into_parts();
+        let mut staged = zstd.finish()?;
         let (out, cipher) = staged.end()?;
         Ok((
             out,
@@ -213,27 +187,9 @@ impl<W: Write + Send + 'static> Sealer<W> {
     }
 }
 
-impl<W: Write + Send + 'static> Sealer<W> {
-    fn send_plain(&mut self) -> io::Result<()> {
-        if self.plain_buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.plain_buf, Vec::with_capacity(STAGE_CHUNK_BYTES));
-        match self.plain_tx.as_ref().map(|tx| tx.send(chunk)) {
-            Some(Ok(())) => Ok(()),
-            _ => Err(io::Error::other("the hashing thread stopped")),
-        }
-    }
-}
-
 impl<W: Write + Send + 'static> Write for Sealer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.zstd.write(buf)?;
-        self.plain_buf.extend_from_slice(&buf[..n]);
-        if self.plain_buf.len() >= STAGE_CHUNK_BYTES {
-            self.send_plain()?;
-        }
-        Ok(n)
+        self.inner.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         // A flush here would end a zstd block early and cost ratio; the
