@@ -593,6 +593,20 @@ struct S3Upload {
 }
 
 impl S3Upload {
+    fn fail<E>(&self, op: &'static str, e: &SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        map_error(
+            op,
+            &self.location,
+            &self.key,
+            &self.bucket,
+            &self.endpoint,
+            e,
+        )
+    }
+
     fn err(&self, kind: StorageErrorKind, detail: impl Into<String>) -> StorageError {
         StorageError::new("upload", &self.location, &self.key, kind, detail)
     }
@@ -606,16 +620,7 @@ impl S3Upload {
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .send()
             .await
-            .map_err(|e| {
-                map_error(
-                    "upload",
-                    &self.location,
-                    &self.key,
-                    &self.bucket,
-                    &self.endpoint,
-                    &e,
-                )
-            })?;
+            .map_err(|e| self.fail("upload", &e))?;
         self.upload_id = Some(out.upload_id.ok_or_else(|| {
             self.err(
                 StorageErrorKind::Other,
@@ -683,16 +688,7 @@ impl S3Upload {
                 .upload_id(id)
                 .send()
                 .await
-                .map_err(|e| {
-                    map_error(
-                        "abort upload",
-                        &self.location,
-                        &self.key,
-                        &self.bucket,
-                        &self.endpoint,
-                        &e,
-                    )
-                })?;
+                .map_err(|e| self.fail("abort upload", &e))?;
         }
         Ok(())
     }
@@ -735,16 +731,7 @@ impl Upload for S3Upload {
                 .body(SdkByteStream::from(body))
                 .send()
                 .await
-                .map_err(|e| {
-                    map_error(
-                        "upload",
-                        &self.location,
-                        &self.key,
-                        &self.bucket,
-                        &self.endpoint,
-                        &e,
-                    )
-                })?;
+                .map_err(|e| self.fail("upload", &e))?;
             return Ok(Stored {
                 size: self.size,
                 etag: out.e_tag,
@@ -771,16 +758,7 @@ impl Upload for S3Upload {
                 )
                 .send()
                 .await
-                .map_err(|e| {
-                    map_error(
-                        "complete upload",
-                        &self.location,
-                        &self.key,
-                        &self.bucket,
-                        &self.endpoint,
-                        &e,
-                    )
-                })?;
+                .map_err(|e| self.fail("complete upload", &e))?;
             Ok(Stored {
                 size: self.size,
                 etag: out.e_tag,
