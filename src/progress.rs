@@ -56,9 +56,19 @@ impl Progress {
         };
         bar.set_message(label.to_string());
         let (c, b) = (counter.clone(), bar.clone());
+        let finishing = format!(
+            "{label}: all data read; waiting for the destination to finish (pg_restore builds indexes last)"
+        );
         let ticker = tokio::spawn(async move {
+            let mut said = false;
             loop {
-                b.set_position(c.load(Ordering::Relaxed));
+                let done = c.load(Ordering::Relaxed);
+                b.set_position(done);
+                // A full bar that does not go away looks hung; say why.
+                if !said && total.is_some_and(|t| done >= t) {
+                    b.set_message(finishing.clone());
+                    said = true;
+                }
                 b.tick();
                 tokio::time::sleep(TICK).await;
             }
