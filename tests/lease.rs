@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::Value;
@@ -271,43 +270,6 @@ fn expired_lease_is_taken_over(kind: Kind) {
 // 3. Two backups of one policy started together: one runs, one is refused.
 // ---------------------------------------------------------------------------
 
-/// Waits for `child` (stdout and stderr piped) up to `timeout`, killing it
-/// after that.
-fn collect(mut child: Child, timeout: Duration) -> Output {
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for drctl") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "drctl backup did not finish within {timeout:?}; stderr:\n{}",
-                text(&err_reader.join().unwrap_or_default())
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    }
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .expect("read the hostname")
@@ -347,8 +309,8 @@ fn concurrent_backups_one_wins(kind: Kind) {
     let b = spawn();
     let pids = [a.id(), b.id()];
     let (a, b) = thread::scope(|s| {
-        let a = s.spawn(|| collect(a, COMMAND_TIMEOUT));
-        let b = s.spawn(|| collect(b, COMMAND_TIMEOUT));
+        let a = s.spawn(|| common::collect_within(a, "drctl backup", COMMAND_TIMEOUT));
+        let b = s.spawn(|| common::collect_within(b, "drctl backup", COMMAND_TIMEOUT));
         (a.join().expect("join"), b.join().expect("join"))
     });
     let describe = |o: &Output| {

@@ -29,6 +29,40 @@ fn local_directory_round_trip() {
     round_trip(&mut ws, &pg);
 }
 
+/// DESIGN.md invariant 4: nothing that reveals database content is stored
+/// unencrypted. The table's name and its rows' text appear in no stored byte.
+#[test]
+fn no_table_name_or_row_is_stored_in_plaintext() {
+    let pg = Postgres::start();
+    let mut ws = Workspace::local();
+    round_trip(&mut ws, &pg);
+    let mut stack = vec![ws.repo_dir()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in [&b"orders"[..], b"n250", b"note"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds `{}` in plaintext",
+                    path.display(),
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+    assert!(
+        files >= 4,
+        "repo.json, data, fingerprint and manifest were read ({files})"
+    );
+}
+
 #[test]
 fn s3_round_trip() {
     let pg = Postgres::start();

@@ -101,6 +101,15 @@ pub fn output_within(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Outp
         // A child that exits without reading its input is not our failure.
         let _ = child_stdin.write_all(&input);
     });
+    let output = collect_within(child, &format!("{cmd:?}"), timeout);
+    let _ = writer.join();
+    output
+}
+
+/// Waits for `child` (stdout and stderr piped) and collects what it prints,
+/// killing it and panicking (with its output, naming `what`) if it has not
+/// finished within `timeout`.
+pub fn collect_within(mut child: Child, what: &str, timeout: Duration) -> Output {
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let out_reader = thread::spawn(move || {
@@ -123,16 +132,15 @@ pub fn output_within(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Outp
                 let stdout = out_reader.join().unwrap_or_default();
                 let stderr = err_reader.join().unwrap_or_default();
                 panic!(
-                    "{cmd:?} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    "{what} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
                     String::from_utf8_lossy(&stdout),
                     String::from_utf8_lossy(&stderr)
                 );
             }
             Ok(None) => thread::sleep(POLL_INTERVAL),
-            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+            Err(e) => panic!("waiting for {what}: {e}"),
         }
     };
-    let _ = writer.join();
     Output {
         status,
         stdout: out_reader.join().unwrap_or_default(),
