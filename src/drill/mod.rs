@@ -79,6 +79,17 @@ pub async fn append(repo: &Repo, mut record: DrillRecord) -> Result<DrillRecord>
     Ok(record)
 }
 
+/// A drill id: the start time to the millisecond, so that keys sort in the
+/// order the chain links them even for drills a second apart, and a random
+/// suffix (`20261127T030000123Z-5c1e9a07`).
+pub fn record_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{:08x}",
+        now.format("%Y%m%dT%H%M%S%3fZ"),
+        rand::random::<u32>()
+    )
+}
+
 /// Which backup a drill restores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
@@ -118,7 +129,7 @@ pub async fn run(
     let clock = std::time::Instant::now();
     let mut record = DrillRecord {
         format: record::RECORD_FORMAT,
-        id: crate::repo::new_backup_id(started),
+        id: record_id(started),
         policy: policy.name.clone(),
         kind: policy.source.kind().to_string(),
         backup_id: None,
@@ -425,4 +436,21 @@ async fn run_checks(url: &str, checks: &[crate::config::DrillCheck]) -> Vec<reco
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: ids with whole seconds and a random suffix sorted two
+    /// drills of the same second at random, linking the chain backwards.
+    #[test]
+    fn record_ids_sort_in_start_order_within_a_second() {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        for ms in 0..999 {
+            let a = record_id(t + chrono::Duration::milliseconds(ms));
+            let b = record_id(t + chrono::Duration::milliseconds(ms + 1));
+            assert!(a < b, "{a} !< {b}");
+        }
+    }
 }

@@ -451,12 +451,14 @@ fn in_period(t: DateTime<Utc>, since: DateTime<Utc>, until: DateTime<Utc>) -> bo
     since <= t && t <= until
 }
 
-/// The start time encoded in an id (`20261127T012000Z-…`), the last path
-/// segment of `key` without `.json`.
+/// The start time encoded in an id (`20261127T012000Z-…`, or with
+/// milliseconds for drills, `20261127T012000123Z-…`), the last path segment
+/// of `key`.
 fn key_time(key: &str) -> Option<DateTime<Utc>> {
-    let id = key.rsplit('/').next()?;
-    chrono::NaiveDateTime::parse_from_str(id.get(..16)?, "%Y%m%dT%H%M%SZ")
-        .ok()
+    let stamp = key.rsplit('/').next()?.split('-').next()?;
+    ["%Y%m%dT%H%M%S%3fZ", "%Y%m%dT%H%M%SZ"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(stamp, f).ok())
         .map(|t| t.and_utc())
 }
 
