@@ -72,6 +72,8 @@ major, minor, patch = (int(x) for x in moto.__version__.split(".")[:3])
 assert (major, minor, patch) >= (5, 2, 5) and major < 6
 PY
 command -v aws >/dev/null || pip_packages+=(awscli)
+# tests/daemon.rs checks /metrics with the Prometheus project's own parsers.
+python3 -c 'import prometheus_client' >/dev/null 2>&1 || pip_packages+=(prometheus_client)
 if ((${#pip_packages[@]})); then
   pip_flags=()
   # Debian's own python3 refuses system-wide pip installs (PEP 668).

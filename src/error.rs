@@ -132,6 +132,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// `status` found a policy over its RPO target or with a failed run.
+    #[error("{0}")]
+    Unhealthy(String),
+
     #[error("interrupted: {0}")]
     Interrupted(String),
 

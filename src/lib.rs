@@ -20,11 +20,15 @@
 //! - [`backup`] and [`restore`]: the jobs that join them.
 //! - [`drill`]: restore drills and their hash-chained records.
 //! - [`report`]: compliance reports from backups and drill records (pure).
+//! - [`daemon`]: the scheduler, `/health` and `/metrics`; [`alert`] sends
+//!   its webhooks.
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
 
+pub mod alert;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod drill;
 pub mod error;
 pub mod pipeline;

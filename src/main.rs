@@ -1,19 +1,28 @@
 //! The `drctl` binary: parse arguments, set up logging, run, map the error
 //! to an exit code.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
-use drctl::cli::{Cli, ExitCode, LogFormat};
+use drctl::cli::{Cli, Command, ExitCode, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DRCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A daemon's log is its record: job starts and ends (info) with times.
+    // Interactive commands show only warnings, and the terminal has a clock.
+    let daemon = matches!(cli.command, Command::Daemon);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.without_time().with_target(false).init(),
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    match (cli.log_format, daemon) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.init(),
+        (LogFormat::Text, false) => builder.without_time().init(),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,6 +3,8 @@
 
 use std::str::FromStr;
 
+use chrono::{DateTime, Duration, Utc};
+
 /// Parses a schedule. Crontab's day-of-week numbers (0 or 7 = Sunday) are
 /// translated to the `cron` crate's (1 = Sunday … 7 = Saturday), so that an
 /// expression copied from a crontab means what it meant there.
@@ -43,6 +45,57 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     };
     cron::Schedule::from_str(&normalized)
         .map_err(|e| format!("`{expr}` is not a valid schedule: {e}"))
+}
+
+/// A parsed schedule in its time zone: when it fires next, and how long a
+/// period is (what "the newest backup is overdue" is measured against).
+#[derive(Debug, Clone)]
+pub struct Timetable {
+    schedule: cron::Schedule,
+    tz: chrono_tz::Tz,
+}
+
+impl Timetable {
+    /// # Errors
+    /// As [`parse_cron`].
+    pub fn new(expr: &str, tz: chrono_tz::Tz) -> Result<Timetable, String> {
+        Ok(Timetable {
+            schedule: parse_cron(expr)?,
+            tz,
+        })
+    }
+
+    /// The first firing strictly after `t`. `None` only for a schedule that
+    /// never fires again (a fixed year in the past).
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.schedule
+            .after(&t.with_timezone(&self.tz))
+            .next()
+            .map(|n| n.with_timezone(&Utc))
+    }
+
+    /// The longest gap between consecutive firings in the near future, so a
+    /// weekday-only schedule counts a weekend as one period rather than
+    /// calling Saturday's backup missed.
+    pub fn period(&self, now: DateTime<Utc>) -> Option<Duration> {
+        let times: Vec<_> = self
+            .schedule
+            .after(&now.with_timezone(&self.tz))
+            .take(8)
+            .collect();
+        times.windows(2).map(|w| w[1] - w[0]).max()
+    }
+
+    /// Whether a daemon starting at `now` should run once at once: the newest
+    /// backup is older than one period (or there is none). Missed slots are
+    /// never replayed one by one.
+    pub fn catch_up_due(&self, newest: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        match (newest, self.period(now)) {
+            (None, _) => true,
+            (Some(n), Some(p)) => now - n > p,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 fn crontab_dow(field: &str) -> Result<String, String> {
@@ -98,6 +151,40 @@ mod tests {
         }
         assert!(parse_cron("0 3 * *").unwrap_err().contains("4 fields"));
         assert!(parse_cron("0 25 * * *").is_err());
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn next_run_honours_the_time_zone() {
+        let t = Timetable::new("0 3 * * *", chrono_tz::Europe::Berlin).unwrap();
+        // 03:00 in Berlin in winter is 02:00 UTC.
+        assert_eq!(
+            t.next_after(at("2026-11-27T12:00:00Z")),
+            Some(at("2026-11-28T02:00:00Z"))
+        );
+        let utc = Timetable::new("@hourly", chrono_tz::UTC).unwrap();
+        assert_eq!(
+            utc.next_after(at("2026-11-27T12:00:00Z")),
+            Some(at("2026-11-27T13:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn catch_up_only_when_a_whole_period_was_missed() {
+        let now = at("2026-11-27T12:30:00Z");
+        let daily = Timetable::new("@daily", chrono_tz::UTC).unwrap();
+        assert_eq!(daily.period(now), Some(Duration::days(1)));
+        assert!(daily.catch_up_due(None, now));
+        assert!(!daily.catch_up_due(Some(at("2026-11-27T00:00:05Z")), now));
+        assert!(daily.catch_up_due(Some(at("2026-11-26T00:00:05Z")), now));
+        // Weekdays only: Friday's backup is not overdue on Sunday.
+        let weekdays = Timetable::new("0 2 * * 1-5", chrono_tz::UTC).unwrap();
+        let sunday = at("2026-11-29T12:00:00Z");
+        assert!(!weekdays.catch_up_due(Some(at("2026-11-27T02:00:10Z")), sunday));
+        assert!(weekdays.catch_up_due(Some(at("2026-11-25T02:00:10Z")), sunday));
     }
 
     #[test]

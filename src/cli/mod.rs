@@ -2,6 +2,7 @@
 //! or `--json` output, and the mapping from errors to exit codes.
 
 mod backup;
+mod daemon;
 mod drill;
 mod inspect;
 mod report;
@@ -98,6 +99,10 @@ pub enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// Run every policy's schedules until SIGTERM; serves /health, /metrics and /status.
+    Daemon,
+    /// Per policy: newest backup and its age against the RPO target, next run, last error.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,7 +149,9 @@ impl ExitCode {
                 ExitCode::Unavailable
             }
             // The contract for `drill` and `report --verify`: exit 1.
-            Error::DrillFailed { .. } | Error::ChainBroken { .. } => ExitCode::Failed,
+            Error::DrillFailed { .. } | Error::ChainBroken { .. } | Error::Unhealthy(_) => {
+                ExitCode::Failed
+            }
             _ => ExitCode::Failed,
         }
     }
@@ -193,7 +200,10 @@ impl Ctx {
 /// Whatever the subcommand failed with; `main` maps it to an exit code.
 pub async fn run(cli: Cli) -> crate::Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
-    spawn_signal_watch(cancel.clone());
+    // The daemon handles its own signals: SIGTERM drains, SIGHUP reloads.
+    if !matches!(cli.command, Command::Daemon) {
+        spawn_signal_watch(cancel.clone());
+    }
     let ctx = Ctx { cli, cancel };
     match &ctx.cli.command {
         Command::Key {
@@ -210,6 +220,8 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Verify { policy, read_data } => {
             inspect::verify(&ctx, policy.as_deref(), *read_data).await
         }
+        Command::Daemon => daemon::daemon(&ctx).await,
+        Command::Status => daemon::status(&ctx).await,
     }
 }
 

@@ -27,6 +27,7 @@ pub struct Config {
     pub policies: Vec<Policy>,
     pub lifecycle: Lifecycle,
     pub daemon: DaemonConfig,
+    pub alerts: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,33 @@ pub struct DaemonConfig {
     pub listen: String,
     pub max_concurrent_jobs: u32,
     pub shutdown_grace_seconds: u64,
+    /// How often the daemon compares each policy's newest backup with its
+    /// RPO target (in memory; the repository is read only to confirm a breach).
+    pub check_interval: Duration,
+}
+
+/// Where alerts go. The URL of an incoming webhook is a secret (whoever has
+/// it can post), so it can come from the environment and is never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: WebhookUrl,
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookUrl {
+    Literal(String),
+    /// The name of an environment variable holding the URL.
+    Env(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// drctl's own JSON object (docs/operations.md, "Alerts").
+    Generic,
+    /// Slack's incoming-webhook shape: `{"text": …}`.
+    Slack,
 }
 
 impl Default for DaemonConfig {
@@ -78,6 +106,7 @@ impl Default for DaemonConfig {
             listen: "127.0.0.1:9187".into(),
             max_concurrent_jobs: 2,
             shutdown_grace_seconds: 300,
+            check_interval: Duration::seconds(30),
         }
     }
 }
@@ -400,6 +429,53 @@ fn parse_config(
         if let Some(s) = d.shutdown_grace_seconds {
             daemon.shutdown_grace_seconds = s;
         }
+        if let Some(i) = cx.duration(&d.check_interval, "check_interval") {
+            if i < Duration::seconds(1) {
+                if let Some(v) = &d.check_interval {
+                    cx.err(v, "`check_interval` must be at least 1s");
+                }
+            } else {
+                daemon.check_interval = i;
+            }
+        }
+    }
+    let mut alerts = Vec::new();
+    for w in raw.alerts.iter().flat_map(|a| &a.webhook) {
+        let url = match (&w.url, &w.url_env) {
+            (Some(u), None) => {
+                if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) {
+                    cx.err(u, "webhook `url` must start with https:// (or http://)");
+                }
+                Some(WebhookUrl::Literal(u.get_ref().clone()))
+            }
+            (None, Some(e)) => Some(WebhookUrl::Env(e.get_ref().clone())),
+            (Some(u), Some(_)) => {
+                cx.err(u, "give a webhook either `url` or `url_env`, not both");
+                None
+            }
+            (None, None) => {
+                cx.errors.push(ConfigError {
+                    path: path.to_path_buf(),
+                    line: None,
+                    message: "an [[alerts.webhook]] needs `url` or `url_env` (the name of an environment variable holding the URL)".into(),
+                });
+                None
+            }
+        };
+        let format = match w.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "generic")) => WebhookFormat::Generic,
+            Some((_, "slack")) => WebhookFormat::Slack,
+            Some((f, other)) => {
+                cx.err(
+                    f,
+                    format!("webhook `format` = \"{other}\": expected \"generic\" or \"slack\""),
+                );
+                WebhookFormat::Generic
+            }
+        };
+        if let Some(url) = url {
+            alerts.push(Webhook { url, format });
+        }
     }
     Some(Config {
         path: path.to_path_buf(),
@@ -410,6 +486,7 @@ fn parse_config(
         policies: Vec::new(),
         lifecycle,
         daemon,
+        alerts,
     })
 }
 
@@ -817,6 +894,44 @@ mod tests {
             errs[1].contains(":7:") && errs[1].contains("unknown unit"),
             "{errs:?}"
         );
+    }
+
+    fn config_errors(extra: &str) -> Vec<String> {
+        let text = format!(
+            "[repository]\nurl = \"file:///tmp/r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n{extra}"
+        );
+        let mut errors = Vec::new();
+        parse_config(
+            Path::new("drctl.toml"),
+            &text,
+            Path::new("/tmp"),
+            &mut errors,
+        );
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn alert_webhooks_are_checked() {
+        assert!(
+            config_errors(
+                "[[alerts.webhook]]\nurl = \"https://hooks.example/x\"\nformat = \"slack\"\n"
+            )
+            .is_empty()
+        );
+        let errs = config_errors("[[alerts.webhook]]\nurl = \"https://h/x\"\nformat = \"teams\"\n");
+        assert!(
+            errs[0].contains("drctl.toml:7:") && errs[0].contains("\"generic\" or \"slack\""),
+            "{errs:?}"
+        );
+        let errs = config_errors("[[alerts.webhook]]\nurl = \"hooks.example/x\"\n");
+        assert!(
+            errs[0].contains(":6:") && errs[0].contains("https://"),
+            "{errs:?}"
+        );
+        let errs = config_errors("[[alerts.webhook]]\nformat = \"slack\"\n");
+        assert!(errs[0].contains("`url_env`"), "{errs:?}");
+        let errs = config_errors("[daemon]\ncheck_interval = \"500ms\"\n");
+        assert!(errs[0].contains("check_interval"), "{errs:?}");
     }
 
     #[test]

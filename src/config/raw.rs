@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub encryption: RawEncryption,
     pub lifecycle: Option<RawLifecycle>,
     pub daemon: Option<RawDaemon>,
+    pub alerts: Option<RawAlerts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +50,22 @@ pub struct RawDaemon {
     pub listen: Option<Spanned<String>>,
     pub max_concurrent_jobs: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
+    pub check_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

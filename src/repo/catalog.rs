@@ -71,6 +71,42 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
     Ok(catalog)
 }
 
+/// The newest readable backup of a policy, fetching only its manifest (and
+/// older ones only while newer ones are damaged). The daemon calls this for
+/// every policy, so it must not read every manifest as [`load`] does.
+///
+/// Ids sort by start time, which orders backups as their points in time do
+/// (a backup's snapshot is taken within moments of its start).
+///
+/// # Errors
+/// Storage errors from listing.
+pub async fn newest(repo: &Repo, policy: &str) -> Result<Option<Manifest>> {
+    let mut keys: Vec<String> = repo
+        .store
+        .list(&super::backup_prefix(policy))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with("/manifest.json"))
+        .collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    for key in keys {
+        let bytes = match repo.store.get(&key, None).await {
+            Ok((bytes, _)) => bytes,
+            // Pruned between the listing and now.
+            Err(e) if e.kind == crate::error::StorageErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
+            && m.policy == policy
+            && key == super::manifest_key(policy, &m.id)
+        {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
 /// The backup `--to` picks, and how far before the target it is.
 #[derive(Debug, PartialEq)]
 pub struct Selection<'a> {

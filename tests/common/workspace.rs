@@ -112,10 +112,16 @@ impl Workspace {
 
     /// `drctl --config <ws>/drctl.toml ARGS…`, run in the workspace.
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_with_config("drctl.toml", args)
+    }
+
+    /// As [`Workspace::cmd`] with another configuration file of the
+    /// workspace, e.g. a second daemon's.
+    pub fn cmd_with_config(&self, config: &str, args: &[&str]) -> Command {
         let mut c = drctl();
         c.current_dir(self.path())
             .arg("--config")
-            .arg(self.path().join("drctl.toml"))
+            .arg(self.path().join(config))
             .args(args);
         for (k, v) in &self.env {
             c.env(k, v);

@@ -1,0 +1,665 @@
+//! `drctl daemon`: runs every policy's backup and drill schedules until
+//! SIGTERM, serves `/health`, `/metrics` and `/status`, and sends alerts.
+//!
+//! One task owns the timetable and wakes for the next due run (or the next
+//! RPO check, or a signal); each run is its own task, gated by a semaphore
+//! of `max_concurrent_jobs`. A policy's next run is skipped while its
+//! previous one is still going, and across hosts the policy's lease decides
+//! who runs (a run that finds the lease held is "skipped", not failed).
+
+pub mod http;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Duration, Utc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::alert::{Alert, Alerter, Event};
+use crate::config::{Config, Policy};
+use crate::error::{Error, Result};
+use crate::repo::{Repo, catalog};
+use crate::schedule::Timetable;
+use state::{DaemonState, JobKind, KindState, NewestBackup, RunOutcome, Shared};
+
+/// While a policy looks overdue, the repository is re-read at most this
+/// often to confirm it (another host may have taken the backup).
+const CONFIRM_INTERVAL: Duration = Duration::minutes(5);
+/// After the grace period, aborting jobs get this long to clean up.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The loop wakes at least this often, so a wall-clock jump (NTP, suspend)
+/// delays nothing by more than this.
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub struct Options {
+    pub config_path: PathBuf,
+    /// Identity for drills, instead of `encryption.identity_file`.
+    pub identity: Option<PathBuf>,
+}
+
+/// One schedule of one policy.
+struct Slot {
+    policy: String,
+    kind: JobKind,
+    expr: String,
+    tz: chrono_tz::Tz,
+    table: Timetable,
+    next: Option<DateTime<Utc>>,
+}
+
+/// What every run needs; cloned into each run's task.
+#[derive(Clone)]
+struct JobCtx {
+    repo: Arc<Repo>,
+    config: Arc<Config>,
+    state: Shared,
+    alerter: Alerter,
+    permits: Arc<Semaphore>,
+    identity: Option<PathBuf>,
+    /// Set when the shutdown grace period is over: every run aborts.
+    abort: Arc<AtomicBool>,
+}
+
+/// Runs until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Only at start-up: an invalid configuration, an unreachable or
+/// uninitialised repository, an address that cannot be listened on.
+pub async fn run(opts: Options) -> Result<()> {
+    let config = Arc::new(Config::load(&opts.config_path)?);
+    let store = crate::storage::open(&config.repository).await?;
+    let repo = Arc::new(Repo::open(store).await?);
+    let listener = tokio::net::TcpListener::bind(&config.daemon.listen)
+        .await
+        .map_err(|e| {
+            Error::Usage(format!(
+                "cannot listen on {} for /health and /metrics: {e}; set [daemon] listen in {} to a free address",
+                config.daemon.listen,
+                config.path.display()
+            ))
+        })?;
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())
+            .map_err(|e| Error::io("installing the SIGTERM handler", e))?,
+        signal(SignalKind::interrupt())
+            .map_err(|e| Error::io("installing the SIGINT handler", e))?,
+        signal(SignalKind::hangup()).map_err(|e| Error::io("installing the SIGHUP handler", e))?,
+    );
+    let state: Shared = Arc::new(std::sync::Mutex::new(DaemonState {
+        started_at: Utc::now(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        version: env!("CARGO_PKG_VERSION"),
+        repository: repo.store.location(),
+        config: config.path.display().to_string(),
+        ..Default::default()
+    }));
+    sync_policies(&state, &config);
+    load_newest(
+        &repo,
+        &state,
+        config.policies.iter().map(|p| p.name.clone()),
+    )
+    .await;
+    let http = tokio::spawn(http::serve(
+        listener,
+        Arc::new(http::Server::new(state.clone(), repo.store.clone())),
+    ));
+    let (alerter, mut dispatcher) = Alerter::start(config.alerts.clone());
+    let mut ctx = JobCtx {
+        repo,
+        config: config.clone(),
+        state: state.clone(),
+        alerter,
+        permits: Arc::new(Semaphore::new(config.daemon.max_concurrent_jobs as usize)),
+        identity: opts.identity,
+        abort: Arc::new(AtomicBool::new(false)),
+    };
+    let mut slots = build_slots(&config, &[], Utc::now());
+    publish_next_runs(&state, &slots);
+    tracing::info!(
+        policies = config.policies.len(),
+        schedules = slots.len(),
+        listen = %config.daemon.listen,
+        repository = %ctx.repo.store.location(),
+        "daemon started"
+    );
+    let mut jobs: JoinSet<()> = JoinSet::new();
+    catch_up(&ctx, &slots, &mut jobs);
+    let mut next_check = Utc::now() + config.daemon.check_interval;
+
+    loop {
+        let now = Utc::now();
+        let mut fired = false;
+        for slot in &mut slots {
+            if slot.next.is_some_and(|n| n <= now) {
+                trigger(&ctx, &slot.policy, slot.kind, &mut jobs);
+                slot.next = slot.table.next_after(now);
+                fired = true;
+            }
+        }
+        if fired {
+            publish_next_runs(&state, &slots);
+        }
+        if next_check <= now {
+            check_rpo(&ctx, now, &mut jobs);
+            next_check = now + ctx.config.daemon.check_interval;
+        }
+        let wake = slots
+            .iter()
+            .filter_map(|s| s.next)
+            .chain(std::iter::once(next_check))
+            .min()
+            .unwrap_or(next_check);
+        let sleep = (wake - now).to_std().unwrap_or_default().min(MAX_SLEEP);
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+            _ = hup.recv() => {
+                if let Some(new) = reload(&ctx, &opts.config_path) {
+                    slots = build_slots(&new, &slots, Utc::now());
+                    publish_next_runs(&state, &slots);
+                    if new.alerts != ctx.config.alerts {
+                        let (alerter, fresh) = Alerter::start(new.alerts.clone());
+                        ctx.alerter = alerter;
+                        let old = std::mem::replace(&mut dispatcher, fresh);
+                        tokio::spawn(old.finish());
+                    }
+                    let fresh_policies: Vec<String> = new
+                        .policies
+                        .iter()
+                        .filter(|p| ctx.config.policies.iter().all(|o| o.name != p.name))
+                        .map(|p| p.name.clone())
+                        .collect();
+                    ctx.config = new;
+                    let (repo, state) = (ctx.repo.clone(), state.clone());
+                    jobs.spawn(async move { load_newest(&repo, &state, fresh_policies.into_iter()).await });
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    shutdown(&ctx, &mut jobs).await;
+    http.abort();
+    drop(ctx);
+    dispatcher.finish().await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+async fn shutdown(ctx: &JobCtx, jobs: &mut JoinSet<()>) {
+    ctx.state.lock().expect("state lock").stopping = true;
+    let grace = std::time::Duration::from_secs(ctx.config.daemon.shutdown_grace_seconds);
+    let running = running_jobs(&ctx.state);
+    if !running.is_empty() {
+        tracing::info!(
+            running = %running.join(", "),
+            grace_seconds = grace.as_secs(),
+            "stopping: no new runs; waiting for running ones to finish"
+        );
+    }
+    let drain = async { while jobs.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            running = %running_jobs(&ctx.state).join(", "),
+            "grace period over: aborting running jobs (uploads are aborted, no manifest is written)"
+        );
+        ctx.abort.store(true, Ordering::Relaxed);
+        let drain = async { while jobs.join_next().await.is_some() {} };
+        if tokio::time::timeout(ABORT_WAIT, drain).await.is_err() {
+            tracing::error!("jobs did not stop after being aborted; exiting anyway");
+        }
+    }
+}
+
+fn running_jobs(state: &Shared) -> Vec<String> {
+    let state = state.lock().expect("state lock");
+    let mut out = Vec::new();
+    for (name, p) in &state.policies {
+        if p.backup.running {
+            out.push(format!("backup {name}"));
+        }
+        if p.drill.as_ref().is_some_and(|d| d.running) {
+            out.push(format!("drill {name}"));
+        }
+    }
+    out
+}
+
+/// Schedules from the configuration. A schedule that did not change keeps
+/// its next run; a new or changed one starts from `now` (no catch-up).
+fn build_slots(config: &Config, old: &[Slot], now: DateTime<Utc>) -> Vec<Slot> {
+    let mut slots = Vec::new();
+    for p in &config.policies {
+        let tz = p.schedule.as_ref().map_or(chrono_tz::UTC, |s| s.timezone);
+        let wanted = [
+            (
+                JobKind::Backup,
+                p.schedule.as_ref().and_then(|s| s.backup.clone()),
+            ),
+            (
+                JobKind::Drill,
+                p.drill.as_ref().and_then(|d| d.schedule.clone()),
+            ),
+        ];
+        for (kind, expr) in wanted {
+            let Some(expr) = expr else { continue };
+            // Validated when the configuration was loaded.
+            let Ok(table) = Timetable::new(&expr, tz) else {
+                continue;
+            };
+            let kept = old
+                .iter()
+                .find(|s| s.policy == p.name && s.kind == kind && s.expr == expr && s.tz == tz)
+                .and_then(|s| s.next);
+            slots.push(Slot {
+                policy: p.name.clone(),
+                kind,
+                next: kept.or_else(|| table.next_after(now)),
+                expr,
+                tz,
+                table,
+            });
+        }
+    }
+    slots
+}
+
+fn publish_next_runs(state: &Shared, slots: &[Slot]) {
+    let mut state = state.lock().expect("state lock");
+    for slot in slots {
+        if let Some(p) = state.policies.get_mut(&slot.policy) {
+            let k = p.kind_mut(slot.kind);
+            k.schedule = Some(slot.expr.clone());
+            k.next_run = slot.next;
+        }
+    }
+}
+
+/// Makes the policy table match the configuration, keeping what is known
+/// about policies that stay.
+fn sync_policies(state: &Shared, config: &Config) {
+    let mut state = state.lock().expect("state lock");
+    state
+        .policies
+        .retain(|name, p| config.policies.iter().any(|c| &c.name == name) || p.backup.running);
+    for p in &config.policies {
+        let entry = state.policies.entry(p.name.clone()).or_default();
+        entry.kind = p.source.kind();
+        entry.rpo_target_seconds = rpo_target(p).map(|d| d.num_seconds());
+        entry.backup.schedule = p.schedule.as_ref().and_then(|s| s.backup.clone());
+        if entry.backup.schedule.is_none() {
+            entry.backup.next_run = None;
+        }
+        match p.drill.as_ref().and_then(|d| d.schedule.clone()) {
+            Some(s) => entry.kind_mut(JobKind::Drill).schedule = Some(s),
+            None => {
+                if !entry.drill.as_ref().is_some_and(|d| d.running) {
+                    entry.drill = None;
+                }
+            }
+        }
+    }
+}
+
+fn rpo_target(p: &Policy) -> Option<Duration> {
+    p.schedule.as_ref().and_then(|s| s.rpo_target)
+}
+
+async fn load_newest(repo: &Repo, state: &Shared, names: impl Iterator<Item = String>) {
+    use futures::StreamExt;
+    let found: Vec<(String, Result<Option<crate::repo::manifest::Manifest>>)> =
+        futures::stream::iter(names)
+            .map(|name| async move {
+                let r = catalog::newest(repo, &name).await;
+                (name, r)
+            })
+            .buffer_unordered(catalog::LIST_CONCURRENCY)
+            .collect()
+            .await;
+    let now = Utc::now();
+    let mut state = state.lock().expect("state lock");
+    for (name, r) in found {
+        match r {
+            Ok(newest) => {
+                if let Some(p) = state.policies.get_mut(&name) {
+                    p.newest_backup = newest.map(|m| NewestBackup {
+                        id: m.id,
+                        point_in_time: m.point_in_time,
+                    });
+                    p.confirmed_at = Some(now);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy = %name, error = %e, "could not read the newest backup");
+            }
+        }
+    }
+}
+
+/// At start-up, one run for each backup schedule whose newest backup is
+/// older than a period: missed slots are not replayed one by one.
+fn catch_up(ctx: &JobCtx, slots: &[Slot], jobs: &mut JoinSet<()>) {
+    let now = Utc::now();
+    for slot in slots.iter().filter(|s| s.kind == JobKind::Backup) {
+        let newest = ctx
+            .state
+            .lock()
+            .expect("state lock")
+            .policies
+            .get(&slot.policy)
+            .and_then(|p| p.newest_backup.as_ref().map(|n| n.point_in_time));
+        if slot.table.catch_up_due(newest, now) {
+            tracing::info!(
+                policy = %slot.policy,
+                newest = ?newest,
+                "newest backup is older than one schedule period; running one now"
+            );
+            trigger(ctx, &slot.policy, JobKind::Backup, jobs);
+        }
+    }
+}
+
+fn trigger(ctx: &JobCtx, policy: &str, kind: JobKind, jobs: &mut JoinSet<()>) {
+    {
+        let mut state = ctx.state.lock().expect("state lock");
+        let Some(p) = state.policies.get_mut(policy) else {
+            return;
+        };
+        let k = p.kind_mut(kind);
+        if k.running {
+            tracing::warn!(
+                policy,
+                job = kind.as_str(),
+                "the previous run is still going; this one is skipped"
+            );
+            return;
+        }
+        k.running = true;
+    }
+    let ctx = ctx.clone();
+    let policy = policy.to_string();
+    jobs.spawn(async move { run_job(ctx, policy, kind).await });
+}
+
+async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
+    let Ok(_permit) = ctx.permits.clone().acquire_owned().await else {
+        return;
+    };
+    let started = Utc::now();
+    let run_id = crate::repo::new_backup_id(started);
+    let clock = std::time::Instant::now();
+    let Some(policy) = ctx.config.policies.iter().find(|p| p.name == policy_name) else {
+        finish(&ctx, &policy_name, kind);
+        return;
+    };
+    tracing::info!(job = kind.as_str(), policy = %policy_name, run = %run_id, "job started");
+    let mut outcome = RunOutcome {
+        run_id: run_id.clone(),
+        started_at: started,
+        finished_at: started,
+        result: "ok",
+        error: None,
+        id: None,
+    };
+    let mut size = None;
+    let mut newest = None;
+    let mut alert = None;
+    match kind {
+        JobKind::Backup => {
+            let opts = crate::backup::JobOptions {
+                show_progress: false,
+                cancel: ctx.abort.clone(),
+            };
+            match crate::backup::run(&ctx.repo, &ctx.config, policy, &opts).await {
+                Ok(m) => {
+                    size = Some(m.objects().map(|o| o.digests.size).sum::<u64>());
+                    outcome.id = Some(m.id.clone());
+                    newest = Some(NewestBackup {
+                        id: m.id,
+                        point_in_time: m.point_in_time,
+                    });
+                }
+                Err(Error::Locked { message, .. }) => {
+                    outcome.result = "skipped";
+                    outcome.error = Some(message);
+                }
+                Err(e) => {
+                    outcome.result = "failed";
+                    outcome.error = Some(e.to_string());
+                    alert = Some(Alert::new(
+                        Event::BackupFailed,
+                        &policy_name,
+                        e.to_string(),
+                        serde_json::json!({ "run": run_id }),
+                    ));
+                }
+            }
+        }
+        JobKind::Drill => {
+            let opts = crate::drill::DrillOptions {
+                choice: crate::drill::Choice::Newest,
+                keep: false,
+                identity_file: ctx
+                    .identity
+                    .clone()
+                    .or_else(|| ctx.config.identity_file.clone()),
+                meter: crate::progress::Meter {
+                    bytes: Default::default(),
+                    cancel: ctx.abort.clone(),
+                },
+            };
+            match crate::drill::run(&ctx.repo, policy, &opts).await {
+                Ok(record) => {
+                    outcome.id = Some(record.id.clone());
+                    if !record.passed {
+                        let why = record.failure.clone().unwrap_or_default();
+                        outcome.result = "failed";
+                        outcome.error = Some(why.clone());
+                        alert = Some(Alert::new(
+                            Event::DrillFailed,
+                            &policy_name,
+                            why,
+                            serde_json::json!({
+                                "run": run_id,
+                                "drill": record.id,
+                                "backup": record.backup_id,
+                            }),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    outcome.result = "failed";
+                    outcome.error = Some(format!("the drill record could not be written: {e}"));
+                    alert = Some(Alert::new(
+                        Event::DrillFailed,
+                        &policy_name,
+                        outcome.error.clone().unwrap_or_default(),
+                        serde_json::json!({ "run": run_id }),
+                    ));
+                }
+            }
+        }
+    }
+    outcome.finished_at = Utc::now();
+    let seconds = clock.elapsed().as_secs_f64();
+    match outcome.result {
+        "failed" => tracing::error!(
+            job = kind.as_str(), policy = %policy_name, run = %run_id, result = "failed",
+            seconds, error = outcome.error.as_deref().unwrap_or(""), "job finished"
+        ),
+        "skipped" => tracing::info!(
+            job = kind.as_str(), policy = %policy_name, run = %run_id, result = "skipped",
+            seconds, reason = outcome.error.as_deref().unwrap_or(""), "job finished"
+        ),
+        _ => tracing::info!(
+            job = kind.as_str(), policy = %policy_name, run = %run_id, result = "ok",
+            seconds, id = outcome.id.as_deref().unwrap_or(""), bytes = size.unwrap_or(0),
+            "job finished"
+        ),
+    }
+    if let Some(a) = alert {
+        ctx.alerter.send(a);
+    }
+    {
+        let mut state = ctx.state.lock().expect("state lock");
+        if let Some(p) = state.policies.get_mut(&policy_name) {
+            if let Some(n) = newest {
+                p.newest_backup = Some(n);
+                p.rpo_breached = false;
+            }
+            record(p.kind_mut(kind), outcome, seconds, size);
+        }
+    }
+    finish(&ctx, &policy_name, kind);
+}
+
+fn record(k: &mut KindState, outcome: RunOutcome, seconds: f64, size: Option<u64>) {
+    match outcome.result {
+        "ok" => {
+            k.last_success_at = Some(outcome.finished_at);
+            k.last_duration_seconds = Some(seconds);
+            if size.is_some() {
+                k.last_size_bytes = size;
+            }
+        }
+        "failed" => k.failures_total += 1,
+        _ => {}
+    }
+    k.last_run = Some(outcome);
+}
+
+fn finish(ctx: &JobCtx, policy: &str, kind: JobKind) {
+    if let Some(p) = ctx
+        .state
+        .lock()
+        .expect("state lock")
+        .policies
+        .get_mut(policy)
+    {
+        p.kind_mut(kind).running = false;
+    }
+}
+
+/// Compares each policy's newest backup with its RPO target. Only a policy
+/// that looks overdue costs a repository read (once before alerting, then at
+/// most every [`CONFIRM_INTERVAL`]), and an alert goes out once per breach.
+fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
+    let mut to_confirm = Vec::new();
+    {
+        let mut state = ctx.state.lock().expect("state lock");
+        let started = state.started_at;
+        for (name, p) in &mut state.policies {
+            let Some(target) = p.rpo_target_seconds.map(Duration::seconds) else {
+                continue;
+            };
+            let overdue = match p.newest_age(now) {
+                Some(age) => age > target,
+                None => now - started > target,
+            };
+            if !overdue {
+                if p.rpo_breached {
+                    tracing::info!(policy = %name, "RPO met again");
+                    p.rpo_breached = false;
+                }
+                continue;
+            }
+            if p.confirming {
+                continue;
+            }
+            // Before alerting, and now and then while breached (another host
+            // may have taken a backup since), read the repository.
+            if p.rpo_breached && p.confirmed_at.is_some_and(|t| now - t < CONFIRM_INTERVAL) {
+                continue;
+            }
+            p.confirmed_at = Some(now);
+            p.confirming = true;
+            to_confirm.push(name.clone());
+        }
+    }
+    for name in to_confirm {
+        let ctx = ctx.clone();
+        jobs.spawn(async move {
+            load_newest(&ctx.repo, &ctx.state, std::iter::once(name.clone())).await;
+            let now = Utc::now();
+            let mut state = ctx.state.lock().expect("state lock");
+            let started = state.started_at;
+            let Some(p) = state.policies.get_mut(&name) else {
+                return;
+            };
+            p.confirming = false;
+            let Some(target) = p.rpo_target_seconds.map(Duration::seconds) else {
+                return;
+            };
+            let age = p.newest_age(now);
+            let overdue = age.map_or(now - started > target, |a| a > target);
+            if overdue && !p.rpo_breached {
+                p.rpo_breached = true;
+                let summary = match (&p.newest_backup, age) {
+                    (Some(n), Some(a)) => format!(
+                        "newest backup {} is {} old; the RPO target is {}",
+                        n.id,
+                        crate::timespec::human_duration(a),
+                        crate::timespec::human_duration(target)
+                    ),
+                    _ => format!(
+                        "no backup exists; the RPO target is {}",
+                        crate::timespec::human_duration(target)
+                    ),
+                };
+                let details = serde_json::json!({
+                    "newest_backup": p.newest_backup,
+                    "age_seconds": age.map(|a| a.num_seconds()),
+                    "rpo_target_seconds": target.num_seconds(),
+                });
+                drop(state);
+                ctx.alerter
+                    .send(Alert::new(Event::RpoBreached, &name, summary, details));
+            }
+        });
+    }
+}
+
+/// Reads and validates the configuration again; on any problem the
+/// running one stays, and the reason is logged and shown in `/status`.
+fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
+    let refuse = |why: String| {
+        tracing::error!(config = %path.display(), error = %why, "configuration NOT reloaded; still running the previous one");
+        ctx.state.lock().expect("state lock").last_reload_error = Some(why);
+        None
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    if new.repository != ctx.config.repository {
+        return refuse(format!(
+            "the repository changed ({} → {}); restart the daemon to switch repositories",
+            ctx.config.repository.describe(),
+            new.repository.describe()
+        ));
+    }
+    if new.daemon.listen != ctx.config.daemon.listen {
+        tracing::warn!(
+            listen = %ctx.config.daemon.listen,
+            "[daemon] listen changed; it takes effect at the next restart"
+        );
+    }
+    if new.daemon.max_concurrent_jobs != ctx.config.daemon.max_concurrent_jobs {
+        tracing::warn!("[daemon] max_concurrent_jobs changed; it takes effect at the next restart");
+    }
+    let new = Arc::new(new);
+    sync_policies(&ctx.state, &new);
+    ctx.state.lock().expect("state lock").last_reload_error = None;
+    tracing::info!(
+        config = %path.display(),
+        policies = new.policies.len(),
+        "configuration reloaded"
+    );
+    Some(new)
+}

@@ -1,0 +1,738 @@
+//! `drctl daemon` as a real process: schedules fire on time, missed runs are
+//! caught up once, two daemons share one lease, SIGTERM aborts cleanly,
+//! SIGHUP keeps a good configuration over a broken one, `/health` follows
+//! the repository, `/metrics` parses, and alerts reach a webhook.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Timelike, Utc};
+use common::workspace::{Backend, Workspace};
+use common::{FaultProxy, Faults, S3Server, block_on, free_port, unique_bucket_name, wait_for};
+
+/// A `drctl daemon` child with its log in a file, killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `drctl --config <config> daemon --log-format json` and waits
+    /// until it answers on `port`.
+    fn start(ws: &Workspace, config: &str, port: u16) -> Daemon {
+        let log = ws.path().join(format!("{config}.log"));
+        let file = std::fs::File::create(&log).expect("create daemon log");
+        let child = ws
+            .cmd_with_config(config, &["--log-format", "json", "daemon"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start drctl daemon");
+        let mut d = Daemon { child, port, log };
+        wait_for(
+            "the daemon to answer /status",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = d.child.try_wait() {
+                    panic!("the daemon exited at start-up ({status}):\n{}", d.log());
+                }
+                d.try_get("/status").map(|_| ())
+            },
+        );
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every log line, each of which must be a JSON object.
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} got no answer\n{}", self.log()))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status").1).expect("/status is JSON")
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for exit; panics (with the log) after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait for daemon") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the daemon did not exit within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: status code and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn write_config(ws: &Workspace, name: &str, port: u16, extra: &str) {
+    let base = std::fs::read_to_string(ws.path().join("drctl.toml")).expect("read drctl.toml");
+    // Keep [repository] and [encryption]; replace any daemon settings.
+    let base = base.split("\n[daemon]").next().unwrap().to_string();
+    ws.write(
+        name,
+        &format!(
+            "{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n{extra}"
+        ),
+    );
+}
+
+fn data_dir(ws: &Workspace) -> PathBuf {
+    let d = ws.path().join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("app.conf"), "listen = 8080\n").unwrap();
+    d
+}
+
+fn files_policy(ws: &Workspace, name: &str, paths: &[&Path], schedule: &str, extra: &str) {
+    let list: Vec<String> = paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    ws.write(
+        &format!("policies/{name}.toml"),
+        &format!(
+            "[source]\ntype = \"files\"\npaths = [{}]\n\n[schedule]\nbackup = \"{schedule}\"\n{extra}",
+            list.join(", ")
+        ),
+    );
+}
+
+fn time(backup: &serde_json::Value, field: &str) -> DateTime<Utc> {
+    backup[field]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|| panic!("backup without {field}: {backup}"))
+}
+
+/// Manifests of a local repository's policy, read from disk (so this works
+/// while the configuration is broken).
+fn local_manifests(ws: &Workspace, policy: &str) -> usize {
+    let dir = ws.repo_dir().join("backups").join(policy);
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().join("manifest.json").exists())
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn schedules_fire_on_time_and_logs_metrics_and_health_are_well_formed() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    files_policy(
+        &ws,
+        "etc",
+        &[&data],
+        "*/2 * * * * *",
+        "rpo_target = \"1h\"\n",
+    );
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+
+    // One catch-up run at start (there is no backup), then one per slot.
+    let backups = wait_for("4 backups", Duration::from_secs(30), || {
+        let b = ws.backups("etc");
+        (b.len() >= 4).then_some(b)
+    });
+    let mut scheduled: Vec<DateTime<Utc>> =
+        backups.iter().map(|b| time(b, "point_in_time")).collect();
+    scheduled.sort();
+    // Skip the catch-up run; every other one starts within a second of an
+    // even second, which is when `*/2` fires.
+    for t in &scheduled[1..] {
+        let slot = t.with_nanosecond(0).unwrap();
+        let slot = slot - chrono::Duration::seconds(i64::from(slot.second() % 2));
+        assert!(
+            *t - slot < chrono::Duration::milliseconds(1000),
+            "a backup started at {t}, {} after its slot {slot}",
+            *t - slot
+        );
+    }
+
+    let (code, body) = d.get("/health");
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "healthy");
+    for check in ["repository", "rpo:etc", "last_run:etc"] {
+        assert_eq!(health["checks"][check]["ok"], true, "{body}");
+    }
+
+    let (code, metrics) = d.get("/metrics");
+    assert_eq!(code, 200);
+    for series in [
+        "drctl_build_info{",
+        "drctl_backup_last_success_timestamp_seconds{policy=\"etc\"}",
+        "drctl_backup_last_duration_seconds{policy=\"etc\"}",
+        "drctl_backup_last_size_bytes{policy=\"etc\"}",
+        "drctl_backup_failures_total{policy=\"etc\"} 0",
+        "drctl_backup_running{policy=\"etc\"}",
+        "drctl_backup_newest_age_seconds{policy=\"etc\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    // The Prometheus project's own parsers (text format and OpenMetrics)
+    // must accept the exposition.
+    let parsed = common::output_within(
+        std::process::Command::new("python3").args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.parser import text_string_to_metric_families as prom\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families as om\n\
+             t = sys.stdin.read()\n\
+             a = [f.name for f in prom(t)]\n\
+             b = [f.name for f in om(t)]\n\
+             print(len(a), len(b))",
+        ]),
+        metrics.as_bytes(),
+        Duration::from_secs(60),
+    );
+    assert!(
+        parsed.status.success(),
+        "prometheus_client rejected /metrics: {}\n{metrics}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "daemon exit: {status}\n{}", d.log());
+
+    // One JSON line per job start and end, with its run id; no secrets.
+    let lines = d.log_lines();
+    let started: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "job started")
+        .collect();
+    let finished: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "job finished")
+        .collect();
+    assert!(started.len() >= 4, "{}", d.log());
+    for l in started.iter().chain(&finished) {
+        assert_eq!(l["fields"]["policy"], "etc");
+        assert!(l["fields"]["run"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    assert!(finished.iter().all(|l| l["fields"]["result"] == "ok"));
+    let identity = std::fs::read_to_string(ws.path().join("identity.age")).unwrap();
+    let secret = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY"))
+        .unwrap();
+    assert!(
+        !d.log().contains(secret),
+        "the identity leaked into the log"
+    );
+}
+
+#[test]
+fn missed_runs_are_caught_up_once_at_start_and_not_when_recent() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    files_policy(&ws, "etc", &[&data], "@daily", "");
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+
+    // No backup at all: one run at start, and only one.
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    wait_for("the catch-up backup", Duration::from_secs(30), || {
+        (ws.backups("etc").len() == 1).then_some(())
+    });
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(ws.backups("etc").len(), 1, "more than one catch-up run");
+    let status = d.status();
+    let next = status["policies"]["etc"]["backup"]["next_run"]
+        .as_str()
+        .expect("next_run in /status");
+    assert!(next.ends_with("T00:00:00Z"), "@daily next run: {next}");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
+
+    // A backup younger than a day: a restart does not run another.
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ws.backups("etc").len(),
+        1,
+        "a restart re-ran a recent backup"
+    );
+    assert!(!d.log().contains("running one now"), "{}", d.log());
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// A file of `mb` MiB of random bytes (incompressible, so the backup takes
+/// a while on the S3 server).
+fn random_file(dir: &Path, mb: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("blob.bin");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut rng = std::fs::File::open("/dev/urandom").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mb {
+        rng.read_exact(&mut buf).unwrap();
+        f.write_all(&buf).unwrap();
+    }
+    path
+}
+
+#[test]
+fn two_daemons_on_one_repository_never_run_the_same_backup_at_once() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("two-daemons");
+    block_on(s3.create_bucket(&bucket, false));
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: s3.endpoint(),
+        bucket: bucket.clone(),
+    });
+    let data = ws.path().join("data");
+    random_file(&data, 24);
+    files_policy(&ws, "blob", &[&data], "*/2 * * * * *", "");
+    let (p1, p2) = (free_port(), free_port());
+    write_config(&ws, "a.toml", p1, "");
+    write_config(&ws, "b.toml", p2, "");
+    let mut a = Daemon::start(&ws, "a.toml", p1);
+    let mut b = Daemon::start(&ws, "b.toml", p2);
+
+    let skipped = |d: &Daemon| {
+        d.log_lines()
+            .iter()
+            .filter(|l| l["fields"]["result"] == "skipped")
+            .count()
+    };
+    wait_for(
+        "both daemons to find the lease held at least once",
+        Duration::from_secs(60),
+        || (skipped(&a) + skipped(&b) >= 2 && ws.backups("blob").len() >= 3).then_some(()),
+    );
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(60)).success());
+    assert!(b.wait_exit(Duration::from_secs(60)).success());
+
+    // No two backups of the policy overlapped in time.
+    let keys = block_on(s3.list_keys(&bucket, "drctl/backups/blob/"));
+    let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>, String)> = keys
+        .iter()
+        .filter(|k| k.ends_with("/manifest.json"))
+        .map(|k| {
+            let m: serde_json::Value =
+                serde_json::from_slice(&block_on(s3.get_object(&bucket, k))).unwrap();
+            (
+                time(&m, "started_at"),
+                time(&m, "finished_at"),
+                m["id"].to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "backups overlapped: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let ok = |d: &Daemon| {
+        d.log_lines()
+            .iter()
+            .filter(|l| l["fields"]["result"] == "ok")
+            .count()
+    };
+    assert_eq!(
+        ok(&a) + ok(&b),
+        spans.len(),
+        "every backup comes from exactly one daemon's successful run"
+    );
+    let left = block_on(s3.list_keys(&bucket, "drctl/locks/"));
+    assert!(left.is_empty(), "leases left behind: {left:?}");
+}
+
+#[test]
+fn sigterm_waits_out_the_grace_period_then_aborts_without_leaving_a_backup() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("daemon-term");
+    block_on(s3.create_bucket(&bucket, false));
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: s3.endpoint(),
+        bucket: bucket.clone(),
+    });
+    let data = ws.path().join("data");
+    random_file(&data, 160);
+    // @yearly: the only run is the catch-up at start.
+    files_policy(&ws, "blob", &[&data], "@yearly", "");
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "shutdown_grace_seconds = 1\n");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    wait_for("an open multipart upload", Duration::from_secs(60), || {
+        (block_on(s3.list_multipart_uploads(&bucket)) > 0).then_some(())
+    });
+    let asked = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", d.log());
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "did not wait for the grace period"
+    );
+    let log = d.log();
+    assert!(log.contains("grace period over"), "{log}");
+    assert_eq!(
+        block_on(s3.list_multipart_uploads(&bucket)),
+        0,
+        "upload left open"
+    );
+    assert!(ws.backups("blob").is_empty(), "a backup exists");
+    let objects = block_on(s3.list_keys(&bucket, "drctl/backups/"));
+    assert!(objects.is_empty(), "objects left: {objects:?}");
+    assert!(block_on(s3.list_keys(&bucket, "drctl/locks/")).is_empty());
+}
+
+#[test]
+fn sighup_with_a_broken_policy_keeps_the_running_configuration() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    files_policy(&ws, "etc", &[&data], "*/2 * * * * *", "");
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+
+    ws.write(
+        "policies/etc.toml",
+        "[source]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\n[schedule]\nbackup = \"61 * * * *\"\n",
+    );
+    let before = local_manifests(&ws, "etc");
+    d.signal(libc::SIGHUP);
+    let error = wait_for("the reload to be refused", Duration::from_secs(20), || {
+        d.status()["last_reload_error"].as_str().map(str::to_string)
+    });
+    assert!(
+        error.contains("etc.toml:5") && error.contains("61"),
+        "the refusal names the file, line and value: {error}"
+    );
+    assert!(d.log().contains("NOT reloaded"), "{}", d.log());
+    // Still running the old schedule.
+    wait_for("backups to continue", Duration::from_secs(20), || {
+        (local_manifests(&ws, "etc") >= before + 2).then_some(())
+    });
+
+    // Fixed, plus a new policy: both take effect.
+    files_policy(&ws, "etc", &[&data], "@yearly", "");
+    files_policy(&ws, "more", &[&data], "@yearly", "rpo_target = \"2d\"\n");
+    d.signal(libc::SIGHUP);
+    let status = wait_for("the reload", Duration::from_secs(20), || {
+        let s = d.status();
+        s["policies"]["more"].is_object().then_some(s)
+    });
+    assert!(status["last_reload_error"].is_null(), "{status}");
+    assert_eq!(status["policies"]["etc"]["backup"]["schedule"], "@yearly");
+    assert_eq!(status["policies"]["more"]["rpo_target_seconds"], 2 * 86400);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn health_turns_503_while_the_repository_is_unreachable() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("daemon-health");
+    block_on(s3.create_bucket(&bucket, false));
+    let proxy = FaultProxy::start(&s3.endpoint(), Faults::none());
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: proxy.endpoint(),
+        bucket,
+    });
+    let data = data_dir(&ws);
+    files_policy(&ws, "etc", &[&data], "@yearly", "");
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    // The catch-up backup must be over before the faults start, or it fails
+    // and /health rightly reports that too.
+    wait_for("the catch-up backup", Duration::from_secs(30), || {
+        (ws.backups("etc").len() == 1).then_some(())
+    });
+    wait_for("healthy", Duration::from_secs(30), || {
+        (d.get("/health").0 == 200).then_some(())
+    });
+
+    proxy.set_faults(Faults {
+        drop_connection: 1.0,
+        ..Faults::none()
+    });
+    let body = wait_for("503", Duration::from_secs(60), || {
+        let (code, body) = d.get("/health");
+        (code == 503).then_some(body)
+    });
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(
+        health["failing"],
+        serde_json::json!(["repository"]),
+        "{body}\n{}",
+        d.log()
+    );
+    assert_eq!(health["checks"]["repository"]["ok"], false);
+
+    proxy.set_faults(Faults::none());
+    let recovered = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = d.get("/health");
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < recovered,
+            "still unhealthy after the faults stopped: {body}\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+}
+
+/// An HTTP receiver on loopback that records request bodies and answers
+/// 500 to the first `fail_first` requests, 200 after.
+struct Receiver {
+    port: u16,
+    bodies: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Receiver {
+    fn start(fail_first: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        thread::spawn(move || {
+            let mut count = 0;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                count += 1;
+                let mut reader = BufReader::new(stream);
+                let mut path = String::new();
+                let mut len = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if path.is_empty() {
+                        path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let code = if count <= fail_first { 500 } else { 200 };
+                if code == 200 {
+                    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    seen.lock().unwrap().push((path, v));
+                }
+                let mut s = reader.into_inner();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { port, bodies }
+    }
+
+    fn bodies(&self) -> Vec<(String, serde_json::Value)> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn alerts_reach_generic_and_slack_webhooks_with_retries() {
+    let hook = Receiver::start(2);
+    let mut ws = Workspace::local();
+    let data = data_dir(&ws);
+    // Backs up a path that does not exist: every run fails.
+    let gone = ws.path().join("gone");
+    files_policy(&ws, "broken", &[&gone], "@yearly", "");
+    // Succeeds once at start, then breaches its 2 s RPO.
+    files_policy(&ws, "late", &[&data], "@yearly", "rpo_target = \"2s\"\n");
+    let port = free_port();
+    ws.set_env("DRCTL_ALERT_BACKOFF_MS", "100");
+    ws.set_env(
+        "TEST_SLACK_URL",
+        &format!("http://127.0.0.1:{}/slack", hook.port),
+    );
+    write_config(
+        &ws,
+        "daemon.toml",
+        port,
+        &format!(
+            "\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{}/generic\"\n\n[[alerts.webhook]]\nurl_env = \"TEST_SLACK_URL\"\nformat = \"slack\"\n",
+            hook.port
+        ),
+    );
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    let bodies = wait_for("four alerts", Duration::from_secs(60), || {
+        let b = hook.bodies();
+        (b.len() >= 4).then_some(b)
+    });
+    let generic: Vec<&serde_json::Value> = bodies
+        .iter()
+        .filter(|(p, _)| p == "/generic")
+        .map(|(_, v)| v)
+        .collect();
+    let slack: Vec<&serde_json::Value> = bodies
+        .iter()
+        .filter(|(p, _)| p == "/slack")
+        .map(|(_, v)| v)
+        .collect();
+    let failed = generic
+        .iter()
+        .find(|v| v["event"] == "backup_failed")
+        .unwrap_or_else(|| panic!("no backup_failed alert: {bodies:?}"));
+    assert_eq!(failed["policy"], "broken");
+    assert_eq!(failed["source"], "drctl");
+    assert!(
+        failed["summary"].as_str().unwrap().contains("gone"),
+        "{failed}"
+    );
+    let late = generic
+        .iter()
+        .find(|v| v["event"] == "rpo_breached")
+        .unwrap_or_else(|| panic!("no rpo_breached alert: {bodies:?}"));
+    assert_eq!(late["policy"], "late");
+    assert_eq!(late["details"]["rpo_target_seconds"], 2);
+    assert!(
+        slack
+            .iter()
+            .all(|v| v["text"].is_string() && v.as_object().unwrap().len() == 1)
+    );
+    assert!(
+        slack.iter().any(|v| v["text"]
+            .as_str()
+            .unwrap()
+            .contains("backup failed for policy broken")),
+        "{slack:?}"
+    );
+    // The first two deliveries got 500 and were retried.
+    assert!(d.log().contains("retrying"), "{}", d.log());
+    // The webhook URL is a secret: never logged.
+    assert!(!d.log().contains("/slack"), "{}", d.log());
+
+    let (code, body) = d.get("/health");
+    assert_eq!(code, 503);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        health["failing"],
+        serde_json::json!(["last_run:broken", "rpo:late"]),
+        "{body}"
+    );
+    let metrics = d.get("/metrics").1;
+    assert!(
+        metrics.contains("drctl_backup_failures_total{policy=\"broken\"} 1"),
+        "{metrics}"
+    );
+
+    // `status` says the same (the last error comes from the daemon), and
+    // exits 1.
+    let out = common::output_within(
+        &mut ws.cmd_with_config("daemon.toml", &["status", "--json"]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status["daemon_reachable"], true);
+    let by_name = |n: &str| {
+        status["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["policy"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        by_name("broken")["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gone")
+    );
+    assert_eq!(by_name("late")["rpo"], "breached");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken") && err.contains("late"), "{err}");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+}
