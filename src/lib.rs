@@ -32,6 +32,8 @@ pub mod progress;
 pub mod repo;
 pub mod report;
 pub mod restore;
+pub mod retention;
+pub mod prune;
 pub mod schedule;
 pub mod source;
 pub mod storage;
