@@ -4,6 +4,7 @@
 mod backup;
 mod drill;
 mod inspect;
+mod prune;
 mod report;
 mod restore;
 
@@ -78,6 +79,10 @@ pub enum Command {
     List {
         /// Only this policy.
         policy: Option<String>,
+        /// Backups pruned on a versioned bucket that can still be restored
+        /// with `restore --backup ID` (their manifest carries a delete marker).
+        #[arg(long)]
+        deleted: bool,
     },
     /// Restore a backup chosen by time (or id).
     Restore(restore::RestoreArgs),
@@ -97,6 +102,14 @@ pub enum Command {
         /// Download and authenticate every byte (needs the identity).
         #[arg(long)]
         read_data: bool,
+    },
+    /// Delete the backups the retention rules no longer keep (plan printed first).
+    Prune {
+        /// Only this policy (default: every policy).
+        policy: Option<String>,
+        /// Print the plan and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -202,13 +215,23 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Init => inspect::init(&ctx).await,
         Command::Check => inspect::check(&ctx),
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
-        Command::List { policy } => inspect::list(&ctx, policy.as_deref()).await,
+        Command::List {
+            policy,
+            deleted: false,
+        } => inspect::list(&ctx, policy.as_deref()).await,
+        Command::List {
+            policy,
+            deleted: true,
+        } => prune::list_deleted(&ctx, policy.as_deref()).await,
         Command::Restore(args) => restore::restore(&ctx, args).await,
         Command::Drill(args) => drill::drill(&ctx, args).await,
         Command::Drills { policy } => drill::drills(&ctx, policy.as_deref()).await,
         Command::Report(args) => report::report(&ctx, args).await,
         Command::Verify { policy, read_data } => {
             inspect::verify(&ctx, policy.as_deref(), *read_data).await
+        }
+        Command::Prune { policy, dry_run } => {
+            prune::prune(&ctx, policy.as_deref(), *dry_run).await
         }
     }
 }

@@ -336,3 +336,25 @@ pub async fn list_holds(store: &dyn Store, policy: &str, now: DateTime<Utc>) -> 
     }
     Ok(holds)
 }
+
+/// Takes a hold on a backup a restore or drill is about to read. A hold
+/// that cannot be written (read-only credentials on a recovery host) does
+/// not stop the job: it is logged, and the job runs unprotected from a
+/// concurrent prune.
+pub async fn hold_backup(repo: &super::Repo, policy: &str, backup_id: &str, job: &str) -> Option<Lease> {
+    match Lease::hold(repo.store.clone(), policy, backup_id, job).await {
+        Ok(hold) => {
+            // A prune may have deleted it between the listing and the hold.
+            if let Err(e) = repo.store.head(&super::manifest_key(policy, backup_id), None).await
+                && e.is_not_found()
+            {
+                tracing::warn!(policy, backup = %backup_id, "The backup was pruned just now; reading it may fail.");
+            }
+            Some(hold)
+        }
+        Err(e) => {
+            tracing::warn!(policy, backup = %backup_id, error = %e, "Could not write a hold on the backup; a prune running now could remove it.");
+            None
+        }
+    }
+}
