@@ -358,3 +358,83 @@ pub async fn hold_backup(repo: &super::Repo, policy: &str, backup_id: &str, job:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+
+    #[tokio::test]
+    async fn holds_are_listed_while_held_and_gone_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        let a = Lease::hold(store.clone(), "etc", "20261127T010000Z-aa", "restore")
+            .await
+            .unwrap();
+        let b = Lease::hold(store.clone(), "etc", "20261127T010000Z-aa", "drill")
+            .await
+            .unwrap();
+        // Another policy's holds and its lease are not this policy's.
+        let other = Lease::hold(store.clone(), "etc2", "20261127T010000Z-bb", "restore")
+            .await
+            .unwrap();
+        let lease = Lease::acquire(store.clone(), "etc", "backup").await.unwrap();
+        let now = Utc::now();
+        let holds = list_holds(store.as_ref(), "etc", now).await.unwrap();
+        assert_eq!(holds.len(), 2);
+        assert!(holds.iter().all(|h| h.backup_id == "20261127T010000Z-aa"));
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let mut described: Vec<String> = holds.iter().map(Hold::describe).collect();
+        described.sort();
+        assert_eq!(
+            described,
+            [
+                format!("held by drill on {host}"),
+                format!("held by restore on {host}")
+            ]
+        );
+        // Expired by the time prune looks: ignored.
+        let later = now + Duration::seconds(DEFAULT_TTL_SECONDS + 60);
+        assert!(
+            list_holds(store.as_ref(), "etc", later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        a.release().await;
+        b.release().await;
+        other.release().await;
+        lease.release().await;
+        assert!(
+            list_holds(store.as_ref(), "etc", Utc::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_hold_counts_until_it_is_older_than_a_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        store
+            .put(
+                "locks/etc@holds/20261127T010000Z-aa.1",
+                Bytes::from_static(b"garbage"),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        let holds = list_holds(store.as_ref(), "etc", Utc::now()).await.unwrap();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds[0].backup_id, "20261127T010000Z-aa");
+        assert!(holds[0].describe().contains("unreadable"));
+        let later = Utc::now() + Duration::seconds(DEFAULT_TTL_SECONDS + 60);
+        assert!(
+            list_holds(store.as_ref(), "etc", later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
