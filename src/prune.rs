@@ -35,6 +35,9 @@ pub const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
 /// them is this old: no backup runs that long without writing its manifest.
 pub const LEFTOVER_MIN_AGE_HOURS: i64 = 24;
 
+/// Receives the plan before anything is deleted.
+pub type PlanCallback = Arc<dyn Fn(&PruneReport) + Send + Sync>;
+
 /// How a prune runs. Policies say what to keep; these say how this run acts.
 #[derive(Clone)]
 pub struct PruneOptions {
@@ -45,7 +48,7 @@ pub struct PruneOptions {
     pub leftover_min_age: Duration,
     /// Called with the plan before anything is deleted, so a caller can
     /// show it first. Must not block.
-    pub on_plan: Option<Arc<dyn Fn(&PruneReport) + Send + Sync>>,
+    pub on_plan: Option<PlanCallback>,
 }
 
 impl Default for PruneOptions {
@@ -270,8 +273,8 @@ async fn find_leftovers(
         .map(|(id, objects)| {
             let newest = objects.iter().filter_map(|o| o.last_modified).max();
             // An object without a time is treated as just written.
-            let old_enough =
-                objects.iter().all(|o| o.last_modified.is_some()) && newest.is_none_or(|t| now - t >= min_age);
+            let old_enough = objects.iter().all(|o| o.last_modified.is_some())
+                && newest.is_none_or(|t| now - t >= min_age);
             Leftover {
                 id,
                 objects: objects.into_iter().map(|o| o.key).collect(),
@@ -399,7 +402,11 @@ pub async fn measure_clock_skew(repo: &Repo, policy: &str) -> Result<Duration> {
     let key = format!("locks/@clock.{policy}.{:016x}", rand::random::<u64>());
     let before = Utc::now();
     repo.store
-        .put(&key, Bytes::from_static(b"drctl clock probe\n"), PutMode::Create)
+        .put(
+            &key,
+            Bytes::from_static(b"drctl clock probe\n"),
+            PutMode::Create,
+        )
         .await?;
     let meta = repo.store.head(&key, None).await;
     let after = Utc::now();

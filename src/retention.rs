@@ -245,7 +245,7 @@ mod tests {
             .collect()
     }
 
-    fn reasons_of<'a>(ds: &'a [Decision], t: DateTime<Utc>) -> &'a [String] {
+    fn reasons_of(ds: &[Decision], t: DateTime<Utc>) -> &[String] {
         &ds.iter().find(|d| d.point_in_time == t).unwrap().reasons
     }
 
@@ -500,8 +500,8 @@ mod tests {
                 let mut order = Vec::new();
                 for d in &ds {
                     let k = cal.bucket(d.point_in_time, tz);
-                    if !seen.contains_key(&k) {
-                        seen.insert(k, d);
+                    if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(k) {
+                        e.insert(d);
                         order.push(k);
                     }
                 }

@@ -153,7 +153,10 @@ fn prune_on_a_versioned_bucket_leaves_delete_markers_and_a_pruned_backup_still_r
     let mut pruned = vec![made[0].as_str(), made[1].as_str()];
     pruned.sort();
     assert_eq!(deleted, pruned);
-    assert_eq!(decision(r, &made[3])["reasons"], serde_json::json!(["last"]));
+    assert_eq!(
+        decision(r, &made[3])["reasons"],
+        serde_json::json!(["last"])
+    );
     assert_eq!(decision(r, &made[0])["outcome"], "deleted");
     assert!(r["clock_skew_seconds"].as_i64().unwrap().abs() < 5, "{r}");
     let mut listed = ids(&ws, "etc");
@@ -175,10 +178,7 @@ fn prune_on_a_versioned_bucket_leaves_delete_markers_and_a_pruned_backup_still_r
     for id in &made[..2] {
         let vs = under(id);
         let keys: std::collections::BTreeSet<&str> = vs.iter().map(|v| v.key.as_str()).collect();
-        assert!(
-            keys.iter().any(|k| k.ends_with("/manifest.json")),
-            "{vs:?}"
-        );
+        assert!(keys.iter().any(|k| k.ends_with("/manifest.json")), "{vs:?}");
         for key in keys {
             let of_key: Vec<_> = vs.iter().filter(|v| v.key == key).collect();
             assert!(
@@ -203,10 +203,16 @@ fn prune_on_a_versioned_bucket_leaves_delete_markers_and_a_pruned_backup_still_r
     let mut found: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     found.sort();
     assert_eq!(found, pruned);
-    assert!(rows.iter().all(|r| r["restorable"] == true
-        && !r["manifest_version_id"].as_str().unwrap().is_empty()));
+    assert!(
+        rows.iter()
+            .all(|r| r["restorable"] == true
+                && !r["manifest_version_id"].as_str().unwrap().is_empty())
+    );
     let text = ws.ok(&["list", "--deleted", "etc"]);
-    assert!(text.contains("2 pruned backups") && text.contains(oldest.as_str()), "{text}");
+    assert!(
+        text.contains("2 pruned backups") && text.contains(oldest.as_str()),
+        "{text}"
+    );
 
     // And the oldest, pruned, restores by id, says so, and verifies.
     let into = ws.path().join("restored");
@@ -256,9 +262,15 @@ fn prune_on_a_local_repository_removes_old_backups_and_leftovers_of_failed_ones(
     std::fs::write(fresh.join("data.tar.zst.age"), b"partial").unwrap();
 
     let plan = ws.ok(&["prune"]);
-    assert!(plan.contains("20200101T000000Z-0000dead") && plan.contains("delete"), "{plan}");
+    assert!(
+        plan.contains("20200101T000000Z-0000dead") && plan.contains("delete"),
+        "{plan}"
+    );
     assert!(plan.contains("younger than a day"), "{plan}");
-    assert!(plan.contains("deleted 2 backups, kept 1, removed 1 leftover"), "{plan}");
+    assert!(
+        plan.contains("deleted 2 backups, kept 1, removed 1 leftover"),
+        "{plan}"
+    );
     assert_eq!(ids(&ws, "etc"), [made[2].clone()]);
     for id in &made[..2] {
         assert!(
@@ -334,7 +346,14 @@ fn a_backup_held_by_a_running_restore_is_kept_and_an_expired_hold_is_not() {
 
     // A real restore takes a hold and removes it when done.
     let into = ws.path().join("restored");
-    ws.ok(&["restore", "etc", "--backup", &made[2], "--into", into.to_str().unwrap()]);
+    ws.ok(&[
+        "restore",
+        "etc",
+        "--backup",
+        &made[2],
+        "--into",
+        into.to_str().unwrap(),
+    ]);
     assert_eq!(files_under(&holds).len(), 2);
 }
 
@@ -374,7 +393,10 @@ fn without_retention_rules_prune_keeps_everything() {
         files.backup(&ws, "etc", &format!("version {i}\n"));
     }
     let out = ws.ok(&["prune", "etc"]);
-    assert!(out.contains("no retention rules (everything is kept)"), "{out}");
+    assert!(
+        out.contains("no retention rules (everything is kept)"),
+        "{out}"
+    );
     assert!(out.contains("deleted 0 backups, kept 3"), "{out}");
     assert_eq!(ids(&ws, "etc").len(), 3);
 }

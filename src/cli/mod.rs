@@ -230,9 +230,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Verify { policy, read_data } => {
             inspect::verify(&ctx, policy.as_deref(), *read_data).await
         }
-        Command::Prune { policy, dry_run } => {
-            prune::prune(&ctx, policy.as_deref(), *dry_run).await
-        }
+        Command::Prune { policy, dry_run } => prune::prune(&ctx, policy.as_deref(), *dry_run).await,
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
     let json = ctx.cli.json;
     let opts = PruneOptions {
         dry_run,
-        on_plan: (!json).then(|| Arc::new(print_plan) as Arc<dyn Fn(&PruneReport) + Send + Sync>),
+        on_plan: (!json).then(|| Arc::new(print_plan) as job::PlanCallback),
         ..PruneOptions::default()
     };
     let mut reports = Vec::new();
@@ -122,7 +122,11 @@ fn print_outcome(r: &PruneReport) {
         );
         return;
     }
-    let kept = r.backups.iter().filter(|b| b.action == Action::Keep).count();
+    let kept = r
+        .backups
+        .iter()
+        .filter(|b| b.action == Action::Keep)
+        .count();
     let leftovers = r
         .leftovers
         .iter()

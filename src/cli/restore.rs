@@ -315,9 +315,7 @@ async fn restore_into(
             .await?
             .diffs;
         }
-        Destination::File(p) => {
-            job::to_file(repo, identities, &manifest.data, p, received).await?
-        }
+        Destination::File(p) => job::to_file(repo, identities, &manifest.data, p, received).await?,
         Destination::Directory(p) => {
             fingerprint_diffs =
                 job::to_directory(repo, identities, manifest, p, args.verify, received).await?

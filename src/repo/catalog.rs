@@ -228,8 +228,7 @@ pub async fn load_deleted(
     let mut deleted = Vec::new();
     let mut damaged = Vec::new();
     for (key, list) in &by_key {
-        if !key.ends_with("/manifest.json") || !list.first().is_some_and(|v| v.is_delete_marker)
-        {
+        if !key.ends_with("/manifest.json") || !list.first().is_some_and(|v| v.is_delete_marker) {
             continue;
         }
         let Some(version) = list.iter().find(|v| !v.is_delete_marker) else {

@@ -183,7 +183,14 @@ impl Lease {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Lease::renewed(store, key, stored.etag, body(now), ttl, policy))
+        Ok(Lease::renewed(
+            store,
+            key,
+            stored.etag,
+            body(now),
+            ttl,
+            policy,
+        ))
     }
 
     /// Holds `backup_id` of `policy` for `job` (a restore or a drill) until
@@ -291,7 +298,10 @@ impl Hold {
     pub fn describe(&self) -> String {
         match &self.body {
             Some(b) => format!("held by {} on {}", b.job, b.host()),
-            None => format!("held ({} is unreadable; it counts until it is older than the lease time)", self.key),
+            None => format!(
+                "held ({} is unreadable; it counts until it is older than the lease time)",
+                self.key
+            ),
         }
     }
 }
@@ -319,7 +329,10 @@ pub async fn list_holds(store: &dyn Store, policy: &str, now: DateTime<Utc>) -> 
         match serde_json::from_slice::<LeaseBody>(&bytes) {
             Ok(body) if body.is_live(now) => holds.push(Hold {
                 key: object.key.clone(),
-                backup_id: body.backup_id.clone().unwrap_or_else(|| backup_id.to_string()),
+                backup_id: body
+                    .backup_id
+                    .clone()
+                    .unwrap_or_else(|| backup_id.to_string()),
                 body: Some(body),
             }),
             Ok(_) => {}
@@ -341,11 +354,19 @@ pub async fn list_holds(store: &dyn Store, policy: &str, now: DateTime<Utc>) -> 
 /// that cannot be written (read-only credentials on a recovery host) does
 /// not stop the job: it is logged, and the job runs unprotected from a
 /// concurrent prune.
-pub async fn hold_backup(repo: &super::Repo, policy: &str, backup_id: &str, job: &str) -> Option<Lease> {
+pub async fn hold_backup(
+    repo: &super::Repo,
+    policy: &str,
+    backup_id: &str,
+    job: &str,
+) -> Option<Lease> {
     match Lease::hold(repo.store.clone(), policy, backup_id, job).await {
         Ok(hold) => {
             // A prune may have deleted it between the listing and the hold.
-            if let Err(e) = repo.store.head(&super::manifest_key(policy, backup_id), None).await
+            if let Err(e) = repo
+                .store
+                .head(&super::manifest_key(policy, backup_id), None)
+                .await
                 && e.is_not_found()
             {
                 tracing::warn!(policy, backup = %backup_id, "The backup was pruned just now; reading it may fail.");
@@ -378,7 +399,9 @@ mod tests {
         let other = Lease::hold(store.clone(), "etc2", "20261127T010000Z-bb", "restore")
             .await
             .unwrap();
-        let lease = Lease::acquire(store.clone(), "etc", "backup").await.unwrap();
+        let lease = Lease::acquire(store.clone(), "etc", "backup")
+            .await
+            .unwrap();
         let now = Utc::now();
         let holds = list_holds(store.as_ref(), "etc", now).await.unwrap();
         assert_eq!(holds.len(), 2);
