@@ -417,3 +417,56 @@ fn prune_of_an_unknown_policy_is_bad_input_and_deletes_nothing() {
     }
     assert_eq!(ids(&ws, "etc").len(), 2);
 }
+
+/// On a bucket with Object Lock, a delete without a version id is allowed: it
+/// only adds a delete marker, and the locked versions stay until their
+/// retention ends. Prune succeeds; nothing is reported as a failure.
+#[test]
+fn prune_on_an_object_lock_bucket_leaves_the_locked_versions() {
+    let server = S3Server::start();
+    let bucket = unique_bucket_name("prune-locked");
+    block_on(server.create_bucket_object_lock(&bucket));
+    // moto accepts a default retention only on an empty bucket.
+    let retention = aws_sdk_s3::types::ObjectLockConfiguration::builder()
+        .object_lock_enabled(aws_sdk_s3::types::ObjectLockEnabled::Enabled)
+        .rule(
+            aws_sdk_s3::types::ObjectLockRule::builder()
+                .default_retention(
+                    aws_sdk_s3::types::DefaultRetention::builder()
+                        .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Governance)
+                        .days(30)
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    block_on(
+        server
+            .client()
+            .put_object_lock_configuration()
+            .bucket(&bucket)
+            .object_lock_configuration(retention)
+            .send(),
+    )
+    .expect("set a default retention");
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: server.endpoint(),
+        bucket: bucket.clone(),
+    });
+    let files = Files::new(&ws, "etc", "keep_last = 1");
+    let made: Vec<String> = (1..=2)
+        .map(|i| files.backup(&ws, "etc", &format!("version {i}\n")))
+        .collect();
+    let v = json(&ws.ok(&["prune", "etc", "--json"]));
+    let r = report(&v, "etc");
+    assert_eq!(r["deleted"], serde_json::json!([made[0]]), "{r}");
+    assert_eq!(r["retained"], serde_json::json!([]), "{r}");
+    assert_eq!(ids(&ws, "etc"), [made[1].clone()]);
+    let versions =
+        block_on(server.list_versions(&bucket, &format!("{S3_PREFIX}/backups/etc/{}/", made[0])));
+    assert!(versions.iter().any(|v| v.is_delete_marker && v.is_latest));
+    assert!(versions.iter().any(|v| !v.is_delete_marker));
+    let v = json(&ws.ok(&["list", "--deleted", "--json"]));
+    assert_eq!(v["deleted"][0]["id"], made[0].as_str());
+    assert_eq!(v["deleted"][0]["restorable"], true);
+}
