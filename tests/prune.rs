@@ -470,3 +470,82 @@ fn prune_on_an_object_lock_bucket_leaves_the_locked_versions() {
     assert_eq!(v["deleted"][0]["id"], made[0].as_str());
     assert_eq!(v["deleted"][0]["restorable"], true);
 }
+
+/// A real restore holds the backup it reads: stopped (SIGSTOP) part-way,
+/// its backup survives a prune that would otherwise delete it; once the
+/// restore has finished and removed its hold, the next prune deletes it.
+#[test]
+fn a_running_restore_holds_its_backup_against_prune() {
+    let ws = Workspace::local();
+    let files = Files::new(&ws, "etc", "keep_last = 1");
+    // Big enough that the restore is still reading when it is stopped.
+    let mut noise = vec![0u8; 96 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(files.dir.join("noise.bin"), &noise).unwrap();
+    let old = files.backup(&ws, "etc", "version 1\n");
+    std::fs::remove_file(files.dir.join("noise.bin")).unwrap();
+    let new = files.backup(&ws, "etc", "version 2\n");
+
+    let holds = ws.repo_dir().join("locks/etc@holds");
+    let out = ws.path().join("old.tar");
+    let mut restore = ws
+        .cmd(&[
+            "restore",
+            "etc",
+            "--backup",
+            &old,
+            "--output",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start drctl restore");
+    let pid = restore.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if std::fs::read_dir(&holds).is_ok_and(|mut d| d.next().is_some()) {
+            // SAFETY: our own child, not yet reaped.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+            break;
+        }
+        assert!(
+            restore.try_wait().unwrap().is_none(),
+            "the restore finished before its hold was seen"
+        );
+        assert!(std::time::Instant::now() < deadline, "no hold appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    let v = json(&ws.ok(&["prune", "etc", "--json"]));
+    let r = report(&v, "etc");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(r["deleted"], serde_json::json!([]), "{r}");
+    assert_eq!(r["held"], serde_json::json!([old]), "{r}");
+    let reasons = decision(r, &old)["reasons"].as_array().unwrap().clone();
+    assert!(
+        reasons.len() == 1
+            && reasons[0]
+                .as_str()
+                .unwrap()
+                .starts_with("held by restore on "),
+        "{reasons:?}"
+    );
+
+    let status = restore.wait().unwrap();
+    assert!(status.success(), "the restore failed: {status}");
+    assert!(out.exists());
+    assert!(files_under(&holds).is_empty(), "the restore left its hold");
+    let v = json(&ws.ok(&["prune", "etc", "--json"]));
+    assert_eq!(report(&v, "etc")["deleted"], serde_json::json!([old]));
+    assert_eq!(ids(&ws, "etc"), [new]);
+}
