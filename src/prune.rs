@@ -49,6 +49,9 @@ pub struct PruneOptions {
     /// Called with the plan before anything is deleted, so a caller can
     /// show it first. Must not block.
     pub on_plan: Option<PlanCallback>,
+    /// Set to stop between deletions (each backup goes whole or not at all:
+    /// manifest, then its objects).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Default for PruneOptions {
@@ -57,6 +60,7 @@ impl Default for PruneOptions {
             dry_run: false,
             leftover_min_age: Duration::hours(LEFTOVER_MIN_AGE_HOURS),
             on_plan: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -149,7 +153,7 @@ pub async fn prune(repo: &Repo, policy: &Policy, opts: &PruneOptions) -> Result<
     };
     let result = async {
         let mut report = plan(repo, policy, opts, Some(skew)).await?;
-        execute(repo, &policy.name, &mut report, &lost).await?;
+        execute(repo, &policy.name, &mut report, &lost, &opts.cancel).await?;
         Ok(report)
     }
     .await;
@@ -290,10 +294,15 @@ async fn execute(
     policy: &str,
     report: &mut PruneReport,
     lost: &AtomicBool,
+    cancel: &AtomicBool,
 ) -> Result<()> {
     let store = repo.store.clone();
-    let lease_lost = || {
-        if lost.load(Ordering::Relaxed) {
+    let may_go_on = || {
+        if cancel.load(Ordering::Relaxed) {
+            Err(Error::Interrupted(format!(
+                "prune of `{policy}` stopped between backups; every backup is either whole or gone"
+            )))
+        } else if lost.load(Ordering::Relaxed) {
             Err(Error::Locked {
                 policy: policy.to_string(),
                 message: "the prune's lease could not be renewed; it stopped before deleting more"
@@ -307,7 +316,7 @@ async fn execute(
         if report.backups[i].action != Action::Forget {
             continue;
         }
-        lease_lost()?;
+        may_go_on()?;
         let id = report.backups[i].id.clone();
         // A restore may have started since the plan: look again right
         // before deleting.
@@ -353,7 +362,7 @@ async fn execute(
         if leftover.outcome != "delete" {
             continue;
         }
-        lease_lost()?;
+        may_go_on()?;
         let before = report.retained.len();
         delete_objects(
             store.as_ref(),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::inspect::selected;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::prune::{self as job, PruneOptions, PruneReport};
 use crate::repo::catalog;
 use crate::retention::Action;
@@ -20,6 +20,7 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
     let opts = PruneOptions {
         dry_run,
         on_plan: (!json).then(|| Arc::new(print_plan) as job::PlanCallback),
+        cancel: ctx.cancel.clone(),
         ..PruneOptions::default()
     };
     let mut reports = Vec::new();
@@ -33,10 +34,15 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
                 reports.push(report);
             }
             Err(e) => {
-                if !json {
-                    eprintln!("drctl: prune of `{}` failed: {e}", p.name);
+                let stop = matches!(e, Error::Interrupted(_));
+                // With one policy the error line from main says it all.
+                if !json && policies.len() > 1 {
+                    eprintln!("{}: prune FAILED: {e}", p.name);
                 }
                 errors.push((p.name.clone(), e));
+                if stop {
+                    break;
+                }
             }
         }
     }
