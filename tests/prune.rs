@@ -549,3 +549,29 @@ fn a_running_restore_holds_its_backup_against_prune() {
     assert_eq!(report(&v, "etc")["deleted"], serde_json::json!([old]));
     assert_eq!(ids(&ws, "etc"), [new]);
 }
+
+/// Prune takes the policy's lease: while a backup holds it elsewhere, prune
+/// refuses (exit 3) and deletes nothing; the dry run, which writes nothing,
+/// still shows the plan.
+#[test]
+fn prune_refuses_while_a_job_of_the_policy_runs() {
+    let ws = Workspace::local();
+    let files = Files::new(&ws, "etc", "keep_last = 1");
+    for i in 1..=2 {
+        files.backup(&ws, "etc", &format!("version {i}\n"));
+    }
+    let lease = serde_json::json!({
+        "holder": "other-host:77",
+        "job": "backup",
+        "acquired_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2999-01-01T00:00:00Z",
+    });
+    std::fs::create_dir_all(ws.repo_dir().join("locks")).unwrap();
+    std::fs::write(ws.repo_dir().join("locks/etc"), lease.to_string()).unwrap();
+    let err = ws.fails(&["prune", "etc"], 3);
+    assert!(err.contains("busy") && err.contains("other-host"), "{err}");
+    assert_eq!(ids(&ws, "etc").len(), 2);
+    let plan = ws.ok(&["prune", "etc", "--dry-run"]);
+    assert!(plan.contains("forget"), "{plan}");
+    assert_eq!(ids(&ws, "etc").len(), 2);
+}
