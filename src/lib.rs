@@ -19,6 +19,8 @@
 //!   `--to` selection, and leases.
 //! - [`backup`] and [`restore`]: the jobs that join them.
 //! - [`drill`]: restore drills and their hash-chained records.
+//! - [`retention`] (pure: which backups the rules keep) and [`prune`] (applies
+//!   it to the store under the policy's lease, sparing held backups).
 //! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
 
