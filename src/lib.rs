@@ -19,6 +19,8 @@
 //!   `--to` selection, and leases.
 //! - [`backup`] and [`restore`]: the jobs that join them.
 //! - [`drill`]: restore drills and their hash-chained records.
+//! - [`retention`] (pure: which backups the rules keep) and [`prune`] (applies
+//!   it to the store under the policy's lease, sparing held backups).
 //! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`daemon`]: the scheduler, `/health` and `/metrics`; [`alert`] sends
 //!   its webhooks.
@@ -33,9 +35,11 @@ pub mod drill;
 pub mod error;
 pub mod pipeline;
 pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod report;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod source;
 pub mod storage;

@@ -736,3 +736,35 @@ fn alerts_reach_generic_and_slack_webhooks_with_retries() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn retention_runs_after_each_scheduled_backup() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    files_policy(
+        &ws,
+        "etc",
+        &[&data],
+        "*/2 * * * * *",
+        "\n[retention]\nkeep_last = 2\n",
+    );
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    let pruned = |d: &Daemon| -> u64 {
+        d.log_lines()
+            .iter()
+            .filter(|l| l["fields"]["message"] == "prune finished")
+            .filter_map(|l| l["fields"]["deleted"].as_u64())
+            .sum()
+    };
+    wait_for(
+        "prune to delete two backups",
+        Duration::from_secs(30),
+        || (pruned(&d) >= 2).then_some(()),
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
+    let left = ws.backups("etc");
+    assert_eq!(left.len(), 2, "keep_last = 2 left {left:?}");
+}

@@ -106,7 +106,7 @@ pub fn check(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn selected<'a>(
+pub(super) fn selected<'a>(
     config: &'a crate::config::Config,
     policy: Option<&str>,
 ) -> Result<Vec<&'a crate::config::Policy>> {

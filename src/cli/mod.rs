@@ -5,6 +5,7 @@ mod backup;
 mod daemon;
 mod drill;
 mod inspect;
+mod prune;
 mod report;
 mod restore;
 
@@ -79,6 +80,10 @@ pub enum Command {
     List {
         /// Only this policy.
         policy: Option<String>,
+        /// Backups pruned on a versioned bucket that can still be restored
+        /// with `restore --backup ID` (their manifest carries a delete marker).
+        #[arg(long)]
+        deleted: bool,
     },
     /// Restore a backup chosen by time (or id).
     Restore(restore::RestoreArgs),
@@ -103,6 +108,14 @@ pub enum Command {
     Daemon,
     /// Per policy: newest backup and its age against the RPO target, next run, last error.
     Status,
+    /// Delete the backups the retention rules no longer keep (plan printed first).
+    Prune {
+        /// Only this policy (default: every policy).
+        policy: Option<String>,
+        /// Print the plan and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,7 +225,14 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Init => inspect::init(&ctx).await,
         Command::Check => inspect::check(&ctx),
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
-        Command::List { policy } => inspect::list(&ctx, policy.as_deref()).await,
+        Command::List {
+            policy,
+            deleted: false,
+        } => inspect::list(&ctx, policy.as_deref()).await,
+        Command::List {
+            policy,
+            deleted: true,
+        } => prune::list_deleted(&ctx, policy.as_deref()).await,
         Command::Restore(args) => restore::restore(&ctx, args).await,
         Command::Drill(args) => drill::drill(&ctx, args).await,
         Command::Drills { policy } => drill::drills(&ctx, policy.as_deref()).await,
@@ -222,6 +242,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         }
         Command::Daemon => daemon::daemon(&ctx).await,
         Command::Status => daemon::status(&ctx).await,
+        Command::Prune { policy, dry_run } => prune::prune(&ctx, policy.as_deref(), *dry_run).await,
     }
 }
 

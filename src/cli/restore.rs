@@ -112,9 +112,22 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let identities = ctx.identities(&config)?;
     let repo = ctx.repo(&config).await?;
     let catalog = catalog::load(&repo, &policy.name).await?;
+    // A backup pruned on a versioned bucket, found by its id.
+    let pruned: Option<catalog::DeletedBackup>;
     let (manifest, gap) = match (&args.backup, target_time) {
-        (Some(id), _) => (catalog.find(&policy.name, id)?, None),
+        (Some(id), _) => match catalog.find(&policy.name, id) {
+            Ok(m) => {
+                pruned = None;
+                (m, None)
+            }
+            Err(e @ Error::NoBackup(_)) => {
+                pruned = Some(find_pruned(&repo, &policy.name, id, e).await?);
+                (&pruned.as_ref().expect("just set").manifest, None)
+            }
+            Err(e) => return Err(e),
+        },
         (None, Some(t)) => {
+            pruned = None;
             let s = catalog.select(&policy.name, t)?;
             (s.backup, Some(s.gap))
         }
@@ -153,6 +166,18 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
                 ),
             ));
         }
+    }
+    if let Some(p) = &pruned {
+        plan.push((
+            "note",
+            format!(
+                "this backup was pruned{}; it is read from manifest version {} and the object versions it records",
+                p.deleted_at
+                    .map(|t| format!(" on {} UTC", t.format("%Y-%m-%d %H:%M:%S")))
+                    .unwrap_or_default(),
+                p.manifest_version_id
+            ),
+        ));
     }
     plan.push((
         "size",
@@ -225,33 +250,19 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         cancel: ctx.cancel.clone(),
     };
     let started = std::time::Instant::now();
-    let mut fingerprint_diffs = None;
-    match &destination {
-        Destination::Database(t) => {
-            fingerprint_diffs = job::to_database(
-                &repo,
-                &identities,
-                manifest,
-                t,
-                &job::DbRestoreOptions {
-                    clean: args.clean,
-                    verify: args.verify,
-                    pg_restore_args: args.pg_restore_args.clone(),
-                },
-                received,
-            )
-            .await?
-            .diffs;
-        }
-        Destination::File(p) => {
-            job::to_file(&repo, &identities, &manifest.data, p, received).await?
-        }
-        Destination::Directory(p) => {
-            fingerprint_diffs =
-                job::to_directory(&repo, &identities, manifest, p, args.verify, received).await?
-        }
+    // Prune must not remove the backup while it is read. (A pruned one is
+    // read by version id and needs no hold.)
+    let hold = match pruned {
+        Some(_) => None,
+        None => crate::repo::lease::hold_backup(&repo, &policy.name, &manifest.id, "restore").await,
+    };
+    let result = restore_into(&repo, &identities, manifest, &destination, args, received).await;
+    if let Some(hold) = hold {
+        hold.release().await;
     }
+    let fingerprint_diffs = result?;
     progress.finish();
+
     let elapsed = started.elapsed().as_secs_f64();
     let verified = match (&fingerprint_diffs, args.verify) {
         (Some(_), _) => "fingerprint matched",
@@ -276,6 +287,80 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn restore_into(
+    repo: &crate::repo::Repo,
+    identities: &[age::x25519::Identity],
+    manifest: &crate::repo::manifest::Manifest,
+    destination: &Destination,
+    args: &RestoreArgs,
+    received: crate::progress::Meter,
+) -> Result<Option<Vec<String>>> {
+    let mut fingerprint_diffs = None;
+    match destination {
+        Destination::Database(t) => {
+            fingerprint_diffs = job::to_database(
+                repo,
+                identities,
+                manifest,
+                t,
+                &job::DbRestoreOptions {
+                    clean: args.clean,
+                    verify: args.verify,
+                    pg_restore_args: args.pg_restore_args.clone(),
+                },
+                received,
+            )
+            .await?
+            .diffs;
+        }
+        Destination::File(p) => job::to_file(repo, identities, &manifest.data, p, received).await?,
+        Destination::Directory(p) => {
+            fingerprint_diffs =
+                job::to_directory(repo, identities, manifest, p, args.verify, received).await?
+        }
+    }
+    Ok(fingerprint_diffs)
+}
+
+/// Looks for `id` among the backups pruned on a versioned bucket, or gives
+/// back `not_found`.
+async fn find_pruned(
+    repo: &crate::repo::Repo,
+    policy: &str,
+    id: &str,
+    not_found: Error,
+) -> Result<catalog::DeletedBackup> {
+    let deleted = match catalog::load_deleted(repo, policy).await {
+        Ok((deleted, _)) => deleted,
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not list object versions to look for a pruned backup.");
+            return Err(not_found);
+        }
+    };
+    let mut matches: Vec<catalog::DeletedBackup> = deleted
+        .into_iter()
+        .filter(|d| d.manifest.id.starts_with(id))
+        .collect();
+    match matches.len() {
+        0 => Err(not_found),
+        1 => {
+            let d = matches.remove(0);
+            if d.missing.is_empty() {
+                Ok(d)
+            } else {
+                Err(Error::NoBackup(format!(
+                    "backup {} of `{policy}` was pruned and the bucket no longer has the versions of {} (the lifecycle rule expired them); it cannot be restored",
+                    d.manifest.id,
+                    d.missing.join(", ")
+                )))
+            }
+        }
+        n => Err(Error::NoBackup(format!(
+            "`{id}` matches {n} pruned backups of `{policy}`; give more of the id (`drctl list --deleted {policy}` shows them)"
+        ))),
+    }
 }
 
 fn confirm() -> Result<()> {

@@ -424,6 +424,11 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                         id: m.id,
                         point_in_time: m.point_in_time,
                     });
+                    // Retention runs after each good backup, within the same
+                    // run, so the policy's next backup waits for it.
+                    if crate::retention::has_rules(&policy.retention) {
+                        prune_after_backup(&ctx, policy, &run_id).await;
+                    }
                 }
                 Err(Error::Locked { message, .. }) => {
                     outcome.result = "skipped";
@@ -517,6 +522,30 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
         }
     }
     finish(&ctx, &policy_name, kind);
+}
+
+async fn prune_after_backup(ctx: &JobCtx, policy: &Policy, run_id: &str) {
+    let opts = crate::prune::PruneOptions {
+        cancel: ctx.abort.clone(),
+        ..Default::default()
+    };
+    match crate::prune::prune(&ctx.repo, policy, &opts).await {
+        Ok(r) => tracing::info!(
+            job = "prune", policy = %policy.name, run = %run_id,
+            kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
+            held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
+            damaged = r.damaged.len(), "prune finished"
+        ),
+        Err(Error::Locked { message, .. }) => tracing::info!(
+            job = "prune", policy = %policy.name, run = %run_id, reason = %message,
+            "prune skipped: the policy is busy"
+        ),
+        // The backup itself succeeded; a failed prune only delays deletions.
+        Err(e) => tracing::error!(
+            job = "prune", policy = %policy.name, run = %run_id, error = %e,
+            "prune failed; old backups stay until the next run"
+        ),
+    }
 }
 
 fn record(k: &mut KindState, outcome: RunOutcome, seconds: f64, size: Option<u64>) {

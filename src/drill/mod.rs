@@ -172,7 +172,11 @@ pub async fn run(
     .await
     {
         Ok(lease) => {
-            let outcome = drill_steps(repo, policy, opts, &mut record, clock).await;
+            let mut hold = None;
+            let outcome = drill_steps(repo, policy, opts, &mut record, clock, &mut hold).await;
+            if let Some(hold) = hold {
+                hold.release().await;
+            }
             lease.release().await;
             outcome
         }
@@ -215,6 +219,7 @@ async fn drill_steps(
     opts: &DrillOptions,
     record: &mut DrillRecord,
     clock: std::time::Instant,
+    hold: &mut Option<crate::repo::lease::Lease>,
 ) -> Result<()> {
     use crate::config::SourceConfig;
     use crate::error::Error;
@@ -239,6 +244,8 @@ async fn drill_steps(
     };
     record.backup_id = Some(manifest.id.clone());
     record.backup_point_in_time = Some(manifest.point_in_time);
+    // Prune must not remove the backup while the drill reads it.
+    *hold = crate::repo::lease::hold_backup(repo, &policy.name, &manifest.id, "drill").await;
     step(record, "choose backup", t, true);
 
     let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;

@@ -225,6 +225,103 @@ pub fn find<'a>(policy: &str, backups: &'a [Manifest], id: &str) -> Result<&'a M
     }
 }
 
+/// A backup whose manifest's latest version is a delete marker: pruned on
+/// a versioned bucket, and restorable by version id until the lifecycle
+/// rule expires the noncurrent versions.
+#[derive(Debug, Clone)]
+pub struct DeletedBackup {
+    /// The manifest as it was, with every object's version id filled in
+    /// (from the listing, for objects written before versioning was on).
+    pub manifest: Manifest,
+    pub manifest_version_id: String,
+    /// When the delete marker was written.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Objects whose recorded version no longer exists (expired by the
+    /// lifecycle rule, or deleted by version id): the backup cannot be
+    /// restored when this is not empty.
+    pub missing: Vec<String>,
+}
+
+/// Reads the deleted backups of a policy from the store's object versions;
+/// a store without versions has none.
+///
+/// # Errors
+/// Storage errors listing versions; a deleted manifest that cannot be read
+/// is returned in the second list as `(key, reason)`.
+pub async fn load_deleted(
+    repo: &Repo,
+    policy: &str,
+) -> Result<(Vec<DeletedBackup>, Vec<(String, String)>)> {
+    let versions = repo
+        .store
+        .list_versions(&super::backup_prefix(policy))
+        .await?;
+    let mut by_key: std::collections::BTreeMap<&str, Vec<&crate::storage::ObjectVersion>> =
+        std::collections::BTreeMap::new();
+    for v in &versions {
+        by_key.entry(v.key.as_str()).or_default().push(v);
+    }
+    let mut deleted = Vec::new();
+    let mut damaged = Vec::new();
+    for (key, list) in &by_key {
+        if !key.ends_with("/manifest.json") || !list.first().is_some_and(|v| v.is_delete_marker) {
+            continue;
+        }
+        let Some(version) = list.iter().find(|v| !v.is_delete_marker) else {
+            continue;
+        };
+        let mut manifest = match repo.store.get(key, Some(&version.version_id)).await {
+            Ok((bytes, _)) => match serde_json::from_slice::<Manifest>(&bytes) {
+                Ok(m) if m.policy == policy && *key == super::manifest_key(policy, &m.id) => m,
+                Ok(_) => {
+                    damaged.push((key.to_string(), "manifest names another location".into()));
+                    continue;
+                }
+                Err(e) => {
+                    damaged.push((key.to_string(), format!("not a valid manifest: {e}")));
+                    continue;
+                }
+            },
+            Err(e) => {
+                damaged.push((key.to_string(), e.to_string()));
+                continue;
+            }
+        };
+        let mut missing = Vec::new();
+        let fill = |r: &mut super::manifest::ObjectRecord, missing: &mut Vec<String>| {
+            let stored = by_key.get(r.key.as_str());
+            match &r.version_id {
+                Some(v) => {
+                    if !stored.is_some_and(|l| l.iter().any(|x| &x.version_id == v)) {
+                        missing.push(r.key.clone());
+                    }
+                }
+                None => match stored.and_then(|l| l.iter().find(|x| !x.is_delete_marker)) {
+                    Some(x) => r.version_id = Some(x.version_id.clone()),
+                    None => missing.push(r.key.clone()),
+                },
+            }
+        };
+        fill(&mut manifest.data, &mut missing);
+        if let Some(f) = manifest.fingerprint.as_mut() {
+            fill(f, &mut missing);
+        }
+        deleted.push(DeletedBackup {
+            manifest,
+            manifest_version_id: version.version_id.clone(),
+            deleted_at: list[0].last_modified,
+            missing,
+        });
+    }
+    deleted.sort_by(|a, b| {
+        b.manifest
+            .point_in_time
+            .cmp(&a.manifest.point_in_time)
+            .then(b.manifest.id.cmp(&a.manifest.id))
+    });
+    Ok((deleted, damaged))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

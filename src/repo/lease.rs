@@ -1,6 +1,11 @@
 //! One job per policy at a time, across hosts: a lease object at
 //! `locks/<policy>` created with a conditional write, renewed while the job
 //! runs, and taken over only once it has expired.
+//!
+//! The same machinery writes holds: a restore or drill reading a backup puts
+//! `locks/<policy>@holds/<backup-id>.<unique>` (many may exist at once, one
+//! per reader), renews it while it reads, and removes it when done. Prune
+//! keeps every backup with a live hold; an expired one is ignored.
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -27,6 +32,24 @@ pub struct LeaseBody {
     /// machine, that it has died: then its lease need not run out first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessId>,
+    /// For a hold: the backup it keeps from being pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+}
+
+impl LeaseBody {
+    /// The host part of `holder` (`host:pid`).
+    pub fn host(&self) -> &str {
+        self.holder
+            .rsplit_once(':')
+            .map_or(self.holder.as_str(), |(h, _)| h)
+    }
+
+    /// Whether this lease or hold still counts at `now`: not expired, and
+    /// its process not known to be dead.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at > now && !self.process.as_ref().is_some_and(ProcessId::is_dead)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +107,10 @@ fn holder() -> String {
     )
 }
 
+fn encode(b: &LeaseBody) -> Bytes {
+    Bytes::from(serde_json::to_vec_pretty(b).expect("lease serialises"))
+}
+
 fn ttl() -> Duration {
     let secs = std::env::var("DRCTL_LEASE_TTL_SECONDS")
         .ok()
@@ -106,9 +133,8 @@ impl Lease {
             acquired_at: now,
             expires_at: now + ttl,
             process: ProcessId::current(),
+            backup_id: None,
         };
-        let encode =
-            |b: &LeaseBody| Bytes::from(serde_json::to_vec_pretty(b).expect("lease serialises"));
         let now = Utc::now();
         let stored = match store.put(&key, encode(&body(now)), PutMode::Create).await {
             Ok(s) => s,
@@ -119,10 +145,7 @@ impl Lease {
                     tracing::warn!(policy, key = %key, "The lease object is not readable JSON; treating it as expired.");
                 }
                 match current {
-                    Some(c)
-                        if c.expires_at > now
-                            && !c.process.as_ref().is_some_and(ProcessId::is_dead) =>
-                    {
+                    Some(c) if c.is_live(now) => {
                         return Err(Error::Locked {
                             policy: policy.to_string(),
                             message: format!(
@@ -160,34 +183,74 @@ impl Lease {
             }
             Err(e) => return Err(e.into()),
         };
-        let etag = Arc::new(tokio::sync::Mutex::new(stored.etag));
+        Ok(Lease::renewed(
+            store,
+            key,
+            stored.etag,
+            body(now),
+            ttl,
+            policy,
+        ))
+    }
+
+    /// Holds `backup_id` of `policy` for `job` (a restore or a drill) until
+    /// released, so that prune keeps it. Any number of holds may exist.
+    ///
+    /// # Errors
+    /// Storage errors writing the hold.
+    pub async fn hold(
+        store: Arc<dyn Store>,
+        policy: &str,
+        backup_id: &str,
+        job: &str,
+    ) -> Result<Lease> {
+        let key = format!(
+            "{}{backup_id}.{:016x}",
+            super::holds_prefix(policy),
+            rand::random::<u64>()
+        );
+        let ttl = ttl();
+        let now = Utc::now();
+        let body = LeaseBody {
+            holder: holder(),
+            job: job.to_string(),
+            acquired_at: now,
+            expires_at: now + ttl,
+            process: ProcessId::current(),
+            backup_id: Some(backup_id.to_string()),
+        };
+        let stored = store.put(&key, encode(&body), PutMode::Create).await?;
+        Ok(Lease::renewed(store, key, stored.etag, body, ttl, policy))
+    }
+
+    /// Starts renewing a lease or hold just written with `etag`.
+    fn renewed(
+        store: Arc<dyn Store>,
+        key: String,
+        etag: Option<String>,
+        body: LeaseBody,
+        ttl: Duration,
+        policy: &str,
+    ) -> Lease {
+        let etag = Arc::new(tokio::sync::Mutex::new(etag));
         let (lost_tx, lost) = watch::channel(false);
         let renewer = {
-            let (store, key, etag, job, policy) = (
-                store.clone(),
-                key.clone(),
-                etag.clone(),
-                job.to_string(),
-                policy.to_string(),
-            );
-            let acquired_at = now;
+            let (store, key, etag, policy) =
+                (store.clone(), key.clone(), etag.clone(), policy.to_string());
             tokio::spawn(async move {
                 let every = StdDuration::from_millis((ttl.num_milliseconds() / 3).max(500) as u64);
                 loop {
                     tokio::time::sleep(every).await;
                     let mut guard = etag.lock().await;
                     let next = LeaseBody {
-                        holder: holder(),
-                        job: job.clone(),
-                        acquired_at,
                         expires_at: Utc::now() + ttl,
-                        process: ProcessId::current(),
+                        ..body.clone()
                     };
                     let mode = PutMode::IfMatch(guard.clone().unwrap_or_default());
                     match store.put(&key, encode(&next), mode).await {
                         Ok(s) => *guard = s.etag,
                         Err(e) => {
-                            tracing::error!(policy = %policy, error = %e, "Could not renew the lease; stopping the job.");
+                            tracing::error!(policy = %policy, key = %key, error = %e, "Could not renew the lease; stopping the job.");
                             let _ = lost_tx.send(true);
                             return;
                         }
@@ -195,13 +258,13 @@ impl Lease {
                 }
             })
         };
-        Ok(Lease {
+        Lease {
             store,
             key,
             etag,
             renewer,
             lost,
-        })
+        }
     }
 
     /// Resolves if the lease could not be renewed: the job must stop.
@@ -219,5 +282,182 @@ impl Lease {
         if let Err(e) = self.store.delete(&self.key).await {
             tracing::warn!(key = %self.key, error = %e, "Could not remove the lease; it expires by itself.");
         }
+    }
+}
+
+/// A live hold on a backup, as prune sees it.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub key: String,
+    pub backup_id: String,
+    pub body: Option<LeaseBody>,
+}
+
+impl Hold {
+    /// `held by restore on db1`, for plans and reports.
+    pub fn describe(&self) -> String {
+        match &self.body {
+            Some(b) => format!("held by {} on {}", b.job, b.host()),
+            None => format!(
+                "held ({} is unreadable; it counts until it is older than the lease time)",
+                self.key
+            ),
+        }
+    }
+}
+
+/// The live holds on `policy`'s backups at `now`. A hold that is not
+/// readable JSON still counts until its object is older than a lease lasts:
+/// doubt keeps the backup.
+///
+/// # Errors
+/// Storage errors from listing or reading.
+pub async fn list_holds(store: &dyn Store, policy: &str, now: DateTime<Utc>) -> Result<Vec<Hold>> {
+    let prefix = super::holds_prefix(policy);
+    let mut holds = Vec::new();
+    for object in store.list(&prefix).await? {
+        let name = &object.key[prefix.len()..];
+        let Some((backup_id, _)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let bytes = match store.get(&object.key, None).await {
+            Ok((bytes, _)) => bytes,
+            // Released between the listing and now.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match serde_json::from_slice::<LeaseBody>(&bytes) {
+            Ok(body) if body.is_live(now) => holds.push(Hold {
+                key: object.key.clone(),
+                backup_id: body
+                    .backup_id
+                    .clone()
+                    .unwrap_or_else(|| backup_id.to_string()),
+                body: Some(body),
+            }),
+            Ok(_) => {}
+            Err(_) => {
+                if object.last_modified.is_none_or(|t| t + ttl() > now) {
+                    holds.push(Hold {
+                        key: object.key.clone(),
+                        backup_id: backup_id.to_string(),
+                        body: None,
+                    });
+                }
+            }
+        }
+    }
+    Ok(holds)
+}
+
+/// Takes a hold on a backup a restore or drill is about to read. A hold
+/// that cannot be written (read-only credentials on a recovery host) does
+/// not stop the job: it is logged, and the job runs unprotected from a
+/// concurrent prune.
+pub async fn hold_backup(
+    repo: &super::Repo,
+    policy: &str,
+    backup_id: &str,
+    job: &str,
+) -> Option<Lease> {
+    match Lease::hold(repo.store.clone(), policy, backup_id, job).await {
+        Ok(hold) => {
+            // A prune may have deleted it between the listing and the hold.
+            if let Err(e) = repo
+                .store
+                .head(&super::manifest_key(policy, backup_id), None)
+                .await
+                && e.is_not_found()
+            {
+                tracing::warn!(policy, backup = %backup_id, "The backup was pruned just now; reading it may fail.");
+            }
+            Some(hold)
+        }
+        Err(e) => {
+            tracing::warn!(policy, backup = %backup_id, error = %e, "Could not write a hold on the backup; a prune running now could remove it.");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+
+    #[tokio::test]
+    async fn holds_are_listed_while_held_and_gone_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        let a = Lease::hold(store.clone(), "etc", "20261127T010000Z-aa", "restore")
+            .await
+            .unwrap();
+        let b = Lease::hold(store.clone(), "etc", "20261127T010000Z-aa", "drill")
+            .await
+            .unwrap();
+        // Another policy's holds and its lease are not this policy's.
+        let other = Lease::hold(store.clone(), "etc2", "20261127T010000Z-bb", "restore")
+            .await
+            .unwrap();
+        let lease = Lease::acquire(store.clone(), "etc", "backup")
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let holds = list_holds(store.as_ref(), "etc", now).await.unwrap();
+        assert_eq!(holds.len(), 2);
+        assert!(holds.iter().all(|h| h.backup_id == "20261127T010000Z-aa"));
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let mut described: Vec<String> = holds.iter().map(Hold::describe).collect();
+        described.sort();
+        assert_eq!(
+            described,
+            [
+                format!("held by drill on {host}"),
+                format!("held by restore on {host}")
+            ]
+        );
+        // Expired by the time prune looks: ignored.
+        let later = now + Duration::seconds(DEFAULT_TTL_SECONDS + 60);
+        assert!(
+            list_holds(store.as_ref(), "etc", later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        a.release().await;
+        b.release().await;
+        other.release().await;
+        lease.release().await;
+        assert!(
+            list_holds(store.as_ref(), "etc", Utc::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_hold_counts_until_it_is_older_than_a_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        store
+            .put(
+                "locks/etc@holds/20261127T010000Z-aa.1",
+                Bytes::from_static(b"garbage"),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        let holds = list_holds(store.as_ref(), "etc", Utc::now()).await.unwrap();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds[0].backup_id, "20261127T010000Z-aa");
+        assert!(holds[0].describe().contains("unreadable"));
+        let later = Utc::now() + Duration::seconds(DEFAULT_TTL_SECONDS + 60);
+        assert!(
+            list_holds(store.as_ref(), "etc", later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! backups/<policy>/<backup-id>/fingerprint.json.zst.age   (postgres)
 //! backups/<policy>/<backup-id>/manifest.json   written last
 //! locks/<policy>                               lease
+//! locks/<policy>@holds/<backup-id>.<unique>    a restore or drill reading that backup
 //! ```
 
 pub mod catalog;
@@ -40,6 +41,12 @@ pub fn manifest_key(policy: &str, id: &str) -> String {
 
 pub fn lock_key(policy: &str) -> String {
     format!("locks/{policy}")
+}
+
+/// Where holds on a policy's backups live. ('@' cannot be in a policy name,
+/// so this never collides with another policy's lease, as `.holds` could.)
+pub fn holds_prefix(policy: &str) -> String {
+    format!("locks/{policy}@holds/")
 }
 
 /// A fresh, time-sortable backup id: `20261127T012000Z-9f3a1c2e`. The random

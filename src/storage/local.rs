@@ -298,6 +298,14 @@ impl Store for LocalStore {
             object_lock: None,
         })
     }
+
+    async fn list_versions(
+        &self,
+        _prefix: &str,
+    ) -> Result<Vec<crate::storage::ObjectVersion>, StorageError> {
+        // A deleted file is gone: a local repository keeps no versions.
+        Ok(Vec::new())
+    }
 }
 
 struct LocalUpload {

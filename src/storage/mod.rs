@@ -97,6 +97,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's versioning and Object Lock settings, for reports.
     async fn protection(&self) -> Result<Protection, StorageError>;
+
+    /// Every version and delete marker under `prefix`, by key, newest first
+    /// within a key (S3 ListObjectVersions). A store without versions (a
+    /// local directory) has none and answers an empty list.
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StorageError>;
+}
+
+/// One version of an object, or a delete marker, in a versioned store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub version_id: String,
+    pub is_latest: bool,
+    pub is_delete_marker: bool,
+    pub last_modified: Option<DateTime<Utc>>,
+    pub size: u64,
 }
 
 /// A large object being written in parts. Nothing is visible at the key until

@@ -468,6 +468,66 @@ impl Store for S3Store {
             object_lock: lock,
         })
     }
+
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<super::ObjectVersion>, StorageError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix))
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.err("ListObjectVersions", prefix, &e))?;
+            for v in page.versions() {
+                let (Some(k), Some(id)) = (v.key(), real_version(v.version_id.clone())) else {
+                    continue;
+                };
+                out.push(super::ObjectVersion {
+                    key: self.relative_key(k).to_string(),
+                    version_id: id,
+                    is_latest: v.is_latest.unwrap_or(false),
+                    is_delete_marker: false,
+                    last_modified: to_utc(v.last_modified.as_ref()),
+                    size: v.size.unwrap_or(0).max(0) as u64,
+                });
+            }
+            for m in page.delete_markers() {
+                let (Some(k), Some(id)) = (m.key(), real_version(m.version_id.clone())) else {
+                    continue;
+                };
+                out.push(super::ObjectVersion {
+                    key: self.relative_key(k).to_string(),
+                    version_id: id,
+                    is_latest: m.is_latest.unwrap_or(false),
+                    is_delete_marker: true,
+                    last_modified: to_utc(m.last_modified.as_ref()),
+                    size: 0,
+                });
+            }
+            if page.is_truncated != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker.clone();
+            version_marker = page.next_version_id_marker.clone();
+            if key_marker.is_none() && version_marker.is_none() {
+                break;
+            }
+        }
+        // Newest first within a key; the latest (current object or delete
+        // marker) leads even when two versions share a second.
+        out.sort_by(|a, b| {
+            a.key
+                .cmp(&b.key)
+                .then(b.is_latest.cmp(&a.is_latest))
+                .then(b.last_modified.cmp(&a.last_modified))
+        });
+        Ok(out)
+    }
 }
 
 /// The versioning status in a GetBucketVersioning answer whose root element

@@ -1,0 +1,259 @@
+//! `prune [POLICY] [--dry-run]` and `list --deleted`: the plan first (keep
+//! or forget per backup, and the rule that keeps it), then what was done.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Ctx;
+use super::inspect::selected;
+use crate::error::{Error, Result};
+use crate::prune::{self as job, PruneOptions, PruneReport};
+use crate::repo::catalog;
+use crate::retention::Action;
+
+pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()> {
+    let config = ctx.config()?;
+    let policies = selected(&config, policy)?;
+    let repo = ctx.repo(&config).await?;
+    let json = ctx.cli.json;
+    let opts = PruneOptions {
+        dry_run,
+        on_plan: (!json).then(|| Arc::new(print_plan) as job::PlanCallback),
+        cancel: ctx.cancel.clone(),
+        ..PruneOptions::default()
+    };
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    for p in &policies {
+        match job::prune(&repo, p, &opts).await {
+            Ok(report) => {
+                if !json {
+                    print_outcome(&report);
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                let stop = matches!(e, Error::Interrupted(_));
+                // With one policy the error line from main says it all.
+                if !json && policies.len() > 1 {
+                    eprintln!("{}: prune FAILED: {e}", p.name);
+                }
+                errors.push((p.name.clone(), e));
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    if json {
+        ctx.print_json(&serde_json::json!({
+            "dry_run": dry_run,
+            "reports": reports,
+            "errors": errors.iter().map(|(p, e)| serde_json::json!({"policy": p, "error": e.to_string()})).collect::<Vec<_>>(),
+        }));
+    }
+    match errors.into_iter().next() {
+        None => Ok(()),
+        Some((_, e)) => Err(e),
+    }
+}
+
+fn print_plan(r: &PruneReport) {
+    println!(
+        "Prune plan for {} ({}) in {}{}:",
+        r.policy,
+        r.rules,
+        r.location,
+        if r.dry_run { ", dry run" } else { "" }
+    );
+    if r.backups.is_empty() {
+        println!("  no backups");
+    } else {
+        println!(
+            "  {:<27} {:<20} {:<7} WHY",
+            "ID", "POINT IN TIME (UTC)", "ACTION"
+        );
+    }
+    for b in &r.backups {
+        println!(
+            "  {:<27} {:<20} {:<7} {}",
+            b.id,
+            b.point_in_time.format("%Y-%m-%d %H:%M:%S"),
+            match b.action {
+                Action::Keep => "keep",
+                Action::Forget => "forget",
+            },
+            b.reasons.join(", ")
+        );
+    }
+    for d in &r.damaged {
+        println!(
+            "  DAMAGED {}: {} (left alone; never counted as the newest good backup)",
+            d.key, d.reason
+        );
+    }
+    for l in &r.leftovers {
+        println!(
+            "  leftover of a failed backup {} ({} object{}{}): {}",
+            l.id,
+            l.objects.len(),
+            if l.objects.len() == 1 { "" } else { "s" },
+            l.newest_object_at
+                .map(|t| format!(", newest {}", t.format("%Y-%m-%d %H:%M:%S")))
+                .unwrap_or_default(),
+            match l.outcome.as_str() {
+                "too recent" => "keep (younger than a day; a job may still be writing it)",
+                "delete" => "delete",
+                other => other,
+            }
+        );
+    }
+}
+
+fn print_outcome(r: &PruneReport) {
+    if r.dry_run {
+        println!(
+            "Dry run: nothing was deleted ({} backup{} would be).",
+            r.backups
+                .iter()
+                .filter(|b| b.action == Action::Forget)
+                .count(),
+            plural(
+                r.backups
+                    .iter()
+                    .filter(|b| b.action == Action::Forget)
+                    .count()
+            )
+        );
+        return;
+    }
+    let kept = r
+        .backups
+        .iter()
+        .filter(|b| b.action == Action::Keep)
+        .count();
+    let leftovers = r
+        .leftovers
+        .iter()
+        .filter(|l| l.outcome == "deleted")
+        .count();
+    println!(
+        "{}: deleted {} backup{}, kept {kept}{}{}.",
+        r.policy,
+        r.deleted.len(),
+        plural(r.deleted.len()),
+        if r.held.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} held by a running restore or drill)", r.held.len())
+        },
+        if leftovers == 0 {
+            String::new()
+        } else {
+            format!(", removed {leftovers} leftover{}", plural(leftovers))
+        }
+    );
+    for x in &r.retained {
+        println!("  retained {}: {}", x.key, x.reason);
+    }
+    if !r.deleted.is_empty() && r.versioning.as_deref() == Some("Enabled") {
+        println!(
+            "  The bucket is versioned: the deletes left delete markers. Until the lifecycle rule expires noncurrent versions, `drctl list --deleted {}` shows them and `drctl restore {} --backup ID` restores one.",
+            r.policy, r.policy
+        );
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[derive(Serialize)]
+struct DeletedRow<'a> {
+    policy: &'a str,
+    id: &'a str,
+    point_in_time: chrono::DateTime<chrono::Utc>,
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    manifest_version_id: &'a str,
+    restorable: bool,
+    missing: &'a [String],
+}
+
+pub async fn list_deleted(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
+    let config = ctx.config()?;
+    let policies = selected(&config, policy)?;
+    let repo = ctx.repo(&config).await?;
+    let protection = repo.store.protection().await?;
+    let mut found = Vec::new();
+    for p in &policies {
+        let (deleted, damaged) = catalog::load_deleted(&repo, &p.name).await?;
+        for (key, reason) in damaged {
+            eprintln!("warning: a deleted manifest cannot be read: {key}: {reason}");
+        }
+        found.push((p.name.clone(), deleted));
+    }
+    let note = if !protection.applicable {
+        Some(format!(
+            "{} is a local directory: it keeps no versions, so pruned backups are gone",
+            repo.store.location()
+        ))
+    } else if protection.versioning.is_none() {
+        Some(format!(
+            "versioning was never enabled on {}: pruned backups are gone",
+            repo.store.location()
+        ))
+    } else {
+        None
+    };
+    if ctx.cli.json {
+        let rows: Vec<DeletedRow> = found
+            .iter()
+            .flat_map(|(_, d)| d.iter())
+            .map(|d| DeletedRow {
+                policy: &d.manifest.policy,
+                id: &d.manifest.id,
+                point_in_time: d.manifest.point_in_time,
+                deleted_at: d.deleted_at,
+                manifest_version_id: &d.manifest_version_id,
+                restorable: d.missing.is_empty(),
+                missing: &d.missing,
+            })
+            .collect();
+        ctx.print_json(&serde_json::json!({ "deleted": rows, "versioning": protection.versioning, "note": note }));
+        return Ok(());
+    }
+    if let Some(n) = &note {
+        eprintln!("note: {n}");
+    }
+    for (name, deleted) in &found {
+        println!(
+            "{name}: {} pruned backup{} still in the bucket",
+            deleted.len(),
+            plural(deleted.len())
+        );
+        if !deleted.is_empty() {
+            println!(
+                "  {:<27} {:<20} {:<20} {:<34} RESTORABLE",
+                "ID", "POINT IN TIME (UTC)", "DELETED (UTC)", "MANIFEST VERSION"
+            );
+        }
+        for d in deleted {
+            println!(
+                "  {:<27} {:<20} {:<20} {:<34} {}",
+                d.manifest.id,
+                d.manifest.point_in_time.format("%Y-%m-%d %H:%M:%S"),
+                d.deleted_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                d.manifest_version_id,
+                if d.missing.is_empty() {
+                    "yes".to_string()
+                } else {
+                    format!("no (expired: {})", d.missing.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
+}
