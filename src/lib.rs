@@ -21,8 +21,12 @@
 //! - [`drill`]: restore drills and their hash-chained records.
 //! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
+//! - [`bucket`] and [`archive`]: pure logic of the bucket settings `repo
+//!   apply` keeps in shape, and of retrieving archived (Glacier) objects.
 
+pub mod archive;
 pub mod backup;
+pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod drill;

@@ -5,6 +5,7 @@ mod backup;
 mod drill;
 mod inspect;
 mod report;
+mod repo;
 mod restore;
 
 use std::path::PathBuf;
@@ -98,6 +99,11 @@ pub enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// The bucket's versioning, lifecycle rules and Object Lock defaults.
+    Repo {
+        #[command(subcommand)]
+        command: repo::RepoCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +146,7 @@ impl ExitCode {
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
+            Error::Archived(_) => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
                 ExitCode::Unavailable
             }
@@ -210,6 +217,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Verify { policy, read_data } => {
             inspect::verify(&ctx, policy.as_deref(), *read_data).await
         }
+        Command::Repo { command } => repo::run(&ctx, command).await,
     }
 }
 

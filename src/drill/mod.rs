@@ -241,6 +241,23 @@ async fn drill_steps(
     record.backup_point_in_time = Some(manifest.point_in_time);
     step(record, "choose backup", t, true);
 
+    // An archived backup cannot be read; say so, as restore would, rather
+    // than fail half-way. A drill never starts a (billed) retrieval.
+    let t = std::time::Instant::now();
+    let objects: Vec<_> = manifest.objects().collect();
+    if let Err(e) = crate::restore::thaw(
+        repo,
+        manifest,
+        &objects,
+        &crate::restore::ThawOptions::check_only(),
+        &mut |_| {},
+    )
+    .await
+    {
+        step(record, "check storage class", t, false);
+        return Err(e);
+    }
+
     let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;
     match &policy.source {
         SourceConfig::Postgres {

@@ -7,6 +7,7 @@
 //! [`PutMode::Create`], which is a conditional put on S3 and an exclusive
 //! link on a local directory.
 
+pub mod admin;
 pub mod local;
 pub mod s3;
 
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RepositoryConfig;
 use crate::error::StorageError;
+pub use admin::BucketAdmin;
 
 /// What a write requires of the object already at the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,11 +94,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
-    /// Starts writing a large object that must not exist yet.
+    /// Starts writing a large object that must not exist yet. These are the
+    /// backup data objects: S3 tags them (`bucket::DATA_TAG_KEY`) so that
+    /// the archive lifecycle rule moves them and nothing else.
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
 
     /// The store's versioning and Object Lock settings, for reports.
     async fn protection(&self) -> Result<Protection, StorageError>;
+
+    /// Bucket settings and archive retrieval; `None` for a store that is
+    /// not an S3 bucket.
+    fn bucket(&self) -> Option<&dyn BucketAdmin> {
+        None
+    }
 }
 
 /// A large object being written in parts. Nothing is visible at the key until
