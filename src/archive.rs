@@ -176,7 +176,12 @@ mod tests {
 
     #[test]
     fn only_glacier_and_deep_archive_need_a_retrieval() {
-        for class in [None, Some("STANDARD"), Some("GLACIER_IR"), Some("STANDARD_IA")] {
+        for class in [
+            None,
+            Some("STANDARD"),
+            Some("GLACIER_IR"),
+            Some("STANDARD_IA"),
+        ] {
             assert!(!needs_retrieval(class), "{class:?}");
         }
         assert!(needs_retrieval(Some("GLACIER")));
@@ -214,6 +219,11 @@ mod tests {
         let err = typical_time("DEEP_ARCHIVE", Tier::Expedited).unwrap_err();
         assert!(err.contains("not available for DEEP_ARCHIVE"), "{err}");
         assert_eq!("Bulk".parse::<Tier>(), Ok(Tier::Bulk));
-        assert!("fast".parse::<Tier>().unwrap_err().contains("bulk, standard or expedited"));
+        assert!(
+            "fast"
+                .parse::<Tier>()
+                .unwrap_err()
+                .contains("bulk, standard or expedited")
+        );
     }
 }

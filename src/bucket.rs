@@ -93,7 +93,11 @@ impl Rule {
         }
         let mut actions = Vec::new();
         if let Some(t) = &self.transition {
-            actions.push(format!("move to {} after {}", t.storage_class, days(t.days)));
+            actions.push(format!(
+                "move to {} after {}",
+                t.storage_class,
+                days(t.days)
+            ));
         }
         if let Some(d) = self.noncurrent_expire_days {
             actions.push(format!(
@@ -365,7 +369,9 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Result<Plan, PlanError> {
     }
     let comparison = compare(desired, actual);
     let changes: Vec<Setting> = comparison.drifted().into_iter().cloned().collect();
-    let rules_drift = changes.iter().any(|s| s.name.starts_with("lifecycle rule "));
+    let rules_drift = changes
+        .iter()
+        .any(|s| s.name.starts_with("lifecycle rule "));
     let lock_drift = changes.iter().any(|s| s.name == "object lock");
     Ok(Plan {
         enable_versioning: actual.versioning.as_deref() != Some("Enabled"),
@@ -428,7 +434,11 @@ mod tests {
     fn defaults_without_a_lifecycle_section() {
         let d = desired(&Lifecycle::default(), "");
         let ids: Vec<&str> = d.rules.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, [RULE_ABORT, RULE_NONCURRENT], "no archiving unless asked");
+        assert_eq!(
+            ids,
+            [RULE_ABORT, RULE_NONCURRENT],
+            "no archiving unless asked"
+        );
         assert!(d.rules.iter().all(|r| r.prefix.is_empty()));
         assert_eq!(
             d.rules[1].noncurrent_expire_days,
@@ -482,7 +492,9 @@ mod tests {
         let mut actual = matching(&d);
         actual.rules[2].noncurrent_expire_days = Some(99);
         let mut foreign = Rule::new("logs-expiry", "logs/".into());
-        foreign.other.push("expire current versions after 7 days".into());
+        foreign
+            .other
+            .push("expire current versions after 7 days".into());
         actual.rules.push(foreign);
         let c = compare(&d, &actual);
         let drift: Vec<&str> = c.drifted().iter().map(|s| s.name.as_str()).collect();
@@ -491,7 +503,11 @@ mod tests {
         assert_eq!(c.other_rules.len(), 1);
         assert!(c.other_rules[0].starts_with("logs-expiry: objects under `logs/`"));
         let p = plan(&d, &actual).unwrap();
-        assert_eq!(p.lifecycle.as_ref(), Some(&d.rules), "only drctl's rules are written");
+        assert_eq!(
+            p.lifecycle.as_ref(),
+            Some(&d.rules),
+            "only drctl's rules are written"
+        );
         assert!(!p.enable_versioning);
     }
 
@@ -499,7 +515,9 @@ mod tests {
     fn extra_actions_on_an_owned_rule_are_drift() {
         let d = desired(&lifecycle(), "drctl");
         let mut actual = matching(&d);
-        actual.rules[0].other.push("expire current versions after 1 day".into());
+        actual.rules[0]
+            .other
+            .push("expire current versions after 1 day".into());
         assert!(plan(&d, &actual).unwrap().lifecycle.is_some());
         let mut actual = matching(&d);
         actual.rules[0].enabled = false;
@@ -521,10 +539,7 @@ mod tests {
         let p = plan(&without_archive, &actual).unwrap();
         assert_eq!(p.lifecycle.as_ref(), Some(&without_archive.rules));
         assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
-        assert_eq!(
-            p.changes[0].name,
-            format!("lifecycle rule {RULE_ARCHIVE}")
-        );
+        assert_eq!(p.changes[0].name, format!("lifecycle rule {RULE_ARCHIVE}"));
         assert!(p.changes[0].desired.starts_with("absent"));
     }
 
@@ -535,7 +550,11 @@ mod tests {
         l.object_lock_days = Some(7);
         let d = desired(&l, "drctl");
         let err = plan(&d, &matching(&d)).unwrap_err();
-        assert!(err.to_string().contains("create the bucket with Object Lock"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("create the bucket with Object Lock"),
+            "{err}"
+        );
 
         let mut actual = matching(&d);
         actual.object_lock = ObjectLock::Enabled(None);

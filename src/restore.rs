@@ -839,7 +839,7 @@ pub async fn thaw(
         return Ok(());
     }
     let summary = format!(
-        "{backup} is archived; S3 RestoreObject, {} tier, copy kept {} day{} (typically {times}):\n{}",
+        "{backup} is archived; retrieval from S3 (RestoreObject, {} tier, copy kept {} day{}; typically {times}):\n{}",
         opts.tier,
         opts.days,
         if opts.days == 1 { "" } else { "s" },
@@ -881,8 +881,10 @@ pub async fn thaw(
                     "stopped waiting for the retrieval; it goes on at S3, and the same command run later picks it up".into(),
                 ));
             }
-            tokio::time::sleep(POLL_STEP.min(until.saturating_duration_since(std::time::Instant::now())))
-                .await;
+            tokio::time::sleep(
+                POLL_STEP.min(until.saturating_duration_since(std::time::Instant::now())),
+            )
+            .await;
         }
     }
 }

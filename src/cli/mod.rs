@@ -4,8 +4,8 @@
 mod backup;
 mod drill;
 mod inspect;
-mod report;
 mod repo;
+mod report;
 mod restore;
 
 use std::path::PathBuf;

@@ -65,7 +65,7 @@ fn status(ctx: &Ctx, location: &str, c: &Comparison) -> Result<()> {
     } else {
         println!("Bucket settings of {location}:");
         for s in &c.settings {
-            print_setting(s);
+            print_setting(s, "DRIFT");
         }
         print_others(&c.other_rules);
         match drifted.len() {
@@ -86,21 +86,18 @@ fn status(ctx: &Ctx, location: &str, c: &Comparison) -> Result<()> {
     }
 }
 
-fn print_setting(s: &Setting) {
-    println!(
-        "  {} {}",
-        if s.drift { "DRIFT" } else { "ok   " },
-        s.name
-    );
-    println!("        desired: {}", s.desired);
-    println!("        actual:  {}", s.actual);
+/// `label` marks a setting that differs: DRIFT in a status, CHANGE in a plan.
+fn print_setting(s: &Setting, label: &str) {
+    println!("  {:<6} {}", if s.drift { label } else { "ok" }, s.name);
+    println!("         desired: {}", s.desired);
+    println!("         actual:  {}", s.actual);
 }
 
 fn print_others(others: &[String]) {
     if !others.is_empty() {
         println!("  Lifecycle rules not managed by drctl (kept as they are):");
         for o in others {
-            println!("        {o}");
+            println!("         {o}");
         }
     }
 }
@@ -113,9 +110,8 @@ async fn apply(
     actual: &bucket::Actual,
     dry_run: bool,
 ) -> Result<()> {
-    let plan = bucket::plan(desired, actual).map_err(|e| {
-        Error::Refused(format!("bucket `{}`: {e}", admin.bucket_name()))
-    })?;
+    let plan = bucket::plan(desired, actual)
+        .map_err(|e| Error::Refused(format!("bucket `{}`: {e}", admin.bucket_name())))?;
     let others = bucket::compare(desired, actual).other_rules;
     // The plan goes out before anything is changed.
     if !ctx.cli.json {
@@ -127,10 +123,14 @@ async fn apply(
                 if dry_run { " (dry run)" } else { "" }
             );
             for s in &plan.changes {
-                print_setting(s);
+                print_setting(s, "CHANGE");
             }
             print_others(&others);
-            if plan.retention.as_ref().is_some_and(|r| r.mode == "COMPLIANCE") {
+            if plan
+                .retention
+                .as_ref()
+                .is_some_and(|r| r.mode == "COMPLIANCE")
+            {
                 println!(
                     "  Note: COMPLIANCE retention cannot be shortened or removed for objects written under it, by anyone, including the account's root user."
                 );

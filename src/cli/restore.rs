@@ -246,7 +246,10 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             .archive_tier
             .or(config.lifecycle.restore_tier)
             .unwrap_or_default(),
-        days: config.lifecycle.restore_days.unwrap_or(DEFAULT_RESTORE_DAYS),
+        days: config
+            .lifecycle
+            .restore_days
+            .unwrap_or(DEFAULT_RESTORE_DAYS),
         wait: args.wait,
         poll,
         cancel: ctx.cancel.clone(),

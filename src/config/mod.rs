@@ -451,14 +451,16 @@ fn lifecycle_problems(l: &Lifecycle) -> Vec<String> {
     match (&l.object_lock_mode, l.object_lock_days) {
         (Some(_), None) => problems
             .push("`object_lock_mode` needs `object_lock_days` (the default retention)".into()),
-        (None, Some(_)) => problems.push(
-            "`object_lock_days` needs `object_lock_mode` (GOVERNANCE or COMPLIANCE)".into(),
-        ),
+        (None, Some(_)) => problems
+            .push("`object_lock_days` needs `object_lock_mode` (GOVERNANCE or COMPLIANCE)".into()),
         _ => {}
     }
     for (key, value) in [
         ("noncurrent_expire_days", l.noncurrent_expire_days),
-        ("abort_incomplete_upload_days", l.abort_incomplete_upload_days),
+        (
+            "abort_incomplete_upload_days",
+            l.abort_incomplete_upload_days,
+        ),
         ("object_lock_days", l.object_lock_days),
         ("restore_days", l.restore_days),
     ] {

@@ -195,3 +195,18 @@ pub async fn upload_stream(
     }
     upload.complete().await
 }
+
+/// Writes a small backup data object (a fingerprint) the way large ones are
+/// written, through an [`Upload`], so that it is stored, and on S3 tagged,
+/// as backup data. Fails if the key exists.
+///
+/// # Errors
+/// The store's; the upload has been aborted by then.
+pub async fn put_data(store: &dyn Store, key: &str, body: Bytes) -> Result<Stored, StorageError> {
+    let mut upload = store.create_upload(key).await?;
+    if let Err(e) = upload.put_part(body).await {
+        let _ = upload.abort().await;
+        return Err(e);
+    }
+    upload.complete().await
+}

@@ -294,7 +294,10 @@ pub(super) fn rule_from_sdk(r: &LifecycleRule) -> Rule {
                 );
                 (
                     f.prefix.clone().or_else(|| r.prefix.clone()),
-                    f.tag.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
+                    f.tag
+                        .iter()
+                        .map(|t| (t.key.clone(), t.value.clone()))
+                        .collect(),
                 )
             }
         },
@@ -475,6 +478,9 @@ mod tests {
                 "only objects larger than 1024 bytes"
             ]
         );
-        assert!(rule_to_sdk(&r).is_err(), "drctl never writes what it cannot model");
+        assert!(
+            rule_to_sdk(&r).is_err(),
+            "drctl never writes what it cannot model"
+        );
     }
 }
