@@ -859,8 +859,23 @@ pub async fn thaw(
                 .archive_state(&record.key, record.version_id.as_deref())
                 .await
                 .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?;
-            if state.next() != Next::Read {
-                left += 1;
+            match state.next() {
+                Next::Read => {}
+                Next::Wait => left += 1,
+                // The retrieved copy expired, or the request was lost: ask
+                // again rather than wait for nothing.
+                Next::Request => {
+                    admin
+                        .request_retrieval(
+                            &record.key,
+                            record.version_id.as_deref(),
+                            opts.tier,
+                            opts.days,
+                        )
+                        .await
+                        .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?;
+                    left += 1;
+                }
             }
         }
         let elapsed = human_duration(chrono::Duration::seconds(started.elapsed().as_secs() as i64));

@@ -7,8 +7,8 @@
 //! `--storage-class GLACIER` (tags are copied). On a versioned bucket that
 //! makes a new version and the manifest would still name the old, readable
 //! one; those tests use an unversioned bucket. moto completes a
-//! RestoreObject at once, so "in progress" is covered by unit tests of
-//! `archive` only.
+//! RestoreObject at once, so for "in progress" a small proxy in front of it
+//! rewrites HEAD answers (bottom of the file).
 
 mod common;
 
@@ -663,4 +663,206 @@ fn expedited_is_refused_for_deep_archive_and_nothing_is_requested() {
         "{err}"
     );
     assert!(!into.exists());
+}
+
+// ---------------------------------------------------------------------------
+// A retrieval in progress. moto finishes a RestoreObject at once, so a small
+// proxy in front of it answers HEADs of archived objects with
+// `x-amz-restore: ongoing-request="true"` a set number of times, and counts
+// the RestoreObject requests (POST ?restore) that pass through.
+// ---------------------------------------------------------------------------
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    hyper::body::Incoming,
+>;
+
+#[derive(Default)]
+struct RetrievalState {
+    /// HEADs of archived objects still to be answered "in progress".
+    in_progress_heads: std::sync::atomic::AtomicU64,
+    restore_requests: std::sync::atomic::AtomicU64,
+}
+
+struct RetrievalProxy {
+    port: u16,
+    state: std::sync::Arc<RetrievalState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RetrievalProxy {
+    fn start(upstream: String) -> RetrievalProxy {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let state = std::sync::Arc::new(RetrievalState::default());
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = state.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let client: UpstreamClient = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http();
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let (state, client, upstream) = (shared.clone(), client.clone(), upstream.clone());
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(move |request| {
+                                    forward(request, state.clone(), client.clone(), upstream.clone())
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        RetrievalProxy {
+            port,
+            state,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn answer_in_progress(&self, heads: u64) {
+        self.state
+            .in_progress_heads
+            .store(heads, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore_requests(&self) -> u64 {
+        self.state
+            .restore_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RetrievalProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn forward(
+    request: hyper::Request<hyper::body::Incoming>,
+    state: std::sync::Arc<RetrievalState>,
+    client: UpstreamClient,
+    upstream: String,
+) -> Result<hyper::Response<ProxyBody>, BoxError> {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let is_head = request.method() == hyper::Method::HEAD;
+    if request.method() == hyper::Method::POST
+        && request.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "restore" || p.starts_with("restore="))
+        })
+    {
+        state.restore_requests.fetch_add(1, SeqCst);
+    }
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = format!("{upstream}{path_and_query}").parse()?;
+    parts.version = hyper::Version::HTTP_11;
+    let mut response = client
+        .request(hyper::Request::from_parts(parts, body))
+        .await?;
+    let archived = response
+        .headers()
+        .get("x-amz-storage-class")
+        .is_some_and(|c| c == "GLACIER" || c == "DEEP_ARCHIVE");
+    if is_head
+        && archived
+        && state
+            .in_progress_heads
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        response.headers_mut().insert(
+            "x-amz-restore",
+            hyper::header::HeaderValue::from_static("ongoing-request=\"true\""),
+        );
+    }
+    Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+}
+
+#[test]
+fn a_retrieval_in_progress_is_waited_for_and_never_asked_for_twice() {
+    let bucket = unique_bucket_name("bucket-ongoing");
+    block_on(server().create_bucket(&bucket, false));
+    let proxy = RetrievalProxy::start(server().endpoint());
+    let mut ws = Workspace::new(Backend::S3 {
+        endpoint: proxy.endpoint(),
+        bucket: bucket.clone(),
+    });
+    ws.set_env("DRCTL_ARCHIVE_POLL_SECONDS", "0.2");
+    let src = files_policy(&ws, false);
+    let id = ws.backup("etc");
+    let archived = archive(&bucket, &id, "GLACIER");
+    let data = archived.iter().find(|k| k.contains("/data.")).unwrap();
+
+    // Someone asked for the retrieval before (straight to S3); it is not
+    // done yet as far as HEAD says.
+    aws_json(&[
+        "s3api",
+        "restore-object",
+        "--bucket",
+        &bucket,
+        "--key",
+        data,
+        "--restore-request",
+        "{\"Days\":1,\"GlacierJobParameters\":{\"Tier\":\"Standard\"}}",
+    ]);
+    proxy.answer_in_progress(1000);
+    let into = ws.path().join("restored");
+    let into_arg = into.to_str().unwrap();
+    let err = ws.fails(&["restore", "etc", "--to", "latest", "--into", into_arg], 5);
+    assert!(
+        err.contains(&format!(
+            "`s3://{bucket}/{data}` (GLACIER): asked for earlier, still in progress (not asked again)"
+        )),
+        "{err}"
+    );
+    assert_eq!(proxy.restore_requests(), 0, "no second RestoreObject");
+    assert!(!into.exists());
+
+    // Two more answers "in progress", then done: --wait waits, then restores.
+    proxy.answer_in_progress(2);
+    let out = ws.run(&[
+        "restore", "etc", "--to", "latest", "--into", into_arg, "--wait",
+    ]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Waiting for 1 of 1 object to be retrieved from GLACIER")
+            && err.contains("Retrieved after"),
+        "{err}"
+    );
+    assert_eq!(proxy.restore_requests(), 0, "no second RestoreObject");
+    same_tree(src.path(), &into);
 }
