@@ -866,3 +866,24 @@ fn a_retrieval_in_progress_is_waited_for_and_never_asked_for_twice() {
     assert_eq!(proxy.restore_requests(), 0, "no second RestoreObject");
     same_tree(src.path(), &into);
 }
+
+#[test]
+fn a_missing_bucket_is_named_and_nothing_is_created() {
+    let bucket = unique_bucket_name("bucket-gone");
+    let ws = workspace(&bucket, false, "");
+    let path = ws.path().join("drctl.toml");
+    let missing = unique_bucket_name("bucket-missing");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&bucket, &missing);
+    std::fs::write(&path, text).unwrap();
+    for args in [&["repo", "status"][..], &["repo", "apply"]] {
+        let err = ws.fails(args, 1);
+        assert!(
+            err.contains(&format!("bucket `{missing}` does not exist")),
+            "{args:?}: {err}"
+        );
+    }
+    let buckets = aws_json(&["s3api", "list-buckets"]);
+    assert!(!buckets.to_string().contains(&missing), "{buckets}");
+}
