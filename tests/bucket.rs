@@ -311,6 +311,18 @@ fn object_lock_default_retention_on_an_object_lock_bucket() {
     assert!(ws.ok(&["repo", "apply"]).contains("nothing to change"));
     assert_eq!(setting_writes(&bucket), writes);
     ws.ok(&["repo", "status"]);
+
+    // Writes under a default retention need a checksum header (moto checks
+    // it as S3 does): a backup, its lease and its manifest still go in.
+    ws.ok(&["init"]);
+    let _src = files_policy(&ws, false);
+    let id = ws.backup("etc");
+    let data = backup_keys(&bucket)
+        .into_iter()
+        .find(|k| k.contains(&id) && k.contains("/data."))
+        .unwrap();
+    let head = aws_json(&["s3api", "head-object", "--bucket", &bucket, "--key", &data]);
+    assert_eq!(head["ObjectLockMode"], "GOVERNANCE", "{head}");
 }
 
 #[test]
