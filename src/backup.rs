@@ -190,10 +190,10 @@ async fn run_locked(
             let key = format!("{dir}fingerprint.json.zst.age");
             let (sealed, digests) = pipeline::seal_bytes(&recipients, level, &json)
                 .map_err(|e| Error::io("sealing the fingerprint", e))?;
-            let stored = repo
-                .store
-                .put(&key, Bytes::from(sealed), PutMode::Create)
-                .await?;
+            // As data, not with `put`: on S3 it gets the data tag, so the
+            // archive lifecycle rule moves it with the dump it belongs to.
+            let stored =
+                crate::storage::put_data(repo.store.as_ref(), &key, Bytes::from(sealed)).await?;
             confirm(repo, &key, &stored, &digests).await?;
             Some(ObjectRecord {
                 key,

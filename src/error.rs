@@ -143,6 +143,18 @@ pub enum Error {
     /// edited or removed. Each problem names the record.
     #[error("drill records were altered or removed:\n{}", .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     ChainBroken { problems: Vec<String> },
+
+    /// Objects a job needs are in an archive storage class (GLACIER,
+    /// DEEP_ARCHIVE) and not retrieved yet. Trying again later works.
+    #[error("{0}")]
+    Archived(String),
+
+    /// `repo status`: the bucket's settings differ from drctl.toml.
+    #[error("bucket settings of {location} differ from drctl.toml: {}; `drctl repo apply` sets them", .settings.join(", "))]
+    BucketDrift {
+        location: String,
+        settings: Vec<String>,
+    },
 }
 
 impl Error {
@@ -156,7 +168,9 @@ impl Error {
     pub fn persistence(&self) -> Persistence {
         match self {
             Error::Storage(e) if e.kind == StorageErrorKind::Transient => Persistence::Temporary,
-            Error::Locked { .. } | Error::Interrupted(_) => Persistence::Temporary,
+            Error::Locked { .. } | Error::Interrupted(_) | Error::Archived(_) => {
+                Persistence::Temporary
+            }
             _ => Persistence::Permanent,
         }
     }

@@ -25,9 +25,13 @@
 //! - [`daemon`]: the scheduler, `/health` and `/metrics`; [`alert`] sends
 //!   its webhooks.
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
+//! - [`bucket`] and [`archive`]: pure logic of the bucket settings `repo
+//!   apply` keeps in shape, and of retrieving archived (Glacier) objects.
 
 pub mod alert;
+pub mod archive;
 pub mod backup;
+pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod daemon;

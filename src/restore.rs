@@ -8,10 +8,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::archive::{self, Next, Requested, Tier};
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::pipeline::{CHANNEL_CHUNKS, ChannelReader, Digests, Opener, crypto};
 use crate::progress::Meter;
@@ -19,9 +24,12 @@ use crate::repo::Repo;
 use crate::repo::manifest::{Manifest, ObjectRecord};
 use crate::source::dumpscan::DumpPrint;
 use crate::source::{files, fingerprint, postgres, process};
+use crate::timespec::human_duration;
 
 /// Bytes handed to the destination at a time.
 const WRITE_BYTES: usize = 256 * 1024;
+/// How often a wait for an archive retrieval looks at the cancel flag.
+const POLL_STEP: Duration = Duration::from_millis(200);
 
 /// Streams an object's authenticated plaintext into `consume` and checks
 /// both digests against the manifest afterwards.
@@ -100,8 +108,10 @@ fn fetch_error(e: StorageError, object: &str) -> Error {
             object: object.into(),
             reason: "the object is missing from the repository".into(),
         },
-        StorageErrorKind::Archived => Error::Refused(format!(
-            "`{object}` is in an archive storage class and must be restored from it first (S3 RestoreObject)"
+        // `thaw` normally catches this first, with the storage class.
+        StorageErrorKind::Archived => Error::Archived(format!(
+            "`{object}` is in an archive storage class (GLACIER or DEEP_ARCHIVE) and has no retrieved copy; \
+             `drctl restore POLICY --backup ID --wait` asks S3 for one and waits for it"
         )),
         _ => Error::Storage(e),
     }
@@ -619,6 +629,9 @@ pub struct VerifyReport {
     pub id: String,
     pub ok: bool,
     pub problems: Vec<String>,
+    /// Objects not read because they are archived and not retrieved: not a
+    /// problem with the backup, but not verified either.
+    pub archived: Vec<String>,
 }
 
 /// Checks a backup's objects: present and of the recorded size, and with
@@ -629,8 +642,10 @@ pub async fn verify(
     manifest: &Manifest,
 ) -> VerifyReport {
     let mut problems = Vec::new();
+    let mut archived = Vec::new();
     for record in manifest.objects() {
         let object = format!("{}/{}", repo.store.location(), record.key);
+        let mut class = None;
         match repo
             .store
             .head(&record.key, record.version_id.as_deref())
@@ -640,7 +655,7 @@ pub async fn verify(
                 "`{object}`: {} bytes stored, manifest says {}",
                 meta.size, record.digests.size
             )),
-            Ok(_) => {}
+            Ok(meta) => class = meta.storage_class,
             Err(e) if e.is_not_found() => {
                 problems.push(format!("`{object}` is missing"));
                 continue;
@@ -648,6 +663,29 @@ pub async fn verify(
             Err(e) => {
                 problems.push(e.to_string());
                 continue;
+            }
+        }
+        if identities.is_some() && archive::needs_retrieval(class.as_deref()) {
+            let state = match repo.store.bucket() {
+                Some(admin) => admin
+                    .archive_state(&record.key, record.version_id.as_deref())
+                    .await
+                    .map(|s| s.next()),
+                None => Ok(Next::Read),
+            };
+            match state {
+                Ok(Next::Read) => {}
+                Ok(_) => {
+                    archived.push(format!(
+                        "`{object}` ({}, not retrieved)",
+                        class.as_deref().unwrap_or("archived")
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
             }
         }
         if let Some(ids) = identities {
@@ -670,5 +708,198 @@ pub async fn verify(
         id: manifest.id.clone(),
         ok: problems.is_empty(),
         problems,
+        archived,
+    }
+}
+
+/// How to make archived objects readable before a job reads them.
+#[derive(Debug, Clone)]
+pub struct ThawOptions {
+    /// Ask S3 for retrievals; without it, only say what is archived
+    /// (verify and drills never start a billed retrieval).
+    pub request: bool,
+    pub tier: Tier,
+    /// How long a retrieved copy stays readable.
+    pub days: u32,
+    /// Wait until every retrieval is done instead of failing with `Archived`.
+    pub wait: bool,
+    /// Time between HEADs while waiting.
+    pub poll: Duration,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl ThawOptions {
+    /// Reports archived objects without asking for anything.
+    pub fn check_only() -> ThawOptions {
+        ThawOptions {
+            request: false,
+            tier: Tier::default(),
+            days: archive::DEFAULT_RESTORE_DAYS,
+            wait: false,
+            poll: Duration::from_secs(60),
+            cancel: Arc::default(),
+        }
+    }
+}
+
+/// Makes `records` (objects of `manifest`) readable: objects in GLACIER or
+/// DEEP_ARCHIVE without a retrieved copy get a RestoreObject (unless one is
+/// under way already), then either this waits, telling `report` how it
+/// goes, or fails with `Archived` saying what was asked for and how long it
+/// typically takes. A store that is not an S3 bucket has nothing archived.
+///
+/// # Errors
+/// `Archived` (exit 5) when something is not readable yet and `wait` is
+/// off; `Usage` for a tier the storage class does not offer (nothing is
+/// requested then); `Interrupted` when cancelled while waiting; storage
+/// errors of the HEAD and RestoreObject calls.
+pub async fn thaw(
+    repo: &Repo,
+    manifest: &Manifest,
+    records: &[&ObjectRecord],
+    opts: &ThawOptions,
+    report: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let Some(admin) = repo.store.bucket() else {
+        return Ok(());
+    };
+    let location = repo.store.location();
+    let mut pending = Vec::new();
+    for record in records {
+        let state = admin
+            .archive_state(&record.key, record.version_id.as_deref())
+            .await
+            .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?;
+        let next = state.next();
+        if next != Next::Read {
+            let class = state.storage_class.unwrap_or_default();
+            pending.push((*record, class, next));
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let backup = format!("backup {} of `{}`", manifest.id, manifest.policy);
+    let mut classes: Vec<&str> = pending.iter().map(|(_, c, _)| c.as_str()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    if !opts.request {
+        let list: Vec<String> = pending
+            .iter()
+            .map(|(r, class, next)| {
+                format!(
+                    "`{location}/{}` ({class}, {})",
+                    r.key,
+                    match next {
+                        Next::Wait => "retrieval in progress",
+                        _ => "not retrieved",
+                    }
+                )
+            })
+            .collect();
+        return Err(Error::Archived(format!(
+            "{backup} is archived and cannot be read yet: {}. `drctl restore {} --backup {} --wait` asks S3 for a readable copy and waits for it",
+            list.join(", "),
+            manifest.policy,
+            manifest.id
+        )));
+    }
+    let mut times = Vec::new();
+    for class in &classes {
+        let time = archive::typical_time(class, opts.tier)
+            .map_err(|e| Error::Usage(format!("{backup} is in {class}: {e}")))?;
+        times.push(format!("{time} for {class}"));
+    }
+    let times = times.join(", ");
+    const IN_PROGRESS: &str = "asked for earlier, still in progress (not asked again)";
+    let mut lines = Vec::new();
+    let mut all_done = true;
+    for (record, class, next) in &pending {
+        let requested = match next {
+            Next::Wait => Requested::AlreadyInProgress,
+            _ => admin
+                .request_retrieval(
+                    &record.key,
+                    record.version_id.as_deref(),
+                    opts.tier,
+                    opts.days,
+                )
+                .await
+                .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?,
+        };
+        all_done &= requested == Requested::AlreadyDone;
+        let state = match requested {
+            Requested::Started => "retrieval requested now",
+            Requested::AlreadyInProgress => IN_PROGRESS,
+            Requested::AlreadyDone => "already readable",
+        };
+        lines.push(format!("  `{location}/{}` ({class}): {state}", record.key));
+    }
+    if all_done {
+        return Ok(());
+    }
+    let summary = format!(
+        "{backup} is archived; retrieval from S3 (RestoreObject, {} tier, copy kept {} day{}; typically {times}):\n{}",
+        opts.tier,
+        opts.days,
+        if opts.days == 1 { "" } else { "s" },
+        lines.join("\n")
+    );
+    if !opts.wait {
+        return Err(Error::Archived(format!(
+            "{summary}\nNothing was restored. Run the same command again once the retrieval is done, or add --wait to wait for it."
+        )));
+    }
+    report(&summary);
+    let started = std::time::Instant::now();
+    loop {
+        let mut left = 0;
+        for (record, _, _) in &pending {
+            let state = admin
+                .archive_state(&record.key, record.version_id.as_deref())
+                .await
+                .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?;
+            match state.next() {
+                Next::Read => {}
+                Next::Wait => left += 1,
+                // The retrieved copy expired, or the request was lost: ask
+                // again rather than wait for nothing.
+                Next::Request => {
+                    admin
+                        .request_retrieval(
+                            &record.key,
+                            record.version_id.as_deref(),
+                            opts.tier,
+                            opts.days,
+                        )
+                        .await
+                        .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?;
+                    left += 1;
+                }
+            }
+        }
+        let elapsed = human_duration(chrono::Duration::seconds(started.elapsed().as_secs() as i64));
+        if left == 0 {
+            report(&format!("Retrieved after {elapsed}; restoring."));
+            return Ok(());
+        }
+        report(&format!(
+            "Waiting for {left} of {} object{} to be retrieved from {} ({elapsed} so far; typically {times}).",
+            pending.len(),
+            if pending.len() == 1 { "" } else { "s" },
+            classes.join(" and ")
+        ));
+        let until = std::time::Instant::now() + opts.poll;
+        while std::time::Instant::now() < until {
+            if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Interrupted(
+                    "stopped waiting for the retrieval; it goes on at S3, and the same command run later picks it up".into(),
+                ));
+            }
+            tokio::time::sleep(
+                POLL_STEP.min(until.saturating_duration_since(std::time::Instant::now())),
+            )
+            .await;
+        }
     }
 }

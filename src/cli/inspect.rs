@@ -206,6 +206,12 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             let r = crate::restore::verify(&repo, identities.as_deref(), m).await;
             if !ctx.cli.json {
                 match r.ok {
+                    true if !r.archived.is_empty() => println!(
+                        "ARCHIVED {} {}: not read: {}",
+                        r.policy,
+                        r.id,
+                        r.archived.join(", ")
+                    ),
                     true => println!("ok      {} {}", r.policy, r.id),
                     false => println!("FAILED  {} {}: {}", r.policy, r.id, r.problems.join("; ")),
                 }
@@ -234,8 +240,19 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             failed.len()
         );
     }
+    let archived: Vec<_> = reports.iter().filter(|r| !r.archived.is_empty()).collect();
     if failed.is_empty() && damaged.is_empty() {
-        return Ok(());
+        return match archived.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Archived(format!(
+                "{} of {} backups could not be read: their data is in an archive storage class without a retrieved copy (first: backup {} of `{}`: {}); `drctl restore POLICY --backup ID --wait` retrieves one, or verify without --read-data checks sizes only",
+                archived.len(),
+                reports.len(),
+                first.id,
+                first.policy,
+                first.archived.join(", ")
+            ))),
+        };
     }
     let first = match failed.first() {
         Some(r) => format!(

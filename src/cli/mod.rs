@@ -6,6 +6,7 @@ mod daemon;
 mod drill;
 mod inspect;
 mod prune;
+mod repo;
 mod report;
 mod restore;
 
@@ -116,6 +117,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The bucket's versioning, lifecycle rules and Object Lock defaults.
+    Repo {
+        #[command(subcommand)]
+        command: repo::RepoCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +164,7 @@ impl ExitCode {
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
+            Error::Archived(_) => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
                 ExitCode::Unavailable
             }
@@ -243,6 +250,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Daemon => daemon::daemon(&ctx).await,
         Command::Status => daemon::status(&ctx).await,
         Command::Prune { policy, dry_run } => prune::prune(&ctx, policy.as_deref(), *dry_run).await,
+        Command::Repo { command } => repo::run(&ctx, command).await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 
 use super::Ctx;
+use crate::archive::{DEFAULT_RESTORE_DAYS, Tier};
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, bytes};
@@ -49,6 +50,22 @@ pub struct RestoreArgs {
         allow_hyphen_values = true
     )]
     pub pg_restore_args: Vec<String>,
+    /// Retrieval tier when the backup is in GLACIER or DEEP_ARCHIVE
+    /// (default: `[lifecycle] restore_tier`, else standard).
+    #[arg(long, value_enum, value_name = "TIER")]
+    pub archive_tier: Option<Tier>,
+    /// When the backup is archived, wait for its retrieval (minutes to
+    /// hours) and then restore, instead of asking for it and exiting with 5.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds between checks while waiting for a retrieval.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "DRCTL_ARCHIVE_POLL_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub archive_poll_seconds: f64,
 }
 
 enum Destination {
@@ -236,8 +253,50 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             t.dbname, t.describe
         )));
     }
+    // An archived backup: without --wait, ask for the retrieval and stop
+    // before any question is asked or anything is touched; with it, confirm
+    // first so that nobody has to be there when the retrieval is done.
+    let poll = std::time::Duration::try_from_secs_f64(args.archive_poll_seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--archive-poll-seconds {}: expected a positive number of seconds",
+                args.archive_poll_seconds
+            ))
+        })?;
+    let thaw = job::ThawOptions {
+        request: true,
+        tier: args
+            .archive_tier
+            .or(config.lifecycle.restore_tier)
+            .unwrap_or_default(),
+        days: config
+            .lifecycle
+            .restore_days
+            .unwrap_or(DEFAULT_RESTORE_DAYS),
+        wait: args.wait,
+        poll,
+        cancel: ctx.cancel.clone(),
+    };
+    let mut needed = vec![&manifest.data];
+    if args.verify {
+        needed.extend(manifest.fingerprint.as_ref());
+    }
+    let quiet = ctx.cli.quiet;
+    let mut report = |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    if !args.wait {
+        job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
+    }
     if destructive && !args.yes {
         confirm()?;
+    }
+    if args.wait {
+        job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
     }
 
     let mut progress = Progress::start(

@@ -64,6 +64,10 @@ pub struct Lifecycle {
     pub abort_incomplete_upload_days: Option<u32>,
     pub object_lock_mode: Option<String>,
     pub object_lock_days: Option<u32>,
+    /// Retrieval tier for archived objects; `restore --archive-tier` overrides it.
+    pub restore_tier: Option<crate::archive::Tier>,
+    /// Days a retrieved copy of an archived object stays readable.
+    pub restore_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -408,6 +412,20 @@ fn parse_config(
                 ),
             }
         }
+        lifecycle.restore_days = l.restore_days;
+        if let Some(t) = &l.restore_tier {
+            match t.get_ref().parse() {
+                Ok(tier) => lifecycle.restore_tier = Some(tier),
+                Err(e) => cx.err(t, format!("`restore_tier`: {e}")),
+            }
+        }
+        for problem in lifecycle_problems(&lifecycle) {
+            cx.errors.push(ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                message: format!("[lifecycle]: {problem}"),
+            });
+        }
     }
     let mut daemon = DaemonConfig::default();
     if let Some(d) = &raw.daemon {
@@ -488,6 +506,46 @@ fn parse_config(
         daemon,
         alerts,
     })
+}
+
+/// Settings of `[lifecycle]` that do not fit together, or that S3 would
+/// refuse when `repo apply` writes them.
+fn lifecycle_problems(l: &Lifecycle) -> Vec<String> {
+    let mut problems = Vec::new();
+    if l.archive_class.is_some() && l.archive_after_days.is_none() {
+        problems.push(
+            "`archive_class` needs `archive_after_days` (how old backup data is when it moves)"
+                .to_string(),
+        );
+    }
+    if let (Some("STANDARD_IA"), Some(d)) = (l.archive_class.as_deref(), l.archive_after_days)
+        && d < 30
+    {
+        problems.push(format!(
+            "`archive_after_days` = {d}: S3 moves objects to STANDARD_IA only after 30 days or more"
+        ));
+    }
+    match (&l.object_lock_mode, l.object_lock_days) {
+        (Some(_), None) => problems
+            .push("`object_lock_mode` needs `object_lock_days` (the default retention)".into()),
+        (None, Some(_)) => problems
+            .push("`object_lock_days` needs `object_lock_mode` (GOVERNANCE or COMPLIANCE)".into()),
+        _ => {}
+    }
+    for (key, value) in [
+        ("noncurrent_expire_days", l.noncurrent_expire_days),
+        (
+            "abort_incomplete_upload_days",
+            l.abort_incomplete_upload_days,
+        ),
+        ("object_lock_days", l.object_lock_days),
+        ("restore_days", l.restore_days),
+    ] {
+        if value == Some(0) {
+            problems.push(format!("`{key}` = 0: expected 1 or more days"));
+        }
+    }
+    problems
 }
 
 fn parse_repository(

@@ -42,6 +42,8 @@ pub struct RawLifecycle {
     pub abort_incomplete_upload_days: Option<u32>,
     pub object_lock_mode: Option<Spanned<String>>,
     pub object_lock_days: Option<u32>,
+    pub restore_tier: Option<Spanned<String>>,
+    pub restore_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

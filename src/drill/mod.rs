@@ -248,6 +248,23 @@ async fn drill_steps(
     *hold = crate::repo::lease::hold_backup(repo, &policy.name, &manifest.id, "drill").await;
     step(record, "choose backup", t, true);
 
+    // An archived backup cannot be read; say so, as restore would, rather
+    // than fail half-way. A drill never starts a (billed) retrieval.
+    let t = std::time::Instant::now();
+    let objects: Vec<_> = manifest.objects().collect();
+    if let Err(e) = crate::restore::thaw(
+        repo,
+        manifest,
+        &objects,
+        &crate::restore::ThawOptions::check_only(),
+        &mut |_| {},
+    )
+    .await
+    {
+        step(record, "check storage class", t, false);
+        return Err(e);
+    }
+
     let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;
     match &policy.source {
         SourceConfig::Postgres {

@@ -7,6 +7,7 @@
 //! [`PutMode::Create`], which is a conditional put on S3 and an exclusive
 //! link on a local directory.
 
+pub mod admin;
 pub mod local;
 pub mod s3;
 
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RepositoryConfig;
 use crate::error::StorageError;
+pub use admin::BucketAdmin;
 
 /// What a write requires of the object already at the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +94,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
-    /// Starts writing a large object that must not exist yet.
+    /// Starts writing a large object that must not exist yet. These are the
+    /// backup data objects: S3 tags them (`bucket::DATA_TAG_KEY`) so that
+    /// the archive lifecycle rule moves them and nothing else.
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
 
     /// The store's versioning and Object Lock settings, for reports.
@@ -102,6 +106,12 @@ pub trait Store: Send + Sync + 'static {
     /// within a key (S3 ListObjectVersions). A store without versions (a
     /// local directory) has none and answers an empty list.
     async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StorageError>;
+
+    /// Bucket settings and archive retrieval; `None` for a store that is
+    /// not an S3 bucket.
+    fn bucket(&self) -> Option<&dyn BucketAdmin> {
+        None
+    }
 }
 
 /// One version of an object, or a delete marker, in a versioned store.
@@ -196,6 +206,21 @@ pub async fn upload_stream(
     if !part.is_empty()
         && let Err(e) = upload.put_part(part.freeze()).await
     {
+        let _ = upload.abort().await;
+        return Err(e);
+    }
+    upload.complete().await
+}
+
+/// Writes a small backup data object (a fingerprint) the way large ones are
+/// written, through an [`Upload`], so that it is stored, and on S3 tagged,
+/// as backup data. Fails if the key exists.
+///
+/// # Errors
+/// The store's; the upload has been aborted by then.
+pub async fn put_data(store: &dyn Store, key: &str, body: Bytes) -> Result<Stored, StorageError> {
+    let mut upload = store.create_upload(key).await?;
+    if let Err(e) = upload.put_part(body).await {
         let _ = upload.abort().await;
         return Err(e);
     }

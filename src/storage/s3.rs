@@ -2,6 +2,8 @@
 //! that is S3-specific lives here: conditional writes, multipart limits and
 //! part sizing, version ids, storage classes, error codes.
 
+mod bucket;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +15,7 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use super::{ByteStream, ObjectMeta, Protection, PutMode, Store, Stored, Upload};
+use super::{BucketAdmin, ByteStream, ObjectMeta, Protection, PutMode, Store, Stored, Upload};
 use crate::config::RepositoryConfig;
 use crate::error::{StorageError, StorageErrorKind};
 
@@ -32,6 +34,16 @@ pub const PARTS_IN_FLIGHT: usize = 2;
 pub const MAX_ATTEMPTS: u32 = 6;
 /// Times a download resumes (with a Range request) after the body fails.
 pub const DOWNLOAD_RESUMES: u32 = 5;
+
+/// The `x-amz-tagging` of every object written through an upload: the
+/// backup data, which the archive lifecycle rule selects by this tag.
+fn data_tagging() -> String {
+    format!(
+        "{}={}",
+        crate::bucket::DATA_TAG_KEY,
+        crate::bucket::DATA_TAG_VALUE
+    )
+}
 
 /// Size of part `n` (1-based).
 pub fn part_size(n: usize) -> usize {
@@ -419,54 +431,20 @@ impl Store for S3Store {
     }
 
     async fn protection(&self) -> Result<Protection, StorageError> {
-        let versioning = match self
-            .client
-            .get_bucket_versioning()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
-            Ok(out) => out.status.map(|s| s.as_str().to_string()),
-            Err(e) => {
-                // moto (5.2) names the answer's root element
-                // `GetBucketVersioningResponse`, not `VersioningConfiguration`,
-                // and the SDK refuses it; the status inside is the same.
-                let body = match &e {
-                    SdkError::ServiceError(se) if se.raw().status().is_success() => {
-                        se.raw().body().bytes()
-                    }
-                    _ => None,
-                };
-                match body.and_then(versioning_in_misnamed_answer) {
-                    Some(status) => status,
-                    None => return Err(self.err("GetBucketVersioning", &self.bucket, &e)),
-                }
-            }
-        };
-        let lock = match self
-            .client
-            .get_object_lock_configuration()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
-            Ok(out) => out
-                .object_lock_configuration
-                .and_then(|c| describe_lock(&c)),
-            // The answer of a bucket made without Object Lock.
-            Err(e)
-                if e.as_service_error().and_then(|se| se.code())
-                    == Some("ObjectLockConfigurationNotFoundError") =>
-            {
-                None
-            }
-            Err(e) => return Err(self.err("GetObjectLockConfiguration", &self.bucket, &e)),
-        };
+        let versioning = self.versioning_status().await?;
+        let lock = self
+            .object_lock_configuration()
+            .await?
+            .and_then(|c| describe_lock(&c));
         Ok(Protection {
             applicable: true,
             versioning,
             object_lock: lock,
         })
+    }
+
+    fn bucket(&self) -> Option<&dyn BucketAdmin> {
+        Some(self)
     }
 
     async fn list_versions(&self, prefix: &str) -> Result<Vec<super::ObjectVersion>, StorageError> {
@@ -527,6 +505,59 @@ impl Store for S3Store {
                 .then(b.last_modified.cmp(&a.last_modified))
         });
         Ok(out)
+    }
+}
+
+impl S3Store {
+    /// `Enabled`, `Suspended`, or `None` when versioning was never enabled.
+    async fn versioning_status(&self) -> Result<Option<String>, StorageError> {
+        match self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.status.map(|s| s.as_str().to_string())),
+            Err(e) => {
+                // moto (5.2) names the answer's root element
+                // `GetBucketVersioningResponse`, not `VersioningConfiguration`,
+                // and the SDK refuses it; the status inside is the same.
+                let body = match &e {
+                    SdkError::ServiceError(se) if se.raw().status().is_success() => {
+                        se.raw().body().bytes()
+                    }
+                    _ => None,
+                };
+                match body.and_then(versioning_in_misnamed_answer) {
+                    Some(status) => Ok(status),
+                    None => Err(self.err("GetBucketVersioning", &self.bucket, &e)),
+                }
+            }
+        }
+    }
+
+    /// The Object Lock configuration; `None` for a bucket made without it.
+    async fn object_lock_configuration(
+        &self,
+    ) -> Result<Option<aws_sdk_s3::types::ObjectLockConfiguration>, StorageError> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.object_lock_configuration),
+            // The answer of a bucket made without Object Lock.
+            Err(e)
+                if e.as_service_error().and_then(|se| se.code())
+                    == Some("ObjectLockConfigurationNotFoundError") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("GetObjectLockConfiguration", &self.bucket, &e)),
+        }
     }
 }
 
@@ -678,6 +709,7 @@ impl S3Upload {
             .bucket(&self.bucket)
             .key(&self.full_key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .tagging(data_tagging())
             .send()
             .await
             .map_err(|e| self.fail("upload", &e))?;
@@ -788,6 +820,7 @@ impl Upload for S3Upload {
                 .bucket(&self.bucket)
                 .key(&self.full_key)
                 .if_none_match("*")
+                .tagging(data_tagging())
                 .body(SdkByteStream::from(body))
                 .send()
                 .await
