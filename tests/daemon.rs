@@ -768,3 +768,78 @@ fn retention_runs_after_each_scheduled_backup() {
     let left = ws.backups("etc");
     assert_eq!(left.len(), 2, "keep_last = 2 left {left:?}");
 }
+
+#[test]
+fn scheduled_drills_run_and_a_failed_one_alerts() {
+    let hook = Receiver::start(0);
+    let mut ws = Workspace::local();
+    let data = data_dir(&ws);
+    files_policy(
+        &ws,
+        "etc",
+        &[&data],
+        "@yearly",
+        "\n[drill]\nschedule = \"*/2 * * * * *\"\nscratch_dir = \"scratch\"\n",
+    );
+    let port = free_port();
+    ws.set_env("DRCTL_ALERT_BACKOFF_MS", "100");
+    write_config(
+        &ws,
+        "daemon.toml",
+        port,
+        &format!(
+            "\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{}/generic\"\n",
+            hook.port
+        ),
+    );
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    let drill_result = |d: &Daemon| {
+        d.status()["policies"]["etc"]["drill"]["last_run"]["result"]
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_for("a passed drill", Duration::from_secs(30), || {
+        (drill_result(&d).as_deref() == Some("ok")).then_some(())
+    });
+
+    // Damage the backup: the next drill fails, is recorded, and alerts.
+    let backup = ws.backups("etc")[0]["id"].as_str().unwrap().to_string();
+    let dir = ws.repo_dir().join("backups/etc").join(&backup);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "manifest.json" {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let n = bytes.len();
+            bytes[n / 2] ^= 0x40;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let alert = wait_for("a drill_failed alert", Duration::from_secs(30), || {
+        hook.bodies()
+            .into_iter()
+            .map(|(_, v)| v)
+            .find(|v| v["event"] == "drill_failed")
+    });
+    assert_eq!(alert["policy"], "etc");
+    assert_eq!(alert["details"]["backup"], backup.as_str());
+    let metrics = d.get("/metrics").1;
+    assert!(
+        !metrics.contains("drctl_drill_failures_total{policy=\"etc\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(d.get("/health").0, 503);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    let drills: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["drills", "etc", "--json"])).unwrap();
+    let passed: Vec<bool> = drills["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["record"]["passed"].as_bool().unwrap())
+        .collect();
+    assert!(
+        passed.contains(&true) && passed.contains(&false),
+        "{drills}"
+    );
+}

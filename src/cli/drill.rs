@@ -73,6 +73,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
         keep: args.keep,
         identity_file: ctx.cli.identity.clone().or(config.identity_file.clone()),
         meter,
+        skip_if_busy: false,
     };
     let mut records = Vec::new();
     for policy in policies {

@@ -458,6 +458,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                     bytes: Default::default(),
                     cancel: ctx.abort.clone(),
                 },
+                skip_if_busy: true,
             };
             match crate::drill::run(&ctx.repo, policy, &opts).await {
                 Ok(record) => {
@@ -477,6 +478,10 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                             }),
                         ));
                     }
+                }
+                Err(Error::Locked { message, .. }) => {
+                    outcome.result = "skipped";
+                    outcome.error = Some(message);
                 }
                 Err(e) => {
                     outcome.result = "failed";

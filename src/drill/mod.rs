@@ -8,7 +8,7 @@ pub mod record;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::storage::PutMode;
 use record::{DrillRecord, StoredRecord, record_sha256};
@@ -105,6 +105,11 @@ pub struct DrillOptions {
     pub keep: bool,
     pub identity_file: Option<std::path::PathBuf>,
     pub meter: crate::progress::Meter,
+    /// When another drill of the policy is running (another daemon's, on
+    /// the same schedule), return `Locked` and record nothing, instead of a
+    /// failed drill. Scheduled drills set it; a person asking for a drill
+    /// gets the refusal recorded.
+    pub skip_if_busy: bool,
 }
 
 /// Prefix of every scratch database a drill of `policy` creates; a leftover
@@ -118,8 +123,9 @@ pub fn scratch_prefix(policy: &str) -> String {
 /// is recorded as failed with the reason, never skipped.
 ///
 /// # Errors
-/// Only when the record itself cannot be written; the drill's own failure
-/// is in the returned record (`passed == false`, `failure`).
+/// When the record itself cannot be written, or (with `skip_if_busy`)
+/// `Locked`; the drill's own failure is in the returned record
+/// (`passed == false`, `failure`).
 pub async fn run(
     repo: &Repo,
     policy: &crate::config::Policy,
@@ -180,6 +186,7 @@ pub async fn run(
             lease.release().await;
             outcome
         }
+        Err(e @ Error::Locked { .. }) if opts.skip_if_busy => return Err(e),
         Err(e) => Err(e),
     };
     record.finished_at = chrono::Utc::now();
