@@ -520,6 +520,22 @@ fn health_turns_503_while_the_repository_is_unreachable() {
     wait_for("healthy", Duration::from_secs(30), || {
         (d.get("/health").0 == 200).then_some(())
     });
+    // The bucket was never given drctl's settings (`repo apply`): the daemon
+    // reports the drift without failing /health.
+    let drift = wait_for("the bucket drift check", Duration::from_secs(30), || {
+        d.status()["bucket_drift"].as_array().cloned()
+    });
+    assert!(
+        drift
+            .iter()
+            .any(|s| s.as_str().unwrap().starts_with("versioning")),
+        "{drift:?}"
+    );
+    assert!(
+        d.get("/metrics").1.contains("drctl_bucket_drift_settings "),
+        "no drift metric"
+    );
+    assert!(d.log().contains("bucket settings differ"), "{}", d.log());
 
     proxy.set_faults(Faults {
         drop_connection: 1.0,

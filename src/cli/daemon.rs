@@ -150,7 +150,7 @@ fn print_table(s: &Status) {
     );
     println!();
     println!(
-        "{:<20} {:<9} {:<24} {:>10} {:<16} {:<22} LAST RUN",
+        "{:<20} {:<9} {:<26} {:>9}  {:<18} {:<34} LAST RUN",
         "POLICY", "KIND", "NEWEST BACKUP", "AGE", "RPO", "NEXT RUN"
     );
     let now = Utc::now();
@@ -180,7 +180,7 @@ fn print_table(s: &Status) {
             (_, None, None) => "-".to_string(),
         };
         println!(
-            "{:<20} {:<9} {:<24} {:>10} {:<16} {:<22} {}",
+            "{:<20} {:<9} {:<26} {:>9}  {:<18} {:<34} {}",
             p.policy,
             p.kind,
             p.newest_backup.as_deref().unwrap_or("none"),

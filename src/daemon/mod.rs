@@ -29,6 +29,8 @@ use state::{DaemonState, JobKind, KindState, NewestBackup, RunOutcome, Shared};
 /// While a policy looks overdue, the repository is re-read at most this
 /// often to confirm it (another host may have taken the backup).
 const CONFIRM_INTERVAL: Duration = Duration::minutes(5);
+/// How often an S3 repository's bucket settings are compared with drctl.toml.
+const DRIFT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// After the grace period, aborting jobs get this long to clean up.
 const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// The loop wakes at least this often, so a wall-clock jump (NTP, suspend)
@@ -129,6 +131,11 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     let mut jobs: JoinSet<()> = JoinSet::new();
     catch_up(&ctx, &slots, &mut jobs);
+    let drift = tokio::spawn(watch_bucket(
+        ctx.repo.clone(),
+        config.clone(),
+        state.clone(),
+    ));
     let mut next_check = Utc::now() + config.daemon.check_interval;
 
     loop {
@@ -186,6 +193,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     shutdown(&ctx, &mut jobs).await;
     http.abort();
+    drift.abort();
     drop(ctx);
     dispatcher.finish().await;
     tracing::info!("daemon stopped");
@@ -229,6 +237,45 @@ fn running_jobs(state: &Shared) -> Vec<String> {
         }
     }
     out
+}
+
+/// Hourly: does the bucket still have the versioning, lifecycle rules and
+/// Object Lock defaults drctl.toml asks for? The daemon only reports drift
+/// (log, `/status`, a metric); changing the bucket is `repo apply`'s job,
+/// with the operator's permissions (docs/iam-policy.md). The configuration
+/// read at start is used: `[lifecycle]` changes need a restart to be
+/// compared, like the repository itself.
+async fn watch_bucket(repo: Arc<Repo>, config: Arc<Config>, state: Shared) {
+    let Some(admin) = repo.store.bucket() else {
+        return;
+    };
+    let desired = crate::bucket::desired(&config.lifecycle, admin.prefix());
+    let mut reported: Option<Vec<String>> = None;
+    loop {
+        match admin.settings().await {
+            Ok(actual) => {
+                let cmp = crate::bucket::compare(&desired, &actual);
+                let drift: Vec<String> = cmp
+                    .drifted()
+                    .iter()
+                    .map(|s| format!("{}: wanted {}, found {}", s.name, s.desired, s.actual))
+                    .collect();
+                if reported.as_ref() != Some(&drift) && !drift.is_empty() {
+                    tracing::warn!(drift = %drift.join("; "), "bucket settings differ from drctl.toml; run `drctl repo status`, then `drctl repo apply`");
+                }
+                state.lock().expect("state lock").bucket_drift = Some(drift.clone());
+                reported = Some(drift);
+            }
+            Err(e) if e.kind == crate::error::StorageErrorKind::AccessDenied => {
+                tracing::info!(
+                    "not allowed to read the bucket's settings; drift is not checked (docs/iam-policy.md)"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the bucket's settings"),
+        }
+        tokio::time::sleep(DRIFT_INTERVAL).await;
+    }
 }
 
 /// Schedules from the configuration. A schedule that did not change keeps

@@ -116,6 +116,10 @@ pub struct DaemonState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reload_error: Option<String>,
     pub stopping: bool,
+    /// Bucket settings that differ from drctl.toml (`repo status`), checked
+    /// hourly on S3; `None` before the first check or where it cannot run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_drift: Option<Vec<String>>,
     pub policies: BTreeMap<String, PolicyState>,
 }
 
@@ -285,6 +289,15 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
         "Drills that failed since the daemon started",
         drill_failures.clone(),
     );
+    if let Some(drift) = &state.bucket_drift {
+        let g = Gauge::<i64>::default();
+        g.set(drift.len() as i64);
+        registry.register(
+            "bucket_drift_settings",
+            "Bucket settings that differ from drctl.toml (run `drctl repo status`)",
+            g,
+        );
+    }
     let ts = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
     for (name, p) in &state.policies {
         let l = PolicyLabel {
