@@ -859,3 +859,42 @@ fn scheduled_drills_run_and_a_failed_one_alerts() {
         "{drills}"
     );
 }
+
+#[test]
+fn max_concurrent_jobs_holds_across_policies() {
+    let ws = Workspace::local();
+    let mut dirs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let dir = ws.path().join(format!("data-{name}"));
+        random_file(&dir, 16);
+        dirs.push((name, dir));
+    }
+    for (name, dir) in &dirs {
+        files_policy(&ws, name, &[dir], "*/2 * * * * *", "");
+    }
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "max_concurrent_jobs = 1\n");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    wait_for("two backups of each policy", Duration::from_secs(60), || {
+        dirs.iter()
+            .all(|(n, _)| local_manifests(&ws, n) >= 2)
+            .then_some(())
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(60)).success());
+    let mut spans = Vec::new();
+    for (name, _) in &dirs {
+        let dir = ws.repo_dir().join("backups").join(name);
+        for e in std::fs::read_dir(dir).unwrap() {
+            let m = e.unwrap().path().join("manifest.json");
+            if let Ok(bytes) = std::fs::read(&m) {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                spans.push((time(&v, "started_at"), time(&v, "finished_at"), name.to_string()));
+            }
+        }
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "two backups ran at once: {:?} and {:?}", w[0], w[1]);
+    }
+}
