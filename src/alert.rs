@@ -20,6 +20,8 @@ const ATTEMPTS: u32 = 5;
 /// Alerts waiting to be sent; beyond this new ones are dropped (and logged),
 /// because a stuck receiver must not grow the daemon without bound.
 const QUEUE: usize = 256;
+/// Deliveries in flight at once (each may be sleeping between retries).
+const INFLIGHT: usize = 16;
 /// How long shutdown waits for deliveries still being retried.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -158,9 +160,14 @@ async fn deliver_all(hooks: Vec<Webhook>, mut rx: mpsc::Receiver<Alert>) {
     let mut inflight = JoinSet::new();
     while let Some(alert) = rx.recv().await {
         for (n, hook) in hooks.iter().enumerate() {
+            // Bounded: a receiver that is down holds up new deliveries (which
+            // then wait in the queue, dropped beyond QUEUE) rather than
+            // growing the daemon.
+            while inflight.len() >= INFLIGHT {
+                inflight.join_next().await;
+            }
             inflight.spawn(deliver(client.clone(), n + 1, hook.clone(), alert.clone()));
         }
-        // Reap finished deliveries so the set does not grow.
         while inflight.try_join_next().is_some() {}
     }
     while inflight.join_next().await.is_some() {}

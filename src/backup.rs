@@ -80,9 +80,9 @@ pub async fn run(
         Err(e) => {
             cleanup(repo, &policy.name, &id).await;
             if lost {
-                return Err(Error::Locked {
+                return Err(Error::LeaseLost {
                     policy: policy.name.clone(),
-                    message: "the lease could not be renewed; the backup was stopped".into(),
+                    message: "the lease could not be renewed (is the repository reachable?); the backup was stopped and left nothing behind".into(),
                 });
             }
             Err(e)

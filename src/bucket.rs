@@ -353,6 +353,14 @@ pub enum PlanError {
          from [lifecycle]. drctl never turns Object Lock on, because it cannot be turned off again"
     )]
     NoObjectLock { mode: String },
+
+    #[error(
+        "the bucket's lifecycle rules {rules} belong to another drctl repository in this bucket \
+         (their filters are outside `{root}`); S3 keeps one lifecycle configuration per bucket and \
+         drctl's rule ids are the same for every repository, so `repo apply` would replace them. \
+         Give each repository its own bucket, or manage these rules by hand"
+    )]
+    ForeignRules { rules: String, root: String },
 }
 
 /// The changes that make `actual` what `desired` asks for; empty when it
@@ -365,6 +373,25 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Result<Plan, PlanError> {
     if let (Some(want), ObjectLock::Disabled) = (&desired.retention, &actual.object_lock) {
         return Err(PlanError::NoObjectLock {
             mode: want.mode.clone(),
+        });
+    }
+    // Every drctl rule has the repository's root as (the start of) its
+    // filter; the noncurrent rule has exactly the root.
+    let root = desired
+        .rules
+        .iter()
+        .find(|r| r.id == RULE_NONCURRENT)
+        .map_or(String::new(), |r| r.prefix.clone());
+    let foreign: Vec<String> = actual
+        .rules
+        .iter()
+        .filter(|r| r.owned() && !r.prefix.starts_with(&root))
+        .map(|r| format!("{} ({})", r.id, r.prefix))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(PlanError::ForeignRules {
+            rules: foreign.join(", "),
+            root,
         });
     }
     let comparison = compare(desired, actual);
@@ -388,6 +415,23 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Result<Plan, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_of_another_repository_in_the_bucket_are_not_replaced() {
+        let staging = desired(&Lifecycle::default(), "staging");
+        let prod = desired(&Lifecycle::default(), "prod");
+        let actual = Actual {
+            versioning: Some("Enabled".into()),
+            rules: prod.rules.clone(),
+            object_lock: ObjectLock::Disabled,
+        };
+        let err = plan(&staging, &actual).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::ForeignRules { rules, .. } if rules.contains("prod/")),
+            "{err}"
+        );
+        assert!(plan(&prod, &actual).unwrap().is_empty());
+    }
 
     fn lifecycle() -> Lifecycle {
         Lifecycle {

@@ -125,6 +125,11 @@ pub enum Error {
     #[error("policy `{policy}` is busy: {message}")]
     Locked { policy: String, message: String },
 
+    /// A running job could not renew its lease and stopped: a failure of
+    /// the job (unlike `Locked`, where another job simply holds the policy).
+    #[error("policy `{policy}`: {message}")]
+    LeaseLost { policy: String, message: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -77,6 +77,9 @@ pub struct PruneReport {
     /// none or it could not be read: with versioning a delete leaves a
     /// delete marker and the backup stays recoverable for a while.
     pub versioning: Option<String>,
+    /// Whether the bucket has Object Lock: only then is a refused delete
+    /// "retained"; elsewhere it is a missing permission, and a failure.
+    pub object_lock: bool,
     /// Store clock minus host clock, when it was measured.
     pub clock_skew_seconds: Option<i64>,
     /// Every good backup, newest first.
@@ -221,11 +224,11 @@ async fn plan(
         .collect();
 
     let leftovers = find_leftovers(repo, &policy.name, now, opts.leftover_min_age).await?;
-    let versioning = match repo.store.protection().await {
-        Ok(p) => p.versioning,
+    let (versioning, object_lock) = match repo.store.protection().await {
+        Ok(p) => (p.versioning, p.object_lock.is_some()),
         Err(e) => {
             tracing::debug!(error = %e, "Could not read the bucket's versioning; reporting it as unknown.");
-            None
+            (None, false)
         }
     };
     let report = PruneReport {
@@ -234,6 +237,7 @@ async fn plan(
         dry_run: opts.dry_run,
         rules: retention::describe(&policy.retention),
         versioning,
+        object_lock,
         clock_skew_seconds: skew.map(|s| s.num_seconds()),
         backups,
         damaged: cat
@@ -303,7 +307,7 @@ async fn execute(
                 "prune of `{policy}` stopped between backups; every backup is either whole or gone"
             )))
         } else if lost.load(Ordering::Relaxed) {
-            Err(Error::Locked {
+            Err(Error::LeaseLost {
                 policy: policy.to_string(),
                 message: "the prune's lease could not be renewed; it stopped before deleting more"
                     .into(),
@@ -337,7 +341,7 @@ async fn execute(
         let manifest = repo::manifest_key(policy, &id);
         match store.delete(&manifest).await {
             Ok(()) => {}
-            Err(e) if e.kind == StorageErrorKind::AccessDenied => {
+            Err(e) if e.kind == StorageErrorKind::AccessDenied && report.object_lock => {
                 report.retained.push(Retained {
                     key: manifest,
                     reason: format!("{RETAINED_BY_LOCK} or a bucket policy: {}", e.detail),
@@ -354,6 +358,7 @@ async fn execute(
         delete_objects(
             store.as_ref(),
             objects.into_iter().map(|o| o.key),
+            report.object_lock,
             &mut report.retained,
         )
         .await?;
@@ -367,6 +372,7 @@ async fn execute(
         delete_objects(
             store.as_ref(),
             leftover.objects.iter().cloned(),
+            report.object_lock,
             &mut report.retained,
         )
         .await?;
@@ -380,20 +386,24 @@ async fn execute(
     Ok(())
 }
 
-/// Deletes objects; one the store refuses (Object Lock) is retained, not a
-/// failure.
+/// Deletes objects; on an Object Lock bucket one the store refuses is
+/// retained, not a failure. Elsewhere a refusal means the credentials lack
+/// `s3:DeleteObject` (docs/iam-policy.md), and prune fails saying so.
 async fn delete_objects(
     store: &dyn crate::storage::Store,
     keys: impl Iterator<Item = String>,
+    object_lock: bool,
     retained: &mut Vec<Retained>,
 ) -> Result<()> {
     for key in keys {
         match store.delete(&key).await {
             Ok(()) => {}
-            Err(e) if e.kind == StorageErrorKind::AccessDenied => retained.push(Retained {
-                key,
-                reason: format!("{RETAINED_BY_LOCK} or a bucket policy: {}", e.detail),
-            }),
+            Err(e) if e.kind == StorageErrorKind::AccessDenied && object_lock => {
+                retained.push(Retained {
+                    key,
+                    reason: format!("{RETAINED_BY_LOCK} or a bucket policy: {}", e.detail),
+                })
+            }
             Err(e) => return Err(e.into()),
         }
     }

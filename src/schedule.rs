@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 /// Parses a schedule. Crontab's day-of-week numbers (0 or 7 = Sunday) are
 /// translated to the `cron` crate's (1 = Sunday … 7 = Saturday), so that an
@@ -47,8 +47,8 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
         .map_err(|e| format!("`{expr}` is not a valid schedule: {e}"))
 }
 
-/// A parsed schedule in its time zone: when it fires next, and how long a
-/// period is (what "the newest backup is overdue" is measured against).
+/// A parsed schedule in its time zone: when it fires next, and whether a
+/// run was missed.
 #[derive(Debug, Clone)]
 pub struct Timetable {
     schedule: cron::Schedule,
@@ -74,26 +74,14 @@ impl Timetable {
             .map(|n| n.with_timezone(&Utc))
     }
 
-    /// The longest gap between consecutive firings in the near future, so a
-    /// weekday-only schedule counts a weekend as one period rather than
-    /// calling Saturday's backup missed.
-    pub fn period(&self, now: DateTime<Utc>) -> Option<Duration> {
-        let times: Vec<_> = self
-            .schedule
-            .after(&now.with_timezone(&self.tz))
-            .take(8)
-            .collect();
-        times.windows(2).map(|w| w[1] - w[0]).max()
-    }
-
-    /// Whether a daemon starting at `now` should run once at once: the newest
-    /// backup is older than one period (or there is none). Missed slots are
-    /// never replayed one by one.
+    /// Whether a daemon starting at `now` should run once at once: a slot
+    /// came and went after the newest backup (or there is none), as anacron
+    /// decides. However many slots were missed, it is one run, never a
+    /// replay of each.
     pub fn catch_up_due(&self, newest: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-        match (newest, self.period(now)) {
-            (None, _) => true,
-            (Some(n), Some(p)) => now - n > p,
-            (Some(_), None) => false,
+        match newest {
+            None => true,
+            Some(n) => self.next_after(n).is_some_and(|slot| slot <= now),
         }
     }
 }
@@ -114,9 +102,16 @@ fn crontab_dow(field: &str) -> Result<String, String> {
             None => (item, None),
         };
         let mut piece = match range.split_once('-') {
-            // A range ending on 7 (Sunday) would wrap in the crate's numbering.
+            // A range ending on 7 (Sunday) would wrap in the crate's
+            // numbering: a..6 keeps its offsets as (a+1)..7, and Sunday is
+            // added on its own when the step lands on it.
+            Some(("7", "7")) => "1".to_string(),
             Some((a, "7")) if a != "0" && a.parse::<u8>().is_ok() => {
-                out.push("1".to_string());
+                let first: u8 = a.parse().unwrap_or(1);
+                let every: u8 = step.and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+                if (7 - first.min(7)).is_multiple_of(every) {
+                    out.push("1".to_string());
+                }
                 format!("{}-7", shift(a)?)
             }
             Some((a, b)) => format!("{}-{}", shift(a)?, shift(b)?),
@@ -173,18 +168,40 @@ mod tests {
     }
 
     #[test]
-    fn catch_up_only_when_a_whole_period_was_missed() {
+    fn catch_up_when_a_slot_passed_since_the_newest_backup() {
+        let daily = Timetable::new("0 2 * * *", chrono_tz::UTC).unwrap();
         let now = at("2026-11-27T12:30:00Z");
-        let daily = Timetable::new("@daily", chrono_tz::UTC).unwrap();
-        assert_eq!(daily.period(now), Some(Duration::days(1)));
         assert!(daily.catch_up_due(None, now));
-        assert!(!daily.catch_up_due(Some(at("2026-11-27T00:00:05Z")), now));
-        assert!(daily.catch_up_due(Some(at("2026-11-26T00:00:05Z")), now));
+        // Today's 02:00 ran: nothing to catch up.
+        assert!(!daily.catch_up_due(Some(at("2026-11-27T02:00:05Z")), now));
+        // Down from 01:55 to 02:10 across today's slot: yesterday's backup
+        // is not a day old yet, but today's slot was missed.
+        let reboot = at("2026-11-27T02:10:00Z");
+        assert!(daily.catch_up_due(Some(at("2026-11-26T02:00:20Z")), reboot));
         // Weekdays only: Friday's backup is not overdue on Sunday.
         let weekdays = Timetable::new("0 2 * * 1-5", chrono_tz::UTC).unwrap();
         let sunday = at("2026-11-29T12:00:00Z");
         assert!(!weekdays.catch_up_due(Some(at("2026-11-27T02:00:10Z")), sunday));
         assert!(weekdays.catch_up_due(Some(at("2026-11-25T02:00:10Z")), sunday));
+    }
+
+    #[test]
+    fn a_stepped_range_to_sunday_does_not_add_sunday() {
+        // 2-7/2 is Tuesday, Thursday, Saturday in crontab.
+        let s = parse_cron("0 4 * * 2-7/2").unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 11, 27, 0, 0, 0).unwrap();
+        let days: Vec<_> = s.after(&start).take(6).map(|t| t.weekday()).collect();
+        assert!(!days.contains(&chrono::Weekday::Sun), "{days:?}");
+        assert!(days.contains(&chrono::Weekday::Tue), "{days:?}");
+        let s = parse_cron("0 4 * * 1-7/2").unwrap();
+        let days: Vec<_> = s.after(&start).take(8).map(|t| t.weekday()).collect();
+        assert!(
+            days.contains(&chrono::Weekday::Sun),
+            "1-7/2 includes Sunday: {days:?}"
+        );
+        let s = parse_cron("0 4 * * 7-7").unwrap();
+        let days: Vec<_> = s.after(&start).take(3).map(|t| t.weekday()).collect();
+        assert!(days.iter().all(|d| *d == chrono::Weekday::Sun), "{days:?}");
     }
 
     #[test]

@@ -326,6 +326,27 @@ fn object_lock_default_retention_on_an_object_lock_bucket() {
 }
 
 #[test]
+fn compliance_retention_needs_confirmation() {
+    let bucket = unique_bucket_name("bucket-compliance");
+    block_on(server().create_bucket_object_lock(&bucket));
+    let ws = with_lifecycle(
+        Workspace::new(Backend::S3 {
+            endpoint: server().endpoint(),
+            bucket: bucket.clone(),
+        }),
+        "object_lock_mode = \"COMPLIANCE\"\nobject_lock_days = 1",
+    );
+    // No terminal and no --yes: refused before any write.
+    let err = ws.fails(&["repo", "apply"], 3);
+    assert!(err.contains("COMPLIANCE") && err.contains("--yes"), "{err}");
+    assert_eq!(setting_writes(&bucket), 0);
+    assert_eq!(lifecycle_rules(&bucket), None);
+    // The dry run needs no confirmation.
+    ws.ok(&["repo", "apply", "--dry-run"]);
+    assert_eq!(setting_writes(&bucket), 0);
+}
+
+#[test]
 fn object_lock_on_a_bucket_without_it_is_refused_and_changes_nothing() {
     let bucket = unique_bucket_name("bucket-nolock");
     let ws = workspace(

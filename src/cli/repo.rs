@@ -14,6 +14,9 @@ pub enum RepoCommand {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Do not ask before setting COMPLIANCE retention (which nobody can undo).
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Compare the bucket's settings with drctl.toml; exits 1 on drift.
     Status,
@@ -46,8 +49,17 @@ pub async fn run(ctx: &Ctx, command: &RepoCommand) -> Result<()> {
     let actual = admin.settings().await?;
     match command {
         RepoCommand::Status => status(ctx, &store.location(), &bucket::compare(&desired, &actual)),
-        RepoCommand::Apply { dry_run } => {
-            apply(ctx, &store.location(), admin, &desired, &actual, *dry_run).await
+        RepoCommand::Apply { dry_run, yes } => {
+            apply(
+                ctx,
+                &store.location(),
+                admin,
+                &desired,
+                &actual,
+                *dry_run,
+                *yes,
+            )
+            .await
         }
     }
 }
@@ -109,6 +121,7 @@ async fn apply(
     desired: &bucket::Desired,
     actual: &bucket::Actual,
     dry_run: bool,
+    yes: bool,
 ) -> Result<()> {
     let plan = bucket::plan(desired, actual)
         .map_err(|e| Error::Refused(format!("bucket `{}`: {e}", admin.bucket_name())))?;
@@ -136,6 +149,15 @@ async fn apply(
                 );
             }
         }
+    }
+    let compliance = plan
+        .retention
+        .as_ref()
+        .is_some_and(|r| r.mode == "COMPLIANCE");
+    if !dry_run && compliance && !yes {
+        super::restore::ask(
+            "setting COMPLIANCE retention (irreversible for every object written under it)",
+        )?;
     }
     if !dry_run {
         if plan.enable_versioning {

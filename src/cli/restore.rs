@@ -289,36 +289,42 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             eprintln!("{line}");
         }
     };
-    if !args.wait {
-        job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
-    }
-    if destructive && !args.yes {
-        confirm()?;
-    }
-    if args.wait {
-        job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
-    }
-
-    let mut progress = Progress::start(
-        &format!("restore {}", policy.name),
-        Some(manifest.data.digests.size),
-        ctx.progress(),
-    );
-    let received = crate::progress::Meter {
-        bytes: progress.counter.clone(),
-        cancel: ctx.cancel.clone(),
-    };
-    let started = std::time::Instant::now();
-    // Prune must not remove the backup while it is read. (A pruned one is
-    // read by version id and needs no hold.)
+    // Prune must not remove the backup while it is read, nor while its
+    // archived objects are being retrieved (archived backups are old ones,
+    // exactly what retention forgets). A pruned one is read by version id
+    // and needs no hold.
     let hold = match pruned {
         Some(_) => None,
         None => crate::repo::lease::hold_backup(&repo, &policy.name, &manifest.id, "restore").await,
     };
-    let result = restore_into(&repo, &identities, manifest, &destination, args, received).await;
+    let result = async {
+        if !args.wait {
+            job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
+        }
+        if destructive && !args.yes {
+            confirm()?;
+        }
+        if args.wait {
+            job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
+        }
+        let progress = Progress::start(
+            &format!("restore {}", policy.name),
+            Some(manifest.data.digests.size),
+            ctx.progress(),
+        );
+        let received = crate::progress::Meter {
+            bytes: progress.counter.clone(),
+            cancel: ctx.cancel.clone(),
+        };
+        let started = std::time::Instant::now();
+        let diffs = restore_into(&repo, &identities, manifest, &destination, args, received).await;
+        Ok::<_, Error>((diffs, progress, started))
+    }
+    .await;
     if let Some(hold) = hold {
         hold.release().await;
     }
+    let (result, mut progress, started) = result?;
     let fingerprint_diffs = result?;
     progress.finish();
 
@@ -423,8 +429,15 @@ async fn find_pruned(
 }
 
 fn confirm() -> Result<()> {
+    ask("restoring into a database")
+}
+
+/// Asks on the terminal; without one, refuses and names `--yes`.
+pub(super) fn ask(what: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::Refused("restoring into a database needs confirmation; pass --yes when running without a terminal".into()));
+        return Err(Error::Refused(format!(
+            "{what} needs confirmation; pass --yes when running without a terminal"
+        )));
     }
     eprint!("Proceed? [y/N] ");
     let _ = std::io::stderr().flush();

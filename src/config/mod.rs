@@ -88,11 +88,21 @@ pub struct Webhook {
     pub format: WebhookFormat,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum WebhookUrl {
     Literal(String),
     /// The name of an environment variable holding the URL.
     Env(String),
+}
+
+/// Never the URL itself: a `{config:?}` in a log must not leak it.
+impl std::fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebhookUrl::Literal(_) => f.write_str("Literal(<redacted>)"),
+            WebhookUrl::Env(var) => write!(f, "Env({var})"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -70,7 +70,7 @@ impl Server {
         match req.uri().path() {
             "/health" | "/healthz" => {
                 let repo = self.probe().await;
-                let state = self.state.lock().expect("state lock");
+                let state = state::lock(&self.state);
                 let checks = state::health(&state, repo, now);
                 let healthy = checks.values().all(|c| c.ok) && !state.stopping;
                 let failing: Vec<&String> = checks
@@ -93,7 +93,7 @@ impl Server {
                 )
             }
             "/metrics" => {
-                let body = state::metrics(&self.state.lock().expect("state lock"), now);
+                let body = state::metrics(&state::lock(&self.state), now);
                 Response::builder()
                     .status(StatusCode::OK)
                     .header(
@@ -104,7 +104,7 @@ impl Server {
                     .expect("valid response")
             }
             "/status" => {
-                let state = self.state.lock().expect("state lock");
+                let state = state::lock(&self.state);
                 json(StatusCode::OK, &*state)
             }
             _ => text(

@@ -24,13 +24,16 @@ use crate::config::{Config, Policy};
 use crate::error::{Error, Result};
 use crate::repo::{Repo, catalog};
 use crate::schedule::Timetable;
-use state::{DaemonState, JobKind, KindState, NewestBackup, RunOutcome, Shared};
+use state::{DaemonState, JobKind, KindState, NewestBackup, PolicyState, RunOutcome, Shared};
 
 /// While a policy looks overdue, the repository is re-read at most this
 /// often to confirm it (another host may have taken the backup).
 const CONFIRM_INTERVAL: Duration = Duration::minutes(5);
 /// How often an S3 repository's bucket settings are compared with drctl.toml.
 const DRIFT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A failure that persists (every run of a `*/5` schedule failing) alerts
+/// again only this often; the first failure after a success always alerts.
+pub const ALERT_REPEAT: Duration = Duration::hours(6);
 /// After the grace period, aborting jobs get this long to clean up.
 const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// The loop wakes at least this often, so a wall-clock jump (NTP, suspend)
@@ -191,7 +194,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
 
-    shutdown(&ctx, &mut jobs).await;
+    shutdown(&ctx, &mut jobs, &mut term, &mut int).await;
     http.abort();
     drift.abort();
     drop(ctx);
@@ -200,33 +203,47 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown(ctx: &JobCtx, jobs: &mut JoinSet<()>) {
-    ctx.state.lock().expect("state lock").stopping = true;
+async fn shutdown(
+    ctx: &JobCtx,
+    jobs: &mut JoinSet<()>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    state::lock(&ctx.state).stopping = true;
+    // Runs queued behind max_concurrent_jobs must not start now.
+    ctx.permits.close();
     let grace = std::time::Duration::from_secs(ctx.config.daemon.shutdown_grace_seconds);
     let running = running_jobs(&ctx.state);
     if !running.is_empty() {
         tracing::info!(
             running = %running.join(", "),
             grace_seconds = grace.as_secs(),
-            "stopping: no new runs; waiting for running ones to finish"
+            "stopping: no new runs; waiting for running ones to finish (signal again to abort them now)"
         );
     }
-    let drain = async { while jobs.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    let drained = tokio::select! {
+        r = tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }) => r.is_ok(),
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+    };
+    if !drained {
         tracing::warn!(
             running = %running_jobs(&ctx.state).join(", "),
-            "grace period over: aborting running jobs (uploads are aborted, no manifest is written)"
+            "aborting running jobs: grace period over or signalled again (uploads are aborted, no manifest is written)"
         );
         ctx.abort.store(true, Ordering::Relaxed);
         let drain = async { while jobs.join_next().await.is_some() {} };
         if tokio::time::timeout(ABORT_WAIT, drain).await.is_err() {
-            tracing::error!("jobs did not stop after being aborted; exiting anyway");
+            tracing::error!(
+                "jobs did not stop within {} s of being aborted; exiting anyway. An open multipart upload is removed by the bucket's abort-incomplete-uploads rule, and the lease expires by itself",
+                ABORT_WAIT.as_secs()
+            );
         }
     }
 }
 
 fn running_jobs(state: &Shared) -> Vec<String> {
-    let state = state.lock().expect("state lock");
+    let state = state::lock(state);
     let mut out = Vec::new();
     for (name, p) in &state.policies {
         if p.backup.running {
@@ -263,7 +280,7 @@ async fn watch_bucket(repo: Arc<Repo>, config: Arc<Config>, state: Shared) {
                 if reported.as_ref() != Some(&drift) && !drift.is_empty() {
                     tracing::warn!(drift = %drift.join("; "), "bucket settings differ from drctl.toml; run `drctl repo status`, then `drctl repo apply`");
                 }
-                state.lock().expect("state lock").bucket_drift = Some(drift.clone());
+                state::lock(&state).bucket_drift = Some(drift.clone());
                 reported = Some(drift);
             }
             Err(e) if e.kind == crate::error::StorageErrorKind::AccessDenied => {
@@ -318,7 +335,7 @@ fn build_slots(config: &Config, old: &[Slot], now: DateTime<Utc>) -> Vec<Slot> {
 }
 
 fn publish_next_runs(state: &Shared, slots: &[Slot]) {
-    let mut state = state.lock().expect("state lock");
+    let mut state = state::lock(state);
     for slot in slots {
         if let Some(p) = state.policies.get_mut(&slot.policy) {
             let k = p.kind_mut(slot.kind);
@@ -331,12 +348,21 @@ fn publish_next_runs(state: &Shared, slots: &[Slot]) {
 /// Makes the policy table match the configuration, keeping what is known
 /// about policies that stay.
 fn sync_policies(state: &Shared, config: &Config) {
-    let mut state = state.lock().expect("state lock");
-    state
-        .policies
-        .retain(|name, p| config.policies.iter().any(|c| &c.name == name) || p.backup.running);
+    let mut state = state::lock(state);
+    let now = Utc::now();
+    state.configured = config.policies.iter().map(|p| p.name.clone()).collect();
+    let configured = state.configured.clone();
+    state.policies.retain(|name, p| {
+        configured.contains(name) || p.backup.running || p.drill.as_ref().is_some_and(|d| d.running)
+    });
     for p in &config.policies {
-        let entry = state.policies.entry(p.name.clone()).or_default();
+        let entry = state
+            .policies
+            .entry(p.name.clone())
+            .or_insert_with(|| PolicyState {
+                added_at: now,
+                ..Default::default()
+            });
         entry.kind = p.source.kind();
         entry.rpo_target_seconds = rpo_target(p).map(|d| d.num_seconds());
         entry.backup.schedule = p.schedule.as_ref().and_then(|s| s.backup.clone());
@@ -370,7 +396,7 @@ async fn load_newest(repo: &Repo, state: &Shared, names: impl Iterator<Item = St
             .collect()
             .await;
     let now = Utc::now();
-    let mut state = state.lock().expect("state lock");
+    let mut state = state::lock(state);
     for (name, r) in found {
         match r {
             Ok(newest) => {
@@ -389,15 +415,12 @@ async fn load_newest(repo: &Repo, state: &Shared, names: impl Iterator<Item = St
     }
 }
 
-/// At start-up, one run for each backup schedule whose newest backup is
-/// older than a period: missed slots are not replayed one by one.
+/// At start-up, one run for each backup schedule that had a slot after its
+/// newest backup: missed slots are not replayed one by one.
 fn catch_up(ctx: &JobCtx, slots: &[Slot], jobs: &mut JoinSet<()>) {
     let now = Utc::now();
     for slot in slots.iter().filter(|s| s.kind == JobKind::Backup) {
-        let newest = ctx
-            .state
-            .lock()
-            .expect("state lock")
+        let newest = state::lock(&ctx.state)
             .policies
             .get(&slot.policy)
             .and_then(|p| p.newest_backup.as_ref().map(|n| n.point_in_time));
@@ -405,7 +428,7 @@ fn catch_up(ctx: &JobCtx, slots: &[Slot], jobs: &mut JoinSet<()>) {
             tracing::info!(
                 policy = %slot.policy,
                 newest = ?newest,
-                "newest backup is older than one schedule period; running one now"
+                "a scheduled run was missed since the newest backup; running one now"
             );
             trigger(ctx, &slot.policy, JobKind::Backup, jobs);
         }
@@ -414,7 +437,7 @@ fn catch_up(ctx: &JobCtx, slots: &[Slot], jobs: &mut JoinSet<()>) {
 
 fn trigger(ctx: &JobCtx, policy: &str, kind: JobKind, jobs: &mut JoinSet<()>) {
     {
-        let mut state = ctx.state.lock().expect("state lock");
+        let mut state = state::lock(&ctx.state);
         let Some(p) = state.policies.get_mut(policy) else {
             return;
         };
@@ -434,15 +457,35 @@ fn trigger(ctx: &JobCtx, policy: &str, kind: JobKind, jobs: &mut JoinSet<()>) {
     jobs.spawn(async move { run_job(ctx, policy, kind).await });
 }
 
+/// Clears a run's `running` flag however the run ends, panics included, so
+/// one bad run cannot block its policy's schedule for good.
+struct Running<'a> {
+    ctx: &'a JobCtx,
+    policy: &'a str,
+    kind: JobKind,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        finish(self.ctx, self.policy, self.kind);
+    }
+}
+
 async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
+    let _running = Running {
+        ctx: &ctx,
+        policy: &policy_name,
+        kind,
+    };
+    // Closed at shutdown: a run still queued then never starts.
     let Ok(_permit) = ctx.permits.clone().acquire_owned().await else {
+        tracing::info!(job = kind.as_str(), policy = %policy_name, "not started: the daemon is stopping");
         return;
     };
     let started = Utc::now();
     let run_id = crate::repo::new_backup_id(started);
     let clock = std::time::Instant::now();
     let Some(policy) = ctx.config.policies.iter().find(|p| p.name == policy_name) else {
-        finish(&ctx, &policy_name, kind);
         return;
     };
     tracing::info!(job = kind.as_str(), policy = %policy_name, run = %run_id, "job started");
@@ -457,6 +500,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     let mut size = None;
     let mut newest = None;
     let mut alert = None;
+    let mut prune = None;
     match kind {
         JobKind::Backup => {
             let opts = crate::backup::JobOptions {
@@ -474,11 +518,16 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                     // Retention runs after each good backup, within the same
                     // run, so the policy's next backup waits for it.
                     if crate::retention::has_rules(&policy.retention) {
-                        prune_after_backup(&ctx, policy, &run_id).await;
+                        prune = prune_after_backup(&ctx, policy, &run_id).await;
                     }
                 }
                 Err(Error::Locked { message, .. }) => {
                     outcome.result = "skipped";
+                    outcome.error = Some(message);
+                }
+                // Stopped by the daemon's shutdown: not the backup's fault.
+                Err(Error::Interrupted(message)) if ctx.abort.load(Ordering::Relaxed) => {
+                    outcome.result = "aborted";
                     outcome.error = Some(message);
                 }
                 Err(e) => {
@@ -550,8 +599,8 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             job = kind.as_str(), policy = %policy_name, run = %run_id, result = "failed",
             seconds, error = outcome.error.as_deref().unwrap_or(""), "job finished"
         ),
-        "skipped" => tracing::info!(
-            job = kind.as_str(), policy = %policy_name, run = %run_id, result = "skipped",
+        result @ ("skipped" | "aborted") => tracing::info!(
+            job = kind.as_str(), policy = %policy_name, run = %run_id, result,
             seconds, reason = outcome.error.as_deref().unwrap_or(""), "job finished"
         ),
         _ => tracing::info!(
@@ -560,43 +609,75 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             "job finished"
         ),
     }
-    if let Some(a) = alert {
-        ctx.alerter.send(a);
+    let mut state = state::lock(&ctx.state);
+    let Some(p) = state.policies.get_mut(&policy_name) else {
+        return;
+    };
+    if let Some(n) = newest {
+        p.newest_backup = Some(n);
+        p.rpo_breached = false;
     }
-    {
-        let mut state = ctx.state.lock().expect("state lock");
-        if let Some(p) = state.policies.get_mut(&policy_name) {
-            if let Some(n) = newest {
-                p.newest_backup = Some(n);
-                p.rpo_breached = false;
+    if let Some(result) = prune {
+        match result {
+            Ok(()) => p.last_prune_error = None,
+            Err(e) => {
+                p.last_prune_error = Some(e);
+                p.prune_failures_total += 1;
             }
-            record(p.kind_mut(kind), outcome, seconds, size);
         }
     }
-    finish(&ctx, &policy_name, kind);
+    let k = p.kind_mut(kind);
+    let was_failing = k.last_run.as_ref().is_some_and(|r| r.result == "failed");
+    record(k, outcome, seconds, size);
+    if let Some(a) = alert {
+        let now = Utc::now();
+        if !was_failing || k.alerted_at.is_none_or(|t| now - t >= ALERT_REPEAT) {
+            k.alerted_at = Some(now);
+            drop(state);
+            ctx.alerter.send(a);
+        } else {
+            tracing::info!(policy = %policy_name, job = kind.as_str(), "still failing; alerted already (again every 6 h)");
+        }
+    }
 }
 
-async fn prune_after_backup(ctx: &JobCtx, policy: &Policy, run_id: &str) {
+/// `None` when the prune did not run to a verdict (busy, stopped).
+async fn prune_after_backup(
+    ctx: &JobCtx,
+    policy: &Policy,
+    run_id: &str,
+) -> Option<Result<(), String>> {
     let opts = crate::prune::PruneOptions {
         cancel: ctx.abort.clone(),
         ..Default::default()
     };
     match crate::prune::prune(&ctx.repo, policy, &opts).await {
-        Ok(r) => tracing::info!(
-            job = "prune", policy = %policy.name, run = %run_id,
-            kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
-            held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
-            damaged = r.damaged.len(), "prune finished"
-        ),
-        Err(Error::Locked { message, .. }) => tracing::info!(
-            job = "prune", policy = %policy.name, run = %run_id, reason = %message,
-            "prune skipped: the policy is busy"
-        ),
-        // The backup itself succeeded; a failed prune only delays deletions.
-        Err(e) => tracing::error!(
-            job = "prune", policy = %policy.name, run = %run_id, error = %e,
-            "prune failed; old backups stay until the next run"
-        ),
+        Ok(r) => {
+            tracing::info!(
+                job = "prune", policy = %policy.name, run = %run_id,
+                kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
+                held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
+                damaged = r.damaged.len(), "prune finished"
+            );
+            Some(Ok(()))
+        }
+        Err(Error::Locked { message, .. }) => {
+            tracing::info!(
+                job = "prune", policy = %policy.name, run = %run_id, reason = %message,
+                "prune skipped: the policy is busy"
+            );
+            None
+        }
+        Err(Error::Interrupted(_)) if ctx.abort.load(Ordering::Relaxed) => None,
+        // The backup itself succeeded; a failed prune only delays deletions,
+        // and shows in /health, /metrics and /status until one succeeds.
+        Err(e) => {
+            tracing::error!(
+                job = "prune", policy = %policy.name, run = %run_id, error = %e,
+                "prune failed; old backups stay until the next run"
+            );
+            Some(Err(e.to_string()))
+        }
     }
 }
 
@@ -616,14 +697,14 @@ fn record(k: &mut KindState, outcome: RunOutcome, seconds: f64, size: Option<u64
 }
 
 fn finish(ctx: &JobCtx, policy: &str, kind: JobKind) {
-    if let Some(p) = ctx
-        .state
-        .lock()
-        .expect("state lock")
-        .policies
-        .get_mut(policy)
-    {
+    let mut state = state::lock(&ctx.state);
+    if let Some(p) = state.policies.get_mut(policy) {
         p.kind_mut(kind).running = false;
+        let idle = !p.backup.running && !p.drill.as_ref().is_some_and(|d| d.running);
+        // Removed by a reload while this run went on.
+        if idle && !state.configured.contains(policy) {
+            state.policies.remove(policy);
+        }
     }
 }
 
@@ -633,15 +714,18 @@ fn finish(ctx: &JobCtx, policy: &str, kind: JobKind) {
 fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
     let mut to_confirm = Vec::new();
     {
-        let mut state = ctx.state.lock().expect("state lock");
-        let started = state.started_at;
+        let mut state = state::lock(&ctx.state);
+        let configured = state.configured.clone();
         for (name, p) in &mut state.policies {
             let Some(target) = p.rpo_target_seconds.map(Duration::seconds) else {
                 continue;
             };
+            if !configured.contains(name) {
+                continue;
+            }
             let overdue = match p.newest_age(now) {
                 Some(age) => age > target,
-                None => now - started > target,
+                None => now - p.added_at > target,
             };
             if !overdue {
                 if p.rpo_breached {
@@ -668,8 +752,7 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
         jobs.spawn(async move {
             load_newest(&ctx.repo, &ctx.state, std::iter::once(name.clone())).await;
             let now = Utc::now();
-            let mut state = ctx.state.lock().expect("state lock");
-            let started = state.started_at;
+            let mut state = state::lock(&ctx.state);
             let Some(p) = state.policies.get_mut(&name) else {
                 return;
             };
@@ -678,7 +761,7 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
                 return;
             };
             let age = p.newest_age(now);
-            let overdue = age.map_or(now - started > target, |a| a > target);
+            let overdue = age.map_or(now - p.added_at > target, |a| a > target);
             if overdue && !p.rpo_breached {
                 p.rpo_breached = true;
                 let summary = match (&p.newest_backup, age) {
@@ -711,7 +794,7 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
 fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
     let refuse = |why: String| {
         tracing::error!(config = %path.display(), error = %why, "configuration NOT reloaded; still running the previous one");
-        ctx.state.lock().expect("state lock").last_reload_error = Some(why);
+        state::lock(&ctx.state).last_reload_error = Some(why);
         None
     };
     let new = match Config::load(path) {
@@ -736,7 +819,7 @@ fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
     }
     let new = Arc::new(new);
     sync_policies(&ctx.state, &new);
-    ctx.state.lock().expect("state lock").last_reload_error = None;
+    state::lock(&ctx.state).last_reload_error = None;
     tracing::info!(
         config = %path.display(),
         policies = new.policies.len(),

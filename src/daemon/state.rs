@@ -69,10 +69,17 @@ pub struct KindState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_size_bytes: Option<u64>,
     pub failures_total: u64,
+    /// When the last alert about this kind of run went out: a failure that
+    /// persists alerts again only every [`super::ALERT_REPEAT`].
+    #[serde(skip)]
+    pub alerted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PolicyState {
+    /// When the daemon started or the policy was added by a reload: a
+    /// policy without a backup gets one RPO period from then.
+    pub added_at: DateTime<Utc>,
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpo_target_seconds: Option<i64>,
@@ -84,6 +91,10 @@ pub struct PolicyState {
     pub backup: KindState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drill: Option<KindState>,
+    /// The retention run after the last backup, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_prune_error: Option<String>,
+    pub prune_failures_total: u64,
     /// When the repository was last read to confirm a breach.
     #[serde(skip)]
     pub confirmed_at: Option<DateTime<Utc>>,
@@ -121,9 +132,21 @@ pub struct DaemonState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket_drift: Option<Vec<String>>,
     pub policies: BTreeMap<String, PolicyState>,
+    /// Policies in the configuration now; others stay only while a run of
+    /// theirs finishes.
+    #[serde(skip)]
+    pub configured: std::collections::BTreeSet<String>,
 }
 
 pub type Shared = Arc<Mutex<DaemonState>>;
+
+/// The state, even if a panicking job poisoned the lock: what it holds is
+/// plain bookkeeping, and the endpoints must keep answering.
+pub fn lock(state: &Shared) -> std::sync::MutexGuard<'_, DaemonState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// One line of `/health`.
 #[derive(Debug, Clone, Serialize)]
@@ -175,7 +198,7 @@ pub fn health(
                     ),
                 },
                 // A fresh daemon gets one RPO period to take the first one.
-                None if now - state.started_at <= target => Check {
+                None if now - p.added_at <= target => Check {
                     ok: true,
                     detail: "no backup yet; the first is due".into(),
                 },
@@ -186,7 +209,7 @@ pub fn health(
             };
             checks.insert(format!("rpo:{name}"), check);
         }
-        let failed: Vec<String> = std::iter::once(("backup", Some(&p.backup)))
+        let mut failed: Vec<String> = std::iter::once(("backup", Some(&p.backup)))
             .chain(std::iter::once(("drill", p.drill.as_ref())))
             .filter_map(|(what, k)| {
                 let run = k?.last_run.as_ref()?;
@@ -199,6 +222,9 @@ pub fn health(
                 })
             })
             .collect();
+        if let Some(e) = &p.last_prune_error {
+            failed.push(format!("last prune failed: {e}"));
+        }
         checks.insert(
             format!("last_run:{name}"),
             Check {
@@ -282,6 +308,13 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
         "Backups that failed since the daemon started",
         failures.clone(),
     );
+    let prune_failures =
+        Family::<PolicyLabel, prometheus_client::metrics::counter::Counter>::default();
+    registry.register(
+        "prune_failures",
+        "Retention runs that failed since the daemon started",
+        prune_failures.clone(),
+    );
     let drill_failures =
         Family::<PolicyLabel, prometheus_client::metrics::counter::Counter>::default();
     registry.register(
@@ -324,6 +357,9 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
             rpo_target.get_or_create(&l).set(t as f64);
         }
         failures.get_or_create(&l).inc_by(p.backup.failures_total);
+        prune_failures
+            .get_or_create(&l)
+            .inc_by(p.prune_failures_total);
         if let Some(d) = &p.drill {
             drill_failures.get_or_create(&l).inc_by(d.failures_total);
             if let Some(t) = d.last_success_at {

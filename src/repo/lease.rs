@@ -275,10 +275,32 @@ impl Lease {
         }
     }
 
-    /// Stops renewing and removes the lease object.
+    /// Stops renewing and removes the lease object, if it is still ours.
+    ///
+    /// A lease that could not be renewed may have been taken over by now;
+    /// deleting it would free it for a third job while the second still
+    /// runs. So a lost lease is left alone, and otherwise the object is
+    /// deleted only if its ETag is still the one this holder wrote. (Plain
+    /// S3 has no conditional delete: a takeover in the moment between the
+    /// HEAD and the DELETE is possible, but needs the lease to have expired
+    /// while this holder was still renewing it.)
     pub async fn release(self) {
         self.renewer.abort();
-        let _ = self.etag.lock().await;
+        let ours = self.etag.lock().await.clone();
+        if *self.lost.borrow() {
+            tracing::warn!(key = %self.key, "The lease was lost; leaving it to whoever holds it now.");
+            return;
+        }
+        match self.store.head(&self.key, None).await {
+            // A store that gives no ETag on HEAD (a local directory) cannot
+            // tell; the lease is then deleted as before.
+            Ok(meta) if ours.is_some() && meta.etag.is_some() && meta.etag != ours => {
+                tracing::warn!(key = %self.key, "The lease was taken over by another job; leaving it.");
+                return;
+            }
+            Err(e) if e.is_not_found() => return,
+            _ => {}
+        }
         if let Err(e) = self.store.delete(&self.key).await {
             tracing::warn!(key = %self.key, error = %e, "Could not remove the lease; it expires by itself.");
         }
