@@ -742,6 +742,24 @@ impl ThawOptions {
     }
 }
 
+/// Asks S3 for a readable copy of one archived object.
+async fn request_retrieval(
+    admin: &dyn crate::storage::admin::BucketAdmin,
+    location: &str,
+    record: &ObjectRecord,
+    opts: &ThawOptions,
+) -> Result<Requested> {
+    admin
+        .request_retrieval(
+            &record.key,
+            record.version_id.as_deref(),
+            opts.tier,
+            opts.days,
+        )
+        .await
+        .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))
+}
+
 /// Makes `records` (objects of `manifest`) readable: objects in GLACIER or
 /// DEEP_ARCHIVE without a retrieved copy get a RestoreObject (unless one is
 /// under way already), then either this waits, telling `report` how it
@@ -817,15 +835,7 @@ pub async fn thaw(
     for (record, class, next) in &pending {
         let requested = match next {
             Next::Wait => Requested::AlreadyInProgress,
-            _ => admin
-                .request_retrieval(
-                    &record.key,
-                    record.version_id.as_deref(),
-                    opts.tier,
-                    opts.days,
-                )
-                .await
-                .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?,
+            _ => request_retrieval(admin, &location, record, opts).await?,
         };
         all_done &= requested == Requested::AlreadyDone;
         let state = match requested {
@@ -865,15 +875,7 @@ pub async fn thaw(
                 // The retrieved copy expired, or the request was lost: ask
                 // again rather than wait for nothing.
                 Next::Request => {
-                    admin
-                        .request_retrieval(
-                            &record.key,
-                            record.version_id.as_deref(),
-                            opts.tier,
-                            opts.days,
-                        )
-                        .await
-                        .map_err(|e| fetch_error(e, &format!("{location}/{}", record.key)))?;
+                    request_retrieval(admin, &location, record, opts).await?;
                     left += 1;
                 }
             }

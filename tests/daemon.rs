@@ -506,6 +506,14 @@ fn sighup_with_a_broken_policy_keeps_the_running_configuration() {
     assert!(status["last_reload_error"].is_null(), "{status}");
     assert_eq!(status["policies"]["etc"]["backup"]["schedule"], "@yearly");
     assert_eq!(status["policies"]["more"]["rpo_target_seconds"], 2 * 86400);
+
+    // A policy removed by a reload leaves /status (and /health, /metrics).
+    std::fs::remove_file(ws.path().join("policies/more.toml")).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_for("`more` to go", Duration::from_secs(20), || {
+        d.status()["policies"]["more"].is_null().then_some(())
+    });
+    assert!(!d.get("/metrics").1.contains("policy=\"more\""));
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(20)).success());
 }

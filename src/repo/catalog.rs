@@ -19,19 +19,24 @@ pub struct Catalog {
     pub damaged: Vec<(String, String)>,
 }
 
-/// Reads every manifest of a policy.
-///
-/// # Errors
-/// Storage errors from listing; unreadable manifests go to `damaged`.
-pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
-    let keys: Vec<String> = repo
+/// The keys of every manifest of a policy, in key order.
+async fn manifest_keys(repo: &Repo, policy: &str) -> Result<Vec<String>> {
+    Ok(repo
         .store
         .list(&super::backup_prefix(policy))
         .await?
         .into_iter()
         .map(|o| o.key)
         .filter(|k| k.ends_with("/manifest.json"))
-        .collect();
+        .collect())
+}
+
+/// Reads every manifest of a policy.
+///
+/// # Errors
+/// Storage errors from listing; unreadable manifests go to `damaged`.
+pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
+    let keys = manifest_keys(repo, policy).await?;
     let store = repo.store.clone();
     let results: Vec<(String, Result<Manifest, String>)> = futures::stream::iter(keys)
         .map(|key| {
@@ -81,14 +86,7 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
 /// # Errors
 /// Storage errors from listing.
 pub async fn newest(repo: &Repo, policy: &str) -> Result<Option<Manifest>> {
-    let mut keys: Vec<String> = repo
-        .store
-        .list(&super::backup_prefix(policy))
-        .await?
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with("/manifest.json"))
-        .collect();
+    let mut keys = manifest_keys(repo, policy).await?;
     keys.sort_unstable_by(|a, b| b.cmp(a));
     for key in keys {
         let bytes = match repo.store.get(&key, None).await {
