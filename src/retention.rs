@@ -127,7 +127,7 @@ pub fn describe(r: &Retention) -> String {
         parts.push(format!("keep_within {}", compact_duration(d)));
     }
     if parts.is_empty() {
-        "no retention rules (everything is kept)".into()
+        "no retention rules: everything is kept".into()
     } else {
         parts.join(", ")
     }

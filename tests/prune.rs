@@ -394,7 +394,7 @@ fn without_retention_rules_prune_keeps_everything() {
     }
     let out = ws.ok(&["prune", "etc"]);
     assert!(
-        out.contains("no retention rules (everything is kept)"),
+        out.contains("no retention rules: everything is kept"),
         "{out}"
     );
     assert!(out.contains("deleted 0 backups, kept 3"), "{out}");

@@ -132,6 +132,11 @@ pub async fn run(opts: Options) -> Result<()> {
         repository = %ctx.repo.store.location(),
         "daemon started"
     );
+    if slots.is_empty() {
+        tracing::warn!(
+            "no policy has a [schedule] backup or a [drill] schedule; the daemon only serves /health, /metrics and /status (add schedules, then send SIGHUP)"
+        );
+    }
     let mut jobs: JoinSet<()> = JoinSet::new();
     catch_up(&ctx, &slots, &mut jobs);
     let drift = tokio::spawn(watch_bucket(
