@@ -172,7 +172,13 @@ pub async fn run(opts: Options) -> Result<()> {
         let sleep = (wake - now).to_std().unwrap_or_default().min(MAX_SLEEP);
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
-            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a run panicked (a bug in drctl; please report it); its policy's next runs go ahead");
+                }
+            }
             _ = hup.recv() => {
                 if let Some(new) = reload(&ctx, &opts.config_path) {
                     slots = build_slots(&new, &slots, Utc::now());
