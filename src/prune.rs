@@ -95,6 +95,8 @@ pub struct PruneReport {
     pub held: Vec<String>,
     /// Objects the store refused to delete (Object Lock or a bucket policy).
     pub retained: Vec<Retained>,
+    /// Holds left by restores and drills that died (SIGKILL), removed.
+    pub expired_holds_removed: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +159,8 @@ pub async fn prune(repo: &Repo, policy: &Policy, opts: &PruneOptions) -> Result<
     let result = async {
         let mut report = plan(repo, policy, opts, Some(skew)).await?;
         execute(repo, &policy.name, &mut report, &lost, &opts.cancel).await?;
+        report.expired_holds_removed =
+            lease::remove_expired_holds(repo.store.as_ref(), &policy.name, Utc::now()).await?;
         Ok(report)
     }
     .await;
@@ -249,6 +253,7 @@ async fn plan(
         deleted: Vec::new(),
         held,
         retained: Vec::new(),
+        expired_holds_removed: 0,
     };
     if let Some(f) = &opts.on_plan {
         f(&report);
