@@ -3,9 +3,11 @@
 //! compares with what the bucket has ([`compare`]), and what `repo apply`
 //! changes ([`plan`]). No I/O here; the S3 calls are in `storage::s3`.
 //!
-//! Ownership: drctl owns the lifecycle rules whose id starts with
-//! [`OWNED_RULE_PREFIX`] and writes them all on every apply; rules with any
-//! other id belong to someone else and are kept exactly as they are.
+//! Ownership: a repository owns the lifecycle rules whose id starts with
+//! [`OWNED_RULE_PREFIX`] and names its root ([`rule_id`]: `drctl-…@prod`
+//! for `s3://bucket/prod`, plain `drctl-…` for a whole bucket), and writes
+//! them all on every apply. Every other rule, another repository's in the
+//! same bucket included, is kept exactly as it is.
 
 use crate::config::Lifecycle;
 
@@ -68,8 +70,9 @@ impl Rule {
         }
     }
 
-    pub fn owned(&self) -> bool {
-        self.id.starts_with(OWNED_RULE_PREFIX)
+    /// Whether this rule belongs to the repository at `root`.
+    pub fn owned_by(&self, root: &str) -> bool {
+        owned_by(&self.id, root)
     }
 
     /// Puts fields in the order S3 does not promise, so that equal rules
@@ -168,6 +171,26 @@ impl ObjectLock {
     }
 }
 
+/// The id of drctl's rule `name` for the repository at `root` (a key
+/// prefix, with or without its trailing slash). S3 keeps one lifecycle
+/// configuration per bucket with unique ids, so repositories sharing a
+/// bucket need ids of their own.
+pub fn rule_id(name: &str, root: &str) -> String {
+    match root.trim_matches('/') {
+        "" => name.to_string(),
+        r => format!("{name}@{r}"),
+    }
+}
+
+/// Whether the rule `id` is drctl's for the repository at `root`.
+pub fn owned_by(id: &str, root: &str) -> bool {
+    let Some(rest) = id.strip_prefix(OWNED_RULE_PREFIX) else {
+        return false;
+    };
+    let repo = rest.split_once('@').map_or("", |(_, r)| r);
+    repo == root.trim_matches('/')
+}
+
 /// What a bucket has, as read from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actual {
@@ -182,6 +205,8 @@ pub struct Actual {
 /// manifests record version ids, and deletion must leave a delete marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
+    /// The repository's key prefix (`prod/`), empty for a whole bucket.
+    pub root: String,
     /// drctl's lifecycle rules, sorted by id.
     pub rules: Vec<Rule>,
     /// Default retention to set; `None` leaves Object Lock as it is.
@@ -198,7 +223,7 @@ pub fn desired(lifecycle: &Lifecycle, prefix: &str) -> Desired {
     };
     let mut rules = Vec::new();
     if let Some(after) = lifecycle.archive_after_days {
-        let mut archive = Rule::new(RULE_ARCHIVE, format!("{root}backups/"));
+        let mut archive = Rule::new(&rule_id(RULE_ARCHIVE, &root), format!("{root}backups/"));
         archive.tags = vec![(DATA_TAG_KEY.into(), DATA_TAG_VALUE.into())];
         archive.transition = Some(Transition {
             days: after,
@@ -209,7 +234,7 @@ pub fn desired(lifecycle: &Lifecycle, prefix: &str) -> Desired {
         });
         rules.push(archive);
     }
-    let mut noncurrent = Rule::new(RULE_NONCURRENT, root.clone());
+    let mut noncurrent = Rule::new(&rule_id(RULE_NONCURRENT, &root), root.clone());
     noncurrent.noncurrent_expire_days = Some(
         lifecycle
             .noncurrent_expire_days
@@ -217,7 +242,7 @@ pub fn desired(lifecycle: &Lifecycle, prefix: &str) -> Desired {
     );
     noncurrent.expired_delete_markers = true;
     rules.push(noncurrent);
-    let mut abort = Rule::new(RULE_ABORT, root);
+    let mut abort = Rule::new(&rule_id(RULE_ABORT, &root), root.clone());
     abort.abort_incomplete_days = Some(
         lifecycle
             .abort_incomplete_upload_days
@@ -233,7 +258,11 @@ pub fn desired(lifecycle: &Lifecycle, prefix: &str) -> Desired {
         }),
         _ => None,
     };
-    Desired { rules, retention }
+    Desired {
+        root,
+        rules,
+        retention,
+    }
 }
 
 /// One setting, desired against actual.
@@ -283,7 +312,7 @@ pub fn compare(desired: &Desired, actual: &Actual) -> Comparison {
     for extra in actual
         .rules
         .iter()
-        .filter(|r| r.owned() && !desired.rules.iter().any(|w| w.id == r.id))
+        .filter(|r| r.owned_by(&desired.root) && !desired.rules.iter().any(|w| w.id == r.id))
     {
         settings.push(Setting {
             name: format!("lifecycle rule {}", extra.id),
@@ -311,7 +340,7 @@ pub fn compare(desired: &Desired, actual: &Actual) -> Comparison {
         other_rules: actual
             .rules
             .iter()
-            .filter(|r| !r.owned())
+            .filter(|r| !r.owned_by(&desired.root))
             .map(|r| format!("{}: {}", r.id, r.describe()))
             .collect(),
     }
@@ -353,14 +382,6 @@ pub enum PlanError {
          from [lifecycle]. drctl never turns Object Lock on, because it cannot be turned off again"
     )]
     NoObjectLock { mode: String },
-
-    #[error(
-        "the bucket's lifecycle rules {rules} belong to another drctl repository in this bucket \
-         (their filters are outside `{root}`); S3 keeps one lifecycle configuration per bucket and \
-         drctl's rule ids are the same for every repository, so `repo apply` would replace them. \
-         Give each repository its own bucket, or manage these rules by hand"
-    )]
-    ForeignRules { rules: String, root: String },
 }
 
 /// The changes that make `actual` what `desired` asks for; empty when it
@@ -373,25 +394,6 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Result<Plan, PlanError> {
     if let (Some(want), ObjectLock::Disabled) = (&desired.retention, &actual.object_lock) {
         return Err(PlanError::NoObjectLock {
             mode: want.mode.clone(),
-        });
-    }
-    // Every drctl rule has the repository's root as (the start of) its
-    // filter; the noncurrent rule has exactly the root.
-    let root = desired
-        .rules
-        .iter()
-        .find(|r| r.id == RULE_NONCURRENT)
-        .map_or(String::new(), |r| r.prefix.clone());
-    let foreign: Vec<String> = actual
-        .rules
-        .iter()
-        .filter(|r| r.owned() && !r.prefix.starts_with(&root))
-        .map(|r| format!("{} ({})", r.id, r.prefix))
-        .collect();
-    if !foreign.is_empty() {
-        return Err(PlanError::ForeignRules {
-            rules: foreign.join(", "),
-            root,
         });
     }
     let comparison = compare(desired, actual);
@@ -417,20 +419,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rules_of_another_repository_in_the_bucket_are_not_replaced() {
+    fn repositories_sharing_a_bucket_own_their_rules_only() {
         let staging = desired(&Lifecycle::default(), "staging");
         let prod = desired(&Lifecycle::default(), "prod");
+        assert!(prod.rules.iter().all(|r| r.id.ends_with("@prod")));
+        let whole = desired(&Lifecycle::default(), "");
+        assert!(whole.rules.iter().any(|r| r.id == RULE_NONCURRENT));
         let actual = Actual {
             versioning: Some("Enabled".into()),
             rules: prod.rules.clone(),
             object_lock: ObjectLock::Disabled,
         };
-        let err = plan(&staging, &actual).unwrap_err();
-        assert!(
-            matches!(&err, PlanError::ForeignRules { rules, .. } if rules.contains("prod/")),
-            "{err}"
+        // prod's rules are "others" to staging: added to, never replaced.
+        let p = plan(&staging, &actual).unwrap();
+        assert_eq!(p.lifecycle.as_ref().unwrap().len(), staging.rules.len());
+        assert_eq!(
+            compare(&staging, &actual).other_rules.len(),
+            prod.rules.len()
         );
         assert!(plan(&prod, &actual).unwrap().is_empty());
+        assert!(!owned_by("drctl-expire-noncurrent@prod", "staging/"));
+        assert!(owned_by("drctl-expire-noncurrent@prod", "prod/"));
+        assert!(owned_by("drctl-expire-noncurrent", ""));
+        assert!(!owned_by("drctl-expire-noncurrent", "prod"));
+        assert!(!owned_by("backup-expiry", ""));
     }
 
     fn lifecycle() -> Lifecycle {
@@ -454,7 +466,14 @@ mod tests {
     fn desired_rules_are_filtered_to_the_repository_and_data_is_found_by_tag() {
         let d = desired(&lifecycle(), "drctl");
         let ids: Vec<&str> = d.rules.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, [RULE_ABORT, RULE_ARCHIVE, RULE_NONCURRENT]);
+        assert_eq!(
+            ids,
+            [
+                "drctl-abort-incomplete-uploads@drctl",
+                "drctl-archive-data@drctl",
+                "drctl-expire-noncurrent@drctl"
+            ]
+        );
         let archive = &d.rules[1];
         assert_eq!(archive.prefix, "drctl/backups/");
         assert_eq!(
@@ -542,7 +561,7 @@ mod tests {
         actual.rules.push(foreign);
         let c = compare(&d, &actual);
         let drift: Vec<&str> = c.drifted().iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(drift, [format!("lifecycle rule {RULE_NONCURRENT}")]);
+        assert_eq!(drift, [format!("lifecycle rule {RULE_NONCURRENT}@drctl")]);
         assert!(c.drifted()[0].actual.contains("99 days"));
         assert_eq!(c.other_rules.len(), 1);
         assert!(c.other_rules[0].starts_with("logs-expiry: objects under `logs/`"));
@@ -583,7 +602,10 @@ mod tests {
         let p = plan(&without_archive, &actual).unwrap();
         assert_eq!(p.lifecycle.as_ref(), Some(&without_archive.rules));
         assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
-        assert_eq!(p.changes[0].name, format!("lifecycle rule {RULE_ARCHIVE}"));
+        assert_eq!(
+            p.changes[0].name,
+            format!("lifecycle rule {RULE_ARCHIVE}@drctl")
+        );
         assert!(p.changes[0].desired.starts_with("absent"));
     }
 

@@ -128,19 +128,19 @@ const LIFECYCLE: &str = "archive_after_days = 45\narchive_class = \"GLACIER\"\nn
 fn expected_rules() -> Vec<Value> {
     vec![
         json!({
-            "ID": "drctl-abort-incomplete-uploads",
+            "ID": "drctl-abort-incomplete-uploads@drctl",
             "Filter": {"Prefix": "drctl/"},
             "Status": "Enabled",
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 2}
         }),
         json!({
-            "ID": "drctl-archive-data",
+            "ID": "drctl-archive-data@drctl",
             "Filter": {"And": {"Prefix": "drctl/backups/", "Tags": [{"Key": "drctl-kind", "Value": "data"}]}},
             "Status": "Enabled",
             "Transitions": [{"Days": 45, "StorageClass": "GLACIER"}]
         }),
         json!({
-            "ID": "drctl-expire-noncurrent",
+            "ID": "drctl-expire-noncurrent@drctl",
             "Filter": {"Prefix": "drctl/"},
             "Status": "Enabled",
             "NoncurrentVersionExpiration": {"NoncurrentDays": 14},
@@ -221,12 +221,12 @@ fn status_names_drift_made_behind_drctls_back_and_apply_keeps_others_rules() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("DRIFT  lifecycle rule drctl-expire-noncurrent"),
+        stdout.contains("DRIFT  lifecycle rule drctl-expire-noncurrent@drctl"),
         "{stdout}"
     );
     assert!(stdout.contains("99 days"), "{stdout}");
     assert!(
-        stdout.contains("ok     lifecycle rule drctl-archive-data"),
+        stdout.contains("ok     lifecycle rule drctl-archive-data@drctl"),
         "{stdout}"
     );
     assert!(
@@ -234,7 +234,7 @@ fn status_names_drift_made_behind_drctls_back_and_apply_keeps_others_rules() {
         "{stdout}"
     );
     assert!(
-        stderr_of(&out).contains("differ from drctl.toml: lifecycle rule drctl-expire-noncurrent; `drctl repo apply` sets them"),
+        stderr_of(&out).contains("differ from drctl.toml: lifecycle rule drctl-expire-noncurrent@drctl; `drctl repo apply` sets them"),
         "{}",
         stderr_of(&out)
     );
@@ -919,4 +919,46 @@ fn a_missing_bucket_is_named_and_nothing_is_created() {
     }
     let buckets = aws_json(&["s3api", "list-buckets"]);
     assert!(!buckets.to_string().contains(&missing), "{buckets}");
+}
+
+#[test]
+fn two_repositories_in_one_bucket_keep_each_others_rules() {
+    let bucket = unique_bucket_name("bucket-shared");
+    let prod = workspace(&bucket, true, LIFECYCLE);
+    let staging = Workspace::new(Backend::S3 {
+        endpoint: server().endpoint(),
+        bucket: bucket.clone(),
+    });
+    let path = staging.path().join("drctl.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("s3://{bucket}/drctl"),
+        &format!("s3://{bucket}/staging"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let staging = with_lifecycle(staging, "noncurrent_expire_days = 7");
+    staging.ok(&["init"]);
+
+    prod.ok(&["repo", "apply"]);
+    staging.ok(&["repo", "apply"]);
+    let rules = lifecycle_rules(&bucket).expect("lifecycle rules");
+    let mut ids: Vec<&str> = rules.iter().map(|r| r["ID"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "drctl-abort-incomplete-uploads@drctl",
+            "drctl-abort-incomplete-uploads@staging",
+            "drctl-archive-data@drctl",
+            "drctl-expire-noncurrent@drctl",
+            "drctl-expire-noncurrent@staging",
+        ]
+    );
+    // Each sees no drift, and the other's rules as someone else's.
+    let out = prod.ok(&["repo", "status"]);
+    assert!(out.contains("drctl-expire-noncurrent@staging"), "{out}");
+    staging.ok(&["repo", "status"]);
+    let writes = setting_writes(&bucket);
+    assert!(prod.ok(&["repo", "apply"]).contains("nothing to change"));
+    assert!(staging.ok(&["repo", "apply"]).contains("nothing to change"));
+    assert_eq!(setting_writes(&bucket), writes);
 }

@@ -111,7 +111,7 @@ impl BucketAdmin for S3Store {
             .filter(|r| {
                 !r.id
                     .as_deref()
-                    .is_some_and(|id| id.starts_with(crate::bucket::OWNED_RULE_PREFIX))
+                    .is_some_and(|id| crate::bucket::owned_by(id, self.prefix()))
             })
             .collect();
         for rule in owned {
