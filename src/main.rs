@@ -24,6 +24,9 @@ fn main() -> std::process::ExitCode {
         (LogFormat::Text, true) => builder.init(),
         (LogFormat::Text, false) => builder.without_time().init(),
     }
+    if daemon {
+        drctl::daemon::limit_malloc_arenas();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
