@@ -40,11 +40,58 @@ pub struct JobOptions {
 /// Any failure of the source, pipeline or store. Nothing is left that looks
 /// like a backup: without a manifest the objects are ignored, and they are
 /// removed on the way out when possible.
+///
+/// A failed attempt leaves a run record (`runs/<policy>/<id>.json`, see
+/// [`repo::runs`]) so that reports can count it; a busy policy (`Locked`)
+/// or a stopped job (`Interrupted`) does not.
 pub async fn run(
     repo: &Repo,
     config: &Config,
     policy: &Policy,
     opts: &JobOptions,
+) -> Result<Manifest> {
+    let started = Utc::now();
+    let id = repo::new_backup_id(started);
+    let result = attempt(repo, config, policy, opts, &id, started).await;
+    if let Err(e) = &result {
+        record_failure(repo, config, policy, &id, started, e).await;
+    }
+    result
+}
+
+/// Writes the run record of a failed attempt. Never a second error: the
+/// store is often unreachable when a backup fails, and the backup's own
+/// error is what the caller must see.
+async fn record_failure(
+    repo: &Repo,
+    config: &Config,
+    policy: &Policy,
+    id: &str,
+    started: chrono::DateTime<Utc>,
+    error: &Error,
+) {
+    let Some(record) = repo::runs::RunRecord::failed(
+        id,
+        &policy.name,
+        policy.source.kind(),
+        &config.recipients,
+        started,
+        error,
+    ) else {
+        return;
+    };
+    if let Err(e) = repo::runs::write(repo, &record).await {
+        tracing::warn!(policy = %policy.name, run = %id, error = %e, "Cannot write the run record of the failed backup; reports will not count this failure.");
+    }
+}
+
+async fn attempt(
+    repo: &Repo,
+    config: &Config,
+    policy: &Policy,
+    opts: &JobOptions,
+    id: &str,
+    started: chrono::DateTime<Utc>,
 ) -> Result<Manifest> {
     let lease = Lease::acquire(repo.store.clone(), &policy.name, "backup").await?;
     // This job stops when the process is told to, or when this policy's
@@ -69,16 +116,14 @@ pub async fn run(
             cancel.store(true, Ordering::Relaxed);
         })
     };
-    let started = Utc::now();
-    let id = repo::new_backup_id(started);
-    let result = run_locked(repo, config, policy, &id, started, &job).await;
+    let result = run_locked(repo, config, policy, id, started, &job).await;
     watcher.abort();
     let lost = lease_lost.load(Ordering::Relaxed);
     lease.release().await;
     match result {
         Ok(m) => Ok(m),
         Err(e) => {
-            cleanup(repo, &policy.name, &id).await;
+            cleanup(repo, &policy.name, id).await;
             if lost {
                 return Err(Error::LeaseLost {
                     policy: policy.name.clone(),
