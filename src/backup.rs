@@ -25,6 +25,9 @@ const READ_BYTES: usize = 256 * 1024;
 const SCAN_CHUNKS: usize = 8;
 /// How often a job looks at the process-wide stop flag.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long writing a failed attempt's run record may take. The store is
+/// often why the backup failed; the caller should not wait on its retries.
+const RUN_RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How the process runs a job (flags, not policy).
 #[derive(Clone, Default)]
@@ -53,7 +56,11 @@ pub async fn run(
     let started = Utc::now();
     let id = repo::new_backup_id(started);
     let result = attempt(repo, config, policy, opts, &id, started).await;
-    if let Err(e) = &result {
+    if let Err(e) = &result
+        // Told to stop (SIGTERM, Ctrl-C): whatever error that surfaced as,
+        // the job was stopped on purpose and did not fail.
+        && !opts.cancel.load(Ordering::Relaxed)
+    {
         record_failure(repo, config, policy, &id, started, e).await;
     }
     result
@@ -80,7 +87,18 @@ async fn record_failure(
     ) else {
         return;
     };
-    if let Err(e) = repo::runs::write(repo, &record).await {
+    let written = tokio::time::timeout(RUN_RECORD_TIMEOUT, repo::runs::write(repo, &record))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Storage(crate::error::StorageError::new(
+                "put",
+                repo.store.location(),
+                repo::runs::run_key(&policy.name, id),
+                crate::error::StorageErrorKind::Transient,
+                format!("no answer within {} s", RUN_RECORD_TIMEOUT.as_secs()),
+            )))
+        });
+    if let Err(e) = written {
         tracing::warn!(policy = %policy.name, run = %id, error = %e, "Cannot write the run record of the failed backup; reports will not count this failure.");
     }
 }

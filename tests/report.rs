@@ -179,7 +179,10 @@ fn json_and_markdown_show_the_figures() {
     assert_eq!(b["failed"], 0, "no failed attempt: {b:#}");
     assert_eq!(b["success_rate_percent"].as_f64(), Some(100.0), "{b:#}");
     assert!(
-        b["failed_note"].as_str().unwrap().contains("no run records"),
+        b["failed_note"]
+            .as_str()
+            .unwrap()
+            .contains("no run records"),
         "0 failed without any run record says why: {b:#}"
     );
     let gap = &b["largest_gap"];

@@ -87,7 +87,10 @@ fn policy<'a>(report: &'a Value, name: &str) -> &'a Value {
 fn a_failed_backup_is_recorded_sealed_and_counted_by_the_report() {
     let (ws, dir) = workspace();
     ws.backup(POLICY);
-    assert!(run_records(&ws).is_empty(), "a good backup writes no run record");
+    assert!(
+        run_records(&ws).is_empty(),
+        "a good backup writes no run record"
+    );
 
     // Before any failure, 0 failed says why it may mean little.
     let report: Value = serde_json::from_str(&ws.ok(&["report", "--format", "json"])).unwrap();
@@ -103,10 +106,17 @@ fn a_failed_backup_is_recorded_sealed_and_counted_by_the_report() {
     // The source is gone: the backup fails and names the path.
     std::fs::remove_dir_all(&dir).expect("remove source dir");
     let stderr = ws.fails(&["backup", POLICY], EXIT_FAILED);
-    assert!(stderr.contains(SECRET_NAME), "the error names the path:\n{stderr}");
+    assert!(
+        stderr.contains(SECRET_NAME),
+        "the error names the path:\n{stderr}"
+    );
 
     let records = run_records(&ws);
-    assert_eq!(records.len(), 1, "one failed attempt, one record: {records:?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "one failed attempt, one record: {records:?}"
+    );
     let bytes = std::fs::read(&records[0]).expect("read run record");
     assert!(
         !String::from_utf8_lossy(&bytes).contains(SECRET_NAME),
@@ -140,16 +150,27 @@ fn a_failed_backup_is_recorded_sealed_and_counted_by_the_report() {
     std::fs::write(&lock, lease_body("otherhost:1")).unwrap();
     let stderr = ws.fails(&["backup", POLICY], EXIT_REFUSED);
     assert!(stderr.contains("is busy"), "{stderr}");
-    assert_eq!(run_records(&ws).len(), 1, "a refused (locked) backup is not a failure");
+    assert_eq!(
+        run_records(&ws).len(),
+        1,
+        "a refused (locked) backup is not a failure"
+    );
     std::fs::remove_file(&lock).unwrap();
 
     let out = ws.ok(&["report", "--format", "json"]);
     assert!(!out.contains(SECRET_NAME), "the report shows no error text");
     let report: Value = serde_json::from_str(&out).unwrap();
     let b = &policy(&report, POLICY)["backups"];
-    assert_eq!((b["taken"].as_u64(), b["failed"].as_u64()), (Some(1), Some(1)), "{b:#}");
+    assert_eq!(
+        (b["taken"].as_u64(), b["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{b:#}"
+    );
     assert_eq!(b["success_rate_percent"].as_f64(), Some(50.0), "{b:#}");
-    assert!(b["failed_note"].is_null(), "the policy has run records: {b:#}");
+    assert!(
+        b["failed_note"].is_null(),
+        "the policy has run records: {b:#}"
+    );
     assert_eq!(b["failures"][0]["id"], id);
     assert_eq!(b["failures"][0]["error_class"], "source");
     assert_eq!(report["totals"]["backups_failed"], 1);

@@ -263,7 +263,10 @@ mod tests {
             ),
             (Error::Key("bad recipient".into()), "key"),
             (Error::Usage("x".into()), "config"),
-            (Error::io("the upload stopped", std::io::Error::other("x")), "io"),
+            (
+                Error::io("the upload stopped", std::io::Error::other("x")),
+                "io",
+            ),
             (Error::Refused("x".into()), "other"),
         ];
         for (e, class) in cases {
@@ -290,7 +293,10 @@ mod tests {
         .expect("a source error is a failure");
         let json = serde_json::to_string(&r).unwrap();
         assert!(!json.contains("secret_orders"), "{json}");
-        assert_eq!((r.result.as_str(), r.error_class.as_str()), ("failed", "source"));
+        assert_eq!(
+            (r.result.as_str(), r.error_class.as_str()),
+            ("failed", "source")
+        );
         let sealed = base64::engine::general_purpose::STANDARD
             .decode(r.error_sealed.unwrap())
             .unwrap();

@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use super::chart::{Chart, Mark, Point, Unit};
 use super::{
-    Control, Coverage, PolicyReport, Report, chain_sentence, drills_sentence, failed_sentence, fmt_bytes, fmt_met,
-    fmt_percent, fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence, short_recipient,
+    Control, Coverage, PolicyReport, Report, chain_sentence, drills_sentence, failed_sentence,
+    fmt_bytes, fmt_met, fmt_percent, fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence,
+    short_recipient,
 };
 
 /// Escapes text for HTML element content and attribute values.

@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use super::{
-    PolicyReport, Report, chain_sentence, drills_sentence, failed_sentence, fmt_bytes, fmt_met, fmt_percent,
-    fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence, short_recipient,
+    PolicyReport, Report, chain_sentence, drills_sentence, failed_sentence, fmt_bytes, fmt_met,
+    fmt_percent, fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence, short_recipient,
 };
 
 /// Text safe inside a table cell: no pipes, no line breaks.
@@ -91,7 +91,8 @@ pub fn render_markdown(r: &Report) -> String {
                 p.kind,
                 b.taken,
                 match b.success_rate_percent {
-                    Some(rate) if b.failed > 0 => format!("{} ({} succeeded)", b.failed, fmt_percent(rate)),
+                    Some(rate) if b.failed > 0 =>
+                        format!("{} ({} succeeded)", b.failed, fmt_percent(rate)),
                     _ => b.failed.to_string(),
                 },
                 cell(&gap),

@@ -514,7 +514,11 @@ fn build_policy(
             "{} run record{} in the period cannot be read and {} not counted as failed attempts.",
             backups.unreadable_run_records,
             plural(backups.unreadable_run_records),
-            if backups.unreadable_run_records == 1 { "is" } else { "are" },
+            if backups.unreadable_run_records == 1 {
+                "is"
+            } else {
+                "are"
+            },
         ));
     }
     if backups.damaged_manifests > 0 {

@@ -301,7 +301,10 @@ fn a_period_without_drills_shows_no_rate() {
             .is_some_and(|n| n.contains("no run records")),
         "0 failures without any run record says why"
     );
-    assert!(md.contains("| `orders-db` (postgres) | 6 | 1 (85 % succeeded) |"), "{md}");
+    assert!(
+        md.contains("| `orders-db` (postgres) | 6 | 1 (85 % succeeded) |"),
+        "{md}"
+    );
     assert!(drill_lines(&md).iter().all(|l| !l.contains("100 %")));
 
     // With no drills anywhere, the testing controls are not shown.
