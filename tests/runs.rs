@@ -1,6 +1,7 @@
 //! Run records: a failed backup attempt leaves `runs/<policy>/<id>.json`
 //! with its error message sealed (readable with `age` alone, invisible
-//! without the key), a busy policy leaves none, a record that cannot be
+//! without the key, even when PostgreSQL's error names a table), a busy
+//! policy leaves none, a record that cannot be
 //! written never hides the backup's own error, and `drctl report` counts
 //! the failures and gives a success rate.
 
@@ -204,4 +205,67 @@ fn a_run_record_that_cannot_be_written_does_not_hide_the_error() {
         "a warning says the failure is not recorded:\n{stderr}"
     );
     assert!(Path::new(&ws.repo_dir().join("runs")).is_file());
+}
+
+/// pg_dump's (or the fingerprint's) "permission denied for table …" names
+/// the table: the record keeps it sealed.
+#[test]
+fn a_postgres_error_naming_a_table_stays_sealed() {
+    let pg = common::Postgres::start();
+    pg.createdb("app");
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE {SECRET_NAME} (id int); INSERT INTO {SECRET_NAME} VALUES (1); \
+             CREATE ROLE limited LOGIN PASSWORD '{}'; \
+             REVOKE ALL ON {SECRET_NAME} FROM PUBLIC;",
+            pg.password()
+        ),
+    );
+    let mut ws = Workspace::local();
+    ws.postgres_policy("orders-db", &pg, "app");
+    ws.write(
+        "policies/orders-db.toml",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"postgres://limited@127.0.0.1:{}/app\"\n",
+            pg.port()
+        ),
+    );
+    let stderr = ws.fails(&["backup", "orders-db"], EXIT_FAILED);
+    assert!(
+        stderr.contains(&format!("permission denied for table {SECRET_NAME}")),
+        "{stderr}"
+    );
+
+    let dir = ws.repo_dir().join("runs").join("orders-db");
+    let records: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("runs/orders-db/ exists")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let bytes = std::fs::read(&records[0]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains(SECRET_NAME),
+        "a table name in plaintext:\n{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let record: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(record["kind"], "postgres");
+    assert!(
+        ["source", "database"].contains(&record["error_class"].as_str().unwrap()),
+        "{record:#}"
+    );
+    let message = open_with_age_cli(&ws, record["error_sealed"].as_str().unwrap());
+    assert!(message.contains(SECRET_NAME), "{message}");
+
+    let out = ws.ok(&["report", "--format", "json"]);
+    assert!(!out.contains(SECRET_NAME), "the report shows no error text");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let b = &policy(&report, "orders-db")["backups"];
+    assert_eq!(
+        (b["taken"].as_u64(), b["failed"].as_u64()),
+        (Some(0), Some(1)),
+        "{b:#}"
+    );
+    assert_eq!(b["success_rate_percent"].as_f64(), Some(0.0), "{b:#}");
 }
