@@ -25,6 +25,9 @@ const READ_BYTES: usize = 256 * 1024;
 const SCAN_CHUNKS: usize = 8;
 /// How often a job looks at the process-wide stop flag.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long writing a failed attempt's run record may take. The store is
+/// often why the backup failed; the caller should not wait on its retries.
+const RUN_RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How the process runs a job (flags, not policy).
 #[derive(Clone, Default)]
@@ -40,11 +43,73 @@ pub struct JobOptions {
 /// Any failure of the source, pipeline or store. Nothing is left that looks
 /// like a backup: without a manifest the objects are ignored, and they are
 /// removed on the way out when possible.
+///
+/// A failed attempt leaves a run record (`runs/<policy>/<id>.json`, see
+/// [`repo::runs`]) so that reports can count it; a busy policy (`Locked`)
+/// or a stopped job (`Interrupted`) does not.
 pub async fn run(
     repo: &Repo,
     config: &Config,
     policy: &Policy,
     opts: &JobOptions,
+) -> Result<Manifest> {
+    let started = Utc::now();
+    let id = repo::new_backup_id(started);
+    let result = attempt(repo, config, policy, opts, &id, started).await;
+    if let Err(e) = &result
+        // Told to stop (SIGTERM, Ctrl-C): whatever error that surfaced as,
+        // the job was stopped on purpose and did not fail.
+        && !opts.cancel.load(Ordering::Relaxed)
+    {
+        record_failure(repo, config, policy, &id, started, e).await;
+    }
+    result
+}
+
+/// Writes the run record of a failed attempt. Never a second error: the
+/// store is often unreachable when a backup fails, and the backup's own
+/// error is what the caller must see.
+async fn record_failure(
+    repo: &Repo,
+    config: &Config,
+    policy: &Policy,
+    id: &str,
+    started: chrono::DateTime<Utc>,
+    error: &Error,
+) {
+    let Some(record) = repo::runs::RunRecord::failed(
+        id,
+        &policy.name,
+        policy.source.kind(),
+        &config.recipients,
+        started,
+        error,
+    ) else {
+        return;
+    };
+    let written = tokio::time::timeout(RUN_RECORD_TIMEOUT, repo::runs::write(repo, &record))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Storage(crate::error::StorageError::new(
+                "put",
+                repo.store.location(),
+                repo::runs::run_key(&policy.name, id),
+                crate::error::StorageErrorKind::Transient,
+                format!("no answer within {} s", RUN_RECORD_TIMEOUT.as_secs()),
+            )))
+        });
+    if let Err(e) = written {
+        tracing::warn!(policy = %policy.name, run = %id, error = %e, "Cannot write the run record of the failed backup; reports will not count this failure.");
+    }
+}
+
+async fn attempt(
+    repo: &Repo,
+    config: &Config,
+    policy: &Policy,
+    opts: &JobOptions,
+    id: &str,
+    started: chrono::DateTime<Utc>,
 ) -> Result<Manifest> {
     let lease = Lease::acquire(repo.store.clone(), &policy.name, "backup").await?;
     // This job stops when the process is told to, or when this policy's
@@ -69,16 +134,14 @@ pub async fn run(
             cancel.store(true, Ordering::Relaxed);
         })
     };
-    let started = Utc::now();
-    let id = repo::new_backup_id(started);
-    let result = run_locked(repo, config, policy, &id, started, &job).await;
+    let result = run_locked(repo, config, policy, id, started, &job).await;
     watcher.abort();
     let lost = lease_lost.load(Ordering::Relaxed);
     lease.release().await;
     match result {
         Ok(m) => Ok(m),
         Err(e) => {
-            cleanup(repo, &policy.name, &id).await;
+            cleanup(repo, &policy.name, id).await;
             if lost {
                 return Err(Error::LeaseLost {
                     policy: policy.name.clone(),

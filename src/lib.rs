@@ -16,7 +16,7 @@
 //!   between blocking CPU work and async network I/O.
 //! - [`storage`]: the object-store seam and its two implementations.
 //! - [`repo`]: repository layout, backup ids, manifests, the catalog and
-//!   `--to` selection, and leases.
+//!   `--to` selection, leases, and the run records of failed backups.
 //! - [`backup`] and [`restore`]: the jobs that join them.
 //! - [`drill`]: restore drills and their hash-chained records.
 //! - [`retention`] (pure: which backups the rules keep) and [`prune`] (applies

@@ -368,6 +368,34 @@ impl Watch<'_> {
         }
     }
 
+    /// Keys of the run records (failed attempts) of `policy`, relative to
+    /// the repository.
+    fn run_records(&self, policy: &str) -> Vec<String> {
+        match self {
+            Watch::Local(ws) => {
+                let mut keys: Vec<String> =
+                    std::fs::read_dir(ws.repo_dir().join("runs").join(policy))
+                        .map(|entries| {
+                            entries
+                                .flatten()
+                                .map(|e| {
+                                    format!("runs/{policy}/{}", e.file_name().to_string_lossy())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                keys.sort();
+                keys
+            }
+            Watch::S3 { s3, bucket } => {
+                block_on(s3.list_keys(bucket, &format!("drctl/runs/{policy}/")))
+                    .into_iter()
+                    .map(|k| k.trim_start_matches("drctl/").to_string())
+                    .collect()
+            }
+        }
+    }
+
     /// No manifest of any backup other than `keep`.
     fn assert_no_other_manifest(&self, keep: &str) {
         let keys: Vec<String> = match self {
@@ -770,6 +798,11 @@ fn pg_dump_killed_mid_stream(on_s3: bool) {
         !watch.lease_exists("shop"),
         "the failed backup kept its lease"
     );
+    assert_eq!(
+        watch.run_records("shop").len(),
+        1,
+        "a failed attempt leaves one run record"
+    );
     t.assert_nothing_but_the_small_backup("shop_restored");
 }
 
@@ -852,6 +885,11 @@ fn drctl_terminated_mid_backup(on_s3: bool) {
     assert!(
         !watch.lease_exists("shop"),
         "the stopped backup kept its lease"
+    );
+    assert_eq!(
+        watch.run_records("shop"),
+        Vec::<String>::new(),
+        "a backup stopped on purpose is not a failed attempt"
     );
     t.assert_nothing_but_the_small_backup("shop_restored");
 }

@@ -176,11 +176,15 @@ fn json_and_markdown_show_the_figures() {
     let p = policy(&report, POLICY);
     let b = &p["backups"];
     assert_eq!(b["taken"], 3, "{b:#}");
+    assert_eq!(b["failed"], 0, "no failed attempt: {b:#}");
+    assert_eq!(b["success_rate_percent"].as_f64(), Some(100.0), "{b:#}");
     assert!(
-        b["failed"].is_null(),
-        "failed backups are not recorded: {b:#}"
+        b["failed_note"]
+            .as_str()
+            .unwrap()
+            .contains("no run records"),
+        "0 failed without any run record says why: {b:#}"
     );
-    assert!(b["failed_note"].as_str().unwrap().contains("not recorded"));
     let gap = &b["largest_gap"];
     let expected = [(b1, b2), (b2, b3)]
         .iter()
@@ -259,10 +263,10 @@ fn json_and_markdown_show_the_figures() {
     let md = ws.ok(&["report"]);
     for expected in [
         "# Backup and recovery evidence",
-        "| `app-config` (files) | 3 | not recorded |",
+        "| `app-config` (files) | 3 | 0 |",
         "3 of 4 passed (75 %)",
         "- **RTO:** median 1 min, worst 1 min 40 s over 3 passed drills; target 2 min: met",
-        "- **Backups failed:** not recorded",
+        "- **Backups failed:** 0; 3 of 3 attempts succeeded (100 %) — no run records for this policy",
         "- **Versioning:** not applicable: local directory",
         "### SOC 2 (Trust Services Criteria, Availability) A1.3 — Recovery plan testing",
         "### ISO/IEC 27001:2022 Annex A A.8.13 — Information backup",
@@ -285,7 +289,15 @@ fn a_period_without_drills_says_so_and_shows_no_rate() {
     let md = f.ws.ok(&["report", "--since", "1d"]);
     assert!(md.contains("No drills were run in this period."), "{md}");
     assert!(md.contains("- **Drills:** none in this period"), "{md}");
-    assert!(!md.contains('%'), "a percentage without drills:\n{md}");
+    // The backups' success rate is a percentage; no drill figure is.
+    let drill_lines: Vec<&str> = md
+        .lines()
+        .filter(|l| l.to_lowercase().contains("drill") || l.contains("RTO"))
+        .collect();
+    assert!(
+        drill_lines.iter().all(|l| !l.contains('%')),
+        "a percentage without drills:\n{md}"
+    );
     assert!(
         md.contains("No restore drills were run in the period."),
         "{md}"

@@ -1,5 +1,5 @@
 //! `report`: a compliance report (Markdown, HTML or JSON) built from the
-//! repository's backups and drill records, and `report --verify`, which
+//! repository's backups, run records and drill records, and `report --verify`, which
 //! checks every policy's chain of drill records.
 
 use std::io::Write;
@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::drill;
 use crate::drill::record::{ChainReport, check_chain};
 use crate::error::{Error, Result};
-use crate::repo::catalog;
+use crate::repo::{catalog, runs};
 use crate::report::{self, PolicyInput, ReportInput};
 use crate::timespec::{TimeSpec, parse_timespec_local, resolve};
 
@@ -84,7 +84,8 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
     for p in &config.policies {
         let catalog = catalog::load(&repo, &p.name).await?;
         let records = drill::load_records(&repo, &p.name).await?;
-        policies.push(PolicyInput::new(p, catalog, records));
+        let runs = runs::load(&repo, &p.name).await?;
+        policies.push(PolicyInput::new(p, catalog, records, runs));
     }
     let input = ReportInput {
         since,

@@ -7,6 +7,7 @@
 //! backups/<policy>/<backup-id>/data.<kind>.zst.age
 //! backups/<policy>/<backup-id>/fingerprint.json.zst.age   (postgres)
 //! backups/<policy>/<backup-id>/manifest.json   written last
+//! runs/<policy>/<run-id>.json                  a failed backup attempt (see [`runs`])
 //! locks/<policy>                               lease
 //! locks/<policy>@holds/<backup-id>.<unique>    a restore or drill reading that backup
 //! ```
@@ -14,6 +15,7 @@
 pub mod catalog;
 pub mod lease;
 pub mod manifest;
+pub mod runs;
 
 use std::sync::Arc;
 

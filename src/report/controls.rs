@@ -9,6 +9,10 @@ use super::{Control, Coverage, PolicyReport, ProtectionView, fmt_seconds, fmt_ti
 struct Facts<'a> {
     policies: usize,
     backups: usize,
+    backups_failed: usize,
+    /// `name (n)` for each policy with failed attempts in the period.
+    with_failures: Vec<String>,
+    without_run_records: Vec<&'a str>,
     with_backups: Vec<&'a str>,
     without_backups: Vec<&'a str>,
     rpo_targets: usize,
@@ -45,6 +49,13 @@ fn facts(policies: &[PolicyReport]) -> Facts<'_> {
     Facts {
         policies: policies.len(),
         backups: policies.iter().map(|p| p.backups.taken).sum(),
+        backups_failed: policies.iter().map(|p| p.backups.failed).sum(),
+        with_failures: policies
+            .iter()
+            .filter(|p| p.backups.failed > 0)
+            .map(|p| format!("{} ({})", p.name, p.backups.failed))
+            .collect(),
+        without_run_records: names(|p| p.backups.failed_note.is_some()),
         with_backups: names(|p| p.backups.taken > 0),
         without_backups: names(|p| p.backups.taken == 0),
         rpo_targets: policies
@@ -159,6 +170,37 @@ impl Facts<'_> {
             s.push_str(&format!(
                 " No backup in the period for: {}.",
                 list(&self.without_backups)
+            ));
+        }
+        s.push(' ');
+        s.push_str(&self.failed());
+        s
+    }
+
+    /// The recorded failed attempts, and the success rate they give.
+    fn failed(&self) -> String {
+        let attempts = self.backups + self.backups_failed;
+        let mut s = format!(
+            "{} failed backup attempt{} recorded in the period",
+            self.backups_failed,
+            plural(self.backups_failed)
+        );
+        if attempts > 0 {
+            s.push_str(&format!(
+                " ({} of {attempts} attempt{} succeeded, {})",
+                self.backups,
+                plural(attempts),
+                super::fmt_percent(self.backups as f64 * 100.0 / attempts as f64)
+            ));
+        }
+        if !self.with_failures.is_empty() {
+            s.push_str(&format!(": {}", self.with_failures.join(", ")));
+        }
+        s.push('.');
+        if !self.without_run_records.is_empty() {
+            s.push_str(&format!(
+                " No run records at all for: {} (recorded since drctl 0.1.0).",
+                list(&self.without_run_records)
             ));
         }
         s
@@ -312,7 +354,7 @@ fn s(text: &str) -> Option<String> {
     Some(text.to_string())
 }
 
-const FAILED_NOT_RECORDED: &str = "Failed backup attempts: drctl does not record them yet, so no backup success rate can be given.";
+const FAILED_NOT_RECORDED: &str = "Failed backup attempts that left no run record: attempts that could not reach the repository to write one, and any made before drctl 0.1.0 recorded them.";
 const NOT_DATA: &str = "That the stored data is intact today: the report reads manifests, not data (`drctl verify --read-data` authenticates every stored byte).";
 
 pub(super) fn controls(

@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use super::chart::{Chart, Mark, Point, Unit};
 use super::{
-    Control, Coverage, PolicyReport, Report, chain_sentence, drills_sentence, fmt_bytes, fmt_met,
-    fmt_percent, fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence, short_recipient,
+    Control, Coverage, PolicyReport, Report, chain_sentence, drills_sentence, failed_sentence,
+    fmt_bytes, fmt_met, fmt_percent, fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence,
+    short_recipient,
 };
 
 /// Escapes text for HTML element content and attribute values.
@@ -208,11 +209,13 @@ fn summary(h: &mut String, r: &Report) {
     let t = &r.totals;
     let _ = writeln!(
         h,
-        "<p>{} polic{}, {} backup{} in the period, {} drill{} run ({} passed, {} failed). Drill records: {}.</p>",
+        "<p>{} polic{}, {} backup{} in the period ({} failed attempt{} recorded), {} drill{} run ({} passed, {} failed). Drill records: {}.</p>",
         t.policies,
         if t.policies == 1 { "y" } else { "ies" },
         t.backups_taken,
         plural(t.backups_taken),
+        t.backups_failed,
+        plural(t.backups_failed),
         t.drills_run,
         plural(t.drills_run),
         t.drills_passed,
@@ -227,7 +230,7 @@ fn summary(h: &mut String, r: &Report) {
         h.push_str("<p>No policies are configured.</p>\n</section>\n");
         return;
     }
-    h.push_str("<table>\n<thead><tr><th>Policy</th><th class=\"num\">Backups</th><th>Largest gap (RPO)</th><th>Drills</th><th>RTO median / worst</th><th>Drill records</th></tr></thead>\n<tbody>\n");
+    h.push_str("<table>\n<thead><tr><th>Policy</th><th class=\"num\">Backups</th><th>Failed backups</th><th>Largest gap (RPO)</th><th>Drills</th><th>RTO median / worst</th><th>Drill records</th></tr></thead>\n<tbody>\n");
     for p in &r.policies {
         let b = &p.backups;
         let d = &p.drills;
@@ -251,11 +254,19 @@ fn summary(h: &mut String, r: &Report) {
         };
         let _ = writeln!(
             h,
-            "<tr><td><a href=\"#policy-{}\">{}</a> <span class=\"meta\">{}</span></td><td class=\"num\">{}</td><td>{} {}</td><td>{}</td><td>{} {}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"#policy-{}\">{}</a> <span class=\"meta\">{}</span></td><td class=\"num\">{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{} {}</td><td>{}</td></tr>",
             anchor(&p.name),
             esc(&p.name),
             esc(&p.kind),
             b.taken,
+            match b.success_rate_percent {
+                Some(rate) if b.failed > 0 => format!(
+                    "{} <span class=\"meta\">({} succeeded)</span>",
+                    b.failed,
+                    esc(&fmt_percent(rate))
+                ),
+                _ => b.failed.to_string(),
+            },
             esc(&gap),
             met_badge(b.rpo_met, b.rpo_target_seconds.is_some()),
             drills,
@@ -268,7 +279,7 @@ fn summary(h: &mut String, r: &Report) {
             }
         );
     }
-    h.push_str("</tbody>\n</table>\n<p class=\"meta\">Failed backups: not recorded (drctl does not record failed backup attempts yet).</p>\n</section>\n");
+    h.push_str("</tbody>\n</table>\n<p class=\"meta\">Failed backups: attempts with a run record in the repository (recorded since drctl 0.1.0; an attempt that could not reach the repository may have left none).</p>\n</section>\n");
 }
 
 fn repository(h: &mut String, r: &Report) {
@@ -354,8 +365,8 @@ fn policy(h: &mut String, r: &Report, p: &PolicyReport) {
     ));
     h.push_str(&card(
         "Backups failed",
-        "not recorded",
-        "drctl does not record failed backup attempts yet",
+        &b.failed.to_string(),
+        &esc(&failed_sentence(b)),
     ));
     h.push_str(&card(
         "Largest gap (RPO achieved)",

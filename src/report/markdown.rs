@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use super::{
-    PolicyReport, Report, chain_sentence, drills_sentence, fmt_bytes, fmt_met, fmt_percent,
-    fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence, short_recipient,
+    PolicyReport, Report, chain_sentence, drills_sentence, failed_sentence, fmt_bytes, fmt_met,
+    fmt_percent, fmt_seconds, fmt_time, plural, rpo_sentence, rto_sentence, short_recipient,
 };
 
 /// Text safe inside a table cell: no pipes, no line breaks.
@@ -39,11 +39,13 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(m, "## Summary\n");
     let _ = writeln!(
         m,
-        "{} polic{}, {} backup{} in the period, {} drill{} run ({} passed, {} failed). Drill records: {}.\n",
+        "{} polic{}, {} backup{} in the period ({} failed attempt{} recorded), {} drill{} run ({} passed, {} failed). Drill records: {}.\n",
         t.policies,
         if t.policies == 1 { "y" } else { "ies" },
         t.backups_taken,
         plural(t.backups_taken),
+        t.backups_failed,
+        plural(t.backups_failed),
         t.drills_run,
         plural(t.drills_run),
         t.drills_passed,
@@ -84,10 +86,15 @@ pub fn render_markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 m,
-                "| `{}` ({}) | {} | not recorded | {} | {} | {} | {} |",
+                "| `{}` ({}) | {} | {} | {} | {} | {} | {} |",
                 p.name,
                 p.kind,
                 b.taken,
+                match b.success_rate_percent {
+                    Some(rate) if b.failed > 0 =>
+                        format!("{} ({} succeeded)", b.failed, fmt_percent(rate)),
+                    _ => b.failed.to_string(),
+                },
                 cell(&gap),
                 cell(&drills),
                 cell(&rto),
@@ -233,7 +240,7 @@ fn policy(m: &mut String, p: &PolicyReport) {
             _ => String::new(),
         }
     );
-    let _ = writeln!(m, "- **Backups failed:** {}", b.failed_note);
+    let _ = writeln!(m, "- **Backups failed:** {}", failed_sentence(b));
     let _ = writeln!(m, "- **Largest gap (RPO achieved):** {}", rpo_sentence(b));
     let _ = writeln!(m, "- **Drills:** {}", drills_sentence(d));
     let _ = writeln!(m, "- **RTO:** {}", rto_sentence(d));

@@ -17,6 +17,7 @@ use crate::drill::record::{ChainReport, StoredRecord, check_chain};
 use crate::pipeline::crypto::recipient_fingerprint;
 use crate::repo::catalog::Catalog;
 use crate::repo::manifest::Manifest;
+use crate::repo::runs::StoredRun;
 use crate::storage::Protection;
 
 pub use html::render_html;
@@ -27,9 +28,9 @@ pub const REPORT_FORMAT: u32 = 1;
 
 pub const TITLE: &str = "Backup and recovery evidence";
 
-/// Why the report cannot count failed backups (yet).
-pub const FAILED_BACKUPS_NOT_RECORDED: &str =
-    "not recorded: drctl does not record failed backup attempts yet";
+/// Said of a policy without any run record: 0 failures may only mean that
+/// nothing recorded them.
+pub const NO_RUN_RECORDS: &str = "no run records for this policy: drctl records failed backup attempts only since run records were introduced (drctl 0.1.0, `runs/` in the repository), so failures before that are not counted";
 
 /// Everything a report is made from, gathered by the caller.
 #[derive(Debug, Clone)]
@@ -71,13 +72,21 @@ pub struct PolicyInput {
     /// Every drill record of the policy, oldest first, as
     /// [`crate::drill::load_records`] returns them.
     pub records: Vec<StoredRecord>,
+    /// Every run record (failed backup attempt) of the policy, as
+    /// [`crate::repo::runs::load`] returns them.
+    pub runs: Vec<StoredRun>,
 }
 
 impl PolicyInput {
     /// The targets and retention from `policy`, the backups from `catalog`.
     /// The RPO target is `[drill] rpo_target`, else `[schedule] rpo_target`
     /// (the same order a drill uses when it records its RPO).
-    pub fn new(policy: &Policy, catalog: Catalog, records: Vec<StoredRecord>) -> PolicyInput {
+    pub fn new(
+        policy: &Policy,
+        catalog: Catalog,
+        records: Vec<StoredRecord>,
+        runs: Vec<StoredRun>,
+    ) -> PolicyInput {
         let seconds = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
         let drill_rpo = policy.drill.as_ref().and_then(|d| d.rpo_target);
         let schedule_rpo = policy.schedule.as_ref().and_then(|s| s.rpo_target);
@@ -101,6 +110,7 @@ impl PolicyInput {
             backups: catalog.backups,
             damaged_manifests: catalog.damaged,
             records,
+            runs,
         }
     }
 }
@@ -184,6 +194,8 @@ pub struct LifecycleView {
 pub struct Totals {
     pub policies: usize,
     pub backups_taken: usize,
+    /// Failed backup attempts with a run record in the period.
+    pub backups_failed: usize,
     pub drills_run: usize,
     pub drills_passed: usize,
     pub drills_failed: usize,
@@ -223,9 +235,17 @@ pub struct RetentionView {
 pub struct BackupSummary {
     /// Backups whose point in time is in the period.
     pub taken: usize,
-    /// Always null for now: failed attempts are not recorded.
-    pub failed: Option<usize>,
-    pub failed_note: String,
+    /// Failed backup attempts of the period: run records whose start is in
+    /// it. Attempts that could not write their record are not counted.
+    pub failed: usize,
+    /// `taken / (taken + failed) * 100`; null when both are 0.
+    pub success_rate_percent: Option<f64>,
+    /// Set when the figure needs it: the policy has no run record at all.
+    pub failed_note: Option<String>,
+    /// Run records of the period that cannot be read (not in `failed`).
+    pub unreadable_run_records: usize,
+    /// The period's failed attempts, oldest first.
+    pub failures: Vec<FailurePoint>,
     /// Manifests of the policy (any time) that could not be read.
     pub damaged_manifests: usize,
     pub first: Option<DateTime<Utc>>,
@@ -244,6 +264,16 @@ pub struct BackupSummary {
     pub stored_bytes_latest: Option<u64>,
     /// The period's backups, oldest first.
     pub series: Vec<BackupPoint>,
+}
+
+/// A failed backup attempt. Its error message is sealed in the run record
+/// and never shown here (it may name tables); the class is.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailurePoint {
+    pub id: String,
+    pub key: String,
+    pub started_at: DateTime<Utc>,
+    pub error_class: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -393,6 +423,7 @@ pub fn build(input: &ReportInput) -> Report {
     let totals = Totals {
         policies: policies.len(),
         backups_taken: policies.iter().map(|p| p.backups.taken).sum(),
+        backups_failed: policies.iter().map(|p| p.backups.failed).sum(),
         drills_run: policies.iter().map(|p| p.drills.run).sum(),
         drills_passed: policies.iter().map(|p| p.drills.passed).sum(),
         drills_failed: policies.iter().map(|p| p.drills.failed).sum(),
@@ -476,6 +507,18 @@ fn build_policy(
         notes.push(format!(
             "No backup from before the period remains, so gaps are measured from the first backup in the period ({}).",
             fmt_time(backups.first.expect("taken > 0"))
+        ));
+    }
+    if backups.unreadable_run_records > 0 {
+        notes.push(format!(
+            "{} run record{} in the period cannot be read and {} not counted as failed attempts.",
+            backups.unreadable_run_records,
+            plural(backups.unreadable_run_records),
+            if backups.unreadable_run_records == 1 {
+                "is"
+            } else {
+                "are"
+            },
         ));
     }
     if backups.damaged_manifests > 0 {
@@ -569,10 +612,16 @@ fn backup_summary(p: &PolicyInput, since: DateTime<Utc>, until: DateTime<Utc>) -
         (Some(target), Some(gap)) => Some(gap.seconds <= target),
         (Some(_), None) => Some(false),
     };
+    let (failures, unreadable_run_records) = failures(p, since, until);
+    let (taken, failed) = (inside.len(), failures.len());
     BackupSummary {
-        taken: inside.len(),
-        failed: None,
-        failed_note: FAILED_BACKUPS_NOT_RECORDED.to_string(),
+        taken,
+        failed,
+        success_rate_percent: (taken + failed > 0)
+            .then(|| taken as f64 * 100.0 / (taken + failed) as f64),
+        failed_note: p.runs.is_empty().then(|| NO_RUN_RECORDS.to_string()),
+        unreadable_run_records,
+        failures,
         damaged_manifests: p.damaged_manifests.len(),
         first: inside.first().map(|m| m.point_in_time),
         last: inside.last().map(|m| m.point_in_time),
@@ -593,6 +642,37 @@ fn backup_summary(p: &PolicyInput, since: DateTime<Utc>, until: DateTime<Utc>) -
             })
             .collect(),
     }
+}
+
+/// The period's failed attempts (oldest first), and how many run records
+/// that may be in the period cannot be read.
+fn failures(
+    p: &PolicyInput,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> (Vec<FailurePoint>, usize) {
+    let mut out = Vec::new();
+    let mut unreadable = 0;
+    for stored in &p.runs {
+        match &stored.record {
+            Ok(r) if r.result == "failed" && in_period(r.started_at, since, until) => {
+                out.push(FailurePoint {
+                    id: r.id.clone(),
+                    key: stored.key.clone(),
+                    started_at: r.started_at,
+                    error_class: r.error_class.clone(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if key_time(&stored.key).is_none_or(|t| in_period(t, since, until)) {
+                    unreadable += 1;
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    (out, unreadable)
 }
 
 /// The longest stretch of the period during which the newest backup was
@@ -868,7 +948,8 @@ fn retention_view(r: &Retention) -> RetentionView {
 
 fn limitations(policies: &[PolicyReport], protection: &ProtectionView) -> Vec<String> {
     let mut out = vec![
-        "Failed backup attempts are not recorded by drctl yet: the counts are of backups that completed (their manifest exists), and no backup success rate can be given.".to_string(),
+        "Failed backup attempts are counted from their run records (`runs/` in the repository), written since drctl 0.1.0. An attempt that could not write its record (often because the repository itself was unreachable) is not counted, so the failed count is a lower bound.".to_string(),
+        "The backup success rate divides the backups that still exist by those plus the recorded failures: backups removed by retention make it look lower, never higher.".to_string(),
         "Gaps between backups are computed from the backups that still exist. Retention may have removed some, which can make a gap look longer than it was, never shorter.".to_string(),
         "This report reads manifests and drill records, not backup data: it does not show that stored data is still intact today (`drctl verify --read-data` authenticates every stored byte).".to_string(),
         "Times come from the clocks of the hosts that took the backups and ran the drills.".to_string(),
@@ -985,6 +1066,33 @@ pub(crate) fn rpo_sentence(b: &BackupSummary) -> String {
         ),
         None => format!("{gap}; no RPO target set"),
     }
+}
+
+/// What the failed-backups line says: `1 (storage 1); 2 of 3 attempts
+/// succeeded (66 %)`, never a rate without attempts.
+pub(crate) fn failed_sentence(b: &BackupSummary) -> String {
+    let mut by_class = std::collections::BTreeMap::<&str, usize>::new();
+    for f in &b.failures {
+        *by_class.entry(f.error_class.as_str()).or_default() += 1;
+    }
+    let counted: Vec<String> = by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    let mut s = b.failed.to_string();
+    if !counted.is_empty() {
+        s.push_str(&format!(" ({})", counted.join(", ")));
+    }
+    if let Some(rate) = b.success_rate_percent {
+        s.push_str(&format!(
+            "; {} of {} attempt{} succeeded ({})",
+            b.taken,
+            b.taken + b.failed,
+            plural(b.taken + b.failed),
+            fmt_percent(rate)
+        ));
+    }
+    if let Some(note) = &b.failed_note {
+        s.push_str(&format!(" — {note}"));
+    }
+    s
 }
 
 /// What the drills line says; never a percentage without drills.

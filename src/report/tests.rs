@@ -103,6 +103,26 @@ fn chain(records: Vec<DrillRecord>) -> Vec<StoredRecord> {
     out
 }
 
+fn failed_run(policy: &str, at: DateTime<Utc>, class: &str) -> StoredRun {
+    let id = format!("{}-0000abcd", at.format("%Y%m%dT%H%M%SZ"));
+    StoredRun {
+        key: crate::repo::runs::run_key(policy, &id),
+        record: Ok(crate::repo::runs::RunRecord {
+            format: 1,
+            id,
+            policy: policy.into(),
+            kind: "postgres".into(),
+            host: "db1".into(),
+            tool_version: "0.1.0".into(),
+            started_at: at,
+            finished_at: at + Duration::seconds(3),
+            result: "failed".into(),
+            error_class: class.into(),
+            error_sealed: Some("YWdlLWVuY3J5cHRpb24ub3JnL3YxCg==".into()),
+        }),
+    }
+}
+
 fn policy(name: &str, kind: &str) -> PolicyInput {
     PolicyInput {
         name: name.into(),
@@ -115,6 +135,7 @@ fn policy(name: &str, kind: &str) -> PolicyInput {
         backups: vec![],
         damaged_manifests: vec![],
         records: vec![],
+        runs: vec![],
     }
 }
 
@@ -152,6 +173,12 @@ fn input() -> ReportInput {
         drill("orders-db", t(25, 5), true, Some(1200.0)),
         drill("orders-db", t(26, 5), true, Some(300.0)),
     ]);
+    // The failure of the 23rd is the 48 h gap's cause; the 19th is before
+    // the period.
+    orders.runs = vec![
+        failed_run("orders-db", t(19, 2), "database"),
+        failed_run("orders-db", t(23, 2), "storage"),
+    ];
 
     let mut nginx = policy("nginx-config", "files");
     nginx.backups = vec![
@@ -196,7 +223,15 @@ fn figures_for_a_drilled_policy() {
     let r = build(&input());
     let p = find(&r, "orders-db");
     assert_eq!(p.backups.taken, 6, "the 19th is before the period");
-    assert_eq!(p.backups.failed, None, "failed backups are not recorded");
+    assert_eq!(p.backups.failed, 1, "the failure of the 19th is outside");
+    assert_eq!(p.backups.failures[0].error_class, "storage");
+    assert_eq!(
+        p.backups.success_rate_percent,
+        Some(6.0 * 100.0 / 7.0),
+        "6 of 7 attempts succeeded"
+    );
+    assert_eq!(p.backups.failed_note, None, "the policy has run records");
+    assert_eq!(r.totals.backups_failed, 1);
     let gap = p.backups.largest_gap.as_ref().unwrap();
     assert_eq!(gap.seconds, 48.0 * 3600.0);
     assert_eq!((gap.from, gap.to, gap.open), (t(22, 2), t(24, 2), false));
@@ -247,9 +282,30 @@ fn a_period_without_drills_shows_no_rate() {
         section.contains("- **Drills:** none in this period"),
         "{section}"
     );
-    assert!(!section.contains('%'), "{section}");
-    assert!(md.contains("| `ledger` (postgres) | 1 | not recorded |"));
-    assert!(!md.contains("100 %"));
+    let drill_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("Drills") || l.contains("RTO"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        drill_lines(section).iter().all(|l| !l.contains('%')),
+        "{section}"
+    );
+    assert!(md.contains("| `ledger` (postgres) | 1 | 0 |"), "{md}");
+    assert!(
+        find(&r, "ledger")
+            .backups
+            .failed_note
+            .as_deref()
+            .is_some_and(|n| n.contains("no run records")),
+        "0 failures without any run record says why"
+    );
+    assert!(
+        md.contains("| `orders-db` (postgres) | 6 | 1 (85 % succeeded) |"),
+        "{md}"
+    );
+    assert!(drill_lines(&md).iter().all(|l| !l.contains("100 %")));
 
     // With no drills anywhere, the testing controls are not shown.
     let mut only = input();
@@ -258,7 +314,12 @@ fn a_period_without_drills_shows_no_rate() {
     let a13 = r.controls.iter().find(|c| c.id == "soc2-a1.3").unwrap();
     assert_eq!(a13.coverage, Coverage::NotShown);
     assert_eq!(a13.shows[0], "No restore drills were run in the period.");
-    assert!(!render_html(&r).contains("100 %"));
+    // The backups' success rate may be 100 %; a drill pass rate never is
+    // without drills.
+    let html = render_html(&r)
+        .replace("attempt succeeded (100 %)", "")
+        .replace("attempt succeeded, 100 %", "");
+    assert!(!html.contains("100 %"), "{html}");
 }
 
 #[test]
@@ -383,6 +444,25 @@ fn unreadable_records_in_the_period_are_listed() {
             .records
             .iter()
             .any(|e| !e.readable && e.key.ends_with("0000dead.json"))
+    );
+}
+
+#[test]
+fn unreadable_run_records_are_noted_not_counted() {
+    let mut inp = input();
+    inp.policies[2].runs.push(StoredRun {
+        key: "runs/ledger/20261124T050000Z-0000dead.json".into(),
+        record: Err("expected value at line 1 column 1".into()),
+    });
+    let r = build(&inp);
+    let b = &find(&r, "ledger").backups;
+    assert_eq!((b.failed, b.unreadable_run_records), (0, 1));
+    assert_eq!(b.failed_note, None, "a run record exists, if unreadable");
+    assert!(
+        find(&r, "ledger")
+            .notes
+            .iter()
+            .any(|n| n.starts_with("1 run record in the period cannot be read"))
     );
 }
 
