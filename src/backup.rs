@@ -112,6 +112,10 @@ async fn attempt(
     started: chrono::DateTime<Utc>,
 ) -> Result<Manifest> {
     let lease = Lease::acquire(repo.store.clone(), &policy.name, "backup").await?;
+    // The manifest's span starts once the lease is held, so that backups of
+    // one policy never overlap in their manifests (the id keeps the time the
+    // attempt began; it only has to sort).
+    let started = Utc::now().max(started);
     // This job stops when the process is told to, or when this policy's
     // lease is lost; the latter must not stop other policies' jobs.
     let job = JobOptions {
