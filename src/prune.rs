@@ -97,6 +97,8 @@ pub struct PruneReport {
     pub retained: Vec<Retained>,
     /// Holds left by restores and drills that died (SIGKILL), removed.
     pub expired_holds_removed: usize,
+    /// Records of failed backups older than `runs::KEEP_DAYS`, removed.
+    pub run_records_removed: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +163,12 @@ pub async fn prune(repo: &Repo, policy: &Policy, opts: &PruneOptions) -> Result<
         execute(repo, &policy.name, &mut report, &lost, &opts.cancel).await?;
         report.expired_holds_removed =
             lease::remove_expired_holds(repo.store.as_ref(), &policy.name, Utc::now()).await?;
+        report.run_records_removed = crate::repo::runs::remove_older_than(
+            repo,
+            &policy.name,
+            Utc::now() - Duration::days(crate::repo::runs::KEEP_DAYS),
+        )
+        .await?;
         Ok(report)
     }
     .await;
@@ -254,6 +262,7 @@ async fn plan(
         held,
         retained: Vec::new(),
         expired_holds_removed: 0,
+        run_records_removed: 0,
     };
     if let Some(f) = &opts.on_plan {
         f(&report);

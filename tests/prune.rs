@@ -576,3 +576,29 @@ fn prune_refuses_while_a_job_of_the_policy_runs() {
     assert!(plan.contains("forget"), "{plan}");
     assert_eq!(ids(&ws, "etc").len(), 2);
 }
+
+#[test]
+fn prune_removes_run_records_older_than_400_days_only() {
+    let ws = Workspace::local();
+    let files = Files::new(&ws, "etc", "keep_last = 1");
+    files.backup(&ws, "etc", "version 1\n");
+    let runs = ws.repo_dir().join("runs/etc");
+    std::fs::create_dir_all(&runs).unwrap();
+    let old = "20240101T000000Z-00000001";
+    let recent = drctl_id_now();
+    for id in [old, recent.as_str()] {
+        std::fs::write(runs.join(format!("{id}.json")), "{}").unwrap();
+    }
+    let v = json(&ws.ok(&["prune", "etc", "--json"]));
+    assert_eq!(report(&v, "etc")["run_records_removed"], 1);
+    assert_eq!(files_under(&runs), [format!("{recent}.json")]);
+    // A dry run removes none.
+    std::fs::write(runs.join(format!("{old}.json")), "{}").unwrap();
+    let v = json(&ws.ok(&["prune", "etc", "--dry-run", "--json"]));
+    assert_eq!(report(&v, "etc")["run_records_removed"], 0);
+    assert_eq!(files_under(&runs).len(), 2);
+}
+
+fn drctl_id_now() -> String {
+    format!("{}-00000002", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
+}

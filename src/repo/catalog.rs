@@ -187,7 +187,7 @@ impl Catalog {
 }
 
 /// The start time encoded in a backup id (`20261127T012000Z-…`).
-fn id_time(id: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn id_time(id: &str) -> Option<DateTime<Utc>> {
     chrono::NaiveDateTime::parse_from_str(id.get(..16)?, "%Y%m%dT%H%M%SZ")
         .ok()
         .map(|t| t.and_utc())

@@ -21,6 +21,10 @@ use crate::storage::PutMode;
 /// Version of the run record; bumped when a field changes meaning or goes.
 pub const RUN_FORMAT: u32 = 1;
 
+/// How long run records are kept: a year's audit period and then some.
+/// Prune removes older ones, by the time in their id.
+pub const KEEP_DAYS: i64 = 400;
+
 /// Records fetched at once.
 const LOAD_CONCURRENCY: usize = 16;
 
@@ -203,6 +207,23 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Vec<StoredRun>> {
         .collect()
         .await;
     fetched.into_iter().collect()
+}
+
+/// Deletes the run records of `policy` begun before `cutoff` (by the time
+/// in their id); returns how many. Prune calls it under the policy's lease.
+///
+/// # Errors
+/// Storage errors of the listing or a delete.
+pub async fn remove_older_than(repo: &Repo, policy: &str, cutoff: DateTime<Utc>) -> Result<usize> {
+    let mut removed = 0;
+    for object in repo.store.list(&runs_prefix(policy)).await? {
+        let id = object.key[runs_prefix(policy).len()..].trim_end_matches(".json");
+        if crate::repo::catalog::id_time(id).is_some_and(|t| t < cutoff) {
+            repo.store.delete(&object.key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
