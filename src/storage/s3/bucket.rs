@@ -21,6 +21,20 @@ use crate::storage::{BucketAdmin, Store};
 impl S3Store {
     /// Every lifecycle rule as the SDK has it; empty without a configuration.
     async fn lifecycle_rules(&self) -> Result<Vec<LifecycleRule>, StorageError> {
+        Ok(self.lifecycle_document().await?.0)
+    }
+
+    /// The rules, and the bucket-wide minimum object size for transitions,
+    /// which a rewrite must carry over too.
+    async fn lifecycle_document(
+        &self,
+    ) -> Result<
+        (
+            Vec<LifecycleRule>,
+            Option<aws_sdk_s3::types::TransitionDefaultMinimumObjectSize>,
+        ),
+        StorageError,
+    > {
         match self
             .client
             .get_bucket_lifecycle_configuration()
@@ -28,13 +42,16 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(out) => Ok(out.rules.unwrap_or_default()),
+            Ok(out) => Ok((
+                out.rules.unwrap_or_default(),
+                out.transition_default_minimum_object_size,
+            )),
             Err(e)
                 if e.as_service_error()
                     .and_then(aws_sdk_s3::error::ProvideErrorMetadata::code)
                     == Some("NoSuchLifecycleConfiguration") =>
             {
-                Ok(Vec::new())
+                Ok((Vec::new(), None))
             }
             Err(e) => Err(self.err("GetBucketLifecycleConfiguration", &self.bucket, &e)),
         }
@@ -104,9 +121,8 @@ impl BucketAdmin for S3Store {
     async fn put_lifecycle(&self, owned: &[Rule]) -> Result<(), StorageError> {
         // The configuration is one document: read it again right before
         // writing, so that rules of others are carried over as S3 has them.
-        let mut rules: Vec<LifecycleRule> = self
-            .lifecycle_rules()
-            .await?
+        let (current, minimum_size) = self.lifecycle_document().await?;
+        let mut rules: Vec<LifecycleRule> = current
             .into_iter()
             .filter(|r| {
                 !r.id
@@ -137,6 +153,7 @@ impl BucketAdmin for S3Store {
             .put_bucket_lifecycle_configuration()
             .bucket(&self.bucket)
             .lifecycle_configuration(config)
+            .set_transition_default_minimum_object_size(minimum_size)
             .send()
             .await
             .map_err(|e| self.err("PutBucketLifecycleConfiguration", &self.bucket, &e))?;
