@@ -932,3 +932,60 @@ fn max_concurrent_jobs_holds_across_policies() {
         );
     }
 }
+
+#[test]
+fn a_repository_unreachable_at_start_is_waited_for_and_an_uninitialised_one_is_refused() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("daemon-boot");
+    block_on(s3.create_bucket(&bucket, false));
+    let proxy = FaultProxy::start(&s3.endpoint(), Faults::none());
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: proxy.endpoint(),
+        bucket,
+    });
+    let data = data_dir(&ws);
+    files_policy(&ws, "etc", &[&data], "@yearly", "");
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+
+    // As at boot before the network is up: the daemon waits, /health says why.
+    proxy.set_faults(Faults {
+        drop_connection: 1.0,
+        ..Faults::none()
+    });
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    let body = wait_for("503 naming the repository", Duration::from_secs(60), || {
+        let (code, body) = d.get("/health");
+        (code == 503).then_some(body)
+    });
+    assert!(body.contains("\"repository\""), "{body}");
+    // The store's own retries give up first; then the daemon waits and retries.
+    wait_for(
+        "the daemon to wait for the repository",
+        Duration::from_secs(120),
+        || d.log().contains("waiting for it").then_some(()),
+    );
+    proxy.set_faults(Faults::none());
+    // Once it answers, the daemon goes on: the catch-up backup is taken.
+    wait_for("the catch-up backup", Duration::from_secs(120), || {
+        (ws.backups("etc").len() == 1).then_some(())
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+
+    // No repo.json at all is not something waiting fixes: exit 2 at once.
+    let empty = Workspace::local();
+    std::fs::remove_file(empty.repo_dir().join("repo.json")).unwrap();
+    write_config(&empty, "daemon.toml", free_port(), "");
+    let out = common::output_within(
+        &mut empty.cmd_with_config("daemon.toml", &["daemon"]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("drctl init"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -97,12 +97,12 @@ struct JobCtx {
 /// Runs until SIGTERM or SIGINT.
 ///
 /// # Errors
-/// Only at start-up: an invalid configuration, an unreachable or
-/// uninitialised repository, an address that cannot be listened on.
+/// Only at start-up: an invalid configuration, an uninitialised
+/// repository, an address that cannot be listened on. An unreachable
+/// repository is waited for.
 pub async fn run(opts: Options) -> Result<()> {
     let config = Arc::new(Config::load(&opts.config_path)?);
     let store = crate::storage::open(&config.repository).await?;
-    let repo = Arc::new(Repo::open(store).await?);
     let listener = tokio::net::TcpListener::bind(&config.daemon.listen)
         .await
         .map_err(|e| {
@@ -123,21 +123,28 @@ pub async fn run(opts: Options) -> Result<()> {
         started_at: Utc::now(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         version: env!("CARGO_PKG_VERSION"),
-        repository: repo.store.location(),
+        repository: store.location(),
         config: config.path.display().to_string(),
         ..Default::default()
     }));
     sync_policies(&state, &config);
+    // /health answers (503, naming the repository) while the repository is
+    // still out of reach, e.g. a daemon started at boot before the network.
+    let http = tokio::spawn(http::serve(
+        listener,
+        Arc::new(http::Server::new(state.clone(), store.clone())),
+    ));
+    let Some(repo) = open_repository(store, &mut term, &mut int).await? else {
+        http.abort();
+        return Ok(());
+    };
+    let repo = Arc::new(repo);
     load_newest(
         &repo,
         &state,
         config.policies.iter().map(|p| p.name.clone()),
     )
     .await;
-    let http = tokio::spawn(http::serve(
-        listener,
-        Arc::new(http::Server::new(state.clone(), repo.store.clone())),
-    ));
     let (alerter, mut dispatcher) = Alerter::start(config.alerts.clone());
     let mut ctx = JobCtx {
         repo,
@@ -240,6 +247,38 @@ pub async fn run(opts: Options) -> Result<()> {
     dispatcher.finish().await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Opens the repository, waiting (with backoff, up to a minute between
+/// tries) while the store cannot be reached; `None` when told to stop first.
+///
+/// # Errors
+/// Anything that waiting will not fix: no repo.json, access denied, a
+/// newer format.
+async fn open_repository(
+    store: Arc<dyn crate::storage::Store>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Result<Option<Repo>> {
+    let mut wait = std::time::Duration::from_secs(2);
+    loop {
+        match Repo::open(store.clone()).await {
+            Ok(repo) => return Ok(Some(repo)),
+            Err(e) if e.persistence() == crate::error::Persistence::Temporary => {
+                tracing::warn!(
+                    repository = %store.location(), error = %e, retry_in_seconds = wait.as_secs(),
+                    "repository unreachable at start-up; waiting for it (/health answers 503 meanwhile)"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(60));
+    }
 }
 
 async fn shutdown(
