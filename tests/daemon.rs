@@ -989,3 +989,37 @@ fn a_repository_unreachable_at_start_is_waited_for_and_an_uninitialised_one_is_r
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_warns_about_an_unset_webhook_variable_and_an_rpo_without_a_schedule() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    ws.write(
+        "policies/etc.toml",
+        &format!(
+            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n[schedule]\nrpo_target = \"26h\"\n",
+            data.display()
+        ),
+    );
+    write_config(
+        &ws,
+        "daemon.toml",
+        free_port(),
+        "\n[[alerts.webhook]]\nurl_env = \"DRCTL_TEST_UNSET_WEBHOOK\"\nformat = \"slack\"\n",
+    );
+    let out = common::output_within(
+        &mut ws.cmd_with_config("daemon.toml", &["check"]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("$DRCTL_TEST_UNSET_WEBHOOK, which is not set"),
+        "{err}"
+    );
+    assert!(
+        err.contains("policy etc has an rpo_target but no [schedule] backup"),
+        "{err}"
+    );
+}

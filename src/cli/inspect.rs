@@ -80,6 +80,25 @@ pub fn check(ctx: &Ctx) -> Result<()> {
         }
         _ => {}
     }
+    for (n, hook) in config.alerts.iter().enumerate() {
+        if let crate::config::WebhookUrl::Env(var) = &hook.url
+            && std::env::var_os(var).is_none()
+        {
+            warnings.push(format!(
+                "alert webhook {} reads its URL from ${var}, which is not set here; the daemon sends nothing there unless its environment has it",
+                n + 1
+            ));
+        }
+    }
+    for p in &config.policies {
+        let scheduled = p.schedule.as_ref().is_some_and(|s| s.backup.is_some());
+        if p.schedule.as_ref().is_some_and(|s| s.rpo_target.is_some()) && !scheduled {
+            warnings.push(format!(
+                "policy {} has an rpo_target but no [schedule] backup; the daemon will report it late unless backups come from elsewhere",
+                p.name
+            ));
+        }
+    }
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({
             "ok": true,
