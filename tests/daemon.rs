@@ -1023,3 +1023,28 @@ fn check_warns_about_an_unset_webhook_variable_and_an_rpo_without_a_schedule() {
         "{err}"
     );
 }
+
+#[test]
+fn a_listen_address_in_use_is_refused_with_the_setting_to_change() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    // Without a backup, a daemon that started would take one at once.
+    files_policy(&ws, "etc", &[&data], "@yearly", "");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    write_config(&ws, "daemon.toml", port, "");
+    let out = common::output_within(
+        &mut ws.cmd_with_config("daemon.toml", &["daemon"]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("[daemon] listen"),
+        "{err}"
+    );
+    // Nothing was started: no backup.
+    assert_eq!(local_manifests(&ws, "etc"), 0);
+}

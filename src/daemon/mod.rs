@@ -416,9 +416,7 @@ fn publish_next_runs(state: &Shared, slots: &[Slot]) {
     let mut state = state::lock(state);
     for slot in slots {
         if let Some(p) = state.policies.get_mut(&slot.policy) {
-            let k = p.kind_mut(slot.kind);
-            k.schedule = Some(slot.expr.clone());
-            k.next_run = slot.next;
+            p.kind_mut(slot.kind).next_run = slot.next;
         }
     }
 }
@@ -795,16 +793,12 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
         let mut state = state::lock(&ctx.state);
         let configured = state.configured.clone();
         for (name, p) in &mut state.policies {
-            let Some(target) = p.rpo_target_seconds.map(Duration::seconds) else {
+            let Some(overdue) = p.rpo_overdue(now) else {
                 continue;
             };
             if !configured.contains(name) {
                 continue;
             }
-            let overdue = match p.newest_age(now) {
-                Some(age) => age > target,
-                None => now - p.added_at > target,
-            };
             if !overdue {
                 if p.rpo_breached {
                     tracing::info!(policy = %name, "RPO met again");
@@ -839,8 +833,7 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
                 return;
             };
             let age = p.newest_age(now);
-            let overdue = age.map_or(now - p.added_at > target, |a| a > target);
-            if overdue && !p.rpo_breached {
+            if p.rpo_overdue(now) == Some(true) && !p.rpo_breached {
                 p.rpo_breached = true;
                 let summary = match (&p.newest_backup, age) {
                     (Some(n), Some(a)) => format!(

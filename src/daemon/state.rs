@@ -115,6 +115,17 @@ impl PolicyState {
     pub fn newest_age(&self, now: DateTime<Utc>) -> Option<Duration> {
         self.newest_backup.as_ref().map(|n| now - n.point_in_time)
     }
+
+    /// Whether the policy is past its RPO target at `now`; `None` without a
+    /// target. A policy without any backup gets one target period from when
+    /// the daemon took it on.
+    pub fn rpo_overdue(&self, now: DateTime<Utc>) -> Option<bool> {
+        let target = Duration::seconds(self.rpo_target_seconds?);
+        Some(match self.newest_age(now) {
+            Some(age) => age > target,
+            None => now - self.added_at > target,
+        })
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -178,34 +189,23 @@ pub fn health(
         },
     );
     for (name, p) in &state.policies {
-        if let Some(target) = p.rpo_target_seconds {
-            let target = Duration::seconds(target);
-            let check = match p.newest_age(now) {
-                Some(age) if age <= target => Check {
-                    ok: true,
-                    detail: format!(
-                        "newest backup is {} old (target {})",
-                        crate::timespec::human_duration(age),
-                        crate::timespec::human_duration(target)
-                    ),
-                },
-                Some(age) => Check {
-                    ok: false,
-                    detail: format!(
-                        "newest backup is {} old, over the RPO target of {}",
-                        crate::timespec::human_duration(age),
-                        crate::timespec::human_duration(target)
-                    ),
-                },
-                // A fresh daemon gets one RPO period to take the first one.
-                None if now - p.added_at <= target => Check {
-                    ok: true,
-                    detail: "no backup yet; the first is due".into(),
-                },
-                None => Check {
-                    ok: false,
-                    detail: "no backup exists".into(),
-                },
+        if let (Some(target), Some(overdue)) = (p.rpo_target_seconds, p.rpo_overdue(now)) {
+            let target = crate::timespec::human_duration(Duration::seconds(target));
+            let detail = match (p.newest_age(now), overdue) {
+                (Some(age), false) => format!(
+                    "newest backup is {} old (target {target})",
+                    crate::timespec::human_duration(age)
+                ),
+                (Some(age), true) => format!(
+                    "newest backup is {} old, over the RPO target of {target}",
+                    crate::timespec::human_duration(age)
+                ),
+                (None, false) => "no backup yet; the first is due".into(),
+                (None, true) => "no backup exists".into(),
+            };
+            let check = Check {
+                ok: !overdue,
+                detail,
             };
             checks.insert(format!("rpo:{name}"), check);
         }

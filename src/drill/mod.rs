@@ -6,7 +6,6 @@
 pub mod record;
 
 use bytes::Bytes;
-use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
@@ -21,42 +20,21 @@ pub fn record_key(policy: &str, id: &str) -> String {
     format!("drills/{policy}/{id}.json")
 }
 
-/// Records fetched at once.
-const LOAD_CONCURRENCY: usize = 16;
-
 /// Every drill record of a policy, oldest first (ids sort by time), with
 /// the exact bytes' sha256 for chain checking.
 ///
 /// # Errors
 /// Storage errors from listing or reading.
 pub async fn load_records(repo: &Repo, policy: &str) -> Result<Vec<StoredRecord>> {
-    let mut keys: Vec<String> = repo
-        .store
-        .list(&drills_prefix(policy))
+    Ok(crate::repo::read_json_objects(repo, &drills_prefix(policy))
         .await?
         .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    keys.sort();
-    let store = repo.store.clone();
-    let fetched: Vec<Result<StoredRecord>> = futures::stream::iter(keys)
-        .map(|key| {
-            let store = store.clone();
-            async move {
-                let (bytes, _) = store.get(&key, None).await?;
-                Ok(StoredRecord {
-                    sha256: record_sha256(&bytes),
-                    record: serde_json::from_slice::<DrillRecord>(&bytes)
-                        .map_err(|e| e.to_string()),
-                    key,
-                })
-            }
+        .map(|(key, bytes)| StoredRecord {
+            sha256: record_sha256(&bytes),
+            record: serde_json::from_slice::<DrillRecord>(&bytes).map_err(|e| e.to_string()),
+            key,
         })
-        .buffered(LOAD_CONCURRENCY)
-        .collect()
-        .await;
-    fetched.into_iter().collect()
+        .collect())
 }
 
 /// Appends a record to the policy's chain: links it to the newest stored

@@ -41,6 +41,37 @@ pub fn manifest_key(policy: &str, id: &str) -> String {
     format!("backups/{policy}/{id}/manifest.json")
 }
 
+/// Every `.json` object under `prefix`, in key order (ids sort by time),
+/// with its bytes: drill records and run records are read this way.
+///
+/// # Errors
+/// Storage errors from listing or reading.
+pub async fn read_json_objects(repo: &Repo, prefix: &str) -> Result<Vec<(String, Bytes)>> {
+    use futures::StreamExt;
+    let mut keys: Vec<String> = repo
+        .store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    let store = repo.store.clone();
+    let fetched: Vec<Result<(String, Bytes)>> = futures::stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move {
+                let (bytes, _) = store.get(&key, None).await?;
+                Ok((key, bytes))
+            }
+        })
+        .buffered(catalog::LIST_CONCURRENCY)
+        .collect()
+        .await;
+    fetched.into_iter().collect()
+}
+
 pub fn lock_key(policy: &str) -> String {
     format!("locks/{policy}")
 }

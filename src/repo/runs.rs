@@ -11,7 +11,6 @@ use std::io::Write;
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -24,9 +23,6 @@ pub const RUN_FORMAT: u32 = 1;
 /// How long run records are kept: a year's audit period and then some.
 /// Prune removes older ones, by the time in their id.
 pub const KEEP_DAYS: i64 = 400;
-
-/// Records fetched at once.
-const LOAD_CONCURRENCY: usize = 16;
 
 pub fn runs_prefix(policy: &str) -> String {
     format!("runs/{policy}/")
@@ -182,31 +178,14 @@ pub struct StoredRun {
 /// # Errors
 /// Storage errors from listing or reading.
 pub async fn load(repo: &Repo, policy: &str) -> Result<Vec<StoredRun>> {
-    let mut keys: Vec<String> = repo
-        .store
-        .list(&runs_prefix(policy))
+    Ok(crate::repo::read_json_objects(repo, &runs_prefix(policy))
         .await?
         .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    keys.sort();
-    let store = repo.store.clone();
-    let fetched: Vec<Result<StoredRun>> = futures::stream::iter(keys)
-        .map(|key| {
-            let store = store.clone();
-            async move {
-                let (bytes, _) = store.get(&key, None).await?;
-                Ok(StoredRun {
-                    record: serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| e.to_string()),
-                    key,
-                })
-            }
+        .map(|(key, bytes)| StoredRun {
+            record: serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| e.to_string()),
+            key,
         })
-        .buffered(LOAD_CONCURRENCY)
-        .collect()
-        .await;
-    fetched.into_iter().collect()
+        .collect())
 }
 
 /// Deletes the run records of `policy` begun before `cutoff` (by the time

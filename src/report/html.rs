@@ -207,25 +207,12 @@ pub fn render_html(r: &Report) -> String {
 fn summary(h: &mut String, r: &Report) {
     h.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n");
     let t = &r.totals;
-    let _ = writeln!(
-        h,
-        "<p>{} polic{}, {} backup{} in the period ({} failed attempt{} recorded), {} drill{} run ({} passed, {} failed). Drill records: {}.</p>",
-        t.policies,
-        if t.policies == 1 { "y" } else { "ies" },
-        t.backups_taken,
-        plural(t.backups_taken),
-        t.backups_failed,
-        plural(t.backups_failed),
-        t.drills_run,
-        plural(t.drills_run),
-        t.drills_passed,
-        t.drills_failed,
-        if t.chains_intact {
-            badge("ok", "chain intact")
-        } else {
-            badge("bad", "chain BROKEN")
-        }
-    );
+    let chains = if t.chains_intact {
+        badge("ok", "chain intact")
+    } else {
+        badge("bad", "chain BROKEN")
+    };
+    let _ = writeln!(h, "<p>{}</p>", super::totals_sentence(t, &chains));
     if r.policies.is_empty() {
         h.push_str("<p>No policies are configured.</p>\n</section>\n");
         return;

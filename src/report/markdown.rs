@@ -37,25 +37,12 @@ pub fn render_markdown(r: &Report) -> String {
     // Summary.
     let t = &r.totals;
     let _ = writeln!(m, "## Summary\n");
-    let _ = writeln!(
-        m,
-        "{} polic{}, {} backup{} in the period ({} failed attempt{} recorded), {} drill{} run ({} passed, {} failed). Drill records: {}.\n",
-        t.policies,
-        if t.policies == 1 { "y" } else { "ies" },
-        t.backups_taken,
-        plural(t.backups_taken),
-        t.backups_failed,
-        plural(t.backups_failed),
-        t.drills_run,
-        plural(t.drills_run),
-        t.drills_passed,
-        t.drills_failed,
-        if t.chains_intact {
-            "every chain intact"
-        } else {
-            "chain BROKEN"
-        }
-    );
+    let chains = if t.chains_intact {
+        "every chain intact"
+    } else {
+        "chain BROKEN"
+    };
+    let _ = writeln!(m, "{}\n", super::totals_sentence(t, chains));
     if !r.policies.is_empty() {
         m.push_str("| Policy | Backups | Failed backups | Largest gap (RPO) | Drills | RTO median / worst | Drill records |\n");
         m.push_str("|---|--:|---|---|---|---|---|\n");

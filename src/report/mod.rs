@@ -981,6 +981,24 @@ fn limitations(policies: &[PolicyReport], protection: &ProtectionView) -> Vec<St
 // Formatting shared by the renderers
 // ---------------------------------------------------------------------------
 
+/// The summary's first sentence, shared by the Markdown and HTML pages;
+/// `chains` is the chain verdict as the page shows it.
+pub(crate) fn totals_sentence(t: &Totals, chains: &str) -> String {
+    format!(
+        "{} polic{}, {} backup{} in the period ({} failed attempt{} recorded), {} drill{} run ({} passed, {} failed). Drill records: {chains}.",
+        t.policies,
+        if t.policies == 1 { "y" } else { "ies" },
+        t.backups_taken,
+        plural(t.backups_taken),
+        t.backups_failed,
+        plural(t.backups_failed),
+        t.drills_run,
+        plural(t.drills_run),
+        t.drills_passed,
+        t.drills_failed,
+    )
+}
+
 pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
