@@ -321,23 +321,26 @@ fn dump_into(
     scan: bool,
 ) -> Result<Option<DumpPrint>> {
     let mut stdout = child.child.stdout.take().expect("pg_dump stdout is piped");
-    // The fingerprint is computed on a thread of its own from shared chunks,
-    // so it runs beside compression instead of in front of it.
-    let (scan_tx, scanner) = if scan {
+    // The archive is parsed on a thread of its own from shared chunks, so it
+    // runs beside compression instead of in front of it. Without a
+    // fingerprint it still checks that the archive is complete: pg_dump can
+    // exit 0 after a short write, and such a dump must not become a backup.
+    let (scan_tx, scanner) = {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(SCAN_CHUNKS);
         let handle = std::thread::Builder::new()
             .name("drctl-fingerprint".into())
             .spawn(move || {
-                let mut scanner = DumpScanner::new();
+                let mut scanner = match scan {
+                    true => DumpScanner::new(),
+                    false => DumpScanner::structure_only(),
+                };
                 for chunk in rx {
                     let _ = scanner.write_all(&chunk);
                 }
                 scanner.finish()
             })
             .map_err(|e| Error::io("starting the fingerprint thread", e))?;
-        (Some(tx), Some(handle))
-    } else {
-        (None, None)
+        (tx, handle)
     };
     let copied: std::io::Result<()> = (|| loop {
         let mut buf = bytes::BytesMut::zeroed(READ_BYTES);
@@ -347,10 +350,8 @@ fn dump_into(
         }
         buf.truncate(n);
         let chunk = buf.freeze();
-        if let Some(tx) = &scan_tx {
-            // The scanner only stops early if it panicked; `finish` reports that.
-            let _ = tx.send(chunk.clone());
-        }
+        // The scanner only stops early if it panicked; `join` reports that.
+        let _ = scan_tx.send(chunk.clone());
         out.write_all(&chunk)?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     })();
@@ -376,13 +377,17 @@ fn dump_into(
             ),
         });
     }
-    scanner
-        .map(|h| h.join().expect("the fingerprint thread panicked"))
-        .transpose()
+    let print = scanner
+        .join()
+        .expect("the fingerprint thread panicked")
         .map_err(|e| Error::Source {
             policy: policy.into(),
-            message: format!("cannot fingerprint pg_dump's output: {e}"),
-        })
+            message: format!(
+                "pg_dump exited 0 but its output is not a complete archive ({e}); it was not kept as a backup. \
+                 Look for the cause in pg_dump's environment (disk, memory, a killed pipe) and run the backup again"
+            ),
+        })?;
+    Ok(scan.then_some(print))
 }
 
 fn pipe_error(policy: &str, e: std::io::Error, stderr: &str) -> Error {

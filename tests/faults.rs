@@ -445,14 +445,21 @@ enum Damage {
     Delete,
     /// The manifest replaced by something that is not JSON.
     Manifest,
+    /// The manifest's data key edited to climb out of its backup
+    /// (`backups/escape/../../repo.json`).
+    Escape,
+    /// The manifest's data key edited to an absolute path.
+    Absolute,
 }
 
 impl Damage {
-    const ALL: [Damage; 4] = [
+    const ALL: [Damage; 6] = [
         Damage::Flip,
         Damage::Truncate,
         Damage::Delete,
         Damage::Manifest,
+        Damage::Escape,
+        Damage::Absolute,
     ];
 
     fn policy(self) -> &'static str {
@@ -461,13 +468,15 @@ impl Damage {
             Damage::Truncate => "truncate",
             Damage::Delete => "delete",
             Damage::Manifest => "manifest",
+            Damage::Escape => "escape",
+            Damage::Absolute => "absolute",
         }
     }
 
     /// The object the damage is done to, which every error must name.
     fn key(self, id: &str) -> String {
         let file = match self {
-            Damage::Manifest => "manifest.json",
+            Damage::Manifest | Damage::Escape | Damage::Absolute => "manifest.json",
             _ => "data.tar.zst.age",
         };
         format!("backups/{}/{id}/{file}", self.policy())
@@ -489,6 +498,15 @@ impl Damage {
             }
             Damage::Delete => objects.delete(&key),
             Damage::Manifest => objects.write(&key, b"{ this is not JSON".to_vec()),
+            Damage::Escape | Damage::Absolute => {
+                let mut manifest: serde_json::Value =
+                    serde_json::from_slice(&objects.read(&key)).expect("the manifest is JSON");
+                manifest["data"]["key"] = match self {
+                    Damage::Escape => "backups/escape/../../repo.json".into(),
+                    _ => "/etc/passwd".into(),
+                };
+                objects.write(&key, serde_json::to_vec(&manifest).expect("JSON"));
+            }
         }
     }
 }
@@ -527,7 +545,7 @@ fn check_damage_is_caught(ws: &Workspace, objects: &Objects) {
         let key = damage.key(&id_of(policy));
         let what = format!("{damage:?} ({key})");
 
-        if matches!(damage, Damage::Manifest) {
+        if matches!(damage, Damage::Manifest | Damage::Escape | Damage::Absolute) {
             // `list` shows the backup as damaged rather than hiding it.
             assert_mentions(&ws.ok(&["list", policy]), &key);
         }
@@ -1052,4 +1070,58 @@ fn s3_always_throttled_fails_cleanly_after_retries() {
     assert_eq!(block_on(s3.list_multipart_uploads(&bucket)), 0);
     proxy.set_faults(Faults::none());
     assert_eq!(ids(&ws, "etc"), [id]);
+}
+
+/// pg_dump exiting 0 after a short write (a full disk under a wrapper, a
+/// signal eaten by a shell) must not become a listed, "good" backup that
+/// pg_restore cannot read, even when the policy takes no fingerprint.
+#[test]
+fn pg_dump_exiting_0_after_a_truncated_archive_leaves_no_backup() {
+    let pg = Postgres::start();
+    pg.createdb("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders(id int PRIMARY KEY, note text); \
+         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+    );
+    let mut ws = Workspace::local();
+    let bin = ws.path().join("short-pg_dump");
+    std::fs::create_dir(&bin).expect("create bin dir");
+    let wrapper = bin.join("pg_dump");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\n\
+         if [ \"$1\" = --version ]; then exec /usr/lib/postgresql/15/bin/pg_dump \"$@\"; fi\n\
+         /usr/lib/postgresql/15/bin/pg_dump \"$@\" | head -c 200000\n\
+         exit 0\n",
+    )
+    .expect("write wrapper");
+    let mut perms = std::fs::metadata(&wrapper).expect("wrapper").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).expect("chmod wrapper");
+    ws.postgres_policy("shop", &pg, "shop");
+    ws.write(
+        "policies/shop.toml",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nfingerprint = false\nbin_dir = \"{}\"\n",
+            pg.url("shop"),
+            bin.display()
+        ),
+    );
+    let out = ws.run(&["backup", "shop"]);
+    let err = expect_exit(&out, 1, "backup of a truncated archive");
+    assert_mentions(&err, "not a complete archive");
+    assert_mentions(&err, "`shop`");
+    assert!(ids(&ws, "shop").is_empty(), "a truncated dump was listed");
+    let mut left = Vec::new();
+    let mut dirs = vec![ws.repo_dir().join("backups")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type().expect("file type").is_dir() {
+                true => dirs.push(entry.path()),
+                false => left.push(entry.path()),
+            }
+        }
+    }
+    assert!(left.is_empty(), "the failed backup left objects: {left:?}");
 }

@@ -55,17 +55,8 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
         .await;
     let mut catalog = Catalog::default();
     for (key, parsed) in results {
-        match parsed {
-            Ok(m) if m.policy == policy && key == super::manifest_key(policy, &m.id) => {
-                catalog.backups.push(m)
-            }
-            Ok(m) => catalog.damaged.push((
-                key,
-                format!(
-                    "manifest names policy `{}` and id `{}`, not its own location",
-                    m.policy, m.id
-                ),
-            )),
+        match parsed.and_then(|m| m.check_location(policy, &key).map(|()| m)) {
+            Ok(m) => catalog.backups.push(m),
             Err(reason) => catalog.damaged.push((key, reason)),
         }
     }
@@ -96,8 +87,7 @@ pub async fn newest(repo: &Repo, policy: &str) -> Result<Option<Manifest>> {
             Err(e) => return Err(e.into()),
         };
         if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
-            && m.policy == policy
-            && key == super::manifest_key(policy, &m.id)
+            && m.check_location(policy, &key).is_ok()
         {
             return Ok(Some(m));
         }
@@ -270,11 +260,13 @@ pub async fn load_deleted(
         };
         let mut manifest = match repo.store.get(key, Some(&version.version_id)).await {
             Ok((bytes, _)) => match serde_json::from_slice::<Manifest>(&bytes) {
-                Ok(m) if m.policy == policy && *key == super::manifest_key(policy, &m.id) => m,
-                Ok(_) => {
-                    damaged.push((key.to_string(), "manifest names another location".into()));
-                    continue;
-                }
+                Ok(m) => match m.check_location(policy, key) {
+                    Ok(()) => m,
+                    Err(reason) => {
+                        damaged.push((key.to_string(), reason));
+                        continue;
+                    }
+                },
                 Err(e) => {
                     damaged.push((key.to_string(), format!("not a valid manifest: {e}")));
                     continue;

@@ -66,6 +66,48 @@ impl Manifest {
     pub fn objects(&self) -> impl Iterator<Item = &ObjectRecord> {
         std::iter::once(&self.data).chain(self.fingerprint.as_ref())
     }
+
+    /// Why this manifest, read from `key`, cannot be a backup of `policy`,
+    /// if it cannot. A manifest only speaks for its own directory: it must
+    /// stand at its own id's place, and every object it names must be inside
+    /// `backups/<policy>/<id>/`. Otherwise whoever can write one manifest
+    /// could have drctl read (and print the size of) any key in the store,
+    /// a path outside a local repository, or another backup's data.
+    pub fn check_location(&self, policy: &str, key: &str) -> Result<(), String> {
+        if self.policy != policy
+            || !is_plain_segment(&self.id)
+            || key != super::manifest_key(policy, &self.id)
+        {
+            return Err(format!(
+                "manifest names policy `{}` and id `{}`, not its own location",
+                self.policy, self.id
+            ));
+        }
+        let dir = super::backup_dir(policy, &self.id);
+        for record in self.objects() {
+            let inside = record
+                .key
+                .strip_prefix(&dir)
+                .is_some_and(|rest| !rest.is_empty() && rest.split('/').all(is_plain_segment));
+            if !inside {
+                return Err(format!(
+                    "manifest names object `{}`, which is outside its backup's directory `{dir}`",
+                    record.key.escape_debug()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path segment that names a child and nothing else: not empty, not `.`
+/// or `..`, without separators or control characters.
+fn is_plain_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && !segment.contains(['/', '\\'])
+        && !segment.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -82,6 +124,77 @@ mod tests {
                 sha256: d,
             }
         })
+    }
+
+    fn sample() -> Manifest {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let record = |key: &str| ObjectRecord {
+            key: key.into(),
+            version_id: None,
+            content: "pg_dump-custom".into(),
+            digests: Digests {
+                plaintext_size: 1,
+                plaintext_sha256: String::new(),
+                size: 1,
+                sha256: String::new(),
+            },
+        };
+        Manifest {
+            format: 1,
+            id: "20261127T012000Z-0000abcd".into(),
+            policy: "shop".into(),
+            kind: "postgres".into(),
+            point_in_time: t,
+            started_at: t,
+            finished_at: t,
+            host: "db1".into(),
+            tool_version: "0.1.0".into(),
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            recipients: vec![],
+            data: record("backups/shop/20261127T012000Z-0000abcd/data.pgdump.zst.age"),
+            fingerprint: Some(record(
+                "backups/shop/20261127T012000Z-0000abcd/fingerprint.json.zst.age",
+            )),
+            postgres: None,
+        }
+    }
+
+    #[test]
+    fn objects_outside_the_backups_own_directory_make_it_damaged() {
+        let key = "backups/shop/20261127T012000Z-0000abcd/manifest.json";
+        assert_eq!(sample().check_location("shop", key), Ok(()));
+        for bad in [
+            "backups/shop/../../repo.json",
+            "backups/shop/20261127T012000Z-0000abcd/../../other/x",
+            "backups/shop/20261127T012000Z-0000abcd/./data",
+            "backups/shop/20261127T012000Z-0000abcd/",
+            "backups/shop/20261127T012000Z-0000abcd//data",
+            "/etc/passwd",
+            "backups/shop/20261127T000000Z-11111111/data.pgdump.zst.age",
+            "backups/other/20261127T012000Z-0000abcd/data.pgdump.zst.age",
+            "backups/shop/20261127T012000Z-0000abcd/a\\..\\..\\x",
+        ] {
+            let mut m = sample();
+            m.data.key = bad.into();
+            let err = m.check_location("shop", key).expect_err(bad);
+            assert!(
+                err.contains("outside its backup's directory"),
+                "{bad}: {err}"
+            );
+            let mut m = sample();
+            m.fingerprint.as_mut().unwrap().key = bad.into();
+            assert!(m.check_location("shop", key).is_err(), "fingerprint {bad}");
+        }
+        let mut m = sample();
+        m.id = "..".into();
+        assert!(
+            m.check_location("shop", "backups/shop/../manifest.json")
+                .is_err()
+        );
+        assert!(sample().check_location("other", key).is_err());
     }
 
     proptest! {

@@ -516,6 +516,9 @@ pub struct DumpScanner {
     lo_count: u64,
     lo_hash: u64,
     lo_hasher: Xxh3Default,
+    /// False when only the archive's completeness is checked: table data is
+    /// then skipped instead of hashed row by row.
+    hash_rows: bool,
 }
 
 impl Default for DumpScanner {
@@ -550,6 +553,19 @@ impl DumpScanner {
             lo_count: 0,
             lo_hash: 0,
             lo_hasher: Xxh3Default::new(),
+            hash_rows: true,
+        }
+    }
+
+    /// A scanner that checks the archive is complete and well formed (every
+    /// TOC entry with data has its block, every block ends) without hashing
+    /// rows: pg_dump can exit 0 after writing a truncated archive, so every
+    /// backup is checked, fingerprinted or not. Its [`DumpPrint`] has zero
+    /// rows and hashes and must not be stored as a fingerprint.
+    pub fn structure_only() -> Self {
+        DumpScanner {
+            hash_rows: false,
+            ..Self::new()
         }
     }
 
@@ -1093,6 +1109,9 @@ impl DumpScanner {
             return Ok(Step::LargeObjectOid);
         }
         self.block = match table {
+            // INSERT-style data (`--inserts`) cannot be fingerprinted, but
+            // a structure-only scan has nothing to hash.
+            Some(_) if !self.hash_rows => Block::Skip(id),
             Some(index) => {
                 let table = &self.tables[index];
                 if !table.copy {
@@ -1386,6 +1405,39 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("no data at all"), "{error}");
+    }
+
+    #[test]
+    fn structure_only_scan_reports_truncation_without_hashing() {
+        let dump = fixture("full.dump");
+        let archive = Archive::parse(&dump);
+        let data_start = dump.len() - archive.data.len();
+        let block_starts: Vec<usize> = archive
+            .block_starts()
+            .iter()
+            .map(|at| data_start + at)
+            .collect();
+        let check = |bytes: &[u8]| {
+            let mut scanner = DumpScanner::structure_only();
+            scanner.write_all(bytes).expect("write never fails");
+            scanner.finish()
+        };
+        let whole = check(&dump).expect("the whole archive is complete");
+        assert!(
+            whole.tables.iter().all(|t| t.rows == 0 && t.hash == 0),
+            "structure-only scans hash nothing: {whole:?}"
+        );
+        // pg_dump exiting 0 after a short write: the archive ends cleanly
+        // between two data blocks, so only the TOC shows what is missing.
+        for &cut in &block_starts {
+            let error = check(&dump[..cut]).expect_err("a cut archive is incomplete");
+            assert!(
+                matches!(error, ScanError::Truncated { .. }),
+                "cut at {cut}: {error:?}"
+            );
+        }
+        let error = check(&dump[..dump.len() - 3]).expect_err("cut in the last block");
+        assert!(matches!(error, ScanError::Truncated { .. }), "{error:?}");
     }
 
     #[test]
