@@ -118,6 +118,11 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// A verification was asked for that this backup or destination cannot
+    /// give. Never a pass: asking for proof that cannot be had must fail.
+    #[error("cannot verify: {0}")]
+    Unverifiable(String),
+
     /// Arguments that do not fit together, beyond what clap checks.
     #[error("{0}")]
     Usage(String),

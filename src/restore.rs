@@ -636,11 +636,16 @@ pub struct VerifyReport {
 
 /// Checks a backup's objects: present and of the recorded size, and with
 /// `read_data` every byte authenticated and both digests matched.
+///
+/// # Errors
+/// `Key` when the identity matches none of the backup's recipients: that
+/// is a problem with the key, not the backup, and checking the other
+/// backups with the same key would only repeat it.
 pub async fn verify(
     repo: &Repo,
     identities: Option<&[age::x25519::Identity]>,
     manifest: &Manifest,
-) -> VerifyReport {
+) -> Result<VerifyReport> {
     let mut problems = Vec::new();
     let mut archived = Vec::new();
     for record in manifest.objects() {
@@ -698,18 +703,27 @@ pub async fn verify(
             })
             .await
             .map_err(|e| name_object(e, &object));
-            if let Err(e) = r {
-                problems.push(e.to_string());
+            match r {
+                Ok(()) => {}
+                Err(Error::Key(message)) => {
+                    return Err(Error::Key(format!(
+                        "{message}. Backup {} of `{}` is encrypted to {}",
+                        manifest.id,
+                        manifest.policy,
+                        manifest.recipients.join(", ")
+                    )));
+                }
+                Err(e) => problems.push(e.to_string()),
             }
         }
     }
-    VerifyReport {
+    Ok(VerifyReport {
         policy: manifest.policy.clone(),
         id: manifest.id.clone(),
         ok: problems.is_empty(),
         problems,
         archived,
-    }
+    })
 }
 
 /// How to make archived objects readable before a job reads them.

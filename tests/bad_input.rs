@@ -500,6 +500,133 @@ fn missing_or_wrong_identity_is_refused_and_target_untouched() {
     assert_intact(&ws, "shop", &[id]);
 }
 
+/// `verify --read-data` with the wrong key is a key problem (exit 2, the
+/// recipients named), not a repository full of damaged backups (exit 4).
+#[test]
+fn verify_with_the_wrong_identity_names_the_recipients_not_damage() {
+    let (_pg, ws, id) = shop();
+    ws.ok(&["key", "generate", "--out", "other.age"]);
+    let out = ws.run(&["--identity", "other.age", "verify", "--read-data"]);
+    let err = expect_exit(&out, 2, "verify --read-data with another key");
+    assert_mentions(&err, "matches none of the backup's recipients");
+    assert_mentions(&err, &ws.recipient);
+    assert_mentions(&err, &id);
+    assert!(
+        !text(&out.stdout).contains("FAILED"),
+        "backups were reported as damaged:\n{}",
+        text(&out.stdout)
+    );
+    assert_intact(&ws, "shop", &[id]);
+}
+
+/// An identity others can read is used, with a warning; one protected by
+/// a passphrase, or not text at all, is named for what it is.
+#[test]
+fn identity_files_readable_by_others_or_encrypted_are_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let (pg, ws, id) = shop();
+    let identity = ws.path().join("identity.age");
+    std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = ws.run(&["verify", "--read-data"]);
+    let err = expect_exit(&out, 0, "verify with a 0644 identity");
+    assert_mentions(&err, "can be read by other users");
+    assert_mentions(&err, "chmod 600");
+
+    // What `age --passphrase --armor` writes for an encrypted identity.
+    ws.write(
+        "locked.age",
+        "-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24ub3JnL3YxCi0+IHNjcnlwdCBhYmMgMTgK\n-----END AGE ENCRYPTED FILE-----\n",
+    );
+    std::fs::write(
+        ws.path().join("binary.age"),
+        b"age-encryption.org/v1\n-> scrypt \xff\xfe\n",
+    )
+    .unwrap();
+    std::fs::write(ws.path().join("garbage.age"), b"\xff\xfe\x00\x01").unwrap();
+    let target = pg.url("shop_restored");
+    for (file, expected) in [
+        ("locked.age", "passphrase-protected"),
+        ("binary.age", "passphrase-protected"),
+        ("garbage.age", "is not text"),
+    ] {
+        let err = ws.fails(
+            &[
+                "--identity",
+                file,
+                "restore",
+                "shop",
+                "--to",
+                "latest",
+                "--target",
+                &target,
+                "--yes",
+            ],
+            2,
+        );
+        assert_mentions(&err, file);
+        assert_mentions(&err, expected);
+        assert!(!err.contains("valid UTF-8"), "{err}");
+        assert!(!database_exists(&pg, "shop_restored"));
+    }
+    assert_intact(&ws, "shop", &[id]);
+}
+
+/// Asking for a verification that cannot be done fails before anything is
+/// restored; it never passes quietly.
+#[test]
+fn restore_verify_without_a_fingerprint_fails_and_restores_nothing() {
+    let (pg, mut ws, with_print) = shop();
+    let output = ws.path().join("shop.dump");
+    let out = ws.run(&[
+        "restore",
+        "shop",
+        "--backup",
+        &with_print,
+        "--output",
+        output.to_str().unwrap(),
+        "--verify",
+    ]);
+    let err = expect_exit(&out, 6, "restore --verify --output");
+    assert_mentions(&err, "--output");
+    assert!(!output.exists(), "a file was written");
+
+    ws.write(
+        "policies/shop.toml",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nfingerprint = false\n",
+            pg.url("shop")
+        ),
+    );
+    ws.set_env("PGPASSWORD", pg.password());
+    let without = ws.backup("shop");
+    let target = pg.url("shop_restored");
+    let out = ws.run(&[
+        "restore", "shop", "--to", "latest", "--target", &target, "--yes", "--verify",
+    ]);
+    let err = expect_exit(
+        &out,
+        6,
+        "restore --verify of a backup without a fingerprint",
+    );
+    assert_mentions(&err, "has no fingerprint");
+    assert_mentions(&err, &without);
+    assert!(
+        !database_exists(&pg, "shop_restored"),
+        "the database was restored"
+    );
+    assert_eq!(scratch_databases(&pg), "", "a scratch database was left");
+    // The same restore without --verify works, and says what it checked.
+    let done = ws.ok(&[
+        "restore", "shop", "--to", "latest", "--target", &target, "--yes",
+    ]);
+    assert_mentions(&done, "every byte authenticated");
+    assert_eq!(
+        pg.psql("shop_restored", "SELECT count(*) FROM orders"),
+        "100"
+    );
+    assert_intact(&ws, "shop", &[without, with_print]);
+}
+
 #[test]
 fn key_generate_never_overwrites_a_key() {
     let ws = Workspace::local();

@@ -222,7 +222,7 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
         let c = catalog::load(&repo, &p.name).await?;
         damaged.extend(c.damaged.iter().map(|(k, r)| format!("{k}: {r}")));
         for m in &c.backups {
-            let r = crate::restore::verify(&repo, identities.as_deref(), m).await;
+            let r = crate::restore::verify(&repo, identities.as_deref(), m).await?;
             if !ctx.cli.json {
                 match r.ok {
                     true if !r.archived.is_empty() => println!(

@@ -148,6 +148,9 @@ pub enum ExitCode {
     Integrity = 4,
     /// A store or database could not be reached; trying later may work.
     Unavailable = 5,
+    /// A verification was asked for (`restore --verify`) that this backup
+    /// or destination cannot give; nothing was restored.
+    Unverifiable = 6,
 }
 
 impl ExitCode {
@@ -163,6 +166,7 @@ impl ExitCode {
             | Error::Usage(_) => ExitCode::BadInput,
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
+            Error::Unverifiable(_) => ExitCode::Unverifiable,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
             Error::Archived(_) => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {

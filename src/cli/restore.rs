@@ -151,6 +151,10 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --to or --backup"),
     };
 
+    if args.verify {
+        check_verifiable(manifest, &destination)?;
+    }
+
     // The plan, before anything is touched.
     let mut plan = vec![("policy", policy.name.clone())];
     if let (Some(spec), Some(t)) = (&spec, target_time) {
@@ -329,10 +333,9 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     progress.finish();
 
     let elapsed = started.elapsed().as_secs_f64();
-    let verified = match (&fingerprint_diffs, args.verify) {
-        (Some(_), _) => "fingerprint matched",
-        (None, true) => "no fingerprint in this backup",
-        (None, false) => "every byte authenticated; sha256 matched",
+    let verified = match fingerprint_diffs {
+        Some(_) => "fingerprint matched",
+        None => "every byte authenticated; sha256 matched",
     };
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({
@@ -350,6 +353,29 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             manifest.id,
             bytes(manifest.data.digests.plaintext_size)
         );
+    }
+    Ok(())
+}
+
+/// `--verify` promises a comparison with the backup's fingerprint; refuse
+/// before anything is touched when there is nothing to compare.
+fn check_verifiable(
+    manifest: &crate::repo::manifest::Manifest,
+    destination: &Destination,
+) -> Result<()> {
+    if let Destination::File(p) = destination {
+        return Err(Error::Unverifiable(format!(
+            "--verify compares a restored database or directory with the backup's fingerprint, and a file written with --output ({}) is neither; \
+             nothing was restored. Drop --verify (the file's bytes are still authenticated and their sha256 checked) or restore with --target or --into",
+            p.display()
+        )));
+    }
+    if manifest.fingerprint.is_none() {
+        return Err(Error::Unverifiable(format!(
+            "backup {} of `{}` has no fingerprint (taken with `fingerprint = false`), so --verify has nothing to compare; \
+             nothing was restored. Restore without --verify (every byte is still authenticated and its sha256 checked), or choose a backup that has one",
+            manifest.id, manifest.policy
+        )));
     }
     Ok(())
 }

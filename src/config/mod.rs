@@ -698,6 +698,11 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 // The parser's message can quote the string, password and all.
                 Err(_) => cx.err(url, "`url` is not a PostgreSQL connection string (expected postgres://USER@HOST:PORT/DB or key=value pairs)"),
             }
+            if let Some(args) = &raw.pg_dump_args
+                && let Some(problem) = pg_dump_args_problem(args.get_ref())
+            {
+                cx.err(args, problem);
+            }
             Some(SourceConfig::Postgres {
                 url: url.get_ref().clone(),
                 pg_dump_args: raw
@@ -909,6 +914,49 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
     })
 }
 
+/// Why `pg_dump_args` cannot be used, if it cannot. The connection comes
+/// from `url` alone: drctl reads its snapshot over that connection, so
+/// pg_dump must dump the same database, and an argument is visible to
+/// every local user in `ps`, so a password there leaks. The message never
+/// quotes the argument, which may hold the secret.
+fn pg_dump_args_problem(args: &[String]) -> Option<String> {
+    const CONNECTION: &[(&str, &str)] = &[
+        ("-d", "--dbname"),
+        ("-h", "--host"),
+        ("-p", "--port"),
+        ("-U", "--username"),
+        ("-W", "--password"),
+    ];
+    // Passwords first: that message matters more, whatever option carries it.
+    for (i, arg) in args.iter().enumerate() {
+        let lower = arg.to_ascii_lowercase();
+        let uri_password = ["postgres://", "postgresql://"].iter().any(|scheme| {
+            lower
+                .find(scheme)
+                .is_some_and(|at| url::Url::parse(&arg[at..]).is_ok_and(|u| u.password().is_some()))
+        });
+        if uri_password || lower.contains("password=") {
+            return Some(format!(
+                "`pg_dump_args` item {} holds a password, which every local user could read in `ps`; \
+                 remove it and use PGPASSWORD or a pgpass file (mode 0600)",
+                i + 1
+            ));
+        }
+    }
+    for arg in args {
+        let option = arg.split('=').next().unwrap_or(arg);
+        if let Some((short, long)) = CONNECTION.iter().find(|(short, long)| {
+            option == *long || (arg.starts_with(short) && !arg.starts_with("--"))
+        }) {
+            return Some(format!(
+                "`pg_dump_args` sets the connection with `{long}` ({short}); the connection comes from `url` only \
+                 (pg_dump must read drctl's snapshot from that database), so remove it and change `url` instead"
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,6 +983,48 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn connection_options_and_passwords_in_pg_dump_args_are_refused() {
+        let with = |args: &str| {
+            policy_errors(&format!(
+                "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\npg_dump_args = {args}\n"
+            ))
+        };
+        for args in [
+            r#"["--dbname=postgres://user:secret@db1/shop"]"#,
+            r#"["-d", "postgresql://user:secret@db1/shop"]"#,
+            r#"["--no-owner", "host=db1 password=secret dbname=shop"]"#,
+        ] {
+            let errs = with(args);
+            assert_eq!(errs.len(), 1, "{args}: {errs:?}");
+            assert!(
+                errs[0].contains(":4:") && errs[0].contains("holds a password"),
+                "{args}: {}",
+                errs[0]
+            );
+            assert!(
+                !errs[0].contains("secret"),
+                "the password is quoted: {}",
+                errs[0]
+            );
+        }
+        for (args, option) in [
+            (r#"["--dbname=other"]"#, "--dbname"),
+            (r#"["-h", "db2"]"#, "--host"),
+            (r#"["-Uadmin"]"#, "--username"),
+            (r#"["--port=5433"]"#, "--port"),
+        ] {
+            let errs = with(args);
+            assert_eq!(errs.len(), 1, "{args}: {errs:?}");
+            assert!(
+                errs[0].contains(option) && errs[0].contains("comes from `url`"),
+                "{}",
+                errs[0]
+            );
+        }
+        assert!(with(r#"["--no-owner", "--exclude-table=audit", "-n", "public"]"#).is_empty());
     }
 
     #[test]

@@ -63,8 +63,26 @@ pub fn read_identities(path: Option<&Path>) -> Result<Vec<age::x25519::Identity>
     let path = path.ok_or_else(|| {
         Error::Key("no identity file configured; set `encryption.identity_file` in drctl.toml or pass --identity".into())
     })?;
-    let text = std::fs::read_to_string(path)
+    let raw = std::fs::read(path)
         .map_err(|e| Error::Key(format!("cannot read identity file {}: {e}", path.display())))?;
+    // age's own format for a passphrase-protected identity: binary or armored.
+    if raw.starts_with(b"age-encryption.org/")
+        || raw.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    {
+        return Err(Error::Key(format!(
+            "identity file {} is encrypted (a passphrase-protected age identity), which drctl cannot prompt for; \
+             decrypt it onto a protected path with `age --decrypt -o FILE {}` (mode 0600) and point --identity at that",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = String::from_utf8(raw).map_err(|_| {
+        Error::Key(format!(
+            "identity file {} is not text; expected `AGE-SECRET-KEY-1…` lines as written by `drctl key generate` or `age-keygen`",
+            path.display()
+        ))
+    })?;
+    warn_if_readable_by_others(path);
     let ids: Vec<age::x25519::Identity> = text
         .lines()
         .map(str::trim)
@@ -85,6 +103,22 @@ pub fn read_identities(path: Option<&Path>) -> Result<Vec<age::x25519::Identity>
         )));
     }
     Ok(ids)
+}
+
+/// The secret key decrypts every backup: a file other users can read is
+/// worth a warning (as libpq gives for a pgpass file), though not a refusal
+/// at 3 a.m. when it is the only copy of the key.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:04o}", meta.permissions().mode() & 0o7777),
+            "The identity file can be read by other users; it decrypts every backup, so run `chmod 600` on it."
+        );
+    }
 }
 
 /// A short, stable fingerprint of a public key for reports and messages.

@@ -89,6 +89,7 @@ pub fn error_class(e: &Error) -> Option<&'static str> {
         Error::NoBackup(_)
         | Error::DrillFailed { .. }
         | Error::Refused(_)
+        | Error::Unverifiable(_)
         | Error::Unhealthy(_)
         | Error::ChainBroken { .. }
         | Error::BucketDrift { .. } => "other",
