@@ -1104,3 +1104,25 @@ fn lost_answers_to_create_only_writes_do_not_fail_the_backup() {
     );
     assert_eq!(block_on(s3.list_multipart_uploads(&bucket)), 0);
 }
+
+/// A lost answer to CreateMultipartUpload makes the SDK start a second
+/// upload; the first, known only to the bucket, is aborted when the backup
+/// ends. A lost answer to CompleteMultipartUpload is recognised by the
+/// object's size and multipart ETag.
+#[test]
+fn lost_answers_to_multipart_writes_leave_no_upload_open() {
+    // Three parts of 6 MiB or less.
+    let (s3, bucket, proxy, ws) = lossy_world("lostmpu", 14 * 1024 * 1024);
+    proxy.lose_response(S3Op::CreateMultipartUpload, "/data.tar.zst.age");
+    proxy.lose_response(S3Op::CompleteMultipartUpload, "/data.tar.zst.age");
+
+    let id = ws.backup("etc");
+    assert_eq!(proxy.lost_responses(), 2, "every planned loss happened");
+    assert_eq!(
+        block_on(s3.list_multipart_uploads(&bucket)),
+        0,
+        "the upload whose start was retried is still open"
+    );
+    assert_eq!(ids(&ws, "etc"), [id]);
+    ws.ok(&["verify", "etc", "--read-data"]);
+}

@@ -501,6 +501,56 @@ impl Store for S3Store {
         }))
     }
 
+    async fn abort_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix))
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.err("ListMultipartUploads", prefix, &e))?;
+            for upload in page.uploads() {
+                let (Some(full), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let key = self.relative_key(full);
+                match self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => aborted += 1,
+                    Err(e) => {
+                        let err = self.err("abort upload", key, &e);
+                        // Completed or aborted since the listing.
+                        if !err.is_not_found() {
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            if page.is_truncated != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker.clone();
+            upload_marker = page.next_upload_id_marker.clone();
+            if key_marker.is_none() && upload_marker.is_none() {
+                break;
+            }
+        }
+        Ok(aborted)
+    }
+
     async fn protection(&self) -> Result<Protection, StorageError> {
         let versioning = self.versioning_status().await?;
         let lock = self
