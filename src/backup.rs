@@ -139,6 +139,7 @@ async fn attempt(
         })
     };
     let result = run_locked(repo, config, policy, id, started, &job).await;
+    abort_unfinished_uploads(repo, &policy.name, id).await;
     watcher.abort();
     let lost = lease_lost.load(Ordering::Relaxed);
     lease.release().await;
@@ -153,6 +154,23 @@ async fn attempt(
                 });
             }
             Err(e)
+        }
+    }
+}
+
+/// Aborts what is still open under the backup's prefix once its uploads
+/// have ended, whether the backup succeeded or not: an upload whose start
+/// was retried after a lost answer is known only to the store, and costs
+/// storage until the bucket's lifecycle rule removes it.
+async fn abort_unfinished_uploads(repo: &Repo, policy: &str, id: &str) {
+    let prefix = repo::backup_dir(policy, id);
+    match repo.store.abort_uploads(&prefix).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(policy, backup = %id, uploads = n, "Aborted unfinished uploads left by retried requests.");
+        }
+        Err(e) => {
+            tracing::warn!(policy, backup = %id, error = %e, "Could not look for unfinished uploads of the backup; the bucket's abort-incomplete-uploads rule removes them.");
         }
     }
 }

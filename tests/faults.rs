@@ -1,5 +1,5 @@
 //! Faults: damaged objects, processes killed mid-backup, and an S3 endpoint
-//! that throttles and drops connections.
+//! that throttles, drops connections and loses answers.
 //!
 //! What must hold (DESIGN.md invariants 1 and 3): a damaged object gives an
 //! integrity error (exit 4) naming it and never a partial restore; a backup
@@ -20,7 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::workspace::{Backend, COMMAND_TIMEOUT, Workspace};
-use common::{FaultProxy, Faults, Postgres, S3Server, block_on, unique_bucket_name, wait_for};
+use common::{
+    FaultProxy, Faults, Postgres, S3Op, S3Server, block_on, unique_bucket_name, wait_for,
+};
 use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------
@@ -1124,4 +1126,74 @@ fn pg_dump_exiting_0_after_a_truncated_archive_leaves_no_backup() {
         }
     }
     assert!(left.is_empty(), "the failed backup left objects: {left:?}");
+
+// ---------------------------------------------------------------------------
+// Answers lost after the write was done
+// ---------------------------------------------------------------------------
+
+/// A files workspace on a versioned bucket reached through a fault proxy,
+/// with one file of `size` incompressible bytes to back up.
+fn lossy_world(prefix: &str, size: usize) -> (S3Server, String, FaultProxy, Workspace) {
+    let s3 = S3Server::start();
+    let bucket = s3_bucket(&s3, prefix, true);
+    let proxy = FaultProxy::start(&s3.endpoint(), Faults::none());
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: proxy.endpoint(),
+        bucket: bucket.clone(),
+    });
+    let src = ws.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("blob.bin"), noise(size, 11)).unwrap();
+    ws.files_policy("etc", &[&src]);
+    (s3, bucket, proxy, ws)
+}
+
+/// Each create-only write (lease, data object, fingerprint, manifest) is
+/// stored but its answer lost; the SDK's retry is then refused with 412
+/// because the object exists. The object holds what was sent, so each
+/// write is drctl's own and the backup goes on.
+#[test]
+fn lost_answers_to_create_only_writes_do_not_fail_the_backup() {
+    let (s3, bucket, proxy, ws) = lossy_world("lostput", 100_000);
+    for key in [
+        "locks/etc",
+        "/data.tar.zst.age",
+        "/fingerprint.json.zst.age",
+        "/manifest.json",
+    ] {
+        proxy.lose_response(S3Op::PutObject, key);
+    }
+
+    let id = ws.backup("etc");
+    assert_eq!(proxy.lost_responses(), 4, "every planned loss happened");
+    assert_eq!(ids(&ws, "etc"), [id]);
+    ws.ok(&["verify", "etc", "--read-data"]);
+    // The lease was recognised as this job's own and removed at its end.
+    assert_eq!(
+        block_on(s3.list_keys(&bucket, "drctl/locks/")),
+        Vec::<String>::new()
+    );
+    assert_eq!(block_on(s3.list_multipart_uploads(&bucket)), 0);
+}
+
+/// A lost answer to CreateMultipartUpload makes the SDK start a second
+/// upload; the first, known only to the bucket, is aborted when the backup
+/// ends. A lost answer to CompleteMultipartUpload is recognised by the
+/// object's size and multipart ETag.
+#[test]
+fn lost_answers_to_multipart_writes_leave_no_upload_open() {
+    // Three parts of 6 MiB or less.
+    let (s3, bucket, proxy, ws) = lossy_world("lostmpu", 14 * 1024 * 1024);
+    proxy.lose_response(S3Op::CreateMultipartUpload, "/data.tar.zst.age");
+    proxy.lose_response(S3Op::CompleteMultipartUpload, "/data.tar.zst.age");
+
+    let id = ws.backup("etc");
+    assert_eq!(proxy.lost_responses(), 2, "every planned loss happened");
+    assert_eq!(
+        block_on(s3.list_multipart_uploads(&bucket)),
+        0,
+        "the upload whose start was retried is still open"
+    );
+    assert_eq!(ids(&ws, "etc"), [id]);
+    ws.ok(&["verify", "etc", "--read-data"]);
 }

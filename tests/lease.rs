@@ -16,7 +16,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::Value;
 
 use common::workspace::{Backend, COMMAND_TIMEOUT, Workspace};
-use common::{Postgres, S3Server, block_on, unique_bucket_name};
+use common::{FaultProxy, Faults, Postgres, S3Op, S3Server, block_on, unique_bucket_name};
 
 /// Where the workspace puts the repository inside the bucket.
 const S3_PREFIX: &str = "drctl";
@@ -363,6 +363,72 @@ fn concurrent_backups_one_wins(kind: Kind) {
     w.ws.ok(&["verify", "busy", "--read-data"]);
     // The password the workspace passes in PGPASSWORD appears nowhere.
     assert!(!err.contains(pg.password()), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Answers lost on the way back from S3.
+// ---------------------------------------------------------------------------
+
+/// A lost answer makes the SDK send the same conditional write again, and
+/// the retry is refused (412) when the first attempt was stored. drctl then
+/// looks: a lease holding exactly what it sent is its own; anyone else's
+/// still refuses the backup.
+#[test]
+fn lost_answers_to_lease_writes_s3() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("leaselost");
+    block_on(s3.create_bucket(&bucket, true));
+    let proxy = FaultProxy::start(&s3.endpoint(), Faults::none());
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: proxy.endpoint(),
+        bucket: bucket.clone(),
+    });
+    let _source = small_files_policy(&ws, "conf");
+    let full = format!("{S3_PREFIX}/locks/conf");
+    let current = || {
+        block_on(s3.list_keys(&bucket, &full))
+            .contains(&full)
+            .then(|| block_on(s3.get_object(&bucket, &full)))
+    };
+
+    // Someone else's live lease: the refusal whose answer was lost is
+    // still a refusal, and the lease is left as it was.
+    let theirs = lease_body(
+        "otherhost:1",
+        chrono::Duration::minutes(2),
+        chrono::Duration::hours(1),
+    );
+    block_on(s3.put_object(&bucket, &full, theirs.clone()));
+    proxy.lose_response(S3Op::PutObject, "/locks/conf");
+    let err = ws.fails(&["backup", "conf"], EXIT_REFUSED);
+    assert!(err.contains("otherhost:1"), "{err}");
+    assert_eq!(proxy.lost_responses(), 1);
+    assert_eq!(current().as_deref(), Some(theirs.as_slice()));
+
+    // An expired lease: the refused create and the takeover that replaced
+    // it both lose their answers; the takeover is recognised as this job's.
+    block_on(s3.put_object(
+        &bucket,
+        &full,
+        lease_body(
+            "otherhost:1",
+            chrono::Duration::hours(2),
+            -chrono::Duration::hours(1),
+        ),
+    ));
+    proxy.lose_response(S3Op::PutObject, "/locks/conf");
+    proxy.lose_response(S3Op::PutObject, "/locks/conf");
+    ws.backup("conf");
+    assert_eq!(proxy.lost_responses(), 3);
+    assert_eq!(ws.backups("conf").len(), 1);
+    assert_eq!(current(), None, "the lease is removed when the backup ends");
+
+    // No lease: the create that lost its answer made this job's lease.
+    proxy.lose_response(S3Op::PutObject, "/locks/conf");
+    ws.backup("conf");
+    assert_eq!(proxy.lost_responses(), 4);
+    assert_eq!(ws.backups("conf").len(), 2);
+    assert_eq!(current(), None, "the lease is removed when the backup ends");
 }
 
 // ---------------------------------------------------------------------------

@@ -91,6 +91,88 @@ impl ProcessId {
     }
 }
 
+/// Times [`Lease::acquire`] starts over when the lease vanishes or changes
+/// between its steps; more means other jobs keep taking it.
+pub const ACQUIRE_ATTEMPTS: usize = 3;
+
+/// How one attempt to take a lease ended, short of an error.
+enum Attempt {
+    /// Written; the ETag to renew it with.
+    Taken(Option<String>),
+    /// Released or replaced between this attempt's steps: try again.
+    Changed,
+}
+
+/// One attempt to write `mine` as the lease at `key`.
+///
+/// # Errors
+/// `Locked` when a live job holds it or took it over first; storage errors.
+async fn try_acquire(
+    store: &dyn Store,
+    policy: &str,
+    key: &str,
+    mine: &LeaseBody,
+    now: DateTime<Utc>,
+) -> Result<Attempt> {
+    match store.put(key, encode(mine), PutMode::Create).await {
+        Ok(stored) => return Ok(Attempt::Taken(stored.etag)),
+        Err(e) if e.kind == StorageErrorKind::PreconditionFailed => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (bytes, meta) = match store.get(key, None).await {
+        Ok(found) => found,
+        // Released by its holder after our create was refused.
+        Err(e) if e.is_not_found() => {
+            tracing::info!(
+                policy,
+                key,
+                "The lease was released while this job tried to take it; trying again."
+            );
+            return Ok(Attempt::Changed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let current: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
+    match current {
+        Some(c) if c.is_live(now) => Err(Error::Locked {
+            policy: policy.to_string(),
+            message: format!(
+                "{} is running `{}` there since {} (lease expires {}; it is renewed while that job runs)",
+                c.holder,
+                c.job,
+                c.acquired_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                c.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }),
+        _ => {
+            if current.is_none() {
+                tracing::warn!(
+                    policy,
+                    key,
+                    "The lease object is not readable JSON; treating it as expired."
+                );
+            }
+            let etag = meta.etag.unwrap_or_default();
+            tracing::warn!(
+                policy,
+                "Taking over the lease of a job that expired or died."
+            );
+            match store.put(key, encode(mine), PutMode::IfMatch(etag)).await {
+                Ok(stored) => Ok(Attempt::Taken(stored.etag)),
+                Err(e) if e.kind == StorageErrorKind::PreconditionFailed => Err(Error::Locked {
+                    policy: policy.to_string(),
+                    message: format!("another job took over the expired lease `{key}` first"),
+                }),
+                // Released between the read and the takeover.
+                Err(e) if e.is_not_found() => Ok(Attempt::Changed),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
 pub struct Lease {
     store: Arc<dyn Store>,
     key: String,
@@ -122,8 +204,13 @@ fn ttl() -> Duration {
 impl Lease {
     /// Takes the lease of `policy` for `job`, or says who holds it.
     ///
+    /// A lease that another job releases or takes over while this one looks
+    /// at it is another job's doing, not a failure: the attempt starts over,
+    /// and after [`ACQUIRE_ATTEMPTS`] such changes the policy counts as busy.
+    ///
     /// # Errors
-    /// `Locked` when another live job holds it; storage errors.
+    /// `Locked` when another live job holds it or the lease keeps changing
+    /// hands; storage errors.
     pub async fn acquire(store: Arc<dyn Store>, policy: &str, job: &str) -> Result<Lease> {
         let key = lock_key(policy);
         let ttl = ttl();
@@ -135,62 +222,21 @@ impl Lease {
             process: ProcessId::current(),
             backup_id: None,
         };
-        let now = Utc::now();
-        let stored = match store.put(&key, encode(&body(now)), PutMode::Create).await {
-            Ok(s) => s,
-            Err(e) if e.kind == StorageErrorKind::PreconditionFailed => {
-                let (bytes, meta) = store.get(&key, None).await?;
-                let current: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
-                if current.is_none() {
-                    tracing::warn!(policy, key = %key, "The lease object is not readable JSON; treating it as expired.");
-                }
-                match current {
-                    Some(c) if c.is_live(now) => {
-                        return Err(Error::Locked {
-                            policy: policy.to_string(),
-                            message: format!(
-                                "{} is running `{}` there since {} (lease expires {}; it is renewed while that job runs)",
-                                c.holder,
-                                c.job,
-                                c.acquired_at
-                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                c.expires_at
-                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                            ),
-                        });
-                    }
-                    _ => {
-                        let etag = meta.etag.unwrap_or_default();
-                        tracing::warn!(
-                            policy,
-                            "Taking over the lease of a job that expired or died."
-                        );
-                        store
-                            .put(&key, encode(&body(now)), PutMode::IfMatch(etag))
-                            .await
-                            .map_err(|e| {
-                                if e.kind == StorageErrorKind::PreconditionFailed {
-                                    Error::Locked {
-                                        policy: policy.to_string(),
-                                        message: "another job took the expired lease first".into(),
-                                    }
-                                } else {
-                                    e.into()
-                                }
-                            })?
-                    }
-                }
+        for _ in 0..ACQUIRE_ATTEMPTS {
+            let now = Utc::now();
+            let mine = body(now);
+            if let Attempt::Taken(etag) =
+                try_acquire(store.as_ref(), policy, &key, &mine, now).await?
+            {
+                return Ok(Lease::renewed(store, key, etag, mine, ttl, policy));
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Lease::renewed(
-            store,
-            key,
-            stored.etag,
-            body(now),
-            ttl,
-            policy,
-        ))
+        }
+        Err(Error::Locked {
+            policy: policy.to_string(),
+            message: format!(
+                "the lease `{key}` changed hands {ACQUIRE_ATTEMPTS} times while this job tried to take it; other jobs are starting and ending there"
+            ),
+        })
     }
 
     /// Holds `backup_id` of `policy` for `job` (a restore or a drill) until
@@ -441,7 +487,202 @@ pub async fn hold_backup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::StorageError;
     use crate::storage::local::LocalStore;
+    use crate::storage::{ByteStream, ObjectMeta, ObjectVersion, Protection, Stored, Upload};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local directory where another daemon releases or takes the lease
+    /// at the moments that race with `acquire`, deterministically.
+    struct Racing {
+        inner: LocalStore,
+        /// Refused creates after which the other job releases the lease.
+        release_after_refusal: AtomicUsize,
+        /// After a read that found no lease, the other job takes it again.
+        retake_after_miss: bool,
+        /// Takeovers before which the other job releases the lease.
+        release_before_takeover: AtomicUsize,
+    }
+
+    impl Racing {
+        fn new(dir: &std::path::Path) -> Racing {
+            Racing {
+                inner: LocalStore::new(dir.to_path_buf()),
+                release_after_refusal: AtomicUsize::new(0),
+                retake_after_miss: false,
+                release_before_takeover: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    fn take_one(n: &AtomicUsize) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn other_lease(expires_in: Duration) -> Bytes {
+        let now = Utc::now();
+        encode(&LeaseBody {
+            holder: "db2:4242".into(),
+            job: "backup".into(),
+            acquired_at: now - Duration::minutes(1),
+            expires_at: now + expires_in,
+            process: None,
+            backup_id: None,
+        })
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Racing {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            mode: PutMode,
+        ) -> std::result::Result<Stored, StorageError> {
+            if matches!(mode, PutMode::IfMatch(_)) && take_one(&self.release_before_takeover) {
+                self.inner.delete(key).await?;
+            }
+            let create = mode == PutMode::Create;
+            let result = self.inner.put(key, body, mode).await;
+            if create
+                && result
+                    .as_ref()
+                    .is_err_and(|e| e.kind == StorageErrorKind::PreconditionFailed)
+                && take_one(&self.release_after_refusal)
+            {
+                self.inner.delete(key).await?;
+            }
+            result
+        }
+        async fn get(
+            &self,
+            key: &str,
+            version: Option<&str>,
+        ) -> std::result::Result<(Bytes, ObjectMeta), StorageError> {
+            let result = self.inner.get(key, version).await;
+            if self.retake_after_miss && result.as_ref().is_err_and(StorageError::is_not_found) {
+                self.inner
+                    .put(key, other_lease(Duration::minutes(5)), PutMode::Create)
+                    .await?;
+            }
+            result
+        }
+        async fn get_stream(
+            &self,
+            key: &str,
+            version: Option<&str>,
+        ) -> std::result::Result<ByteStream, StorageError> {
+            self.inner.get_stream(key, version).await
+        }
+        async fn head(
+            &self,
+            key: &str,
+            version: Option<&str>,
+        ) -> std::result::Result<ObjectMeta, StorageError> {
+            self.inner.head(key, version).await
+        }
+        async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectMeta>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> std::result::Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+        async fn create_upload(
+            &self,
+            key: &str,
+        ) -> std::result::Result<Box<dyn Upload>, StorageError> {
+            self.inner.create_upload(key).await
+        }
+        async fn protection(&self) -> std::result::Result<Protection, StorageError> {
+            self.inner.protection().await
+        }
+        async fn list_versions(
+            &self,
+            prefix: &str,
+        ) -> std::result::Result<Vec<ObjectVersion>, StorageError> {
+            self.inner.list_versions(prefix).await
+        }
+    }
+
+    async fn holder_of(store: &dyn Store, policy: &str) -> String {
+        let (bytes, _) = store.get(&lock_key(policy), None).await.unwrap();
+        serde_json::from_slice::<LeaseBody>(&bytes).unwrap().holder
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_between_the_refused_create_and_the_read_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let racing = Racing::new(dir.path());
+        racing.release_after_refusal.store(1, Ordering::SeqCst);
+        let store: Arc<dyn Store> = Arc::new(racing);
+        store
+            .put(
+                &lock_key("etc"),
+                other_lease(Duration::minutes(5)),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        let lease = Lease::acquire(store.clone(), "etc", "backup")
+            .await
+            .expect("a lease released by its holder is free, not an error");
+        assert_eq!(holder_of(store.as_ref(), "etc").await, holder());
+        lease.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_before_the_takeover_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let racing = Racing::new(dir.path());
+        racing.release_before_takeover.store(1, Ordering::SeqCst);
+        let store: Arc<dyn Store> = Arc::new(racing);
+        store
+            .put(
+                &lock_key("etc"),
+                other_lease(-Duration::minutes(5)),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        let lease = Lease::acquire(store.clone(), "etc", "backup")
+            .await
+            .expect("an expired lease released before the takeover is free");
+        assert_eq!(holder_of(store.as_ref(), "etc").await, holder());
+        lease.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_keeps_changing_hands_means_busy_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut racing = Racing::new(dir.path());
+        racing
+            .release_after_refusal
+            .store(usize::MAX, Ordering::SeqCst);
+        racing.retake_after_miss = true;
+        let store: Arc<dyn Store> = Arc::new(racing);
+        store
+            .put(
+                &lock_key("etc"),
+                other_lease(Duration::minutes(5)),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        match Lease::acquire(store.clone(), "etc", "backup").await {
+            Err(Error::Locked { policy, message }) => {
+                assert_eq!(policy, "etc");
+                assert!(message.contains("changed hands"), "{message}");
+                assert!(message.contains("locks/etc"), "{message}");
+            }
+            Err(e) => panic!("expected the policy to be busy, got {e}"),
+            Ok(_) => panic!("expected the policy to be busy, got the lease"),
+        }
+        assert_eq!(holder_of(store.as_ref(), "etc").await, "db2:4242");
+    }
 
     #[tokio::test]
     async fn holds_are_listed_while_held_and_gone_when_released() {

@@ -99,6 +99,21 @@ pub trait Store: Send + Sync + 'static {
     /// the archive lifecycle rule moves them and nothing else.
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
 
+    /// Abandons every unfinished large-object write under `prefix` and says
+    /// how many there were. Call it only once no upload under `prefix` is
+    /// still being written. On S3 these are multipart uploads: one whose
+    /// CreateMultipartUpload answer was lost was never known to drctl (the
+    /// SDK's retry started another), and it costs storage until aborted. A
+    /// local directory has none to find by key; its temporary files are
+    /// swept by age.
+    ///
+    /// # Errors
+    /// The store's, from listing or aborting.
+    async fn abort_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+        let _ = prefix;
+        Ok(0)
+    }
+
     /// The store's versioning and Object Lock settings, for reports.
     async fn protection(&self) -> Result<Protection, StorageError>;
 

@@ -237,6 +237,64 @@ fn real_version(v: Option<String>) -> Option<String> {
     v.filter(|v| !v.is_empty() && v != "null")
 }
 
+/// After a conditional write was refused (412): the object at the key, if
+/// it holds exactly the bytes that were sent. Then an earlier attempt of the
+/// same request was stored and only its answer was lost, so the SDK's retry
+/// ran into the write it had just made. Anything else, including a failure
+/// to read, is `None` and the refusal stands.
+async fn stored_by_lost_attempt(
+    client: &Client,
+    bucket: &str,
+    full_key: &str,
+    key: &str,
+    sent: &Bytes,
+) -> Option<Stored> {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(full_key)
+        .send()
+        .await
+        .ok()?;
+    if out.content_length != Some(sent.len() as i64) {
+        return None;
+    }
+    let (etag, version_id) = (out.e_tag.clone(), real_version(out.version_id.clone()));
+    let stored = out.body.collect().await.ok()?.into_bytes();
+    if stored != *sent {
+        return None;
+    }
+    tracing::info!(
+        key,
+        "The answer to a write was lost and its retry refused; the object holds exactly what was sent, so the first attempt stored it."
+    );
+    Some(Stored {
+        size: sent.len() as u64,
+        etag,
+        version_id,
+    })
+}
+
+/// The ETag S3 gives an object completed from `parts`: the MD5 of the
+/// parts' binary MD5s, a dash and their count. `None` when a part's ETag is
+/// not a plain MD5 (as with SSE-KMS) and the result cannot be predicted.
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    use md5::{Digest, Md5};
+    let mut md5 = Md5::new();
+    for part in parts {
+        let raw = hex::decode(part.e_tag()?.trim_matches('"')).ok()?;
+        if raw.len() != 16 {
+            return None;
+        }
+        md5.update(&raw);
+    }
+    Some(format!(
+        "\"{}-{}\"",
+        hex::encode(md5.finalize()),
+        parts.len()
+    ))
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -264,22 +322,35 @@ impl Store for S3Store {
 
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Stored, StorageError> {
         let size = body.len() as u64;
+        let sent = body.clone();
+        let full = self.full_key(key);
         let mut req = self
             .client
             .put_object()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .key(&full)
             .body(SdkByteStream::from(body));
         req = match mode {
             PutMode::Create => req.if_none_match("*"),
             PutMode::IfMatch(etag) => req.if_match(etag),
         };
-        let out = req.send().await.map_err(|e| self.err("put", key, &e))?;
-        Ok(Stored {
-            size,
-            etag: out.e_tag,
-            version_id: real_version(out.version_id),
-        })
+        match req.send().await {
+            Ok(out) => Ok(Stored {
+                size,
+                etag: out.e_tag,
+                version_id: real_version(out.version_id),
+            }),
+            Err(e) => {
+                let err = self.err("put", key, &e);
+                if err.kind == StorageErrorKind::PreconditionFailed
+                    && let Some(stored) =
+                        stored_by_lost_attempt(&self.client, &self.bucket, &full, key, &sent).await
+                {
+                    return Ok(stored);
+                }
+                Err(err)
+            }
+        }
     }
 
     async fn get(
@@ -428,6 +499,56 @@ impl Store for S3Store {
             done: Vec::new(),
             size: 0,
         }))
+    }
+
+    async fn abort_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix))
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.err("ListMultipartUploads", prefix, &e))?;
+            for upload in page.uploads() {
+                let (Some(full), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let key = self.relative_key(full);
+                match self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => aborted += 1,
+                    Err(e) => {
+                        let err = self.err("abort upload", key, &e);
+                        // Completed or aborted since the listing.
+                        if !err.is_not_found() {
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            if page.is_truncated != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker.clone();
+            upload_marker = page.next_upload_id_marker.clone();
+            if key_marker.is_none() && upload_marker.is_none() {
+                break;
+            }
+        }
+        Ok(aborted)
     }
 
     async fn protection(&self) -> Result<Protection, StorageError> {
@@ -769,6 +890,33 @@ impl S3Upload {
         Ok(())
     }
 
+    /// After CompleteMultipartUpload failed: whether the object at the key
+    /// is the one this upload's parts make, which means an earlier attempt
+    /// completed it and only its answer was lost. S3 gives such an object
+    /// the ETag [`multipart_etag`] computes, which no other upload matches
+    /// unless it had byte-identical parts.
+    async fn completed_by_lost_attempt(&self, expected_etag: Option<String>) -> Option<Stored> {
+        let expected_etag = expected_etag?;
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.full_key)
+            .send()
+            .await
+            .ok()?;
+        let size = out.content_length.unwrap_or(-1);
+        if size != self.size as i64 || out.e_tag.as_deref() != Some(expected_etag.as_str()) {
+            return None;
+        }
+        tracing::info!(key = %self.key, "The answer to completing the upload was lost; the object there is the one its parts make, so the first attempt completed it.");
+        Some(Stored {
+            size: self.size,
+            etag: out.e_tag,
+            version_id: real_version(out.version_id),
+        })
+    }
+
     async fn abort_now(&mut self) -> Result<(), StorageError> {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
@@ -814,6 +962,7 @@ impl Upload for S3Upload {
     async fn complete(mut self: Box<Self>) -> Result<Stored, StorageError> {
         if self.upload_id.is_none() {
             let body = self.first.take().unwrap_or_default();
+            let sent = body.clone();
             let out = self
                 .client
                 .put_object()
@@ -823,13 +972,30 @@ impl Upload for S3Upload {
                 .tagging(data_tagging())
                 .body(SdkByteStream::from(body))
                 .send()
-                .await
-                .map_err(|e| self.fail("upload", &e))?;
-            return Ok(Stored {
-                size: self.size,
-                etag: out.e_tag,
-                version_id: real_version(out.version_id),
-            });
+                .await;
+            return match out {
+                Ok(out) => Ok(Stored {
+                    size: self.size,
+                    etag: out.e_tag,
+                    version_id: real_version(out.version_id),
+                }),
+                Err(e) => {
+                    let err = self.fail("upload", &e);
+                    if err.kind == StorageErrorKind::PreconditionFailed
+                        && let Some(stored) = stored_by_lost_attempt(
+                            &self.client,
+                            &self.bucket,
+                            &self.full_key,
+                            &self.key,
+                            &sent,
+                        )
+                        .await
+                    {
+                        return Ok(stored);
+                    }
+                    Err(err)
+                }
+            };
         }
         let result: Result<Stored, StorageError> = async {
             while !self.in_flight.is_empty() {
@@ -837,6 +1003,7 @@ impl Upload for S3Upload {
             }
             let mut parts = std::mem::take(&mut self.done);
             parts.sort_by_key(|p| p.part_number);
+            let expected_etag = multipart_etag(&parts);
             let out = self
                 .client
                 .complete_multipart_upload()
@@ -850,13 +1017,27 @@ impl Upload for S3Upload {
                         .build(),
                 )
                 .send()
-                .await
-                .map_err(|e| self.fail("complete upload", &e))?;
-            Ok(Stored {
-                size: self.size,
-                etag: out.e_tag,
-                version_id: real_version(out.version_id),
-            })
+                .await;
+            match out {
+                Ok(out) => Ok(Stored {
+                    size: self.size,
+                    etag: out.e_tag,
+                    version_id: real_version(out.version_id),
+                }),
+                Err(e) => {
+                    let err = self.fail("complete upload", &e);
+                    // A retry after a lost answer finds the upload gone
+                    // (NoSuchUpload) or the key taken by it (412).
+                    if matches!(
+                        err.kind,
+                        StorageErrorKind::PreconditionFailed | StorageErrorKind::NotFound
+                    ) && let Some(stored) = self.completed_by_lost_attempt(expected_etag).await
+                    {
+                        return Ok(stored);
+                    }
+                    Err(err)
+                }
+            }
         }
         .await;
         match result {

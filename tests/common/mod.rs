@@ -1206,6 +1206,44 @@ impl Faults {
 pub const SLOWDOWN_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
 <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>drctl-fault-proxy</RequestId></Error>";
 
+/// An S3 operation, as the [`FaultProxy`] tells them apart by method and
+/// query, for faults aimed at one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Op {
+    PutObject,
+    CreateMultipartUpload,
+    UploadPart,
+    CompleteMultipartUpload,
+}
+
+impl S3Op {
+    fn of(method: &hyper::Method, query: &str) -> Option<S3Op> {
+        let has = |name: &str| {
+            query
+                .split('&')
+                .any(|param| param.split('=').next() == Some(name))
+        };
+        match *method {
+            hyper::Method::PUT if has("partNumber") => Some(S3Op::UploadPart),
+            hyper::Method::PUT if !has("tagging") && !has("retention") && !has("legal-hold") => {
+                Some(S3Op::PutObject)
+            }
+            hyper::Method::POST if has("uploads") => Some(S3Op::CreateMultipartUpload),
+            hyper::Method::POST if has("uploadId") => Some(S3Op::CompleteMultipartUpload),
+            _ => None,
+        }
+    }
+}
+
+/// A request whose response the [`FaultProxy`] loses once: the first
+/// request of `op` whose path contains `key` reaches the server and takes
+/// effect, then the connection closes without the answer.
+#[derive(Clone, Debug)]
+struct LoseResponse {
+    op: S3Op,
+    key: String,
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
 type UpstreamClient = hyper_util::client::legacy::Client<
@@ -1261,7 +1299,9 @@ impl Dice {
 struct ProxyState {
     upstream: String,
     dice: Mutex<Dice>,
+    lose: Mutex<Vec<LoseResponse>>,
     injected_503: AtomicU64,
+    lost_responses: AtomicU64,
     injected_drops: AtomicU64,
     forwarded: AtomicU64,
 }
@@ -1296,7 +1336,9 @@ impl FaultProxy {
         let state = Arc::new(ProxyState {
             upstream,
             dice: Mutex::new(Dice::new(faults)),
+            lose: Mutex::new(Vec::new()),
             injected_503: AtomicU64::new(0),
+            lost_responses: AtomicU64::new(0),
             injected_drops: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
         });
@@ -1328,6 +1370,26 @@ impl FaultProxy {
     pub fn set_faults(&self, faults: Faults) {
         faults.validate();
         *self.state.dice.lock().unwrap_or_else(|p| p.into_inner()) = Dice::new(faults);
+    }
+
+    /// Loses the response of the next `op` request whose path contains
+    /// `key`, once: the request is forwarded and done, then the connection
+    /// closes, as when a network fails after the server acted. Rules queue:
+    /// each fires on its own first match.
+    pub fn lose_response(&self, op: S3Op, key: &str) {
+        self.state
+            .lose
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(LoseResponse {
+                op,
+                key: key.to_owned(),
+            });
+    }
+
+    /// Responses lost by [`FaultProxy::lose_response`] so far.
+    pub fn lost_responses(&self) -> u64 {
+        self.state.lost_responses.load(Ordering::SeqCst)
     }
 
     pub fn injected_503(&self) -> u64 {
@@ -1393,6 +1455,23 @@ fn run_proxy(
     // Dropping the runtime cancels every connection task, closing sockets.
 }
 
+/// Removes and reports the first lose-response rule `request` matches.
+fn take_lose_rule(state: &ProxyState, request: &hyper::Request<hyper::body::Incoming>) -> bool {
+    let op = S3Op::of(request.method(), request.uri().query().unwrap_or(""));
+    let mut rules = state.lose.lock().unwrap_or_else(|p| p.into_inner());
+    let path = request.uri().path();
+    match rules
+        .iter()
+        .position(|r| Some(r.op) == op && path.contains(&r.key))
+    {
+        Some(i) => {
+            rules.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
 async fn proxy_request(
     request: hyper::Request<hyper::body::Incoming>,
     state: Arc<ProxyState>,
@@ -1400,6 +1479,22 @@ async fn proxy_request(
 ) -> Result<hyper::Response<ProxyBody>, BoxError> {
     use http_body_util::BodyExt;
 
+    if take_lose_rule(&state, &request) {
+        let (mut parts, body) = request.into_parts();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = format!("{}{path_and_query}", state.upstream).parse()?;
+        parts.version = hyper::Version::HTTP_11;
+        // The whole answer is read, so the server has finished acting on
+        // the request before the client loses it.
+        if let Ok(response) = client
+            .request(hyper::Request::from_parts(parts, body))
+            .await
+        {
+            let _ = response.into_body().collect().await;
+        }
+        state.lost_responses.fetch_add(1, Ordering::SeqCst);
+        return Err("fault proxy: lost the response on purpose".into());
+    }
     let fate = state.dice.lock().unwrap_or_else(|p| p.into_inner()).roll();
     match fate {
         Fate::SlowDown => {
