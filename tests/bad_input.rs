@@ -668,3 +668,93 @@ fn uninitialised_repository_says_to_run_init() {
     );
     assert!(!ws.path().join("out").exists());
 }
+
+/// A `.drctl-partial` name beside the destination is never written through
+/// or replaced: a symbolic link there would send the plaintext wherever it
+/// points, and a leftover of an interrupted restore may be someone's only
+/// copy of that plaintext. Each is refused with the way to clear it.
+#[test]
+fn restore_refuses_a_leftover_partial_file_or_symlink() {
+    use std::os::unix::fs::symlink;
+
+    let (_pg, ws, id) = shop();
+    let id_etc = files_backup(&ws);
+    let out = |name: &str| ws.path().join(name);
+    let arg = |p: &Path| p.to_str().unwrap().to_string();
+
+    // A regular file left by a killed restore.
+    std::fs::write(out("left.dump.drctl-partial"), b"half a dump").unwrap();
+    // A link to a file that exists, and one to a file that does not.
+    std::fs::write(out("victim"), b"not drctl's").unwrap();
+    symlink(out("victim"), out("linked.dump.drctl-partial")).unwrap();
+    symlink(out("elsewhere"), out("dangling.dump.drctl-partial")).unwrap();
+    for name in ["left.dump", "linked.dump", "dangling.dump"] {
+        let partial = format!("{name}.drctl-partial");
+        let err = ws.fails(
+            &[
+                "restore",
+                "shop",
+                "--to",
+                "latest",
+                "--output",
+                &arg(&out(name)),
+            ],
+            3,
+        );
+        assert_mentions(&err, &out(&partial).display().to_string());
+        assert_mentions(&err, "remove it");
+        assert!(!out(name).exists(), "{name} was created");
+    }
+    assert_eq!(
+        std::fs::read(out("left.dump.drctl-partial")).unwrap(),
+        b"half a dump"
+    );
+    assert_eq!(std::fs::read(out("victim")).unwrap(), b"not drctl's");
+    assert!(!out("elsewhere").exists(), "drctl wrote through a link");
+    for link in ["linked.dump.drctl-partial", "dangling.dump.drctl-partial"] {
+        assert!(
+            std::fs::symlink_metadata(out(link))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{link} is no longer the link it was"
+        );
+    }
+
+    // The same for --into: a link to a directory, and a leftover directory.
+    std::fs::create_dir(out("other-dir")).unwrap();
+    std::fs::write(out("other-dir/keep.txt"), b"keep").unwrap();
+    symlink(out("other-dir"), out("linked-dir.drctl-partial")).unwrap();
+    std::fs::create_dir(out("left-dir.drctl-partial")).unwrap();
+    std::fs::write(out("left-dir.drctl-partial/hosts"), b"half").unwrap();
+    for name in ["linked-dir", "left-dir"] {
+        let err = ws.fails(
+            &[
+                "restore",
+                "etc",
+                "--to",
+                "latest",
+                "--into",
+                &arg(&out(name)),
+            ],
+            3,
+        );
+        assert_mentions(
+            &err,
+            &out(&format!("{name}.drctl-partial")).display().to_string(),
+        );
+        assert_mentions(&err, "remove it");
+        assert!(!out(name).exists(), "{name} was created");
+    }
+    assert_eq!(
+        dir_listing(&out("other-dir")),
+        vec![("keep.txt".to_string(), b"keep".to_vec())]
+    );
+    assert_eq!(
+        dir_listing(&out("left-dir.drctl-partial")),
+        vec![("hosts".to_string(), b"half".to_vec())]
+    );
+
+    assert_intact(&ws, "shop", &[id]);
+    assert_intact(&ws, "etc", &[id_etc]);
+}

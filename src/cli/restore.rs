@@ -112,16 +112,12 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             )));
         }
         (_, _, Some(out), _) => {
-            if out.exists() {
-                return Err(Error::Refused(format!(
-                    "{} already exists; choose another --output or remove it",
-                    out.display()
-                )));
-            }
+            job::check_new_file(out)?;
             Destination::File(out.clone())
         }
         (_, _, _, Some(dir)) => {
             job::check_empty_dir(dir)?;
+            job::check_no_partial(dir)?;
             Destination::Directory(dir.clone())
         }
         (_, Some(url), _, _) => Destination::Database(job::inspect_target(url).await?),
