@@ -243,6 +243,40 @@ pub async fn to_file(
     }
 }
 
+/// Streams the plaintext of `record` to stdout, for `--output -`. Bytes go
+/// out as age authenticates them, so a failure part-way (a truncated or
+/// tampered object, a digest mismatch found at the end) leaves the reader
+/// with an incomplete stream: the error and the exit code say so.
+///
+/// # Errors
+/// As [`stream_object`]; `Io` when the reader of stdout went away.
+pub async fn to_stdout(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    meter: Meter,
+) -> Result<()> {
+    let object = format!("{}/{}", repo.store.location(), record.key);
+    stream_object(repo, identities, record, meter, move |r| {
+        let mut out = std::io::stdout().lock();
+        copy_out(r, &mut out, "standard output")?;
+        out.flush()
+            .map_err(|e| Error::io("writing to standard output", e))
+    })
+    .await
+    .map_err(|e| match name_object(e, &object) {
+        Error::Io { context, source } if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Error::Io {
+                context: format!(
+                    "{context}: the program reading drctl's output stopped before the end; what it got is incomplete"
+                ),
+                source,
+            }
+        }
+        other => other,
+    })
+}
+
 /// Refuses `--output FILE` when `FILE` exists (a dangling link included), or
 /// when something is at its partial name.
 ///

@@ -28,7 +28,8 @@ pub struct RestoreArgs {
     /// PostgreSQL connection string of the database to restore into (created if missing).
     #[arg(long, value_name = "URL", conflicts_with_all = ["output", "into"])]
     pub target: Option<String>,
-    /// Write the plaintext (custom-format dump or tar) to this file.
+    /// Write the plaintext (custom-format dump or tar) to this new file, or
+    /// with `-` to stdout (for a pipe: `--output - | pg_restore …`).
     #[arg(long, value_name = "FILE", conflicts_with = "into")]
     pub output: Option<PathBuf>,
     /// Unpack a files backup into this new or empty directory.
@@ -71,6 +72,8 @@ pub struct RestoreArgs {
 enum Destination {
     Database(job::DbTarget),
     File(PathBuf),
+    /// `--output -`: stdout carries the plaintext and nothing else.
+    Stdout,
     Directory(PathBuf),
 }
 
@@ -110,6 +113,19 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
                 "policy `{}` backs up a database; use --target URL or --output FILE",
                 policy.name
             )));
+        }
+        (_, _, Some(out), _) if out.as_os_str() == "-" => {
+            if ctx.cli.json {
+                return Err(Error::Usage(
+                    "--json with --output -: stdout carries the backup's plaintext, and a JSON summary would be mixed into it; drop --json (the plan and summary go to stderr)".into(),
+                ));
+            }
+            if std::io::stdout().is_terminal() {
+                return Err(Error::Usage(
+                    "--output - writes the backup's plaintext to stdout, which is a terminal; pipe it into a program (`drctl restore POLICY --output - | pg_restore …`) or give a file name".into(),
+                ));
+            }
+            Destination::Stdout
         }
         (_, _, Some(out), _) => {
             job::check_new_file(out)?;
@@ -227,6 +243,13 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             ));
             false
         }
+        Destination::Stdout => {
+            plan.push((
+                "destination",
+                format!("standard output (plaintext {})", manifest.data.content),
+            ));
+            false
+        }
         Destination::Directory(p) => {
             plan.push(("destination", format!("directory {}", p.display())));
             false
@@ -340,12 +363,18 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             "verified": verified,
         }));
     } else {
-        println!(
+        let summary = format!(
             "Restored {} backup {} ({} of data) in {elapsed:.1}s; {verified}.",
             policy.name,
             manifest.id,
             bytes(manifest.data.digests.plaintext_size)
         );
+        // With `--output -` stdout is the data; a line after it would
+        // become part of the dump.
+        match destination {
+            Destination::Stdout => eprintln!("{summary}"),
+            _ => println!("{summary}"),
+        }
     }
     Ok(())
 }
@@ -377,6 +406,7 @@ async fn restore_into(
             .diffs;
         }
         Destination::File(p) => job::to_file(repo, identities, &manifest.data, p, received).await?,
+        Destination::Stdout => job::to_stdout(repo, identities, &manifest.data, received).await?,
         Destination::Directory(p) => {
             fingerprint_diffs =
                 job::to_directory(repo, identities, manifest, p, args.verify, received).await?
