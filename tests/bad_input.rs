@@ -758,3 +758,44 @@ fn restore_refuses_a_leftover_partial_file_or_symlink() {
     assert_intact(&ws, "shop", &[id]);
     assert_intact(&ws, "etc", &[id_etc]);
 }
+
+/// chrono reads an unknown `TZ` as UTC (or the system's zone), which would
+/// silently move a `--to` local time by hours.
+#[test]
+fn an_unknown_tz_is_refused_for_local_times() {
+    let (_pg, mut ws, id) = shop();
+    ws.set_env("TZ", "Bogus/Zone");
+    let output = ws.path().join("shop.dump");
+    let err = ws.fails(
+        &[
+            "restore",
+            "shop",
+            "--to",
+            "2026-01-01 10:00",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        2,
+    );
+    assert_mentions(&err, "TZ");
+    assert_mentions(&err, "Bogus/Zone");
+    assert_mentions(&err, "Europe/Berlin");
+    assert!(!output.exists(), "the output file was created");
+    assert!(!ws.path().join("shop.dump.drctl-partial").exists());
+
+    let err = ws.fails(&["report", "--since", "2026-01-01"], 2);
+    assert_mentions(&err, "TZ");
+    assert_mentions(&err, "Bogus/Zone");
+
+    // Times that do not need the local zone still work.
+    ws.ok(&[
+        "restore",
+        "shop",
+        "--to",
+        "latest",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(output.exists());
+    assert_intact(&ws, "shop", &[id]);
+}
