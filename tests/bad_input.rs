@@ -799,3 +799,30 @@ fn an_unknown_tz_is_refused_for_local_times() {
     assert!(output.exists());
     assert_intact(&ws, "shop", &[id]);
 }
+
+#[test]
+fn an_invalid_bucket_name_is_refused_by_check_with_its_line() {
+    let ws = Workspace::local();
+    let good = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    for bucket in [
+        "bad bucket",
+        "Upper",
+        "ab",
+        "-dash",
+        "dot.",
+        &"a".repeat(64),
+    ] {
+        ws.write(
+            "drctl.toml",
+            &repo_toml(&ws, &format!("url = \"s3://{bucket}/x\"")),
+        );
+        for args in [&["check"][..], &["list"][..]] {
+            let err = ws.fails(args, 2);
+            assert_mentions(&err, "drctl.toml:2");
+            assert_mentions(&err, &format!("`{bucket}`"));
+            assert_mentions(&err, "3 to 63");
+        }
+    }
+    ws.write("drctl.toml", &good);
+    ws.ok(&["check"]);
+}

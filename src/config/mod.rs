@@ -573,6 +573,15 @@ fn parse_repository(
             );
             return None;
         }
+        if let Err(problem) = check_bucket_name(bucket) {
+            cx.err(
+                &raw.url,
+                format!(
+                    "`url` = \"{url}\": bucket name `{bucket}` {problem}; S3 bucket names are 3 to 63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+                ),
+            );
+            return None;
+        }
         if let Some(e) = &raw.endpoint
             && url::Url::parse(e.get_ref()).is_err()
         {
@@ -606,6 +615,35 @@ fn parse_repository(
         );
         None
     }
+}
+
+/// Checks a bucket name against S3's rules for new buckets, so that a typo
+/// is a line-numbered error from `drctl check` rather than a signing or
+/// "invalid bucket" error from the first request. What fails is said in
+/// words.
+fn check_bucket_name(name: &str) -> std::result::Result<(), String> {
+    let len = name.len();
+    if !(3..=63).contains(&len) {
+        return Err(format!("is {len} characters long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-'))
+    {
+        return Err(match c {
+            ' ' => "contains a space".to_string(),
+            c if c.is_ascii_uppercase() => format!("contains the uppercase letter `{c}`"),
+            c => format!("contains `{c}`"),
+        });
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !edge(name.chars().next()) || !edge(name.chars().last()) {
+        return Err("does not start and end with a letter or digit".into());
+    }
+    if name.contains("..") {
+        return Err("has two dots in a row".into());
+    }
+    Ok(())
 }
 
 fn load_policies(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<Policy> {
@@ -1000,6 +1038,46 @@ mod tests {
         assert!(errs[0].contains("`url_env`"), "{errs:?}");
         let errs = config_errors("[daemon]\ncheck_interval = \"500ms\"\n");
         assert!(errs[0].contains("check_interval"), "{errs:?}");
+    }
+
+    #[test]
+    fn s3_bucket_names_follow_the_s3_rules() {
+        let errors = |bucket: &str| {
+            let text = format!(
+                "[repository]\nurl = \"s3://{bucket}/drctl\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n"
+            );
+            let mut errors = Vec::new();
+            parse_config(
+                Path::new("drctl.toml"),
+                &text,
+                Path::new("/tmp"),
+                &mut errors,
+            );
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        for good in ["abc", "acme-backups", "a.b-c.1", &"a".repeat(63)] {
+            assert_eq!(errors(good), Vec::<String>::new(), "{good}");
+        }
+        for (bad, why) in [
+            ("bad bucket", "contains a space"),
+            ("Acme", "uppercase letter `A`"),
+            ("ab", "2 characters long"),
+            (&"a".repeat(64), "64 characters long"),
+            ("-acme", "start and end"),
+            ("acme.", "start and end"),
+            ("acme..b", "two dots"),
+            ("acme_b", "contains `_`"),
+        ] {
+            let errs = errors(bad);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(errs[0].starts_with("drctl.toml:2:"), "{}", errs[0]);
+            assert!(
+                errs[0].contains(&format!("`{bad}`")) && errs[0].contains(why),
+                "{}",
+                errs[0]
+            );
+            assert!(errs[0].contains("3 to 63"), "{}", errs[0]);
+        }
     }
 
     #[test]
