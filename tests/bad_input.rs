@@ -826,3 +826,32 @@ fn an_invalid_bucket_name_is_refused_by_check_with_its_line() {
     ws.write("drctl.toml", &good);
     ws.ok(&["check"]);
 }
+
+/// The cron crate says "Minutes must be less than 59" for 60, although 59 is
+/// valid; the message must say what the field takes.
+#[test]
+fn an_out_of_range_schedule_field_says_what_is_valid() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    let cases = [
+        ("60 3 * * *", "minute", "0-59"),
+        ("0 24 * * *", "hour", "0-23"),
+        ("0 3 32 * *", "day of month", "1-31"),
+        ("0 3 * 13 *", "month", "1-12"),
+        ("0 3 * * 8", "day of week", "0-7"),
+    ];
+    for (expr, field, range) in cases {
+        ws.write(
+            "policies/etc.toml",
+            &format!("{good}[schedule]\nbackup = \"{expr}\"\n"),
+        );
+        let err = ws.fails(&["check"], 2);
+        assert_mentions(&err, "policies/etc.toml:5");
+        assert_mentions(&err, field);
+        assert_mentions(&err, range);
+        assert!(!err.contains("less than"), "{err}");
+    }
+    ws.write("policies/etc.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
