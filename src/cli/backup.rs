@@ -25,7 +25,7 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
             Ok(m) => {
                 tracing::info!(policy = %p.name, id = %m.id, "Backup finished.");
                 if !ctx.cli.json {
-                    println!(
+                    outln!(
                         "{}: backup {} of {} ({} of data, {} stored) in {:.1}s",
                         p.name,
                         m.id,
@@ -42,7 +42,7 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
                 // The CLI prints the error itself; the log line is for --log-format json.
                 tracing::info!(policy = %p.name, error = %e, "Backup failed.");
                 if all && !ctx.cli.json {
-                    eprintln!("{}: backup FAILED: {e}", p.name);
+                    errln!("{}: backup FAILED: {e}", p.name);
                 }
                 results.push(
                     serde_json::json!({"policy": p.name, "ok": false, "error": e.to_string()}),
@@ -62,7 +62,7 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
         Some(e) if !all => Err(e),
         Some(e) => {
             let failed = results.iter().filter(|r| r["ok"] == false).count();
-            eprintln!(
+            errln!(
                 "{failed} of {} backups failed; the first failure follows.",
                 results.len()
             );

@@ -108,7 +108,7 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
         Some(path) => {
             write_new(path, &text)?;
             if !ctx.cli.quiet {
-                eprintln!("Wrote the report to {}.", path.display());
+                errln!("Wrote the report to {}.", path.display());
             }
         }
         None => std::io::stdout()
@@ -123,7 +123,7 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
         .map(|p| p.name.as_str())
         .collect();
     if !broken.is_empty() {
-        eprintln!(
+        errln!(
             "warning: the chain of drill records is broken for {}; `drctl report --verify` lists the problems",
             broken.join(", ")
         );
@@ -215,11 +215,11 @@ async fn verify(ctx: &Ctx, config: &Config) -> Result<()> {
         for r in &reports {
             let count = format!("{} drill record{}", r.records, report::plural(r.records));
             if r.ok {
-                println!("ok      {}: {count}, chain intact", r.policy);
+                outln!("ok      {}: {count}, chain intact", r.policy);
             } else {
-                println!("BROKEN  {}: {count}", r.policy);
+                outln!("BROKEN  {}: {count}", r.policy);
                 for problem in &r.problems {
-                    println!("        {problem}");
+                    outln!("        {problem}");
                 }
             }
         }

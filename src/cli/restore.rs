@@ -256,11 +256,11 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         }
     };
     if ctx.cli.json {
-        eprintln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
+        errln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
     } else {
-        eprintln!("Restore plan:");
+        errln!("Restore plan:");
         for (k, v) in &plan {
-            eprintln!("  {k:<17} {v}");
+            errln!("  {k:<17} {v}");
         }
     }
     if let Destination::Database(t) = &destination
@@ -305,7 +305,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let quiet = ctx.cli.quiet;
     let mut report = |line: &str| {
         if !quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     };
     // Prune must not remove the backup while it is read, nor while its
@@ -372,8 +372,8 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         // With `--output -` stdout is the data; a line after it would
         // become part of the dump.
         match destination {
-            Destination::Stdout => eprintln!("{summary}"),
-            _ => println!("{summary}"),
+            Destination::Stdout => errln!("{summary}"),
+            _ => outln!("{summary}"),
         }
     }
     Ok(())
@@ -465,7 +465,7 @@ pub(super) fn ask(what: &str) -> Result<()> {
             "{what} needs confirmation; pass --yes when running without a terminal"
         )));
     }
-    eprint!("Proceed? [y/N] ");
+    errp!("Proceed? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin()
