@@ -36,6 +36,11 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
                         m.duration_seconds()
                     );
                 }
+                // Last, so that they are not lost above a progress display;
+                // on stderr even with --json, whose manifest holds them too.
+                for w in &m.warnings {
+                    errln!("{}: warning: {w}", p.name);
+                }
                 results.push(serde_json::json!({"policy": p.name, "ok": true, "manifest": m}));
             }
             Err(e) => {

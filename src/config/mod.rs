@@ -148,7 +148,19 @@ pub enum SourceConfig {
     Files {
         paths: Vec<PathBuf>,
         exclude: Vec<String>,
+        on_unreadable: OnUnreadable,
     },
+}
+
+/// What a files backup does with a path it finds and cannot read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnreadable {
+    /// The backup fails: a backup that silently lacks a file is worse than
+    /// none that says why.
+    #[default]
+    Fail,
+    /// The backup goes on without it; the manifest and the output say so.
+    Skip,
 }
 
 impl SourceConfig {
@@ -722,6 +734,12 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 raw.exclude.as_ref().map(|s| s.span()),
                 "exclude",
             );
+            misplaced(
+                cx,
+                raw.on_unreadable.is_some(),
+                raw.on_unreadable.as_ref().map(|s| s.span()),
+                "on_unreadable",
+            );
             let Some(url) = &raw.url else {
                 cx.err(
                     &raw.kind,
@@ -802,9 +820,24 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                     Err(e) => cx.err(g, format!("exclude pattern `{}`: {e}", g.get_ref())),
                 }
             }
+            let on_unreadable = match raw.on_unreadable.as_ref() {
+                None => OnUnreadable::Fail,
+                Some(v) => match v.get_ref().as_str() {
+                    "fail" => OnUnreadable::Fail,
+                    "skip" => OnUnreadable::Skip,
+                    other => {
+                        cx.err(
+                            v,
+                            format!("`on_unreadable` = \"{other}\": expected \"fail\" (the default) or \"skip\""),
+                        );
+                        OnUnreadable::Fail
+                    }
+                },
+            };
             Some(SourceConfig::Files {
                 paths: paths.get_ref().iter().map(PathBuf::from).collect(),
                 exclude,
+                on_unreadable,
             })
         }
         other => {
@@ -1078,6 +1111,44 @@ mod tests {
             );
             assert!(errs[0].contains("3 to 63"), "{}", errs[0]);
         }
+    }
+
+    #[test]
+    fn on_unreadable_is_fail_skip_or_an_error_with_its_line() {
+        let parse = |extra: &str| {
+            let mut errors = Vec::new();
+            let p = parse_policy(
+                Path::new("policies/etc.toml"),
+                &format!("[source]\ntype = \"files\"\npaths = [\"/etc\"]\n{extra}"),
+                &mut errors,
+            );
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            (p.map(|p| p.source), errors)
+        };
+        for (extra, want) in [
+            ("", OnUnreadable::Fail),
+            ("on_unreadable = \"fail\"\n", OnUnreadable::Fail),
+            ("on_unreadable = \"skip\"\n", OnUnreadable::Skip),
+        ] {
+            match parse(extra) {
+                (Some(SourceConfig::Files { on_unreadable, .. }), e) if e.is_empty() => {
+                    assert_eq!(on_unreadable, want, "{extra}")
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        let (_, errs) = parse("on_unreadable = \"ignore\"\n");
+        assert!(
+            errs[0].starts_with("policies/etc.toml:4:") && errs[0].contains("\"skip\""),
+            "{errs:?}"
+        );
+        let errs = policy_errors(
+            "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\non_unreadable = \"skip\"\n",
+        );
+        assert!(
+            errs[0].contains(":4:") && errs[0].contains("does not apply to a `postgres` source"),
+            "{errs:?}"
+        );
     }
 
     #[test]

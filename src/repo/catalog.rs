@@ -356,6 +356,7 @@ mod tests {
             },
             fingerprint: None,
             postgres: None,
+            warnings: Vec::new(),
         }
     }
 
