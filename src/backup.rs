@@ -200,6 +200,7 @@ async fn run_locked(
     let mut progress =
         Progress::start(&format!("backup {}", policy.name), None, opts.show_progress);
     let counter = progress.counter.clone();
+    let mut warnings = Vec::new();
     let (data, fingerprint_json, point_in_time, pg_info, content) = match &policy.source {
         SourceConfig::Postgres {
             url,
@@ -241,11 +242,17 @@ async fn run_locked(
             };
             (data, json, snap.point_in_time, Some(info), "pg_dump-custom")
         }
-        SourceConfig::Files { paths, exclude } => {
+        SourceConfig::Files {
+            paths,
+            exclude,
+            on_unreadable,
+        } => {
             let (name, paths, exclude) = (policy.name.clone(), paths.clone(), exclude.clone());
-            let produce =
-                move |out: &mut dyn Write| files::write_tar(&name, &paths, &exclude, out, &counter);
-            let (data, print) = store_sealed(
+            let on_unreadable = *on_unreadable;
+            let produce = move |out: &mut dyn Write| {
+                files::write_tar(&name, &paths, &exclude, on_unreadable, out, &counter)
+            };
+            let (data, archived) = store_sealed(
                 repo,
                 &format!("{dir}data.tar.zst.age"),
                 &recipients,
@@ -254,9 +261,10 @@ async fn run_locked(
                 produce,
             )
             .await?;
+            warnings = archived.warnings;
             (
                 data,
-                Some(serde_json::to_vec(&print).expect("fingerprint serialises")),
+                Some(serde_json::to_vec(&archived.print).expect("fingerprint serialises")),
                 started,
                 None,
                 "tar",
@@ -317,6 +325,7 @@ async fn run_locked(
         },
         fingerprint,
         postgres: pg_info,
+        warnings,
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     repo.store

@@ -28,6 +28,10 @@
 //! - [`bucket`] and [`archive`]: pure logic of the bucket settings `repo
 //!   apply` keeps in shape, and of retrieving archived (Glacier) objects.
 
+// `println!` and `eprintln!` panic when the stream is closed; the CLI's
+// output goes through `cli::stdio` instead.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod alert;
 pub mod archive;
 pub mod backup;

@@ -31,10 +31,18 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime starts");
-    match runtime.block_on(drctl::cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
+    let result = runtime.block_on(drctl::cli::run(cli));
+    let undelivered = drctl::cli::stdio::finish();
+    match (result, undelivered) {
+        (Ok(()), None) => std::process::ExitCode::SUCCESS,
+        (Ok(()), Some(e)) => {
+            drctl::cli::stdio::err(format_args!(
+                "error: writing the output to stdout failed: {e}\n"
+            ));
+            std::process::ExitCode::from(ExitCode::Failed as u8)
+        }
+        (Err(e), _) => {
+            drctl::cli::stdio::err(format_args!("error: {e}\n"));
             std::process::ExitCode::from(ExitCode::of(&e) as u8)
         }
     }

@@ -1,8 +1,8 @@
 //! Restores: the pipe reversed. Every byte is authenticated by age before it
 //! leaves the pipe and both digests are checked at the end; destinations are
 //! written so that a failure part-way leaves nothing that looks restored (a
-//! scratch database that is dropped, a `.partial` file or directory that is
-//! removed).
+//! scratch database that is dropped, a `.drctl-partial` file or directory
+//! that is removed).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -191,11 +191,13 @@ fn name_object(e: Error, object: &str) -> Error {
     }
 }
 
-/// Writes the plaintext of `record` to `path` (a `.partial` file renamed at
-/// the end). Refuses to replace an existing file.
+/// Writes the plaintext of `record` to `path` (a `.drctl-partial` file
+/// renamed at the end). Refuses to replace an existing file, and refuses
+/// anything already at the partial name (see [`check_no_partial`]).
 ///
 /// # Errors
-/// As [`stream_object`], plus I/O errors naming the path.
+/// As [`stream_object`], plus `Refused` for an existing file or partial
+/// name and I/O errors naming the path.
 pub async fn to_file(
     repo: &Repo,
     identities: &[age::x25519::Identity],
@@ -203,22 +205,20 @@ pub async fn to_file(
     path: &Path,
     meter: Meter,
 ) -> Result<()> {
-    if path.exists() {
-        return Err(Error::Refused(format!(
-            "{} already exists; choose another --output or remove it",
-            path.display()
-        )));
-    }
+    check_new_file(path)?;
     let partial = partial_path(path);
-    // A leftover from an interrupted restore is ours to replace.
-    let _ = std::fs::remove_file(&partial);
-    // Plaintext database content: readable by its owner only.
+    // Plaintext database content: readable by its owner only. `create_new`
+    // (O_EXCL) neither follows a link at that name nor opens a file someone
+    // put there since the check.
     let file = std::fs::File::options()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&partial)
-        .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => leftover_partial(&partial),
+            _ => Error::io(format!("creating {}", partial.display()), e),
+        })?;
     let what = partial.display().to_string();
     let object = format!("{}/{}", repo.store.location(), record.key);
     let result = stream_object(repo, identities, record, meter, move |r| {
@@ -243,6 +243,90 @@ pub async fn to_file(
     }
 }
 
+/// Streams the plaintext of `record` to stdout, for `--output -`. Bytes go
+/// out as age authenticates them, so a failure part-way (a truncated or
+/// tampered object, a digest mismatch found at the end) leaves the reader
+/// with an incomplete stream: the error and the exit code say so.
+///
+/// # Errors
+/// As [`stream_object`]; `Io` when the reader of stdout went away.
+pub async fn to_stdout(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    meter: Meter,
+) -> Result<()> {
+    let object = format!("{}/{}", repo.store.location(), record.key);
+    stream_object(repo, identities, record, meter, move |r| {
+        let mut out = std::io::stdout().lock();
+        copy_out(r, &mut out, "standard output")?;
+        out.flush()
+            .map_err(|e| Error::io("writing to standard output", e))
+    })
+    .await
+    .map_err(|e| match name_object(e, &object) {
+        Error::Io { context, source } if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Error::Io {
+                context: format!(
+                    "{context}: the program reading drctl's output stopped before the end; what it got is incomplete"
+                ),
+                source,
+            }
+        }
+        other => other,
+    })
+}
+
+/// Refuses `--output FILE` when `FILE` exists (a dangling link included), or
+/// when something is at its partial name.
+///
+/// # Errors
+/// `Refused` naming the path and how to clear it.
+pub fn check_new_file(path: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::Refused(format!(
+            "{} already exists; choose another --output or remove it",
+            path.display()
+        )));
+    }
+    check_no_partial(path)
+}
+
+/// Refuses a destination whose `.drctl-partial` name is taken. A symbolic
+/// link there would have the plaintext written wherever it points, and a
+/// file or directory there is most likely what an interrupted restore left:
+/// plaintext that someone may still want, and in any case not drctl's to
+/// delete silently.
+///
+/// # Errors
+/// `Refused` naming the partial path and how to remove it.
+pub fn check_no_partial(destination: &Path) -> Result<()> {
+    let partial = partial_path(destination);
+    match std::fs::symlink_metadata(&partial) {
+        Ok(_) => Err(leftover_partial(&partial)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("checking {}", partial.display()), e)),
+    }
+}
+
+fn leftover_partial(partial: &Path) -> Error {
+    let shown = partial.display();
+    match std::fs::symlink_metadata(partial) {
+        Ok(m) if m.file_type().is_symlink() => Error::Refused(format!(
+            "{shown} is a symbolic link; drctl writes a restore there first and never through a link; \
+             remove it (`rm -- '{shown}'`) and run the restore again"
+        )),
+        Ok(m) if m.is_dir() => Error::Refused(format!(
+            "{shown} already exists, most likely left by an interrupted restore; it may hold restored plaintext; \
+             look at it, remove it (`rm -r -- '{shown}'`) and run the restore again"
+        )),
+        _ => Error::Refused(format!(
+            "{shown} already exists, most likely left by an interrupted restore; it may hold restored plaintext; \
+             look at it, remove it (`rm -- '{shown}'`) and run the restore again"
+        )),
+    }
+}
+
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
@@ -253,10 +337,12 @@ fn partial_path(path: &Path) -> PathBuf {
 }
 
 /// Unpacks a files backup into `dir`, which must not exist or be empty.
-/// Unpacks beside it first and renames into place at the end.
+/// Unpacks beside it first (`DIR.drctl-partial`, which must not exist) and
+/// renames into place at the end.
 ///
 /// # Errors
-/// As [`stream_object`]; a non-empty `dir` is refused before anything is read.
+/// As [`stream_object`]; a non-empty `dir` or a taken partial name is
+/// refused before anything is read.
 pub async fn to_directory(
     repo: &Repo,
     identities: &[age::x25519::Identity],
@@ -267,13 +353,18 @@ pub async fn to_directory(
 ) -> Result<Option<Vec<String>>> {
     let record = &manifest.data;
     check_empty_dir(dir)?;
+    check_no_partial(dir)?;
     let partial = partial_path(dir);
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial)
-            .map_err(|e| Error::io(format!("removing the leftover {}", partial.display()), e))?;
+    if let Some(parent) = partial.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     }
-    std::fs::create_dir_all(&partial)
-        .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+    // `create_dir` fails on anything already at that name, a link included,
+    // even one put there since the check.
+    std::fs::create_dir(&partial).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => leftover_partial(&partial),
+        _ => Error::io(format!("creating {}", partial.display()), e),
+    })?;
     let object = format!("{}/{}", repo.store.location(), record.key);
     let target = partial.clone();
     let result = stream_object(repo, identities, record, meter, move |r| {

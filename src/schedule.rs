@@ -10,13 +10,24 @@ use chrono::{DateTime, Utc};
 /// expression copied from a crontab means what it meant there.
 ///
 /// # Errors
-/// A sentence naming the expression and what the crate objected to.
+/// A sentence naming the expression, the field and what it takes; or what
+/// the crate objected to, for what this module does not check itself.
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     let expr = expr.trim();
     let normalized = if expr.starts_with('@') {
         expr.to_string()
     } else {
         let fields: Vec<&str> = expr.split_whitespace().collect();
+        let kinds: &[Field] = match fields.len() {
+            5 => &FIELDS[1..],
+            6 => &FIELDS,
+            _ => &[],
+        };
+        for (field, text) in kinds.iter().zip(&fields) {
+            field
+                .check(text)
+                .map_err(|problem| format!("`{expr}`: {problem}"))?;
+        }
         match fields.len() {
             5 => format!(
                 "0 {} {} {} {} {}",
@@ -45,6 +56,151 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     };
     cron::Schedule::from_str(&normalized)
         .map_err(|e| format!("`{expr}` is not a valid schedule: {e}"))
+}
+
+/// One field of a crontab line, in crontab's numbering (day of week 0-7,
+/// Sunday both 0 and 7), checked here because the cron crate's messages are
+/// in its own numbering and off by one ("Minutes must be less than 59" for
+/// 60, when 59 is valid).
+struct Field {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    /// Three-letter names the field takes instead of numbers.
+    names: &'static [&'static str],
+}
+
+const MONTHS: &[&str] = &[
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const WEEKDAYS: &[&str] = &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Second (6-field form only), minute, hour, day of month, month, day of week.
+static FIELDS: [Field; 6] = [
+    Field {
+        name: "second",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    Field {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    Field {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+    },
+    Field {
+        name: "day of month",
+        min: 1,
+        max: 31,
+        names: &[],
+    },
+    Field {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: MONTHS,
+    },
+    Field {
+        name: "day of week",
+        min: 0,
+        max: 7,
+        names: WEEKDAYS,
+    },
+];
+
+impl Field {
+    /// What the field takes, for messages.
+    fn takes(&self) -> String {
+        let mut s = format!("the {} field takes {}-{}", self.name, self.min, self.max);
+        if self.name == "day of week" {
+            s.push_str(" (0 and 7 are Sunday)");
+        }
+        if let (Some(first), Some(last)) = (self.names.first(), self.names.last()) {
+            s.push_str(&format!(" or names {first}-{last}"));
+        }
+        s.push_str(", `*`, lists (1,15), ranges (1-5) and steps (*/10, 0-30/5)");
+        s
+    }
+
+    fn check(&self, text: &str) -> Result<(), String> {
+        let bad = |what: String| Err(format!("{what}; {}", self.takes()));
+        for item in text.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (item, None),
+            };
+            if let Some(step) = step {
+                match step.parse::<u32>() {
+                    Ok(n) if (1..=self.max.max(1)).contains(&n) => {}
+                    Ok(n) => {
+                        return bad(format!(
+                            "step `/{n}` in the {} field is out of range (1-{})",
+                            self.name,
+                            self.max.max(1)
+                        ));
+                    }
+                    Err(_) => {
+                        return bad(format!(
+                            "step `/{step}` in the {} field is not a number",
+                            self.name
+                        ));
+                    }
+                }
+            }
+            if range == "*" || range == "?" {
+                continue;
+            }
+            let (a, b) = match range.split_once('-') {
+                Some((a, b)) => (a, Some(b)),
+                None => (range, None),
+            };
+            let first = self.value(a)?;
+            if let Some(b) = b {
+                let last = self.value(b)?;
+                if let (Some(first), Some(last)) = (first, last)
+                    && first > last
+                {
+                    return bad(format!(
+                        "range `{range}` in the {} field runs backwards",
+                        self.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A number in range (`Some`), a name the crate reads (`None`), or an
+    /// error saying what the field takes.
+    fn value(&self, text: &str) -> Result<Option<u32>, String> {
+        if self.names.iter().any(|n| n.eq_ignore_ascii_case(text)) {
+            return Ok(None);
+        }
+        match text.parse::<u32>() {
+            Ok(n) if (self.min..=self.max).contains(&n) => Ok(Some(n)),
+            Ok(n) => Err(format!(
+                "{} `{n}` is out of range; {}",
+                self.name,
+                self.takes()
+            )),
+            // Other forms (L, W, #) are the crate's to judge.
+            Err(_) if text.chars().any(|c| c.is_ascii_alphabetic()) && !self.names.is_empty() => {
+                Ok(None)
+            }
+            Err(_) => Err(format!(
+                "`{text}` is not a valid {}; {}",
+                self.name,
+                self.takes()
+            )),
+        }
+    }
 }
 
 /// A parsed schedule in its time zone: when it fires next, and whether a
@@ -146,6 +302,44 @@ mod tests {
         }
         assert!(parse_cron("0 3 * *").unwrap_err().contains("4 fields"));
         assert!(parse_cron("0 25 * * *").is_err());
+    }
+
+    /// The cron crate says "Minutes must be less than 59" for 60 (59 is
+    /// valid) and speaks of days of week in its own numbering.
+    #[test]
+    fn out_of_range_fields_say_what_the_field_takes() {
+        for (expr, needles) in [
+            ("60 3 * * *", &["minute `60` is out of range", "0-59"][..]),
+            ("0 24 * * *", &["hour `24`", "0-23"]),
+            ("0 3 0 * *", &["day of month `0`", "1-31"]),
+            ("0 3 * 13 *", &["month `13`", "1-12", "JAN-DEC"]),
+            (
+                "0 3 * * 8",
+                &["day of week `8`", "0-7", "0 and 7 are Sunday"],
+            ),
+            ("61 0 3 * * *", &["second `61`", "0-59"]),
+            ("0-60 3 * * *", &["minute `60`"]),
+            ("*/0 3 * * *", &["step `/0`", "1-59"]),
+            ("30-10 3 * * *", &["range `30-10`", "backwards"]),
+            ("x 3 * * *", &["`x` is not a valid minute"]),
+        ] {
+            let err = parse_cron(expr).unwrap_err();
+            assert!(err.starts_with(&format!("`{expr}`: ")), "{err}");
+            for needle in needles {
+                assert!(err.contains(needle), "{expr}: {err}");
+            }
+            assert!(!err.contains("must be less than"), "{err}");
+        }
+        for good in [
+            "59 23 31 12 7",
+            "0 0 1 JAN SUN",
+            "0 4 * * MON-FRI",
+            "*/15 * * * *",
+            "0 0-23/2 * * *",
+            "0 3 ? * *",
+        ] {
+            parse_cron(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     fn at(s: &str) -> DateTime<Utc> {

@@ -1,7 +1,9 @@
 //! Pure parsing of the times and durations people type: `--to` targets
 //! (`latest`, RFC 3339, `YYYY-MM-DD HH:MM[:SS]`, `2h`) and policy durations.
 
-use chrono::{DateTime, Duration, Local, NaiveDateTime, TimeZone, Utc};
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Local, LocalResult, NaiveDateTime, TimeZone, Utc};
 
 /// What `restore --to` asked for, before it is resolved against a clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,26 +79,19 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(TimeSpec::At(t.with_timezone(&Utc)));
     }
-    for fmt in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
-            return match tz.from_local_datetime(&naive) {
-                chrono::LocalResult::Single(t) => Ok(TimeSpec::At(t.with_timezone(&Utc))),
-                chrono::LocalResult::Ambiguous(a, b) => Err(format!(
-                    "`{s}` happens twice in the local time zone (a clock change); \
-                     give an offset, e.g. {} or {}",
-                    a.with_timezone(&Utc).to_rfc3339(),
-                    b.with_timezone(&Utc).to_rfc3339()
-                )),
-                chrono::LocalResult::None => Err(format!(
-                    "`{s}` does not exist in the local time zone (skipped by a clock change)"
-                )),
-            };
-        }
+    if let Some(naive) = parse_local_form(s) {
+        return match tz.from_local_datetime(&naive) {
+            LocalResult::Single(t) => Ok(TimeSpec::At(t.with_timezone(&Utc))),
+            LocalResult::Ambiguous(a, b) => Err(format!(
+                "`{s}` happens twice in the local time zone (a clock change); \
+                 give an offset, e.g. {} or {}",
+                a.with_timezone(&Utc).to_rfc3339(),
+                b.with_timezone(&Utc).to_rfc3339()
+            )),
+            LocalResult::None => Err(format!(
+                "`{s}` does not exist in the local time zone (skipped by a clock change)"
+            )),
+        };
     }
     if s.chars().next().is_some_and(|c| c.is_ascii_digit()) && !s.contains('-') {
         return parse_duration(s)
@@ -110,12 +105,208 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
     )
 }
 
-/// Parses `--to` in the process's local time zone.
+/// The forms of `--to` that are read in a time zone.
+fn parse_local_form(s: &str) -> Option<NaiveDateTime> {
+    [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|fmt| NaiveDateTime::parse_from_str(s, fmt).ok())
+}
+
+/// Parses `--to` in the process's local time zone (`TZ`, else the
+/// system's). The zone is looked at only when the input is a local time.
 ///
 /// # Errors
-/// As [`parse_timespec`].
+/// As [`parse_timespec`]; and for a local time, a `TZ` that names no zone.
 pub fn parse_timespec_local(input: &str) -> Result<TimeSpec, String> {
-    parse_timespec(input, &Local)
+    if parse_local_form(input.trim()).is_none() {
+        // No local time in it: the zone does not matter.
+        return parse_timespec(input, &Utc);
+    }
+    match LocalZone::from_env()? {
+        LocalZone::System => parse_timespec(input, &Local),
+        LocalZone::Named(tz) => parse_timespec(input, &tz),
+    }
+}
+
+/// The zone that local times are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalZone {
+    /// What chrono's `Local` reads: `TZ` as a zoneinfo file or a POSIX
+    /// rule, or without `TZ` the system's `/etc/localtime`.
+    System,
+    /// An IANA name (or empty `TZ`, UTC), from drctl's own copy of the
+    /// zone database, so that it does not depend on the host having tzdata.
+    Named(chrono_tz::Tz),
+}
+
+/// Where chrono looks for a zoneinfo file named by a relative `TZ`.
+const ZONEINFO_DIRS: [&str; 4] = [
+    "/usr/share/zoneinfo",
+    "/share/zoneinfo",
+    "/etc/zoneinfo",
+    "/usr/share/lib/zoneinfo",
+];
+
+impl LocalZone {
+    /// The zone `TZ` names.
+    ///
+    /// # Errors
+    /// A sentence naming `TZ` when it names no zone: chrono would read such
+    /// a value as UTC (or the system's zone) without a word, and a local
+    /// `--to` would then be hours off.
+    pub fn from_env() -> Result<LocalZone, String> {
+        match std::env::var("TZ") {
+            Ok(tz) => LocalZone::resolve(Some(&tz)),
+            Err(std::env::VarError::NotPresent) => LocalZone::resolve(None),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(format!(
+                "the environment variable TZ ({}) is not UTF-8, so it names no time zone; \
+                 set TZ to a zone name such as Europe/Berlin or UTC, unset it to use the system's zone, \
+                 or give the time with an offset (2026-11-26T14:30:00+01:00)",
+                raw.to_string_lossy()
+            )),
+        }
+    }
+
+    /// The zone a value of `TZ` names, as glibc (and chrono) read it: empty
+    /// is UTC, an IANA name, a zoneinfo file (with or without a leading
+    /// `:`), or a POSIX rule such as `CET-1CEST,M3.5.0,M10.5.0/3`.
+    ///
+    /// # Errors
+    /// A sentence naming `TZ` and its value when it is none of those.
+    pub fn resolve(tz: Option<&str>) -> Result<LocalZone, String> {
+        let Some(value) = tz else {
+            return Ok(LocalZone::System);
+        };
+        if value.is_empty() {
+            return Ok(LocalZone::Named(chrono_tz::UTC));
+        }
+        let name = value.strip_prefix(':').unwrap_or(value);
+        if let Ok(zone) = name.parse::<chrono_tz::Tz>() {
+            return Ok(LocalZone::Named(zone));
+        }
+        if is_zoneinfo_file(name) || (!value.starts_with(':') && is_posix_rule(value)) {
+            return Ok(LocalZone::System);
+        }
+        Err(format!(
+            "the environment variable TZ is `{value}`, which names no time zone \
+             (not an IANA name, a zoneinfo file or a POSIX TZ rule), so a local time cannot be read; \
+             set TZ to a zone name such as Europe/Berlin or UTC, unset it to use the system's zone, \
+             or give the time with an offset (2026-11-26T14:30:00+01:00)"
+        ))
+    }
+
+    /// The earliest instant a local date and time names in this zone.
+    pub fn earliest(self, naive: &NaiveDateTime) -> Option<DateTime<Utc>> {
+        let utc = |r: LocalResult<DateTime<Utc>>| r.earliest();
+        match self {
+            LocalZone::System => utc(Local
+                .from_local_datetime(naive)
+                .map(|t| t.with_timezone(&Utc))),
+            LocalZone::Named(tz) => {
+                utc(tz.from_local_datetime(naive).map(|t| t.with_timezone(&Utc)))
+            }
+        }
+    }
+}
+
+/// A TZif file where chrono would look for it.
+fn is_zoneinfo_file(name: &str) -> bool {
+    let is_tzif = |p: &Path| {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        std::fs::File::open(p)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok_and(|()| &magic == b"TZif")
+    };
+    let path = Path::new(name);
+    if path.is_absolute() {
+        return is_tzif(path);
+    }
+    // A relative name must not climb out of the zoneinfo directories.
+    !name.split('/').any(|c| c == "..")
+        && ZONEINFO_DIRS
+            .iter()
+            .any(|dir| is_tzif(&Path::new(dir).join(path)))
+}
+
+/// Whether `s` is a POSIX TZ rule: `std offset [dst [offset] [,start[/time],end[/time]]]`,
+/// e.g. `UTC0`, `EST5EDT`, `<+0330>-3:30`, `CET-1CEST,M3.5.0,M10.5.0/3`.
+fn is_posix_rule(s: &str) -> bool {
+    fn name(s: &str) -> Option<&str> {
+        if let Some(rest) = s.strip_prefix('<') {
+            let end = rest.find('>')?;
+            let inner = &rest[..end];
+            let ok = inner.len() >= 3
+                && inner
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-');
+            return ok.then_some(&rest[end + 1..]);
+        }
+        let len = s.chars().take_while(char::is_ascii_alphabetic).count();
+        (len >= 3).then_some(&s[len..])
+    }
+    /// `[+-]hh[:mm[:ss]]`, hours up to `max_hours`.
+    fn offset(s: &str, max_hours: u32) -> Option<&str> {
+        let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+        let mut rest = s;
+        for (i, max) in [max_hours, 59, 59].into_iter().enumerate() {
+            if i > 0 {
+                match rest.strip_prefix(':') {
+                    Some(r) => rest = r,
+                    None => break,
+                }
+            }
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            if digits == 0 || digits > 3 || rest[..digits].parse::<u32>().ok()? > max {
+                return None;
+            }
+            rest = &rest[digits..];
+        }
+        Some(rest)
+    }
+    fn date(s: &str) -> bool {
+        let (day, time) = s.split_once('/').unwrap_or((s, ""));
+        let day_ok = if let Some(m) = day.strip_prefix('M') {
+            let parts: Vec<&str> = m.split('.').collect();
+            parts.len() == 3
+                && [(1, 12), (1, 5), (0, 6)]
+                    .iter()
+                    .zip(&parts)
+                    .all(|((lo, hi), p)| p.parse::<u32>().is_ok_and(|n| (*lo..=*hi).contains(&n)))
+        } else {
+            let n = day.strip_prefix('J').unwrap_or(day);
+            n.parse::<u32>().is_ok_and(|n| n <= 365)
+        };
+        day_ok && (time.is_empty() || offset(time, 167) == Some(""))
+    }
+    let Some(rest) = name(s).and_then(|r| offset(r, 24)) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let Some(rest) = name(rest) else {
+        return false;
+    };
+    let rest = if rest.starts_with(',') || rest.is_empty() {
+        rest
+    } else {
+        match offset(rest, 24) {
+            Some(r) => r,
+            None => return false,
+        }
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let mut rules = rest[1..].split(',');
+    rest.starts_with(',')
+        && matches!((rules.next(), rules.next(), rules.next()), (Some(a), Some(b), None) if date(a) && date(b))
 }
 
 /// The instant a spec names, given the current time. `Latest` is `now`.
@@ -188,6 +379,63 @@ mod tests {
         );
         assert!(parse_timespec("yesterday", &tz).is_err());
         assert!(parse_timespec("2026-13-40 10:00", &tz).is_err());
+    }
+
+    #[test]
+    fn tz_values_that_name_a_zone_are_accepted() {
+        assert_eq!(LocalZone::resolve(None), Ok(LocalZone::System));
+        assert_eq!(
+            LocalZone::resolve(Some("")),
+            Ok(LocalZone::Named(chrono_tz::UTC))
+        );
+        for name in ["Europe/Berlin", ":Europe/Berlin", "UTC", "America/New_York"] {
+            assert!(
+                matches!(LocalZone::resolve(Some(name)), Ok(LocalZone::Named(_))),
+                "{name}"
+            );
+        }
+        for rule in [
+            "UTC0",
+            "EST5",
+            "WART4WARST",
+            "<+0330>-3:30",
+            "CET-1CEST,M3.5.0,M10.5.0/3",
+            "NZST-12NZDT,M9.5.0,M4.1.0/3",
+            "AAA3BBB,J60/2,300",
+        ] {
+            assert_eq!(
+                LocalZone::resolve(Some(rule)),
+                Ok(LocalZone::System),
+                "{rule}"
+            );
+        }
+    }
+
+    /// chrono reads these as UTC or the system's zone without a word.
+    #[test]
+    fn tz_values_that_name_no_zone_are_refused_naming_tz() {
+        for bogus in [
+            "Bogus/Zone",
+            ":Bogus/Zone",
+            "Europe/Berlinn",
+            "5",
+            "CET-1CEST,M13.5.0,M10.5.0",
+            "../../etc/passwd",
+        ] {
+            let err = LocalZone::resolve(Some(bogus)).unwrap_err();
+            assert!(err.contains("TZ") && err.contains(bogus), "{bogus}: {err}");
+            assert!(err.contains("Europe/Berlin"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_named_zone_reads_local_times_in_that_zone() {
+        let berlin = LocalZone::resolve(Some("Europe/Berlin")).unwrap();
+        let naive = parse_local_form("2026-07-01 12:00").unwrap();
+        assert_eq!(
+            berlin.earliest(&naive),
+            Some(Utc.with_ymd_and_hms(2026, 7, 1, 10, 0, 0).unwrap())
+        );
     }
 
     #[test]

@@ -795,3 +795,190 @@ fn uninitialised_repository_says_to_run_init() {
     );
     assert!(!ws.path().join("out").exists());
 }
+
+/// A `.drctl-partial` name beside the destination is never written through
+/// or replaced: a symbolic link there would send the plaintext wherever it
+/// points, and a leftover of an interrupted restore may be someone's only
+/// copy of that plaintext. Each is refused with the way to clear it.
+#[test]
+fn restore_refuses_a_leftover_partial_file_or_symlink() {
+    use std::os::unix::fs::symlink;
+
+    let (_pg, ws, id) = shop();
+    let id_etc = files_backup(&ws);
+    let out = |name: &str| ws.path().join(name);
+    let arg = |p: &Path| p.to_str().unwrap().to_string();
+
+    // A regular file left by a killed restore.
+    std::fs::write(out("left.dump.drctl-partial"), b"half a dump").unwrap();
+    // A link to a file that exists, and one to a file that does not.
+    std::fs::write(out("victim"), b"not drctl's").unwrap();
+    symlink(out("victim"), out("linked.dump.drctl-partial")).unwrap();
+    symlink(out("elsewhere"), out("dangling.dump.drctl-partial")).unwrap();
+    for name in ["left.dump", "linked.dump", "dangling.dump"] {
+        let partial = format!("{name}.drctl-partial");
+        let err = ws.fails(
+            &[
+                "restore",
+                "shop",
+                "--to",
+                "latest",
+                "--output",
+                &arg(&out(name)),
+            ],
+            3,
+        );
+        assert_mentions(&err, &out(&partial).display().to_string());
+        assert_mentions(&err, "remove it");
+        assert!(!out(name).exists(), "{name} was created");
+    }
+    assert_eq!(
+        std::fs::read(out("left.dump.drctl-partial")).unwrap(),
+        b"half a dump"
+    );
+    assert_eq!(std::fs::read(out("victim")).unwrap(), b"not drctl's");
+    assert!(!out("elsewhere").exists(), "drctl wrote through a link");
+    for link in ["linked.dump.drctl-partial", "dangling.dump.drctl-partial"] {
+        assert!(
+            std::fs::symlink_metadata(out(link))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{link} is no longer the link it was"
+        );
+    }
+
+    // The same for --into: a link to a directory, and a leftover directory.
+    std::fs::create_dir(out("other-dir")).unwrap();
+    std::fs::write(out("other-dir/keep.txt"), b"keep").unwrap();
+    symlink(out("other-dir"), out("linked-dir.drctl-partial")).unwrap();
+    std::fs::create_dir(out("left-dir.drctl-partial")).unwrap();
+    std::fs::write(out("left-dir.drctl-partial/hosts"), b"half").unwrap();
+    for name in ["linked-dir", "left-dir"] {
+        let err = ws.fails(
+            &[
+                "restore",
+                "etc",
+                "--to",
+                "latest",
+                "--into",
+                &arg(&out(name)),
+            ],
+            3,
+        );
+        assert_mentions(
+            &err,
+            &out(&format!("{name}.drctl-partial")).display().to_string(),
+        );
+        assert_mentions(&err, "remove it");
+        assert!(!out(name).exists(), "{name} was created");
+    }
+    assert_eq!(
+        dir_listing(&out("other-dir")),
+        vec![("keep.txt".to_string(), b"keep".to_vec())]
+    );
+    assert_eq!(
+        dir_listing(&out("left-dir.drctl-partial")),
+        vec![("hosts".to_string(), b"half".to_vec())]
+    );
+
+    assert_intact(&ws, "shop", &[id]);
+    assert_intact(&ws, "etc", &[id_etc]);
+}
+
+/// chrono reads an unknown `TZ` as UTC (or the system's zone), which would
+/// silently move a `--to` local time by hours.
+#[test]
+fn an_unknown_tz_is_refused_for_local_times() {
+    let (_pg, mut ws, id) = shop();
+    ws.set_env("TZ", "Bogus/Zone");
+    let output = ws.path().join("shop.dump");
+    let err = ws.fails(
+        &[
+            "restore",
+            "shop",
+            "--to",
+            "2026-01-01 10:00",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        2,
+    );
+    assert_mentions(&err, "TZ");
+    assert_mentions(&err, "Bogus/Zone");
+    assert_mentions(&err, "Europe/Berlin");
+    assert!(!output.exists(), "the output file was created");
+    assert!(!ws.path().join("shop.dump.drctl-partial").exists());
+
+    let err = ws.fails(&["report", "--since", "2026-01-01"], 2);
+    assert_mentions(&err, "TZ");
+    assert_mentions(&err, "Bogus/Zone");
+
+    // Times that do not need the local zone still work.
+    ws.ok(&[
+        "restore",
+        "shop",
+        "--to",
+        "latest",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(output.exists());
+    assert_intact(&ws, "shop", &[id]);
+}
+
+#[test]
+fn an_invalid_bucket_name_is_refused_by_check_with_its_line() {
+    let ws = Workspace::local();
+    let good = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    for bucket in [
+        "bad bucket",
+        "Upper",
+        "ab",
+        "-dash",
+        "dot.",
+        &"a".repeat(64),
+    ] {
+        ws.write(
+            "drctl.toml",
+            &repo_toml(&ws, &format!("url = \"s3://{bucket}/x\"")),
+        );
+        for args in [&["check"][..], &["list"][..]] {
+            let err = ws.fails(args, 2);
+            assert_mentions(&err, "drctl.toml:2");
+            assert_mentions(&err, &format!("`{bucket}`"));
+            assert_mentions(&err, "3 to 63");
+        }
+    }
+    ws.write("drctl.toml", &good);
+    ws.ok(&["check"]);
+}
+
+/// The cron crate says "Minutes must be less than 59" for 60, although 59 is
+/// valid; the message must say what the field takes.
+#[test]
+fn an_out_of_range_schedule_field_says_what_is_valid() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    let cases = [
+        ("60 3 * * *", "minute", "0-59"),
+        ("0 24 * * *", "hour", "0-23"),
+        ("0 3 32 * *", "day of month", "1-31"),
+        ("0 3 * 13 *", "month", "1-12"),
+        ("0 3 * * 8", "day of week", "0-7"),
+    ];
+    for (expr, field, range) in cases {
+        ws.write(
+            "policies/etc.toml",
+            &format!("{good}[schedule]\nbackup = \"{expr}\"\n"),
+        );
+        let err = ws.fails(&["check"], 2);
+        assert_mentions(&err, "policies/etc.toml:5");
+        assert_mentions(&err, field);
+        assert_mentions(&err, range);
+        assert!(!err.contains("less than"), "{err}");
+    }
+    ws.write("policies/etc.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}

@@ -1126,6 +1126,7 @@ fn pg_dump_exiting_0_after_a_truncated_archive_leaves_no_backup() {
         }
     }
     assert!(left.is_empty(), "the failed backup left objects: {left:?}");
+}
 
 // ---------------------------------------------------------------------------
 // Answers lost after the write was done

@@ -419,6 +419,68 @@ fn output_file_is_a_custom_format_dump(kind: Kind) {
     );
 }
 
+/// `--output -` is the plaintext on stdout and nothing else: the plan and the
+/// summary go to stderr, no file named `-` appears, and pg_restore can read
+/// the dump from the pipe.
+fn output_dash_streams_to_stdout(kind: Kind) {
+    let mut w = World::new(kind);
+    w.pg.createdb("shop");
+    w.pg.psql(
+        "shop",
+        "CREATE TABLE orders(id int PRIMARY KEY, note text); \
+         INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 1000) g;",
+    );
+    w.postgres_policy("shop", "shop");
+    let id = w.ws.backup("shop");
+
+    let out =
+        w.ws.run(&["restore", "shop", "--to", "latest", "--output", "-"]);
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "restore --output - failed:\n{stderr}");
+    assert!(
+        !w.ws.path().join("-").exists(),
+        "a file named `-` was written"
+    );
+    assert!(
+        out.stdout.starts_with(b"PGDMP"),
+        "stdout is not a custom-format dump; stderr:\n{stderr}"
+    );
+    let manifest = w.manifest("shop", &id);
+    assert_eq!(
+        Value::String(sha256_hex(&out.stdout)),
+        manifest["data"]["plaintext_sha256"],
+        "stdout is exactly the backup's plaintext, nothing printed around it"
+    );
+    assert!(stderr.contains("Restore plan"), "{stderr}");
+    assert!(stderr.contains("standard output"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Restored shop backup {id}")),
+        "{stderr}"
+    );
+
+    w.pg.createdb("from_pipe");
+    let mut restore = pg_tool(&w.pg, "pg_restore");
+    restore.args(["--exit-on-error", "--dbname", "from_pipe"]);
+    let piped = output_within(&mut restore, &out.stdout, COMMAND_TIMEOUT);
+    assert!(piped.status.success(), "{}", stderr_of(&piped));
+    assert_eq!(
+        w.pg.psql("from_pipe", "SELECT count(*) FROM orders"),
+        "1000"
+    );
+
+    // A JSON summary on stdout would be mixed into the dump.
+    let err = w.ws.fails(
+        &[
+            "restore", "shop", "--to", "latest", "--output", "-", "--json",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("--json") && err.contains("--output -"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3. Files: modes, owners, mtimes, symlinks, odd names, sizes.
 // ---------------------------------------------------------------------------
@@ -1140,6 +1202,11 @@ fn output_file_is_a_custom_format_dump_local() {
 #[test]
 fn output_file_is_a_custom_format_dump_s3() {
     output_file_is_a_custom_format_dump(Kind::S3);
+}
+
+#[test]
+fn output_dash_streams_to_stdout_local() {
+    output_dash_streams_to_stdout(Kind::Local);
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
             Ok(m) => {
                 tracing::info!(policy = %p.name, id = %m.id, "Backup finished.");
                 if !ctx.cli.json {
-                    println!(
+                    outln!(
                         "{}: backup {} of {} ({} of data, {} stored) in {:.1}s",
                         p.name,
                         m.id,
@@ -36,13 +36,18 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
                         m.duration_seconds()
                     );
                 }
+                // Last, so that they are not lost above a progress display;
+                // on stderr even with --json, whose manifest holds them too.
+                for w in &m.warnings {
+                    errln!("{}: warning: {w}", p.name);
+                }
                 results.push(serde_json::json!({"policy": p.name, "ok": true, "manifest": m}));
             }
             Err(e) => {
                 // The CLI prints the error itself; the log line is for --log-format json.
                 tracing::info!(policy = %p.name, error = %e, "Backup failed.");
                 if all && !ctx.cli.json {
-                    eprintln!("{}: backup FAILED: {e}", p.name);
+                    errln!("{}: backup FAILED: {e}", p.name);
                 }
                 results.push(
                     serde_json::json!({"policy": p.name, "ok": false, "error": e.to_string()}),
@@ -62,7 +67,7 @@ pub async fn backup(ctx: &Ctx, policy: Option<&str>, all: bool) -> Result<()> {
         Some(e) if !all => Err(e),
         Some(e) => {
             let failed = results.iter().filter(|r| r["ok"] == false).count();
-            eprintln!(
+            errln!(
                 "{failed} of {} backups failed; the first failure follows.",
                 results.len()
             );

@@ -136,8 +136,8 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
 }
 
 fn print_table(s: &Status) {
-    println!("repository  {}", s.repository);
-    println!(
+    outln!("repository  {}", s.repository);
+    outln!(
         "daemon      {}",
         if s.daemon_reachable {
             format!("answering at {}", s.daemon)
@@ -148,10 +148,15 @@ fn print_table(s: &Status) {
             )
         }
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<20} {:<9} {:<26} {:>9}  {:<18} {:<34} LAST RUN",
-        "POLICY", "KIND", "NEWEST BACKUP", "AGE", "RPO", "NEXT RUN"
+        "POLICY",
+        "KIND",
+        "NEWEST BACKUP",
+        "AGE",
+        "RPO",
+        "NEXT RUN"
     );
     let now = Utc::now();
     for p in &s.policies {
@@ -179,7 +184,7 @@ fn print_table(s: &Status) {
                 .to_string(),
             (_, None, None) => "-".to_string(),
         };
-        println!(
+        outln!(
             "{:<20} {:<9} {:<26} {:>9}  {:<18} {:<34} {}",
             p.policy,
             p.kind,

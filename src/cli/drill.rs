@@ -79,7 +79,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
     for policy in policies {
         let record = drill::run(&repo, policy, &opts).await?;
         if !ctx.cli.json {
-            println!(
+            outln!(
                 "{}: drill {} {} backup {}",
                 record.policy,
                 record.id,
@@ -87,7 +87,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
                 record.backup_id.as_deref().unwrap_or("(none)")
             );
             for step in &record.steps {
-                println!(
+                outln!(
                     "  step   {:<48} {:>8.2}s {}",
                     step.name,
                     step.seconds,
@@ -95,17 +95,17 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
                 );
             }
             for check in &record.checks {
-                println!(
+                outln!(
                     "  check  {:<24} {}  {}",
                     check.name,
                     if check.ok { "ok    " } else { "FAILED" },
                     check.detail
                 );
             }
-            println!("  RTO    {}", against(&record.rto));
-            println!("  RPO    {} since the newest backup", against(&record.rpo));
+            outln!("  RTO    {}", against(&record.rto));
+            outln!("  RPO    {} since the newest backup", against(&record.rpo));
             if let Some(f) = &record.failure {
-                println!("  reason {f}");
+                outln!("  reason {f}");
             }
         }
         records.push(record);
@@ -147,13 +147,18 @@ pub async fn drills(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         ctx.print_json(&serde_json::json!({ "drills": rows }));
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<14} {:<27} {:<7} {:<27} {:>10} {:>10}",
-        "POLICY", "DRILL", "RESULT", "BACKUP", "RTO", "RPO"
+        "POLICY",
+        "DRILL",
+        "RESULT",
+        "BACKUP",
+        "RTO",
+        "RPO"
     );
     for s in &all {
         match &s.record {
-            Ok(r) => println!(
+            Ok(r) => outln!(
                 "{:<14} {:<27} {:<7} {:<27} {:>10} {:>10}",
                 r.policy,
                 r.id,
@@ -162,7 +167,7 @@ pub async fn drills(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
                 seconds(r.rto.measured_seconds),
                 seconds(r.rpo.measured_seconds)
             ),
-            Err(e) => println!("DAMAGED {}: {e}", s.key),
+            Err(e) => outln!("DAMAGED {}: {e}", s.key),
         }
     }
     Ok(())

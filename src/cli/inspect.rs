@@ -30,12 +30,12 @@ pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "identity_file": out, "recipient": public }));
     } else {
-        eprintln!(
+        errln!(
             "Wrote the secret identity to {} (mode 0600). Keep a copy off this host: without it no backup can be restored.",
             out.display()
         );
-        eprintln!("Add this public key to `encryption.recipients` in drctl.toml:");
-        println!("{public}");
+        errln!("Add this public key to `encryption.recipients` in drctl.toml:");
+        outln!("{public}");
     }
     Ok(())
 }
@@ -52,14 +52,14 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "location": repo.store.location(), "created": created, "marker": repo.marker }));
     } else if created {
-        println!("Initialised repository {}.", repo.store.location());
+        outln!("Initialised repository {}.", repo.store.location());
     } else {
-        println!(
+        outln!(
             "Repository {} already exists; left unchanged.",
             repo.store.location()
         );
         if repo.marker.recipients != config.recipients {
-            eprintln!(
+            errln!(
                 "note: drctl.toml lists different recipients from the ones recorded at init; new backups use drctl.toml's."
             );
         }
@@ -108,10 +108,10 @@ pub fn check(ctx: &Ctx) -> Result<()> {
             "warnings": warnings,
         }));
     } else {
-        println!("{}: ok", config.path.display());
-        println!("repository: {}", config.repository.describe());
+        outln!("{}: ok", config.path.display());
+        outln!("repository: {}", config.repository.describe());
         for p in &config.policies {
-            println!(
+            outln!(
                 "policy {} ({}): ok  [{}]",
                 p.name,
                 p.source.kind(),
@@ -119,7 +119,7 @@ pub fn check(ctx: &Ctx) -> Result<()> {
             );
         }
         for w in warnings {
-            eprintln!("warning: {w}");
+            errln!("warning: {w}");
         }
     }
     Ok(())
@@ -179,19 +179,23 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         return Ok(());
     }
     for (name, c) in &catalogs {
-        println!(
+        outln!(
             "{name}: {} backup{}",
             c.backups.len(),
             if c.backups.len() == 1 { "" } else { "s" }
         );
         if !c.backups.is_empty() {
-            println!(
+            outln!(
                 "  {:<27} {:<20} {:>10} {:>10} {:>9}",
-                "ID", "POINT IN TIME (UTC)", "STORED", "DATA", "DURATION"
+                "ID",
+                "POINT IN TIME (UTC)",
+                "STORED",
+                "DATA",
+                "DURATION"
             );
         }
         for m in &c.backups {
-            println!(
+            outln!(
                 "  {:<27} {:<20} {:>10} {:>10} {:>8.1}s",
                 m.id,
                 m.point_in_time.format("%Y-%m-%d %H:%M:%S"),
@@ -201,7 +205,7 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
             );
         }
         for (key, reason) in &c.damaged {
-            println!("  DAMAGED {key}: {reason}");
+            outln!("  DAMAGED {key}: {reason}");
         }
     }
     Ok(())
@@ -225,14 +229,14 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             let r = crate::restore::verify(&repo, identities.as_deref(), m).await?;
             if !ctx.cli.json {
                 match r.ok {
-                    true if !r.archived.is_empty() => println!(
+                    true if !r.archived.is_empty() => outln!(
                         "ARCHIVED {} {}: not read: {}",
                         r.policy,
                         r.id,
                         r.archived.join(", ")
                     ),
-                    true => println!("ok      {} {}", r.policy, r.id),
-                    false => println!("FAILED  {} {}: {}", r.policy, r.id, r.problems.join("; ")),
+                    true => outln!("ok      {} {}", r.policy, r.id),
+                    false => outln!("FAILED  {} {}: {}", r.policy, r.id, r.problems.join("; ")),
                 }
             }
             reports.push(r);
@@ -240,14 +244,14 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
     }
     if !ctx.cli.json {
         for d in &damaged {
-            println!("DAMAGED {d}");
+            outln!("DAMAGED {d}");
         }
     }
     let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged }));
     } else {
-        println!(
+        outln!(
             "{} backup{} checked{}, {} failed",
             reports.len(),
             if reports.len() == 1 { "" } else { "s" },

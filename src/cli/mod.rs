@@ -1,6 +1,30 @@
 //! The command line: arguments (clap), one function per subcommand, human
 //! or `--json` output, and the mapping from errors to exit codes.
 
+/// `println!` that never panics (see [`stdio`]).
+macro_rules! outln {
+    () => {
+        $crate::cli::stdio::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::stdio::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that never panics (see [`stdio`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::stdio::err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprint!` that never panics (see [`stdio`]).
+macro_rules! errp {
+    ($($arg:tt)*) => {
+        $crate::cli::stdio::err(format_args!($($arg)*))
+    };
+}
+
 mod backup;
 mod daemon;
 mod drill;
@@ -9,6 +33,7 @@ mod prune;
 mod repo;
 mod report;
 mod restore;
+pub mod stdio;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -211,7 +236,7 @@ impl Ctx {
     }
 
     fn print_json(&self, value: &impl serde::Serialize) {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(value).expect("output serialises")
         );
@@ -276,7 +301,7 @@ fn spawn_signal_watch(cancel: Arc<AtomicBool>) {
             if cancel.swap(true, Ordering::Relaxed) {
                 std::process::exit(130);
             }
-            eprintln!(
+            errln!(
                 "drctl: stopping; the running job aborts its upload and writes no manifest (signal again to exit at once)"
             );
         }

@@ -37,7 +37,7 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
                 let stop = matches!(e, Error::Interrupted(_));
                 // With one policy the error line from main says it all.
                 if !json && policies.len() > 1 {
-                    eprintln!("{}: prune FAILED: {e}", p.name);
+                    errln!("{}: prune FAILED: {e}", p.name);
                 }
                 errors.push((p.name.clone(), e));
                 if stop {
@@ -60,7 +60,7 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
 }
 
 fn print_plan(r: &PruneReport) {
-    println!(
+    outln!(
         "Prune plan for {} ({}) in {}{}:",
         r.policy,
         r.rules,
@@ -68,15 +68,17 @@ fn print_plan(r: &PruneReport) {
         if r.dry_run { ", dry run" } else { "" }
     );
     if r.backups.is_empty() {
-        println!("  no backups");
+        outln!("  no backups");
     } else {
-        println!(
+        outln!(
             "  {:<27} {:<20} {:<7} WHY",
-            "ID", "POINT IN TIME (UTC)", "ACTION"
+            "ID",
+            "POINT IN TIME (UTC)",
+            "ACTION"
         );
     }
     for b in &r.backups {
-        println!(
+        outln!(
             "  {:<27} {:<20} {:<7} {}",
             b.id,
             b.point_in_time.format("%Y-%m-%d %H:%M:%S"),
@@ -88,13 +90,14 @@ fn print_plan(r: &PruneReport) {
         );
     }
     for d in &r.damaged {
-        println!(
+        outln!(
             "  DAMAGED {}: {} (left alone; never counted as the newest good backup)",
-            d.key, d.reason
+            d.key,
+            d.reason
         );
     }
     for l in &r.leftovers {
-        println!(
+        outln!(
             "  leftover of a failed backup {} ({} object{}{}): {}",
             l.id,
             l.objects.len(),
@@ -113,7 +116,7 @@ fn print_plan(r: &PruneReport) {
 
 fn print_outcome(r: &PruneReport) {
     if r.dry_run {
-        println!(
+        outln!(
             "Dry run: nothing was deleted ({} backup{} would be).",
             r.backups
                 .iter()
@@ -138,7 +141,7 @@ fn print_outcome(r: &PruneReport) {
         .iter()
         .filter(|l| l.outcome == "deleted")
         .count();
-    println!(
+    outln!(
         "{}: deleted {} backup{}, kept {kept}{}{}.",
         r.policy,
         r.deleted.len(),
@@ -155,12 +158,13 @@ fn print_outcome(r: &PruneReport) {
         }
     );
     for x in &r.retained {
-        println!("  retained {}: {}", x.key, x.reason);
+        outln!("  retained {}: {}", x.key, x.reason);
     }
     if !r.deleted.is_empty() && r.versioning.as_deref() == Some("Enabled") {
-        println!(
+        outln!(
             "  The bucket is versioned: the deletes left delete markers. Until the lifecycle rule expires noncurrent versions, `drctl list --deleted {}` shows them and `drctl restore {} --backup ID` restores one.",
-            r.policy, r.policy
+            r.policy,
+            r.policy
         );
     }
 }
@@ -189,7 +193,7 @@ pub async fn list_deleted(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
     for p in &policies {
         let (deleted, damaged) = catalog::load_deleted(&repo, &p.name).await?;
         for (key, reason) in damaged {
-            eprintln!("warning: a deleted manifest cannot be read: {key}: {reason}");
+            errln!("warning: a deleted manifest cannot be read: {key}: {reason}");
         }
         found.push((p.name.clone(), deleted));
     }
@@ -224,22 +228,25 @@ pub async fn list_deleted(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         return Ok(());
     }
     if let Some(n) = &note {
-        eprintln!("note: {n}");
+        errln!("note: {n}");
     }
     for (name, deleted) in &found {
-        println!(
+        outln!(
             "{name}: {} pruned backup{} still in the bucket",
             deleted.len(),
             plural(deleted.len())
         );
         if !deleted.is_empty() {
-            println!(
+            outln!(
                 "  {:<27} {:<20} {:<20} {:<34} RESTORABLE",
-                "ID", "POINT IN TIME (UTC)", "DELETED (UTC)", "MANIFEST VERSION"
+                "ID",
+                "POINT IN TIME (UTC)",
+                "DELETED (UTC)",
+                "MANIFEST VERSION"
             );
         }
         for d in deleted {
-            println!(
+            outln!(
                 "  {:<27} {:<20} {:<20} {:<34} {}",
                 d.manifest.id,
                 d.manifest.point_in_time.format("%Y-%m-%d %H:%M:%S"),

@@ -41,7 +41,7 @@ pub async fn run(ctx: &Ctx, command: &RepoCommand) -> Result<()> {
                 "message": message,
             }));
         } else {
-            println!("{message}");
+            outln!("{message}");
         }
         return Ok(());
     };
@@ -75,14 +75,14 @@ fn status(ctx: &Ctx, location: &str, c: &Comparison) -> Result<()> {
             "other_rules": c.other_rules,
         }));
     } else {
-        println!("Bucket settings of {location}:");
+        outln!("Bucket settings of {location}:");
         for s in &c.settings {
             print_setting(s, "DRIFT");
         }
         print_others(&c.other_rules);
         match drifted.len() {
-            0 => println!("No drift: the bucket matches drctl.toml."),
-            n => println!(
+            0 => outln!("No drift: the bucket matches drctl.toml."),
+            n => outln!(
                 "DRIFT in {n} setting{}; `drctl repo apply` sets them.",
                 if n == 1 { "" } else { "s" }
             ),
@@ -100,16 +100,16 @@ fn status(ctx: &Ctx, location: &str, c: &Comparison) -> Result<()> {
 
 /// `label` marks a setting that differs: DRIFT in a status, CHANGE in a plan.
 fn print_setting(s: &Setting, label: &str) {
-    println!("  {:<6} {}", if s.drift { label } else { "ok" }, s.name);
-    println!("         desired: {}", s.desired);
-    println!("         actual:  {}", s.actual);
+    outln!("  {:<6} {}", if s.drift { label } else { "ok" }, s.name);
+    outln!("         desired: {}", s.desired);
+    outln!("         actual:  {}", s.actual);
 }
 
 fn print_others(others: &[String]) {
     if !others.is_empty() {
-        println!("  Lifecycle rules not managed by drctl (kept as they are):");
+        outln!("  Lifecycle rules not managed by drctl (kept as they are):");
         for o in others {
-            println!("         {o}");
+            outln!("         {o}");
         }
     }
 }
@@ -129,9 +129,9 @@ async fn apply(
     // The plan goes out before anything is changed.
     if !ctx.cli.json {
         if plan.is_empty() {
-            println!("Bucket settings of {location} match drctl.toml; nothing to change.");
+            outln!("Bucket settings of {location} match drctl.toml; nothing to change.");
         } else {
-            println!(
+            outln!(
                 "Plan for {location}{}:",
                 if dry_run { " (dry run)" } else { "" }
             );
@@ -144,7 +144,7 @@ async fn apply(
                 .as_ref()
                 .is_some_and(|r| r.mode == "COMPLIANCE")
             {
-                println!(
+                outln!(
                     "  Note: COMPLIANCE retention cannot be shortened or removed for objects written under it, by anyone, including the account's root user."
                 );
             }
@@ -181,9 +181,9 @@ async fn apply(
         }));
     } else if !plan.is_empty() {
         if dry_run {
-            println!("Dry run: nothing was changed.");
+            outln!("Dry run: nothing was changed.");
         } else {
-            println!(
+            outln!(
                 "Applied {} change{}. S3 may take a few minutes to report new lifecycle rules everywhere; `drctl repo status` compares again.",
                 plan.changes.len(),
                 if plan.changes.len() == 1 { "" } else { "s" }

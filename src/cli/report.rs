@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Local, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::Ctx;
 use crate::config::Config;
@@ -14,7 +14,7 @@ use crate::drill::record::{ChainReport, check_chain};
 use crate::error::{Error, Result};
 use crate::repo::{catalog, runs};
 use crate::report::{self, PolicyInput, ReportInput};
-use crate::timespec::{TimeSpec, parse_timespec_local, resolve};
+use crate::timespec::{LocalZone, TimeSpec, parse_timespec_local, resolve};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -108,7 +108,7 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
         Some(path) => {
             write_new(path, &text)?;
             if !ctx.cli.quiet {
-                eprintln!("Wrote the report to {}.", path.display());
+                errln!("Wrote the report to {}.", path.display());
             }
         }
         None => std::io::stdout()
@@ -123,7 +123,7 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
         .map(|p| p.name.as_str())
         .collect();
     if !broken.is_empty() {
-        eprintln!(
+        errln!(
             "warning: the chain of drill records is broken for {}; `drctl report --verify` lists the problems",
             broken.join(", ")
         );
@@ -141,13 +141,13 @@ fn period_bound(input: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     let spec = match NaiveDate::parse_from_str(input.trim(), "%Y-%m-%d") {
         Ok(date) => {
             let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-            let local = Local
-                .from_local_datetime(&midnight)
-                .earliest()
+            let local = LocalZone::from_env()
+                .map_err(invalid)?
+                .earliest(&midnight)
                 .ok_or_else(|| {
                     invalid("that midnight does not exist in the local time zone".into())
                 })?;
-            TimeSpec::At(local.with_timezone(&Utc))
+            TimeSpec::At(local)
         }
         Err(_) => parse_timespec_local(input).map_err(|reason| {
             invalid(format!(
@@ -215,11 +215,11 @@ async fn verify(ctx: &Ctx, config: &Config) -> Result<()> {
         for r in &reports {
             let count = format!("{} drill record{}", r.records, report::plural(r.records));
             if r.ok {
-                println!("ok      {}: {count}, chain intact", r.policy);
+                outln!("ok      {}: {count}, chain intact", r.policy);
             } else {
-                println!("BROKEN  {}: {count}", r.policy);
+                outln!("BROKEN  {}: {count}", r.policy);
                 for problem in &r.problems {
-                    println!("        {problem}");
+                    outln!("        {problem}");
                 }
             }
         }

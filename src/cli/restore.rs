@@ -28,7 +28,8 @@ pub struct RestoreArgs {
     /// PostgreSQL connection string of the database to restore into (created if missing).
     #[arg(long, value_name = "URL", conflicts_with_all = ["output", "into"])]
     pub target: Option<String>,
-    /// Write the plaintext (custom-format dump or tar) to this file.
+    /// Write the plaintext (custom-format dump or tar) to this new file, or
+    /// with `-` to stdout (for a pipe: `--output - | pg_restore …`).
     #[arg(long, value_name = "FILE", conflicts_with = "into")]
     pub output: Option<PathBuf>,
     /// Unpack a files backup into this new or empty directory.
@@ -71,6 +72,8 @@ pub struct RestoreArgs {
 enum Destination {
     Database(job::DbTarget),
     File(PathBuf),
+    /// `--output -`: stdout carries the plaintext and nothing else.
+    Stdout,
     Directory(PathBuf),
 }
 
@@ -111,17 +114,26 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
                 policy.name
             )));
         }
-        (_, _, Some(out), _) => {
-            if out.exists() {
-                return Err(Error::Refused(format!(
-                    "{} already exists; choose another --output or remove it",
-                    out.display()
-                )));
+        (_, _, Some(out), _) if out.as_os_str() == "-" => {
+            if ctx.cli.json {
+                return Err(Error::Usage(
+                    "--json with --output -: stdout carries the backup's plaintext, and a JSON summary would be mixed into it; drop --json (the plan and summary go to stderr)".into(),
+                ));
             }
+            if std::io::stdout().is_terminal() {
+                return Err(Error::Usage(
+                    "--output - writes the backup's plaintext to stdout, which is a terminal; pipe it into a program (`drctl restore POLICY --output - | pg_restore …`) or give a file name".into(),
+                ));
+            }
+            Destination::Stdout
+        }
+        (_, _, Some(out), _) => {
+            job::check_new_file(out)?;
             Destination::File(out.clone())
         }
         (_, _, _, Some(dir)) => {
             job::check_empty_dir(dir)?;
+            job::check_no_partial(dir)?;
             Destination::Directory(dir.clone())
         }
         (_, Some(url), _, _) => Destination::Database(job::inspect_target(url).await?),
@@ -235,17 +247,24 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             ));
             false
         }
+        Destination::Stdout => {
+            plan.push((
+                "destination",
+                format!("standard output (plaintext {})", manifest.data.content),
+            ));
+            false
+        }
         Destination::Directory(p) => {
             plan.push(("destination", format!("directory {}", p.display())));
             false
         }
     };
     if ctx.cli.json {
-        eprintln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
+        errln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
     } else {
-        eprintln!("Restore plan:");
+        errln!("Restore plan:");
         for (k, v) in &plan {
-            eprintln!("  {k:<17} {v}");
+            errln!("  {k:<17} {v}");
         }
     }
     if let Destination::Database(t) = &destination
@@ -290,7 +309,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let quiet = ctx.cli.quiet;
     let mut report = |line: &str| {
         if !quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     };
     // Prune must not remove the backup while it is read, nor while its
@@ -347,12 +366,18 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             "verified": verified,
         }));
     } else {
-        println!(
+        let summary = format!(
             "Restored {} backup {} ({} of data) in {elapsed:.1}s; {verified}.",
             policy.name,
             manifest.id,
             bytes(manifest.data.digests.plaintext_size)
         );
+        // With `--output -` stdout is the data; a line after it would
+        // become part of the dump.
+        match destination {
+            Destination::Stdout => errln!("{summary}"),
+            _ => outln!("{summary}"),
+        }
     }
     Ok(())
 }
@@ -363,11 +388,15 @@ fn check_verifiable(
     manifest: &crate::repo::manifest::Manifest,
     destination: &Destination,
 ) -> Result<()> {
-    if let Destination::File(p) = destination {
+    let file = match destination {
+        Destination::File(p) => Some(p.display().to_string()),
+        Destination::Stdout => Some("standard output".to_string()),
+        _ => None,
+    };
+    if let Some(p) = file {
         return Err(Error::Unverifiable(format!(
-            "--verify compares a restored database or directory with the backup's fingerprint, and a file written with --output ({}) is neither; \
-             nothing was restored. Drop --verify (the file's bytes are still authenticated and their sha256 checked) or restore with --target or --into",
-            p.display()
+            "--verify compares a restored database or directory with the backup's fingerprint, and a file written with --output ({p}) is neither; \
+             nothing was restored. Drop --verify (the file's bytes are still authenticated and their sha256 checked) or restore with --target or --into"
         )));
     }
     if manifest.fingerprint.is_none() {
@@ -407,6 +436,7 @@ async fn restore_into(
             .diffs;
         }
         Destination::File(p) => job::to_file(repo, identities, &manifest.data, p, received).await?,
+        Destination::Stdout => job::to_stdout(repo, identities, &manifest.data, received).await?,
         Destination::Directory(p) => {
             fingerprint_diffs =
                 job::to_directory(repo, identities, manifest, p, args.verify, received).await?
@@ -465,7 +495,7 @@ pub(super) fn ask(what: &str) -> Result<()> {
             "{what} needs confirmation; pass --yes when running without a terminal"
         )));
     }
-    eprint!("Proceed? [y/N] ");
+    errp!("Proceed? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin()

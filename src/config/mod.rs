@@ -148,7 +148,19 @@ pub enum SourceConfig {
     Files {
         paths: Vec<PathBuf>,
         exclude: Vec<String>,
+        on_unreadable: OnUnreadable,
     },
+}
+
+/// What a files backup does with a path it finds and cannot read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnreadable {
+    /// The backup fails: a backup that silently lacks a file is worse than
+    /// none that says why.
+    #[default]
+    Fail,
+    /// The backup goes on without it; the manifest and the output say so.
+    Skip,
 }
 
 impl SourceConfig {
@@ -573,6 +585,15 @@ fn parse_repository(
             );
             return None;
         }
+        if let Err(problem) = check_bucket_name(bucket) {
+            cx.err(
+                &raw.url,
+                format!(
+                    "`url` = \"{url}\": bucket name `{bucket}` {problem}; S3 bucket names are 3 to 63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+                ),
+            );
+            return None;
+        }
         if let Some(e) = &raw.endpoint
             && url::Url::parse(e.get_ref()).is_err()
         {
@@ -606,6 +627,35 @@ fn parse_repository(
         );
         None
     }
+}
+
+/// Checks a bucket name against S3's rules for new buckets, so that a typo
+/// is a line-numbered error from `drctl check` rather than a signing or
+/// "invalid bucket" error from the first request. What fails is said in
+/// words.
+fn check_bucket_name(name: &str) -> std::result::Result<(), String> {
+    let len = name.len();
+    if !(3..=63).contains(&len) {
+        return Err(format!("is {len} characters long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-'))
+    {
+        return Err(match c {
+            ' ' => "contains a space".to_string(),
+            c if c.is_ascii_uppercase() => format!("contains the uppercase letter `{c}`"),
+            c => format!("contains `{c}`"),
+        });
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !edge(name.chars().next()) || !edge(name.chars().last()) {
+        return Err("does not start and end with a letter or digit".into());
+    }
+    if name.contains("..") {
+        return Err("has two dots in a row".into());
+    }
+    Ok(())
 }
 
 fn load_policies(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<Policy> {
@@ -683,6 +733,12 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 raw.exclude.is_some(),
                 raw.exclude.as_ref().map(|s| s.span()),
                 "exclude",
+            );
+            misplaced(
+                cx,
+                raw.on_unreadable.is_some(),
+                raw.on_unreadable.as_ref().map(|s| s.span()),
+                "on_unreadable",
             );
             let Some(url) = &raw.url else {
                 cx.err(
@@ -769,9 +825,24 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                     Err(e) => cx.err(g, format!("exclude pattern `{}`: {e}", g.get_ref())),
                 }
             }
+            let on_unreadable = match raw.on_unreadable.as_ref() {
+                None => OnUnreadable::Fail,
+                Some(v) => match v.get_ref().as_str() {
+                    "fail" => OnUnreadable::Fail,
+                    "skip" => OnUnreadable::Skip,
+                    other => {
+                        cx.err(
+                            v,
+                            format!("`on_unreadable` = \"{other}\": expected \"fail\" (the default) or \"skip\""),
+                        );
+                        OnUnreadable::Fail
+                    }
+                },
+            };
             Some(SourceConfig::Files {
                 paths: paths.get_ref().iter().map(PathBuf::from).collect(),
                 exclude,
+                on_unreadable,
             })
         }
         other => {
@@ -1090,6 +1161,84 @@ mod tests {
         assert!(errs[0].contains("`url_env`"), "{errs:?}");
         let errs = config_errors("[daemon]\ncheck_interval = \"500ms\"\n");
         assert!(errs[0].contains("check_interval"), "{errs:?}");
+    }
+
+    #[test]
+    fn s3_bucket_names_follow_the_s3_rules() {
+        let errors = |bucket: &str| {
+            let text = format!(
+                "[repository]\nurl = \"s3://{bucket}/drctl\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n"
+            );
+            let mut errors = Vec::new();
+            parse_config(
+                Path::new("drctl.toml"),
+                &text,
+                Path::new("/tmp"),
+                &mut errors,
+            );
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        for good in ["abc", "acme-backups", "a.b-c.1", &"a".repeat(63)] {
+            assert_eq!(errors(good), Vec::<String>::new(), "{good}");
+        }
+        for (bad, why) in [
+            ("bad bucket", "contains a space"),
+            ("Acme", "uppercase letter `A`"),
+            ("ab", "2 characters long"),
+            (&"a".repeat(64), "64 characters long"),
+            ("-acme", "start and end"),
+            ("acme.", "start and end"),
+            ("acme..b", "two dots"),
+            ("acme_b", "contains `_`"),
+        ] {
+            let errs = errors(bad);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(errs[0].starts_with("drctl.toml:2:"), "{}", errs[0]);
+            assert!(
+                errs[0].contains(&format!("`{bad}`")) && errs[0].contains(why),
+                "{}",
+                errs[0]
+            );
+            assert!(errs[0].contains("3 to 63"), "{}", errs[0]);
+        }
+    }
+
+    #[test]
+    fn on_unreadable_is_fail_skip_or_an_error_with_its_line() {
+        let parse = |extra: &str| {
+            let mut errors = Vec::new();
+            let p = parse_policy(
+                Path::new("policies/etc.toml"),
+                &format!("[source]\ntype = \"files\"\npaths = [\"/etc\"]\n{extra}"),
+                &mut errors,
+            );
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            (p.map(|p| p.source), errors)
+        };
+        for (extra, want) in [
+            ("", OnUnreadable::Fail),
+            ("on_unreadable = \"fail\"\n", OnUnreadable::Fail),
+            ("on_unreadable = \"skip\"\n", OnUnreadable::Skip),
+        ] {
+            match parse(extra) {
+                (Some(SourceConfig::Files { on_unreadable, .. }), e) if e.is_empty() => {
+                    assert_eq!(on_unreadable, want, "{extra}")
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        let (_, errs) = parse("on_unreadable = \"ignore\"\n");
+        assert!(
+            errs[0].starts_with("policies/etc.toml:4:") && errs[0].contains("\"skip\""),
+            "{errs:?}"
+        );
+        let errs = policy_errors(
+            "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\non_unreadable = \"skip\"\n",
+        );
+        assert!(
+            errs[0].contains(":4:") && errs[0].contains("does not apply to a `postgres` source"),
+            "{errs:?}"
+        );
     }
 
     #[test]

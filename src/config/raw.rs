@@ -97,6 +97,7 @@ pub struct RawSource {
     // files
     pub paths: Option<Spanned<Vec<String>>>,
     pub exclude: Option<Spanned<Vec<Spanned<String>>>>,
+    pub on_unreadable: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

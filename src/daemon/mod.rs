@@ -585,6 +585,9 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             };
             match crate::backup::run(&ctx.repo, &ctx.config, policy, &opts).await {
                 Ok(m) => {
+                    for w in &m.warnings {
+                        tracing::warn!(policy = %policy_name, backup = %m.id, warning = %w, "The backup could not take everything as it was.");
+                    }
                     size = Some(m.objects().map(|o| o.digests.size).sum::<u64>());
                     outcome.id = Some(m.id.clone());
                     newest = Some(NewestBackup {

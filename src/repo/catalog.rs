@@ -348,6 +348,7 @@ mod tests {
             },
             fingerprint: None,
             postgres: None,
+            warnings: Vec::new(),
         }
     }
 

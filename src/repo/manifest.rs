@@ -30,6 +30,12 @@ pub struct Manifest {
     pub fingerprint: Option<ObjectRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresInfo>,
+    /// What the backup could not take as it was: files skipped under
+    /// `on_unreadable = "skip"`, files that changed while they were read.
+    /// Names file paths (which the policy lists anyway) and never content;
+    /// absent when there is nothing to say, as in older manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +165,7 @@ mod tests {
                 "backups/shop/20261127T012000Z-0000abcd/fingerprint.json.zst.age",
             )),
             postgres: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -199,7 +206,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn manifest_round_trips(secs in 0i64..4_000_000_000, d in digest(), v in proptest::option::of("[a-zA-Z0-9._-]{1,32}"), level in 1i32..20) {
+        fn manifest_round_trips(secs in 0i64..4_000_000_000, d in digest(), v in proptest::option::of("[a-zA-Z0-9._-]{1,32}"), level in 1i32..20, warnings in proptest::collection::vec(".{0,40}", 0..3)) {
             let t = DateTime::from_timestamp(secs, 123_000_000).unwrap();
             let m = Manifest {
                 format: 1,
@@ -216,6 +223,7 @@ mod tests {
                 data: ObjectRecord { key: "k".into(), version_id: v, content: "pg_dump-custom".into(), digests: d },
                 fingerprint: None,
                 postgres: None,
+                warnings,
             };
             let json = serde_json::to_string(&m).unwrap();
             prop_assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);

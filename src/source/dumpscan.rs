@@ -1671,6 +1671,10 @@ mod tests {
     /// Run with `cargo test --release -- --ignored --nocapture throughput`.
     #[test]
     #[ignore = "measures throughput; run by hand in release mode"]
+    #[allow(
+        clippy::print_stdout,
+        reason = "a measurement run by hand prints its result"
+    )]
     fn throughput() {
         let archive = Archive::parse(&fixture("full.dump"));
         let id = archive.table_data_id("big");

@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::OnUnreadable;
 use crate::error::{Error, Result};
+
+/// Warnings kept per backup: a tree that cannot be read at all should not
+/// make a manifest of megabytes. The rest are counted in the last one.
+pub const MAX_WARNINGS: usize = 100;
 
 /// What a restore must reproduce for one path. Names may be sensitive, so
 /// this too is stored only sealed.
@@ -59,17 +64,63 @@ impl<R: Read> Read for HashingFile<R> {
     }
 }
 
+/// What a tar stream holds, and what the walk could not take as it was.
+#[derive(Debug, Default)]
+pub struct Archived {
+    pub print: FilesPrint,
+    /// One sentence per path skipped (`on_unreadable = "skip"`) or changed
+    /// while it was read, naming the path; at most [`MAX_WARNINGS`].
+    pub warnings: Vec<String>,
+}
+
+/// Collects warnings up to [`MAX_WARNINGS`] and counts the rest.
+#[derive(Default)]
+struct Warnings {
+    kept: Vec<String>,
+    more: usize,
+}
+
+impl Warnings {
+    fn push(&mut self, warning: String) {
+        if self.kept.len() < MAX_WARNINGS {
+            self.kept.push(warning);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.kept.push(format!(
+                "{} more warning{} not recorded",
+                self.more,
+                if self.more == 1 { "" } else { "s" }
+            ));
+        }
+        self.kept
+    }
+}
+
 /// Writes a tar stream of `paths` into `out` and returns what it holds.
 ///
+/// A path found while walking that cannot be read (permissions, a name
+/// beyond PATH_MAX, a file that vanished) fails the backup, or with
+/// [`OnUnreadable::Skip`] is left out with a warning. A file whose size or
+/// mtime changed while it was read is archived as read, with a warning.
+///
 /// # Errors
-/// A listed path that does not exist or cannot be read; `policy` is named.
+/// A listed path that does not exist or cannot be read; with
+/// [`OnUnreadable::Fail`], any path found that cannot be read; a file that
+/// shrank while it was read, or a read that failed part-way (the stream
+/// cannot be resumed then). `policy` is named.
 pub fn write_tar(
     policy: &str,
     paths: &[PathBuf],
     exclude: &[String],
+    on_unreadable: OnUnreadable,
     out: &mut dyn Write,
     progress: &std::sync::atomic::AtomicU64,
-) -> Result<FilesPrint> {
+) -> Result<Archived> {
     let mut set = globset::GlobSetBuilder::new();
     for g in exclude {
         set.add(globset::Glob::new(g).map_err(|e| Error::Source {
@@ -88,6 +139,24 @@ pub fn write_tar(
     let io = |p: &Path, e: std::io::Error| Error::Source {
         policy: policy.into(),
         message: format!("{}: {e}", p.display()),
+    };
+    let mut warnings = Warnings::default();
+    // Called before anything of the path is written, so that skipping it
+    // leaves the stream whole.
+    let unreadable = |warnings: &mut Warnings, p: &Path, what: &str, e: std::io::Error| {
+        match on_unreadable {
+            OnUnreadable::Fail => Err(Error::Source {
+                policy: policy.into(),
+                message: format!(
+                    "{}: {what}: {e}; make it readable, exclude it, or set `on_unreadable = \"skip\"` in the policy's [source] to back up the rest with a warning",
+                    p.display()
+                ),
+            }),
+            OnUnreadable::Skip => {
+                warnings.push(format!("{}: skipped, {what}: {e}", p.display()));
+                Ok(())
+            }
+        }
     };
 
     for p in paths {
@@ -115,7 +184,13 @@ pub fn write_tar(
         if excluded {
             continue;
         }
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                unreadable(&mut warnings, &path, "cannot be read", e)?;
+                continue;
+            }
+        };
         let name = archive_name(&path);
         let ft = meta.file_type();
         let mut entry = PathPrint {
@@ -128,7 +203,13 @@ pub fn write_tar(
         if ft.is_file() {
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-            let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    unreadable(&mut warnings, &path, "cannot be read", e)?;
+                    continue;
+                }
+            };
             // A file that grows while it is read would not match its header,
             // and one that shrinks would leave the archive misaligned.
             let mut reader = HashingFile {
@@ -150,29 +231,63 @@ pub fn write_tar(
                     ),
                 });
             }
+            // A file rewritten in place while it was read is archived torn:
+            // old and new contents mixed. Nothing better can be had without a
+            // file-system snapshot, but the operator must hear of it.
+            let after = reader.inner.get_ref().metadata();
+            let changed = match &after {
+                Ok(now) => now.len() != meta.len() || now.modified().ok() != meta.modified().ok(),
+                Err(_) => true,
+            };
+            if changed {
+                warnings.push(format!(
+                    "{}: changed while it was read ({}); the backup holds it as read, possibly a mix of old and new contents. Back it up again, or stop what writes it during backups",
+                    path.display(),
+                    match &after {
+                        Ok(now) if now.len() != meta.len() =>
+                            format!("size {} then {} bytes", meta.len(), now.len()),
+                        Ok(_) => "its modification time moved".to_string(),
+                        Err(e) => format!("cannot look at it again: {e}"),
+                    }
+                ));
+            }
             progress.fetch_add(meta.len(), std::sync::atomic::Ordering::Relaxed);
             entry.kind = "file".into();
             entry.sha256 = Some(hex::encode(reader.hasher.finalize()));
         } else if ft.is_dir() {
+            // Listed before its header is written: a directory that cannot
+            // be listed is kept (empty, with its mode) when skipping.
+            let children = std::fs::read_dir(&path).and_then(|entries| {
+                entries
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<std::io::Result<Vec<PathBuf>>>()
+            });
+            let mut children = match children {
+                Ok(c) => c,
+                Err(e) => {
+                    unreadable(&mut warnings, &path, "its contents cannot be listed", e)?;
+                    Vec::new()
+                }
+            };
             builder
                 .append_path_with_name(&path, &name)
                 .map_err(|e| io(&path, e))?;
             entry.kind = "dir".into();
-            let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
-                .map_err(|e| io(&path, e))?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<std::io::Result<_>>()
-                .map_err(|e| io(&path, e))?;
             children.sort();
             stack.extend(children.into_iter().rev());
         } else if ft.is_symlink() {
+            let target = match std::fs::read_link(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    unreadable(&mut warnings, &path, "cannot be read", e)?;
+                    continue;
+                }
+            };
             builder
                 .append_path_with_name(&path, &name)
                 .map_err(|e| io(&path, e))?;
             entry.kind = "symlink".into();
-            entry.link_target = Some(path_text(
-                &std::fs::read_link(&path).map_err(|e| io(&path, e))?,
-            ));
+            entry.link_target = Some(path_text(&target));
         } else {
             let what = if ft.is_socket() {
                 "socket"
@@ -190,7 +305,10 @@ pub fn write_tar(
         policy: policy.into(),
         message: format!("finishing the tar stream: {e}"),
     })?;
-    Ok(print)
+    Ok(Archived {
+        print,
+        warnings: warnings.finish(),
+    })
 }
 
 /// Unpacks a tar stream into `dir` (which must exist), keeping modes, mtimes

@@ -1,0 +1,311 @@
+//! `restore` of a `postgres-cluster` policy: point-in-time recovery into a
+//! data directory. The plan (base backup, WAL range, destination, the
+//! settings written) is printed before anything is written, and the WAL is
+//! checked complete first, so a gap is a refusal rather than a FATAL line
+//! in a server log.
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+use super::Ctx;
+use super::restore::RestoreArgs;
+use crate::config::{Config, Policy, SourceConfig};
+use crate::error::{Error, Result};
+use crate::progress::{Meter, Progress, bytes};
+use crate::repo::catalog;
+use crate::source::pgcluster::recover::{self, Inventory, Settings, Start, Target};
+use crate::timespec::{self, TimeSpec};
+
+/// Reads the target from the flags; `--backup ID` alone is its consistent point.
+fn target(args: &RestoreArgs) -> Result<Option<Target>> {
+    if let Some(to) = &args.to {
+        let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime {
+            input: to.clone(),
+            reason,
+        })?;
+        return Ok(Some(match spec {
+            TimeSpec::Latest => Target::Latest,
+            spec => Target::Time(timespec::resolve(&spec, Utc::now()).map_err(|reason| {
+                Error::InvalidTime {
+                    input: to.clone(),
+                    reason,
+                }
+            })?),
+        }));
+    }
+    if let Some(lsn) = &args.to_lsn {
+        return Ok(Some(Target::Lsn(lsn.parse().map_err(|reason| {
+            Error::Usage(format!("--to-lsn: {reason}"))
+        })?)));
+    }
+    if let Some(xid) = args.to_xid {
+        return Ok(Some(Target::Xid(xid)));
+    }
+    if let Some(name) = &args.to_name {
+        if name.is_empty() || name.len() > 63 {
+            return Err(Error::Usage(
+                "--to-name: a restore point name has 1 to 63 characters".into(),
+            ));
+        }
+        return Ok(Some(Target::Name(name.clone())));
+    }
+    Ok(None)
+}
+
+fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| Error::io(format!("finding the {what} {}", path.display()), e))
+}
+
+pub async fn restore_cluster(
+    ctx: &Ctx,
+    config: &Config,
+    policy: &Policy,
+    args: &RestoreArgs,
+) -> Result<()> {
+    let SourceConfig::PostgresCluster { url, bin_dir, .. } = &policy.source else {
+        unreachable!("called for cluster policies");
+    };
+    if args.target.is_some() || args.into.is_some() {
+        return Err(Error::Usage(format!(
+            "policy `{}` backs up a whole cluster; restore it with --data-dir DIR (a new or empty data directory)",
+            policy.name
+        )));
+    }
+    let Some(data_dir) = &args.data_dir else {
+        return Err(Error::Usage(format!(
+            "say where to restore: --data-dir DIR (a new or empty directory) for policy `{}`",
+            policy.name
+        )));
+    };
+    if args.verify {
+        return Err(Error::Unverifiable(
+            "--verify compares rows with a logical backup's fingerprint, and a base backup has none; \
+             nothing was restored. `drctl drill` checks a restored cluster"
+                .into(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if args.start && unsafe { libc::geteuid() } == 0 {
+        return Err(Error::Usage(
+            "PostgreSQL refuses to run as root: run the restore as the server's user \
+             (e.g. `sudo -u postgres drctl restore …`) so the data directory is theirs"
+                .into(),
+        ));
+    }
+    let wanted = target(args)?;
+    crate::restore::check_empty_dir(data_dir)?;
+    let identities = ctx.identities(config)?;
+    let repo = ctx.repo(config).await?;
+    let catalog = catalog::load(&repo, &policy.name).await?;
+    let (manifest, target) = match (&args.backup, wanted) {
+        (Some(id), _) => (catalog.find(&policy.name, id)?, Target::Immediate),
+        (None, Some(t)) => (recover::choose(&policy.name, &catalog.backups, &t)?, t),
+        (None, None) => unreachable!("clap requires a target or --backup"),
+    };
+    let info = manifest.cluster.as_ref().ok_or_else(|| Error::Integrity {
+        object: crate::repo::manifest_key(&policy.name, &manifest.id),
+        reason: "a backup of a postgres-cluster policy without its cluster details".into(),
+    })?;
+    let listing = repo.store.list(&crate::wal::policy_prefix(&policy.name)).await?;
+    let inventory = Inventory::from_listing(&policy.name, listing, info.wal_segment_bytes);
+    let wal = recover::check_wal(&policy.name, manifest, &inventory, &target)?;
+
+    let config_path = absolute(&crate::config::Config::resolve_path(ctx.cli.config.as_deref()), "configuration")?;
+    let identity_path = ctx
+        .cli
+        .identity
+        .as_deref()
+        .or(config.identity_file.as_deref())
+        .map(|p| absolute(p, "identity file"))
+        .transpose()?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the drctl executable", e))?;
+    let mut command = vec![
+        recover::shell_quote(&exe.display().to_string()),
+        "--config".into(),
+        recover::shell_quote(&config_path.display().to_string()),
+    ];
+    if let Some(id) = &identity_path {
+        command.push("--identity".into());
+        command.push(recover::shell_quote(&id.display().to_string()));
+    }
+    command.extend(["wal-fetch".into(), policy.name.clone(), "%f".into(), "%p".into()]);
+    let settings = Settings {
+        restore_command: command.join(" "),
+        target: target.clone(),
+        action: args.target_action,
+        keep_archiving: args.keep_archiving,
+    };
+
+    let fmt_time = |t: chrono::DateTime<Utc>| format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S"));
+    let mut plan: Vec<(&str, String)> = vec![
+        ("policy", policy.name.clone()),
+        ("target", target.describe()),
+        (
+            "base backup",
+            format!(
+                "{} (consistent at {}, {}; timeline {})",
+                manifest.id,
+                info.end_lsn,
+                fmt_time(info.end_time),
+                info.timeline
+            ),
+        ),
+        ("WAL to replay", recover::segment_count_text(&wal)),
+    ];
+    if let Some(t) = wal.archived_until {
+        plan.push((
+            "data-loss window",
+            match &target {
+                Target::Time(_) => "none before the target: replay stops at the first commit after it".into(),
+                _ => format!("commits after {} (the last archived segment) are not in the archive", fmt_time(t)),
+            },
+        ));
+    }
+    plan.push((
+        "size",
+        format!(
+            "{} stored, {} of data",
+            bytes(manifest.data.digests.size),
+            bytes(manifest.data.digests.plaintext_size)
+        ),
+    ));
+    plan.push(("destination", format!("data directory {} (new or empty; mode 0700)", data_dir.display())));
+    plan.push(("restore_command", settings.restore_command.clone()));
+    plan.push((
+        "then",
+        if args.start {
+            format!(
+                "start the server on port {} and wait for recovery ({} at the target){}",
+                args.port,
+                match args.target_action {
+                    recover::Action::Promote => "promote",
+                    recover::Action::Pause => "pause",
+                    recover::Action::Shutdown => "shut down",
+                },
+                if args.keep_archiving { "" } else { "; archive_mode off" }
+            )
+        } else {
+            format!(
+                "start it yourself (pg_ctl -D {} start); recovery.signal is written{}",
+                data_dir.display(),
+                if args.keep_archiving { "" } else { "; archive_mode off" }
+            )
+        },
+    ));
+    if ctx.cli.json {
+        eprintln!("{}", serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() }));
+    } else {
+        eprintln!("Restore plan:");
+        for (k, v) in &plan {
+            eprintln!("  {k:<17} {v}");
+        }
+    }
+
+    let objects = vec![&manifest.data];
+    let thaw = crate::restore::ThawOptions {
+        request: true,
+        wait: args.wait,
+        cancel: ctx.cancel.clone(),
+        ..crate::restore::ThawOptions::check_only()
+    };
+    let hold = crate::repo::lease::hold_backup(&repo, &policy.name, &manifest.id, "restore").await;
+    let result = async {
+        crate::restore::thaw(&repo, manifest, &objects, &thaw, &mut |line| eprintln!("{line}")).await?;
+        recover::prepare_data_dir(data_dir)?;
+        let progress = Progress::start(
+            &format!("restore {}", policy.name),
+            Some(manifest.data.digests.size),
+            ctx.progress(),
+        );
+        let started = std::time::Instant::now();
+        let dir = data_dir.clone();
+        let unpacked = crate::restore::stream_object(
+            &repo,
+            &identities,
+            &manifest.data,
+            Meter {
+                bytes: progress.counter.clone(),
+                cancel: ctx.cancel.clone(),
+            },
+            move |r| recover::unpack(r, &dir),
+        )
+        .await;
+        let mut progress = progress;
+        progress.finish();
+        if let Err(e) = unpacked {
+            // Nothing half-restored is left to be started by mistake.
+            let _ = std::fs::remove_dir_all(data_dir);
+            return Err(match e {
+                Error::Integrity { object, reason } if object.is_empty() => Error::Integrity {
+                    object: format!("{}/{}", repo.store.location(), manifest.data.key),
+                    reason,
+                },
+                other => other,
+            });
+        }
+        recover::configure(data_dir, &settings, &manifest.id)?;
+        let restore_seconds = started.elapsed().as_secs_f64();
+        let stopped = if args.start {
+            let pg = crate::source::postgres::resolve(url)?;
+            let start = Start {
+                bin_dir: crate::source::postgres::bin_dir(bin_dir.as_deref(), info.server_version_num / 10000),
+                port: args.port,
+                user: pg.get_user().unwrap_or("postgres"),
+                password: pg.get_password().map(<[u8]>::to_vec),
+                action: args.target_action,
+                timeout: std::time::Duration::from_secs(args.recovery_timeout_seconds),
+            };
+            Some(recover::start_and_watch(&policy.name, data_dir, &start).await?)
+        } else {
+            None
+        };
+        Ok((restore_seconds, stopped, started.elapsed().as_secs_f64()))
+    }
+    .await;
+    if let Some(hold) = hold {
+        hold.release().await;
+    }
+    let (restore_seconds, stopped, total_seconds) = result?;
+    if ctx.cli.json {
+        ctx.print_json(&serde_json::json!({
+            "policy": policy.name,
+            "backup": manifest.id,
+            "target": target.describe(),
+            "data_dir": data_dir,
+            "wal_first": wal.first,
+            "wal_last": wal.last,
+            "wal_segments": wal.segments,
+            "restore_seconds": restore_seconds,
+            "total_seconds": total_seconds,
+            "stopped": stopped,
+        }));
+    } else {
+        println!(
+            "Restored base backup {} of {} into {} in {restore_seconds:.1}s.",
+            manifest.id,
+            policy.name,
+            data_dir.display()
+        );
+        match &stopped {
+            Some(s) => {
+                println!(
+                    "Recovery {} after {total_seconds:.1}s; last transaction replayed at {}.",
+                    if s.promoted { "ended (promoted)" } else { "stopped" },
+                    s.last_transaction_at
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                        .unwrap_or_else(|| "(none replayed)".into())
+                );
+                for line in s.stop_line.iter().chain(&s.last_completed_line) {
+                    println!("  server: {line}");
+                }
+            }
+            None => println!(
+                "Start it with `pg_ctl -D {} start`; it replays WAL with `drctl wal-fetch` to {}.",
+                data_dir.display(),
+                target.describe()
+            ),
+        }
+    }
+    Ok(())
+}
