@@ -16,7 +16,7 @@ use crate::progress::Progress;
 use crate::repo::manifest::{Compression, Manifest, ObjectRecord, PostgresInfo};
 use crate::repo::{self, Repo, lease::Lease};
 use crate::source::dumpscan::{DumpPrint, DumpScanner};
-use crate::source::{files, postgres, process};
+use crate::source::{files, pgcluster, postgres, process};
 use crate::storage::{PutMode, Stored, upload_stream};
 
 /// Bytes read from pg_dump at a time.
@@ -201,6 +201,7 @@ async fn run_locked(
         Progress::start(&format!("backup {}", policy.name), None, opts.show_progress);
     let counter = progress.counter.clone();
     let mut warnings = Vec::new();
+    let mut cluster = None;
     let (data, fingerprint_json, point_in_time, pg_info, content) = match &policy.source {
         SourceConfig::Postgres {
             url,
@@ -242,6 +243,36 @@ async fn run_locked(
             };
             (data, json, snap.point_in_time, Some(info), "pg_dump-custom")
         }
+        SourceConfig::PostgresCluster {
+            url,
+            bin_dir,
+            wal_wait,
+        } => {
+            let (stored, digests, info) =
+                pgcluster::basebackup::capture(pgcluster::basebackup::Request {
+                    repo,
+                    policy: &policy.name,
+                    url,
+                    bin_dir: bin_dir.as_deref(),
+                    wal_wait: wal_wait.to_std().unwrap_or_default(),
+                    key: &format!("{dir}data.basebackup.tar.zst.age"),
+                    label: &format!("drctl {id}"),
+                    recipients: &recipients,
+                    level,
+                    cancel: opts.cancel.clone(),
+                    counter: counter.clone(),
+                })
+                .await?;
+            let point_in_time = info.end_time;
+            cluster = Some(info);
+            (
+                (stored, digests),
+                None,
+                point_in_time,
+                None,
+                "basebackup-tar",
+            )
+        }
         SourceConfig::Files {
             paths,
             exclude,
@@ -275,7 +306,11 @@ async fn run_locked(
     let (stored, digests) = data;
     let data_key = format!(
         "{dir}data.{}.zst.age",
-        if content == "tar" { "tar" } else { "pgdump" }
+        match content {
+            "tar" => "tar",
+            "basebackup-tar" => "basebackup.tar",
+            _ => "pgdump",
+        }
     );
     confirm(repo, &data_key, &stored, &digests).await?;
     let fingerprint = match fingerprint_json {
@@ -326,6 +361,7 @@ async fn run_locked(
         fingerprint,
         postgres: pg_info,
         warnings,
+        cluster,
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     repo.store
@@ -481,7 +517,12 @@ where
 }
 
 /// Checks that an object is in the store at the size that was sent.
-async fn confirm(repo: &Repo, key: &str, stored: &Stored, digests: &Digests) -> Result<()> {
+pub(crate) async fn confirm(
+    repo: &Repo,
+    key: &str,
+    stored: &Stored,
+    digests: &Digests,
+) -> Result<()> {
     let meta = repo.store.head(key, stored.version_id.as_deref()).await?;
     if meta.size != digests.size || stored.size != digests.size {
         return Err(Error::Integrity {

@@ -118,6 +118,17 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// `wal-fetch`: the archive has no such file. PostgreSQL asks for files
+    /// that were never archived and reads exit 1 as "not there".
+    #[error("{0}")]
+    NotArchived(String),
+
+    /// `wal-fetch` failed for any reason but "not archived". Exit 126 makes
+    /// PostgreSQL stop recovery; exit 1 would end it early (and without a
+    /// target, promote onto a new timeline) while WAL is still missing.
+    #[error("{0}; exiting 126 so that PostgreSQL stops recovery instead of ending it early")]
+    StopRecovery(Box<Error>),
+
     /// A verification was asked for that this backup or destination cannot
     /// give. Never a pass: asking for proof that cannot be had must fail.
     #[error("cannot verify: {0}")]

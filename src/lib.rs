@@ -24,6 +24,8 @@
 //! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`daemon`]: the scheduler, `/health` and `/metrics`; [`alert`] sends
 //!   its webhooks.
+//! - [`wal`]: continuous WAL archiving for `postgres-cluster` policies
+//!   (`wal-push` and `wal-fetch`, PostgreSQL's archive and restore commands).
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
 //! - [`bucket`] and [`archive`]: pure logic of the bucket settings `repo
 //!   apply` keeps in shape, and of retrieving archived (Glacier) objects.
@@ -52,5 +54,6 @@ pub mod schedule;
 pub mod source;
 pub mod storage;
 pub mod timespec;
+pub mod wal;
 
 pub use error::{Error, Result};

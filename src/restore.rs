@@ -50,9 +50,41 @@ where
     F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
 {
     let object = format!("{}/{}", repo.store.location(), record.key);
+    let (value, digests) = stream_plaintext(
+        repo,
+        identities,
+        &record.key,
+        record.version_id.as_deref(),
+        meter,
+        consume,
+    )
+    .await?;
+    check_digests(&object, record, &digests)?;
+    Ok(value)
+}
+
+/// Streams the authenticated plaintext of one object into `consume` and
+/// returns what both sides hashed to, for the caller to compare with what
+/// it expects (a manifest's record, or the digest in a WAL object's key).
+///
+/// # Errors
+/// As [`stream_object`], without the digest comparison.
+pub async fn stream_plaintext<T, F>(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    key: &str,
+    version: Option<&str>,
+    meter: Meter,
+    consume: F,
+) -> Result<(T, Digests)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
+{
+    let object = format!("{}/{}", repo.store.location(), key);
     let mut stream = repo
         .store
-        .get_stream(&record.key, record.version_id.as_deref())
+        .get_stream(key, version)
         .await
         .map_err(|e| fetch_error(e, &object))?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(CHANNEL_CHUNKS);
@@ -97,9 +129,7 @@ where
     });
     let result = worker.await.expect("restore worker panicked");
     pump.abort();
-    let (value, digests) = result?;
-    check_digests(&object, record, &digests)?;
-    Ok(value)
+    result
 }
 
 fn fetch_error(e: StorageError, object: &str) -> Error {

@@ -30,10 +30,12 @@ mod daemon;
 mod drill;
 mod inspect;
 mod prune;
+mod recover;
 mod repo;
 mod report;
 mod restore;
 pub mod stdio;
+mod wal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,7 +114,7 @@ pub enum Command {
         deleted: bool,
     },
     /// Restore a backup chosen by time (or id).
-    Restore(restore::RestoreArgs),
+    Restore(Box<restore::RestoreArgs>),
     /// Run a restore drill: restore into a scratch target, verify, measure, record.
     Drill(drill::DrillArgs),
     /// List drill records, newest first.
@@ -141,6 +143,25 @@ pub enum Command {
         /// Print the plan and delete nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// PostgreSQL's archive_command: archive one WAL file, exit 0 only once
+    /// it is stored (`archive_command = 'drctl wal-push POLICY %p'`).
+    WalPush {
+        /// A `postgres-cluster` policy.
+        policy: String,
+        /// The file (`%p`).
+        path: PathBuf,
+    },
+    /// PostgreSQL's restore_command: fetch one archived WAL file; exit 1
+    /// only when it is not archived, 126 for any other failure
+    /// (`restore_command = 'drctl wal-fetch POLICY %f %p'`).
+    WalFetch {
+        /// A `postgres-cluster` policy.
+        policy: String,
+        /// The file name PostgreSQL asks for (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        path: PathBuf,
     },
     /// The bucket's versioning, lifecycle rules and Object Lock defaults.
     Repo {
@@ -176,6 +197,9 @@ pub enum ExitCode {
     /// A verification was asked for (`restore --verify`) that this backup
     /// or destination cannot give; nothing was restored.
     Unverifiable = 6,
+    /// `wal-fetch` failed for a reason other than "not archived" (which is
+    /// 1): PostgreSQL stops recovery on an exit status above 125.
+    StopRecovery = 126,
 }
 
 impl ExitCode {
@@ -192,6 +216,8 @@ impl ExitCode {
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
             Error::Unverifiable(_) => ExitCode::Unverifiable,
+            Error::StopRecovery(_) => ExitCode::StopRecovery,
+            Error::NotArchived(_) => ExitCode::Failed,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
             Error::Archived(_) => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
@@ -280,6 +306,8 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Status => daemon::status(&ctx).await,
         Command::Prune { policy, dry_run } => prune::prune(&ctx, policy.as_deref(), *dry_run).await,
         Command::Repo { command } => repo::run(&ctx, command).await,
+        Command::WalPush { policy, path } => wal::push(&ctx, policy, path).await,
+        Command::WalFetch { policy, name, path } => wal::fetch(&ctx, policy, name, path).await,
     }
 }
 

@@ -35,9 +35,10 @@ fn target(args: &RestoreArgs) -> Result<Option<Target>> {
         }));
     }
     if let Some(lsn) = &args.to_lsn {
-        return Ok(Some(Target::Lsn(lsn.parse().map_err(|reason| {
-            Error::Usage(format!("--to-lsn: {reason}"))
-        })?)));
+        return Ok(Some(Target::Lsn(
+            lsn.parse()
+                .map_err(|reason| Error::Usage(format!("--to-lsn: {reason}")))?,
+        )));
     }
     if let Some(xid) = args.to_xid {
         return Ok(Some(Target::Xid(xid)));
@@ -54,7 +55,8 @@ fn target(args: &RestoreArgs) -> Result<Option<Target>> {
 }
 
 fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
-    std::fs::canonicalize(path).map_err(|e| Error::io(format!("finding the {what} {}", path.display()), e))
+    std::fs::canonicalize(path)
+        .map_err(|e| Error::io(format!("finding the {what} {}", path.display()), e))
 }
 
 pub async fn restore_cluster(
@@ -107,11 +109,17 @@ pub async fn restore_cluster(
         object: crate::repo::manifest_key(&policy.name, &manifest.id),
         reason: "a backup of a postgres-cluster policy without its cluster details".into(),
     })?;
-    let listing = repo.store.list(&crate::wal::policy_prefix(&policy.name)).await?;
+    let listing = repo
+        .store
+        .list(&crate::wal::policy_prefix(&policy.name))
+        .await?;
     let inventory = Inventory::from_listing(&policy.name, listing, info.wal_segment_bytes);
     let wal = recover::check_wal(&policy.name, manifest, &inventory, &target)?;
 
-    let config_path = absolute(&crate::config::Config::resolve_path(ctx.cli.config.as_deref()), "configuration")?;
+    let config_path = absolute(
+        &crate::config::Config::resolve_path(ctx.cli.config.as_deref()),
+        "configuration",
+    )?;
     let identity_path = ctx
         .cli
         .identity
@@ -129,7 +137,12 @@ pub async fn restore_cluster(
         command.push("--identity".into());
         command.push(recover::shell_quote(&id.display().to_string()));
     }
-    command.extend(["wal-fetch".into(), policy.name.clone(), "%f".into(), "%p".into()]);
+    command.extend([
+        "wal-fetch".into(),
+        policy.name.clone(),
+        "%f".into(),
+        "%p".into(),
+    ]);
     let settings = Settings {
         restore_command: command.join(" "),
         target: target.clone(),
@@ -157,8 +170,13 @@ pub async fn restore_cluster(
         plan.push((
             "data-loss window",
             match &target {
-                Target::Time(_) => "none before the target: replay stops at the first commit after it".into(),
-                _ => format!("commits after {} (the last archived segment) are not in the archive", fmt_time(t)),
+                Target::Time(_) => {
+                    "none before the target: replay stops at the first commit after it".into()
+                }
+                _ => format!(
+                    "commits after {} (the last archived segment) are not in the archive",
+                    fmt_time(t)
+                ),
             },
         ));
     }
@@ -170,7 +188,13 @@ pub async fn restore_cluster(
             bytes(manifest.data.digests.plaintext_size)
         ),
     ));
-    plan.push(("destination", format!("data directory {} (new or empty; mode 0700)", data_dir.display())));
+    plan.push((
+        "destination",
+        format!(
+            "data directory {} (new or empty; mode 0700)",
+            data_dir.display()
+        ),
+    ));
     plan.push(("restore_command", settings.restore_command.clone()));
     plan.push((
         "then",
@@ -183,22 +207,33 @@ pub async fn restore_cluster(
                     recover::Action::Pause => "pause",
                     recover::Action::Shutdown => "shut down",
                 },
-                if args.keep_archiving { "" } else { "; archive_mode off" }
+                if args.keep_archiving {
+                    ""
+                } else {
+                    "; archive_mode off"
+                }
             )
         } else {
             format!(
                 "start it yourself (pg_ctl -D {} start); recovery.signal is written{}",
                 data_dir.display(),
-                if args.keep_archiving { "" } else { "; archive_mode off" }
+                if args.keep_archiving {
+                    ""
+                } else {
+                    "; archive_mode off"
+                }
             )
         },
     ));
     if ctx.cli.json {
-        eprintln!("{}", serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() }));
+        errln!(
+            "{}",
+            serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })
+        );
     } else {
-        eprintln!("Restore plan:");
+        errln!("Restore plan:");
         for (k, v) in &plan {
-            eprintln!("  {k:<17} {v}");
+            errln!("  {k:<17} {v}");
         }
     }
 
@@ -211,7 +246,10 @@ pub async fn restore_cluster(
     };
     let hold = crate::repo::lease::hold_backup(&repo, &policy.name, &manifest.id, "restore").await;
     let result = async {
-        crate::restore::thaw(&repo, manifest, &objects, &thaw, &mut |line| eprintln!("{line}")).await?;
+        crate::restore::thaw(&repo, manifest, &objects, &thaw, &mut |line| {
+            errln!("{line}")
+        })
+        .await?;
         recover::prepare_data_dir(data_dir)?;
         let progress = Progress::start(
             &format!("restore {}", policy.name),
@@ -249,7 +287,10 @@ pub async fn restore_cluster(
         let stopped = if args.start {
             let pg = crate::source::postgres::resolve(url)?;
             let start = Start {
-                bin_dir: crate::source::postgres::bin_dir(bin_dir.as_deref(), info.server_version_num / 10000),
+                bin_dir: crate::source::postgres::bin_dir(
+                    bin_dir.as_deref(),
+                    info.server_version_num / 10000,
+                ),
                 port: args.port,
                 user: pg.get_user().unwrap_or("postgres"),
                 password: pg.get_password().map(<[u8]>::to_vec),
@@ -281,7 +322,7 @@ pub async fn restore_cluster(
             "stopped": stopped,
         }));
     } else {
-        println!(
+        outln!(
             "Restored base backup {} of {} into {} in {restore_seconds:.1}s.",
             manifest.id,
             policy.name,
@@ -289,18 +330,22 @@ pub async fn restore_cluster(
         );
         match &stopped {
             Some(s) => {
-                println!(
+                outln!(
                     "Recovery {} after {total_seconds:.1}s; last transaction replayed at {}.",
-                    if s.promoted { "ended (promoted)" } else { "stopped" },
+                    if s.promoted {
+                        "ended (promoted)"
+                    } else {
+                        "stopped"
+                    },
                     s.last_transaction_at
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
                         .unwrap_or_else(|| "(none replayed)".into())
                 );
                 for line in s.stop_line.iter().chain(&s.last_completed_line) {
-                    println!("  server: {line}");
+                    outln!("  server: {line}");
                 }
             }
-            None => println!(
+            None => outln!(
                 "Start it with `pg_ctl -D {} start`; it replays WAL with `drctl wal-fetch` to {}.",
                 data_dir.display(),
                 target.describe()

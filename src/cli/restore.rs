@@ -20,11 +20,42 @@ pub struct RestoreArgs {
     /// Policy to restore.
     pub policy: String,
     /// Point in time: `latest`, RFC 3339, `YYYY-MM-DD HH:MM[:SS]` (local time), or `2h`/`3d` ago.
-    #[arg(long, value_name = "TIME", required_unless_present = "backup")]
+    #[arg(long, value_name = "TIME", required_unless_present_any = ["backup", "to_lsn", "to_xid", "to_name"])]
     pub to: Option<String>,
-    /// A backup id (or unique prefix) instead of a time.
-    #[arg(long, value_name = "ID", conflicts_with = "to")]
+    /// A backup id (or unique prefix) instead of a time. For a
+    /// `postgres-cluster` policy: that base backup, recovered only to its
+    /// consistent point.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["to", "to_lsn", "to_xid", "to_name"])]
     pub backup: Option<String>,
+    /// `postgres-cluster`: recover to this WAL location (e.g. 0/5000028).
+    #[arg(long, value_name = "LSN", conflicts_with_all = ["to", "to_xid", "to_name"])]
+    pub to_lsn: Option<String>,
+    /// `postgres-cluster`: recover up to this transaction id.
+    #[arg(long, value_name = "XID", conflicts_with_all = ["to", "to_lsn", "to_name"])]
+    pub to_xid: Option<u64>,
+    /// `postgres-cluster`: recover to this restore point (`pg_create_restore_point`).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["to", "to_lsn", "to_xid"])]
+    pub to_name: Option<String>,
+    /// `postgres-cluster`: the new or empty data directory to restore into.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["target", "into", "output"])]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres-cluster`: start the restored server, wait for recovery to
+    /// finish and report where it stopped.
+    #[arg(long, requires = "data_dir")]
+    pub start: bool,
+    /// `postgres-cluster`: the port the restored server listens on with --start.
+    #[arg(long, value_name = "PORT", default_value_t = 5433)]
+    pub port: u16,
+    /// `postgres-cluster`: what the server does at the target.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = crate::source::pgcluster::recover::Action::Promote)]
+    pub target_action: crate::source::pgcluster::recover::Action,
+    /// `postgres-cluster`: keep `archive_mode` as backed up; by default the
+    /// restored server does not archive into the repository it came from.
+    #[arg(long)]
+    pub keep_archiving: bool,
+    /// `postgres-cluster` with --start: seconds to wait for recovery to end.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub recovery_timeout_seconds: u64,
     /// PostgreSQL connection string of the database to restore into (created if missing).
     #[arg(long, value_name = "URL", conflicts_with_all = ["output", "into"])]
     pub target: Option<String>,
@@ -80,6 +111,20 @@ enum Destination {
 pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let config = ctx.config()?;
     let policy = config.policy(&args.policy)?;
+    if let SourceConfig::PostgresCluster { .. } = policy.source {
+        return super::recover::restore_cluster(ctx, &config, policy, args).await;
+    }
+    if args.to_lsn.is_some()
+        || args.to_xid.is_some()
+        || args.to_name.is_some()
+        || args.data_dir.is_some()
+    {
+        return Err(Error::Usage(format!(
+            "--to-lsn, --to-xid, --to-name and --data-dir are for `postgres-cluster` policies; `{}` is a `{}` policy",
+            policy.name,
+            policy.source.kind()
+        )));
+    }
     let now = Utc::now();
     let (spec, target_time) = match &args.to {
         Some(to) => {
@@ -100,6 +145,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             return Err(Error::Usage(match policy.source {
                 SourceConfig::Postgres { .. } => "say where to restore: --target postgres://…/NEW_DB, or --output FILE for a custom-format dump".into(),
                 SourceConfig::Files { .. } => "say where to restore: --into DIR (a new or empty directory), or --output FILE for the tar stream".into(),
+                SourceConfig::PostgresCluster { .. } => unreachable!("cluster restores return above"),
             }));
         }
         (SourceConfig::Files { .. }, Some(_), _, _) => {

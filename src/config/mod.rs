@@ -125,6 +125,9 @@ impl Default for DaemonConfig {
     }
 }
 
+/// How long a base backup waits for the WAL it needs to be archived.
+pub const DEFAULT_WAL_WAIT_SECONDS: i64 = 120;
+
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub name: String,
@@ -150,6 +153,17 @@ pub enum SourceConfig {
         exclude: Vec<String>,
         on_unreadable: OnUnreadable,
     },
+    /// A whole PostgreSQL cluster, physically: base backups by
+    /// `pg_basebackup` and continuous WAL archiving (`drctl wal-push`).
+    PostgresCluster {
+        /// A libpq connection string or URL of a role that may replicate,
+        /// never with a password in it.
+        url: String,
+        bin_dir: Option<PathBuf>,
+        /// How long a base backup waits for its WAL to reach the archive
+        /// before it fails.
+        wal_wait: Duration,
+    },
 }
 
 /// What a files backup does with a path it finds and cannot read.
@@ -168,6 +182,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Postgres { .. } => "postgres",
             SourceConfig::Files { .. } => "files",
+            SourceConfig::PostgresCluster { .. } => "postgres-cluster",
         }
     }
 }
@@ -740,6 +755,12 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 raw.on_unreadable.as_ref().map(|s| s.span()),
                 "on_unreadable",
             );
+            misplaced(
+                cx,
+                raw.wal_wait.is_some(),
+                raw.wal_wait.as_ref().map(|s| s.span()),
+                "wal_wait",
+            );
             let Some(url) = &raw.url else {
                 cx.err(
                     &raw.kind,
@@ -795,6 +816,12 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 raw.fingerprint.as_ref().map(|s| s.span()),
                 "fingerprint",
             );
+            misplaced(
+                cx,
+                raw.wal_wait.is_some(),
+                raw.wal_wait.as_ref().map(|s| s.span()),
+                "wal_wait",
+            );
             let Some(paths) = &raw.paths else {
                 cx.err(
                     &raw.kind,
@@ -845,10 +872,56 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 on_unreadable,
             })
         }
+        "postgres-cluster" => {
+            for (present, span, key) in [
+                (
+                    raw.paths.is_some(),
+                    raw.paths.as_ref().map(|s| s.span()),
+                    "paths",
+                ),
+                (
+                    raw.exclude.is_some(),
+                    raw.exclude.as_ref().map(|s| s.span()),
+                    "exclude",
+                ),
+                (
+                    raw.pg_dump_args.is_some(),
+                    raw.pg_dump_args.as_ref().map(|s| s.span()),
+                    "pg_dump_args",
+                ),
+                (
+                    raw.fingerprint.is_some(),
+                    raw.fingerprint.as_ref().map(|s| s.span()),
+                    "fingerprint",
+                ),
+            ] {
+                misplaced(cx, present, span, key);
+            }
+            let Some(url) = &raw.url else {
+                cx.err(
+                    &raw.kind,
+                    "a `postgres-cluster` source needs `url` (a connection string of a role with REPLICATION, without the password)",
+                );
+                return None;
+            };
+            match url.get_ref().parse::<tokio_postgres::Config>() {
+                Ok(c) if c.get_password().is_some() => cx.err(url, "`url` contains a password; remove it and use PGPASSWORD or a pgpass file (mode 0600)"),
+                Ok(_) => {}
+                Err(_) => cx.err(url, "`url` is not a PostgreSQL connection string (expected postgres://USER@HOST:PORT/postgres or key=value pairs)"),
+            }
+            let wal_wait = cx
+                .duration(&raw.wal_wait, "wal_wait")
+                .unwrap_or(Duration::seconds(DEFAULT_WAL_WAIT_SECONDS));
+            Some(SourceConfig::PostgresCluster {
+                url: url.get_ref().clone(),
+                bin_dir: raw.bin_dir.as_ref().map(|d| base.join(d.get_ref())),
+                wal_wait,
+            })
+        }
         other => {
             cx.err(
                 &raw.kind,
-                format!("source type `{other}` is unknown; expected \"postgres\" or \"files\""),
+                format!("source type `{other}` is unknown; expected \"postgres\", \"postgres-cluster\" or \"files\""),
             );
             None
         }

@@ -94,6 +94,8 @@ pub struct RawSource {
     pub pg_dump_args: Option<Spanned<Vec<String>>>,
     pub bin_dir: Option<Spanned<String>>,
     pub fingerprint: Option<Spanned<bool>>,
+    // postgres-cluster (with `url` and `bin_dir`)
+    pub wal_wait: Option<Spanned<String>>,
     // files
     pub paths: Option<Spanned<Vec<String>>>,
     pub exclude: Option<Spanned<Vec<Spanned<String>>>>,

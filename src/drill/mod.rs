@@ -346,6 +346,13 @@ async fn drill_steps(
                 step(record, "drop scratch database", t, true);
             }
         }
+        SourceConfig::PostgresCluster { .. } => {
+            return Err(Error::Refused(format!(
+                "drills of `postgres-cluster` policies are not supported yet; `drctl restore {} --to latest --data-dir DIR --start` \
+                 restores and recovers one by hand",
+                policy.name
+            )));
+        }
         SourceConfig::Files { .. } => {
             let dir = drill.scratch_dir.as_ref().ok_or_else(|| {
                 Error::Refused("[drill] has no scratch_dir (a directory to restore into)".into())

@@ -349,6 +349,7 @@ mod tests {
             fingerprint: None,
             postgres: None,
             warnings: Vec::new(),
+            cluster: None,
         }
     }
 

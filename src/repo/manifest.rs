@@ -13,7 +13,7 @@ pub struct Manifest {
     pub format: u32,
     pub id: String,
     pub policy: String,
-    /// `postgres` or `files`.
+    /// `postgres`, `postgres-cluster` or `files`.
     pub kind: String,
     /// The instant the data is from: the snapshot's time for postgres, the
     /// start of the walk for files.
@@ -36,6 +36,9 @@ pub struct Manifest {
     /// absent when there is nothing to say, as in older manifests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// For a `postgres-cluster` base backup: its WAL range and server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::source::pgcluster::ClusterInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +53,8 @@ pub struct ObjectRecord {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
-    /// What the plaintext is: `pg_dump-custom`, `tar`, `fingerprint-json`.
+    /// What the plaintext is: `pg_dump-custom`, `tar`, `basebackup-tar`,
+    /// `fingerprint-json`.
     pub content: String,
     #[serde(flatten)]
     pub digests: Digests,
@@ -166,6 +170,7 @@ mod tests {
             )),
             postgres: None,
             warnings: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -224,6 +229,7 @@ mod tests {
                 fingerprint: None,
                 postgres: None,
                 warnings,
+                cluster: None,
             };
             let json = serde_json::to_string(&m).unwrap();
             prop_assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);

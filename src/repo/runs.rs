@@ -90,6 +90,8 @@ pub fn error_class(e: &Error) -> Option<&'static str> {
         | Error::DrillFailed { .. }
         | Error::Refused(_)
         | Error::Unverifiable(_)
+        | Error::NotArchived(_)
+        | Error::StopRecovery(_)
         | Error::Unhealthy(_)
         | Error::ChainBroken { .. }
         | Error::BucketDrift { .. } => "other",

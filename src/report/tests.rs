@@ -44,6 +44,7 @@ fn manifest(policy: &str, at: DateTime<Utc>, size: u64) -> Manifest {
         fingerprint: None,
         postgres: None,
         warnings: Vec::new(),
+        cluster: None,
     }
 }
 

@@ -42,7 +42,11 @@ pub async fn locate(repo: &Repo, policy: &str, name: &WalName) -> Result<Option<
         [] => Ok(None),
         [one] => Ok(Some(one.clone())),
         many => Err(Error::Integrity {
-            object: format!("{}/{}", repo.store.location(), super::name_prefix(policy, name)),
+            object: format!(
+                "{}/{}",
+                repo.store.location(),
+                super::name_prefix(policy, name)
+            ),
             reason: format!(
                 "{name} is archived with {} different contents ({}); drctl will not guess which \
                  one recovery should replay. Find out which server wrote which, delete the wrong \

@@ -54,7 +54,9 @@ impl fmt::Display for WalName {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 impl WalName {
@@ -122,7 +124,9 @@ pub fn parse_key<'k>(policy: &str, key: &'k str) -> Option<(WalName, &'k str)> {
     let name = WalName::parse(name).ok()?;
     (format!("{:08X}", name.timeline) == tli
         && sha.len() == 64
-        && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
     .then_some((name, sha))
 }
 
@@ -138,7 +142,8 @@ impl std::str::FromStr for Lsn {
             .split_once('/')
             .ok_or_else(|| format!("`{s}` is not an LSN (expected e.g. 0/5000028)"))?;
         let part = |p: &str| {
-            u32::from_str_radix(p, 16).map_err(|_| format!("`{s}` is not an LSN (expected e.g. 0/5000028)"))
+            u32::from_str_radix(p, 16)
+                .map_err(|_| format!("`{s}` is not an LSN (expected e.g. 0/5000028)"))
         };
         Ok(Lsn((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
     }
@@ -227,11 +232,15 @@ mod tests {
         let seg = WalName::parse("00000002000000010000003F").unwrap();
         assert_eq!((seg.kind, seg.timeline), (WalKind::Segment, 2));
         assert_eq!(
-            WalName::parse("00000001000000000000000A.partial").unwrap().kind,
+            WalName::parse("00000001000000000000000A.partial")
+                .unwrap()
+                .kind,
             WalKind::Partial
         );
         assert_eq!(
-            WalName::parse("000000010000000000000002.00000028.backup").unwrap().kind,
+            WalName::parse("000000010000000000000002.00000028.backup")
+                .unwrap()
+                .kind,
             WalKind::Backup
         );
         let history = WalName::parse("0000000A.history").unwrap();
@@ -248,7 +257,10 @@ mod tests {
             "000000010000000000000001-x",
         ] {
             let err = WalName::parse(bad).expect_err(bad);
-            assert!(err.contains("WAL file name") || err.contains("timeline 0"), "{bad}: {err}");
+            assert!(
+                err.contains("WAL file name") || err.contains("timeline 0"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -264,7 +276,10 @@ mod tests {
         assert_eq!(parse_key("db", &key), Some((name.clone(), sha.as_str())));
         assert!(key.starts_with(&name_prefix("db", &name)));
         assert_eq!(parse_key("other", &key), None);
-        assert_eq!(parse_key("db", "wal/db/00000001/000000030000000000000010-x.zst.age"), None);
+        assert_eq!(
+            parse_key("db", "wal/db/00000001/000000030000000000000010-x.zst.age"),
+            None
+        );
         // `.partial` of the same segment is another name, not a second copy.
         let partial = WalName::parse("000000030000000000000010.partial").unwrap();
         assert!(!object_key("db", &partial, &sha).starts_with(&name_prefix("db", &name)));
@@ -274,11 +289,18 @@ mod tests {
     fn segments_follow_postgres_numbering() {
         let seg = |s| WalName::parse(s).unwrap();
         let small = 1024 * 1024;
-        let s = Segment::from_name(&seg("0000000100000001000000FF"), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(s.next().name(DEFAULT_SEGMENT_BYTES), "000000010000000200000000");
+        let s =
+            Segment::from_name(&seg("0000000100000001000000FF"), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(
+            s.next().name(DEFAULT_SEGMENT_BYTES),
+            "000000010000000200000000"
+        );
         let s = Segment::from_name(&seg("000000010000000000000FFF"), small).unwrap();
         assert_eq!(s.next().name(small), "000000010000000100000000");
-        assert_eq!(Segment::from_name(&seg("000000010000000000000100"), DEFAULT_SEGMENT_BYTES), None);
+        assert_eq!(
+            Segment::from_name(&seg("000000010000000000000100"), DEFAULT_SEGMENT_BYTES),
+            None
+        );
         let lsn: Lsn = "16/B374D848".parse().unwrap();
         assert_eq!(lsn.to_string(), "16/B374D848");
         assert_eq!(

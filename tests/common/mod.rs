@@ -285,7 +285,8 @@ log_timezone = 'UTC'
 include_if_exists = 'drctl-cluster.conf'
 ";
 
-fn pg_bin(program: &str) -> PathBuf {
+/// A PostgreSQL 15 program.
+pub fn pg_bin(program: &str) -> PathBuf {
     Path::new(PG_BIN).join(program)
 }
 
@@ -313,13 +314,15 @@ fn pg_owner() -> Option<(u32, u32)> {
     })
 }
 
-fn run_as_pg_owner(cmd: &mut Command) {
+/// Makes `cmd` run as the OS user that owns clusters (when running as root).
+pub fn run_as_pg_owner(cmd: &mut Command) {
     if let Some((uid, gid)) = pg_owner() {
         cmd.uid(uid).gid(gid);
     }
 }
 
-fn chown_to_pg_owner(path: &Path) {
+/// Hands `path` to the OS user that owns clusters (when running as root).
+pub fn chown_to_pg_owner(path: &Path) {
     if let Some((uid, gid)) = pg_owner() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
             .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));

@@ -24,6 +24,8 @@ pub struct Workspace {
     pub dir: tempfile::TempDir,
     pub recipient: String,
     env: Vec<(String, String)>,
+    /// Commands run as the cluster owner (see [`Workspace::hand_to_pg_owner`]).
+    as_pg_owner: bool,
 }
 
 impl Workspace {
@@ -36,6 +38,7 @@ impl Workspace {
             dir,
             recipient: String::new(),
             env: Vec::new(),
+            as_pg_owner: false,
         };
         let out = ws.ok(&["key", "generate", "--out", "identity.age"]);
         ws.recipient = out.trim().to_string();
@@ -77,6 +80,24 @@ impl Workspace {
             std::fs::create_dir_all(parent).expect("create parent");
         }
         std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+
+    /// Gives the workspace (configuration, identity, local repository) to
+    /// the OS user PostgreSQL runs as, and runs every later command as that
+    /// user: `archive_command` runs as the server's user, so `wal-push` and
+    /// the commands beside it must be able to share the repository, as on a
+    /// database host.
+    pub fn hand_to_pg_owner(&mut self) {
+        let mut stack = vec![self.path().to_path_buf()];
+        while let Some(p) = stack.pop() {
+            super::chown_to_pg_owner(&p);
+            if p.is_dir() && !p.is_symlink() {
+                for entry in std::fs::read_dir(&p).expect("read workspace dir") {
+                    stack.push(entry.expect("dir entry").path());
+                }
+            }
+        }
+        self.as_pg_owner = true;
     }
 
     /// Adds an environment variable for every drctl command.
@@ -126,7 +147,20 @@ impl Workspace {
         for (k, v) in &self.env {
             c.env(k, v);
         }
+        if self.as_pg_owner {
+            super::run_as_pg_owner(&mut c);
+        }
         c
+    }
+
+    /// The environment drctl commands of this workspace get, as `K=V`
+    /// words for a shell line such as `archive_command`.
+    pub fn env_words(&self) -> String {
+        self.env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

@@ -85,7 +85,10 @@ async fn inspect(policy: &str, pg: &tokio_postgres::Config) -> Result<Server> {
     // pg_control_system() needs a superuser or pg_monitor on some set-ups;
     // the identifier is a safeguard, not a requirement.
     let system_identifier = client
-        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
         .await
         .ok()
         .map(|r| r.get::<_, String>(0));
@@ -232,7 +235,10 @@ pub async fn capture(req: Request<'_>) -> Result<(Stored, Digests, ClusterInfo)>
             .ok_or_else(|| bad("pg_basebackup's tar has no backup_manifest".into()))?,
     )
     .map_err(bad)?;
-    let &(_, _, end_lsn) = summary.wal_ranges.last().expect("parse checks it is not empty");
+    let &(_, _, end_lsn) = summary
+        .wal_ranges
+        .last()
+        .expect("parse checks it is not empty");
     wait_for_wal(&req, &summary, server.wal_segment_bytes).await?;
     Ok((
         stored,
@@ -360,7 +366,11 @@ fn stream(
             message: format!(
                 "pg_basebackup failed ({}): {}",
                 process::describe(status),
-                if stderr.is_empty() { "no message" } else { &stderr }
+                if stderr.is_empty() {
+                    "no message"
+                } else {
+                    &stderr
+                }
             ),
         });
     }
@@ -371,7 +381,11 @@ fn stream(
 }
 
 /// Waits until every segment of the backup's WAL ranges is in the archive.
-async fn wait_for_wal(req: &Request<'_>, summary: &ManifestSummary, segment_bytes: u64) -> Result<()> {
+async fn wait_for_wal(
+    req: &Request<'_>,
+    summary: &ManifestSummary,
+    segment_bytes: u64,
+) -> Result<()> {
     let mut needed: Vec<String> = Vec::new();
     for &(timeline, start, end) in &summary.wal_ranges {
         let mut seg = Segment::of(timeline, start, segment_bytes);
@@ -386,7 +400,10 @@ async fn wait_for_wal(req: &Request<'_>, summary: &ManifestSummary, segment_byte
         let mut missing = Vec::new();
         for name in &needed {
             let parsed = WalName::parse(name).expect("segment names parse");
-            if crate::wal::fetch::locate(req.repo, req.policy, &parsed).await?.is_none() {
+            if crate::wal::fetch::locate(req.repo, req.policy, &parsed)
+                .await?
+                .is_none()
+            {
                 missing.push(name.as_str());
             }
         }
@@ -401,7 +418,11 @@ async fn wait_for_wal(req: &Request<'_>, summary: &ManifestSummary, segment_byte
                      ({}); the backup was not kept. Check that archive_command is `drctl wal-push {} %p` \
                      and that it can reach the repository (`SELECT * FROM pg_stat_archiver` shows its failures)",
                     needed.join(", "),
-                    if missing.len() == 1 { "it is" } else { "they are" },
+                    if missing.len() == 1 {
+                        "it is"
+                    } else {
+                        "they are"
+                    },
                     req.wal_wait.as_secs(),
                     missing.join(", "),
                     req.policy

@@ -159,7 +159,11 @@ START TIMELINE: 1\n";
         let m = parse_backup_manifest(text).unwrap();
         assert_eq!(
             m.wal_ranges,
-            vec![(1, "0/2000028".parse().unwrap(), "0/2000138".parse().unwrap())]
+            vec![(
+                1,
+                "0/2000028".parse().unwrap(),
+                "0/2000138".parse().unwrap()
+            )]
         );
         assert_eq!(m.checksum.as_deref(), Some("abc"));
         assert!(parse_backup_manifest("{").is_err());

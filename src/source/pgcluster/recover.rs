@@ -84,13 +84,13 @@ pub fn choose<'a>(policy: &str, backups: &'a [Manifest], target: &Target) -> Res
         // base backup replays the most WAL that could hold it.
         Target::Latest | Target::Immediate | Target::Xid(_) | Target::Name(_) => true,
     };
-    if let Some(m) = cluster.iter().copied().find(|m| fits(&m)) {
+    if let Some(m) = cluster.iter().copied().find(|m| fits(m)) {
         return Ok(m);
     }
     Err(Error::NoBackup(match cluster.last() {
-        None => format!(
-            "policy `{policy}` has no base backup yet; run `drctl backup {policy}` first"
-        ),
+        None => {
+            format!("policy `{policy}` has no base backup yet; run `drctl backup {policy}` first")
+        }
         Some(first) => format!(
             "{} is before the first base backup of `{policy}` is consistent ({} at {} UTC, backup {}); \
              recovery cannot stop inside a base backup. Choose a later target",
@@ -263,7 +263,10 @@ pub fn shell_quote(word: &str) -> String {
 /// The recovery settings as `postgresql.auto.conf` lines.
 pub fn settings_text(s: &Settings, backup_id: &str) -> String {
     let mut lines = vec![
-        format!("# Added by drctl: recovery from base backup {backup_id} to {}", s.target.describe()),
+        format!(
+            "# Added by drctl: recovery from base backup {backup_id} to {}",
+            s.target.describe()
+        ),
         format!("restore_command = {}", conf_quote(&s.restore_command)),
         "recovery_target_timeline = 'latest'".to_string(),
     ];
@@ -295,7 +298,8 @@ pub fn settings_text(s: &Settings, backup_id: &str) -> String {
 /// `Refused` for a non-empty directory; I/O errors naming it.
 pub fn prepare_data_dir(dir: &Path) -> Result<()> {
     crate::restore::check_empty_dir(dir)?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
@@ -325,7 +329,8 @@ pub fn unpack(from: &mut dyn std::io::Read, dir: &Path) -> Result<()> {
     // pg_basebackup -X none leaves pg_wal out of the tar on some versions.
     for sub in ["pg_wal", "pg_wal/archive_status"] {
         let p = dir.join(sub);
-        std::fs::create_dir_all(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+        std::fs::create_dir_all(&p)
+            .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
     }
     Ok(())
 }
@@ -374,15 +379,22 @@ pub struct Stopped {
 /// Log lines that say where recovery stopped, or why it failed.
 pub fn read_log(log: &str) -> (Option<String>, Option<String>, Option<String>) {
     let find = |needle: &str| {
-        log.lines()
-            .rev()
-            .find(|l| l.contains(needle))
-            .map(|l| l.split_once(needle).map(|(_, rest)| format!("{needle}{rest}")).unwrap_or_default())
+        log.lines().rev().find(|l| l.contains(needle)).map(|l| {
+            l.split_once(needle)
+                .map(|(_, rest)| format!("{needle}{rest}"))
+                .unwrap_or_default()
+        })
     };
     let fatal = log
         .lines()
+        .filter(|l| !l.contains("not yet accepting connections") && !l.contains("is starting up"))
         .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
-        .map(|l| l.split_once("FATAL:").or_else(|| l.split_once("PANIC:")).map(|(_, m)| m.trim().to_string()).unwrap_or_default());
+        .map(|l| {
+            l.split_once("FATAL:")
+                .or_else(|| l.split_once("PANIC:"))
+                .map(|(_, m)| m.trim().to_string())
+                .unwrap_or_default()
+        });
     (
         find("recovery stopping "),
         find("last completed transaction was at log time "),
@@ -399,6 +411,19 @@ pub struct Start<'a> {
     pub action: Action,
     /// Give up when the server has not finished recovery in this long.
     pub timeout: Duration,
+}
+
+/// Whether the postmaster of `dir` is alive, by the pid in its pid file.
+fn postmaster_running(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.trim().parse::<libc::pid_t>().ok())
+        })
+        // SAFETY: signal 0 only checks that the process exists.
+        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
 }
 
 /// The file the restored server logs to while drctl watches it.
@@ -470,16 +495,24 @@ pub async fn start_and_watch(policy: &str, dir: &Path, start: &Start<'_>) -> Res
     };
     loop {
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        if log_text.contains("FATAL:") || log_text.contains("PANIC:") {
-            return Err(failed(&log_text, "the server stopped"));
-        }
-        if start.action == Action::Shutdown && log_text.contains("database system is shut down") {
-            let (stop_line, last_completed_line, _) = read_log(&log_text);
-            return Ok(Stopped {
-                stop_line,
-                last_completed_line,
-                ..Stopped::default()
-            });
+        // The log also has FATAL lines for clients refused during start-up
+        // (drctl's own polls), so only a server that is gone has failed.
+        if !postmaster_running(dir) {
+            if start.action == Action::Shutdown && log_text.contains("database system is shut down")
+            {
+                let (stop_line, last_completed_line, _) = read_log(&log_text);
+                return Ok(Stopped {
+                    stop_line,
+                    last_completed_line,
+                    ..Stopped::default()
+                });
+            }
+            // pg_ctl --no-wait returns before the postmaster writes its pid.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if !postmaster_running(dir) {
+                let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(failed(&log_text, "the server stopped"));
+            }
         }
         if let Ok(client) = crate::source::postgres::connect(&config).await {
             let row = client
@@ -509,7 +542,10 @@ pub async fn start_and_watch(policy: &str, dir: &Path, start: &Start<'_>) -> Res
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(failed(&log_text, "it was still replaying when drctl stopped waiting"));
+            return Err(failed(
+                &log_text,
+                "it was still replaying when drctl stopped waiting",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
