@@ -8,7 +8,7 @@
 #                RUNS (default 3)          timed runs per command, after a warm-up
 #                OUT                       results file (default TARGET_DIR/bench-results-SCALE.md)
 #                BENCH_TIMEOUT (default 7200) seconds any one command may take
-#                S3_VERSIONING (default on)  on: a versioned bucket, as DESIGN.md
+#                S3_VERSIONING (default on)  on: a versioned bucket, as operations.md
 #                                          recommends; off: an unversioned one
 #
 # Installs what is missing (and only that), builds drctl with --release,

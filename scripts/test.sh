@@ -3,7 +3,7 @@
 # installs what is missing, and only that, then `cargo test --all-targets`
 # from the repository root. Safe to run again: a second run installs nothing.
 #
-# The tests use real parts (docs: /work/shared/DESIGN.md, "Tests use real
+# The tests use real parts (docs/ARCHITECTURE.md, "Tests use real
 # parts"): PostgreSQL 15 binaries for throwaway clusters, the moto S3 server,
 # the `age`, `zstd` and `aws` command-line tools, and Chromium (headless) to
 # load the HTML report.

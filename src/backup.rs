@@ -1,28 +1,22 @@
 //! A backup job: take the policy's lease, stream the source through the
 //! pipeline into the store, confirm every object, write the manifest last.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, Policy, SourceConfig};
+use crate::config::{Config, Policy};
 use crate::error::{Error, Result};
-use crate::pipeline::{self, CHANNEL_CHUNKS, ChannelWriter, Digests, Sealer, crypto};
+use crate::pipeline::{self, crypto};
 use crate::progress::Progress;
-use crate::repo::manifest::{Compression, Manifest, ObjectRecord, PostgresInfo};
+use crate::repo::manifest::{Compression, Manifest, ObjectRecord};
 use crate::repo::{self, Repo, lease::Lease};
-use crate::source::dumpscan::{DumpPrint, DumpScanner};
-use crate::source::{files, pgcluster, postgres, process};
-use crate::storage::{PutMode, Stored, upload_stream};
+use crate::sealed::confirm;
+use crate::source;
+use crate::storage::PutMode;
 
-/// Bytes read from pg_dump at a time.
-const READ_BYTES: usize = 256 * 1024;
-/// pg_dump chunks queued for the fingerprint thread.
-const SCAN_CHUNKS: usize = 8;
 /// How often a job looks at the process-wide stop flag.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long writing a failed attempt's run record may take. The store is
@@ -199,119 +193,33 @@ async fn run_locked(
     let level = policy.compression_level;
     let mut progress =
         Progress::start(&format!("backup {}", policy.name), None, opts.show_progress);
-    let counter = progress.counter.clone();
-    let mut warnings = Vec::new();
-    let mut cluster = None;
-    let (data, fingerprint_json, point_in_time, pg_info, content) = match &policy.source {
-        SourceConfig::Postgres {
-            url,
-            pg_dump_args,
-            bin_dir,
-            fingerprint: take_print,
-        } => {
-            let pg = postgres::resolve(url)?;
-            let target = postgres::describe(&pg);
-            let client = postgres::connect(&pg).await?;
-            let snap = postgres::begin_snapshot(&client, &target).await?;
-            let bin = postgres::bin_dir(bin_dir.as_deref(), snap.server_version_num / 10000);
-            let program = postgres::program(bin.as_deref(), "pg_dump");
-            let pg_dump_version =
-                postgres::check_tool(&policy.name, &program, snap.server_version_num)?;
-            let mut cmd = postgres::pg_dump_command(&program, url, &snap.id, pg_dump_args);
-            if let Some(pw) = pg.get_password() {
-                cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref());
-            }
-            let child = process::spawn(cmd, "pg_dump").map_err(|e| Error::Source {
-                policy: policy.name.clone(),
-                message: format!("cannot start {}: {e}", program.display()),
-            })?;
-            let name = policy.name.clone();
-            let scan = *take_print;
-            let produce = move |out: &mut dyn Write| dump_into(&name, child, out, &counter, scan);
-            let key = format!("{dir}data.pgdump.zst.age");
-            let data =
-                store_sealed(repo, &key, &recipients, level, opts.cancel.clone(), produce).await;
-            // The snapshot stayed exported until pg_dump had finished with it.
-            let _ = client.batch_execute("COMMIT").await;
-            let (data, print) = data?;
-            let json = print.map(|p| serde_json::to_vec(&p).expect("fingerprint serialises"));
-            let info = PostgresInfo {
-                server_version: snap.server_version.clone(),
-                pg_dump_version,
-                database: pg.get_dbname().unwrap_or_default().to_string(),
-                snapshot: snap.id.clone(),
-            };
-            (data, json, snap.point_in_time, Some(info), "pg_dump-custom")
-        }
-        SourceConfig::PostgresCluster {
-            url,
-            bin_dir,
-            wal_wait,
-        } => {
-            let (stored, digests, info) =
-                pgcluster::basebackup::capture(pgcluster::basebackup::Request {
-                    repo,
-                    policy: &policy.name,
-                    url,
-                    bin_dir: bin_dir.as_deref(),
-                    wal_wait: wal_wait.to_std().unwrap_or_default(),
-                    key: &format!("{dir}data.basebackup.tar.zst.age"),
-                    label: &format!("drctl {id}"),
-                    recipients: &recipients,
-                    level,
-                    cancel: opts.cancel.clone(),
-                    counter: counter.clone(),
-                })
-                .await?;
-            let point_in_time = info.end_time;
-            cluster = Some(info);
-            (
-                (stored, digests),
-                None,
-                point_in_time,
-                None,
-                "basebackup-tar",
-            )
-        }
-        SourceConfig::Files {
-            paths,
-            exclude,
-            on_unreadable,
-        } => {
-            let (name, paths, exclude) = (policy.name.clone(), paths.clone(), exclude.clone());
-            let on_unreadable = *on_unreadable;
-            let produce = move |out: &mut dyn Write| {
-                files::write_tar(&name, &paths, &exclude, on_unreadable, out, &counter)
-            };
-            let (data, archived) = store_sealed(
-                repo,
-                &format!("{dir}data.tar.zst.age"),
-                &recipients,
-                level,
-                opts.cancel.clone(),
-                produce,
-            )
-            .await?;
-            warnings = archived.warnings;
-            (
-                data,
-                Some(serde_json::to_vec(&archived.print).expect("fingerprint serialises")),
-                started,
-                None,
-                "tar",
-            )
-        }
-    };
+    let captured = source::capture(
+        &policy.source,
+        &source::Capture {
+            repo,
+            policy: &policy.name,
+            id,
+            dir: &dir,
+            recipients: &recipients,
+            level,
+            cancel: opts.cancel.clone(),
+            counter: progress.counter.clone(),
+            started,
+        },
+    )
+    .await?;
     progress.finish();
-    let (stored, digests) = data;
-    let data_key = format!(
-        "{dir}data.{}.zst.age",
-        match content {
-            "tar" => "tar",
-            "basebackup-tar" => "basebackup.tar",
-            _ => "pgdump",
-        }
-    );
+    let source::Captured {
+        key: data_key,
+        content,
+        stored,
+        digests,
+        fingerprint: fingerprint_json,
+        point_in_time,
+        postgres: pg_info,
+        cluster,
+        warnings,
+    } = captured;
     confirm(repo, &data_key, &stored, &digests).await?;
     let fingerprint = match fingerprint_json {
         Some(json) => {
@@ -372,166 +280,4 @@ async fn run_locked(
         )
         .await?;
     Ok(manifest)
-}
-
-/// Copies pg_dump's output into the pipe, fingerprinting the table data on
-/// the way (see `source::fingerprint`), and checks how pg_dump ended.
-fn dump_into(
-    policy: &str,
-    mut child: process::Supervised,
-    out: &mut dyn Write,
-    counter: &AtomicU64,
-    scan: bool,
-) -> Result<Option<DumpPrint>> {
-    let mut stdout = child.child.stdout.take().expect("pg_dump stdout is piped");
-    // The archive is parsed on a thread of its own from shared chunks, so it
-    // runs beside compression instead of in front of it. Without a
-    // fingerprint it still checks that the archive is complete: pg_dump can
-    // exit 0 after a short write, and such a dump must not become a backup.
-    let (scan_tx, scanner) = {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(SCAN_CHUNKS);
-        let handle = std::thread::Builder::new()
-            .name("drctl-fingerprint".into())
-            .spawn(move || {
-                let mut scanner = match scan {
-                    true => DumpScanner::new(),
-                    false => DumpScanner::structure_only(),
-                };
-                for chunk in rx {
-                    let _ = scanner.write_all(&chunk);
-                }
-                scanner.finish()
-            })
-            .map_err(|e| Error::io("starting the fingerprint thread", e))?;
-        (tx, handle)
-    };
-    let copied: std::io::Result<()> = (|| loop {
-        let mut buf = bytes::BytesMut::zeroed(READ_BYTES);
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.truncate(n);
-        let chunk = buf.freeze();
-        // The scanner only stops early if it panicked; `join` reports that.
-        let _ = scan_tx.send(chunk.clone());
-        out.write_all(&chunk)?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    })();
-    drop(scan_tx);
-    if let Err(e) = copied {
-        let stderr = child.kill();
-        return Err(pipe_error(policy, e, &stderr));
-    }
-    let (status, stderr) = child
-        .wait()
-        .map_err(|e| Error::io("waiting for pg_dump", e))?;
-    if !status.success() {
-        return Err(Error::Source {
-            policy: policy.into(),
-            message: format!(
-                "pg_dump failed ({}): {}",
-                process::describe(status),
-                if stderr.is_empty() {
-                    "no message"
-                } else {
-                    &stderr
-                }
-            ),
-        });
-    }
-    let print = scanner
-        .join()
-        .expect("the fingerprint thread panicked")
-        .map_err(|e| Error::Source {
-            policy: policy.into(),
-            message: format!(
-                "pg_dump exited 0 but its output is not a complete archive ({e}); it was not kept as a backup. \
-                 Look for the cause in pg_dump's environment (disk, memory, a killed pipe) and run the backup again"
-            ),
-        })?;
-    Ok(scan.then_some(print))
-}
-
-fn pipe_error(policy: &str, e: std::io::Error, stderr: &str) -> Error {
-    match e.kind() {
-        _ if crate::pipeline::channel::is_cancelled(&e) => {
-            Error::Interrupted("the backup was cancelled".into())
-        }
-        std::io::ErrorKind::BrokenPipe => Error::io("the upload stopped", e),
-        _ => Error::Source {
-            policy: policy.into(),
-            message: format!("reading pg_dump output: {e} {stderr}"),
-        },
-    }
-}
-
-/// Streams what `produce` writes through seal → upload into a new object.
-///
-/// # Errors
-/// The producer's error, or the store's when the upload failed first.
-pub async fn store_sealed<T, F>(
-    repo: &Repo,
-    key: &str,
-    recipients: &[age::x25519::Recipient],
-    level: i32,
-    cancel: Arc<AtomicBool>,
-    produce: F,
-) -> Result<((Stored, Digests), T)>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-    let (done_tx, done_rx) = oneshot::channel();
-    let recipients = recipients.to_vec();
-    let producer = tokio::task::spawn_blocking(move || -> Result<(Digests, T)> {
-        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel.clone()))
-            .map_err(|e| Error::io("starting encryption", e))?;
-        // Whatever error a cancelled write turned into on its way up through
-        // the source (tar names the file it was writing), it means "stopped".
-        let value = produce(&mut sealer).map_err(|e| match cancel.load(Ordering::Relaxed) {
-            true => Error::Interrupted("the backup was cancelled".into()),
-            false => e,
-        })?;
-        let (mut sink, digests) = sealer.finish().map_err(|e| match e.kind() {
-            _ if crate::pipeline::channel::is_cancelled(&e) => {
-                Error::Interrupted("the backup was cancelled".into())
-            }
-            _ => Error::io("finishing compression and encryption", e),
-        })?;
-        sink.flush()
-            .map_err(|e| Error::io("the upload stopped", e))?;
-        let _ = done_tx.send(());
-        Ok((digests, value))
-    });
-    let uploaded = upload_stream(repo.store.as_ref(), key, rx, done_rx).await;
-    let produced = producer.await.expect("backup producer panicked");
-    match (produced, uploaded) {
-        (Ok((digests, value)), Ok(stored)) => Ok(((stored, digests), value)),
-        // The producer only sees a closed pipe; the store knows why.
-        (Err(Error::Io { .. }), Err(store_err)) => Err(store_err.into()),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e.into()),
-    }
-}
-
-/// Checks that an object is in the store at the size that was sent.
-pub(crate) async fn confirm(
-    repo: &Repo,
-    key: &str,
-    stored: &Stored,
-    digests: &Digests,
-) -> Result<()> {
-    let meta = repo.store.head(key, stored.version_id.as_deref()).await?;
-    if meta.size != digests.size || stored.size != digests.size {
-        return Err(Error::Integrity {
-            object: format!("{}/{key}", repo.store.location()),
-            reason: format!(
-                "stored size {} differs from the {} bytes sent",
-                meta.size, digests.size
-            ),
-        });
-    }
-    Ok(())
 }

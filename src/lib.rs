@@ -1,38 +1,38 @@
-//! drctl: backups of PostgreSQL databases and configuration files into an
-//! encrypted, versioned repository, and restores from it.
+//! drctl: backups of PostgreSQL databases and clusters and of configuration
+//! files into an encrypted, versioned repository, and restores from it.
 //!
-//! How bytes flow, and which module does what:
+//! How bytes flow, and which module does what (docs/ARCHITECTURE.md walks
+//! through it):
 //!
 //! ```text
-//! source ──▶ pipeline ─────────────────────────────▶ storage
-//! (pg_dump | tar)  hash → zstd → age → hash          (S3 multipart | local dir)
+//! source ──▶ sealed (pipeline stages) ─────────────▶ storage
+//! (pg_dump | pg_basebackup | tar)  hash → zstd → age → hash   (S3 multipart | local dir)
 //!                                        repo: manifest written last
+//! PostgreSQL archive_command ──▶ wal::push ──▶ sealed ──▶ storage (wal/)
 //! ```
 //!
 //! - [`config`]: `drctl.toml` and `policies/*.toml`, validated once.
-//! - [`source`]: produces plaintext (pg_dump with a fingerprint taken in the
-//!   same snapshot, or a tar stream) and consumes it on restore.
-//! - [`pipeline`]: the streaming hash/compress/encrypt stages and the bridge
-//!   between blocking CPU work and async network I/O.
+//! - [`source`]: the seam between a kind of data and the pipe: one module
+//!   per kind (`postgres`, `pgcluster`, `files`), each taking a backup
+//!   ([`source::capture`]) and restoring one.
+//! - [`sealed`]: how a stream becomes a stored object and comes back,
+//!   authenticated and with both digests checked; [`pipeline`] has the
+//!   stages it uses and the bridge between blocking CPU work and async I/O.
 //! - [`storage`]: the object-store seam and its two implementations.
 //! - [`repo`]: repository layout, backup ids, manifests, the catalog and
 //!   `--to` selection, leases, and the run records of failed backups.
 //! - [`backup`] and [`restore`]: the jobs that join them.
+//! - [`wal`]: continuous WAL archiving for `postgres-cluster` policies
+//!   (`wal-push` and `wal-fetch`, PostgreSQL's archive and restore commands).
 //! - [`drill`]: restore drills and their hash-chained records.
 //! - [`retention`] (pure: which backups the rules keep) and [`prune`] (applies
 //!   it to the store under the policy's lease, sparing held backups).
 //! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`daemon`]: the scheduler, `/health` and `/metrics`; [`alert`] sends
 //!   its webhooks.
-//! - [`wal`]: continuous WAL archiving for `postgres-cluster` policies
-//!   (`wal-push` and `wal-fetch`, PostgreSQL's archive and restore commands).
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
 //! - [`bucket`] and [`archive`]: pure logic of the bucket settings `repo
 //!   apply` keeps in shape, and of retrieving archived (Glacier) objects.
-
-// `println!` and `eprintln!` panic when the stream is closed; the CLI's
-// output goes through `cli::stdio` instead.
-#![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod alert;
 pub mod archive;
@@ -51,6 +51,7 @@ pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod sealed;
 pub mod source;
 pub mod storage;
 pub mod timespec;

@@ -1,4 +1,4 @@
-//! Bad input gets a clear error and changes nothing (DESIGN.md, invariant 7).
+//! Bad input gets a clear error and changes nothing (docs/ARCHITECTURE.md, invariant 7).
 //!
 //! Every test checks three things: the exit code (src/cli/mod.rs `ExitCode`),
 //! that the message on stderr names what failed (file and line, policy,

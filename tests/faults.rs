@@ -1,7 +1,7 @@
 //! Faults: damaged objects, processes killed mid-backup, and an S3 endpoint
 //! that throttles, drops connections and loses answers.
 //!
-//! What must hold (DESIGN.md invariants 1 and 3): a damaged object gives an
+//! What must hold (docs/ARCHITECTURE.md, invariants 1 and 3): a damaged object gives an
 //! integrity error (exit 4) naming it and never a partial restore; a backup
 //! that dies at any moment leaves nothing that `list` or `restore` treat as a
 //! backup, no multipart upload left open when drctl could abort it, and the

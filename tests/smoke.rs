@@ -29,7 +29,7 @@ fn local_directory_round_trip() {
     round_trip(&mut ws, &pg);
 }
 
-/// DESIGN.md invariant 4: nothing that reveals database content is stored
+/// docs/ARCHITECTURE.md, invariant 4: nothing that reveals database content is stored
 /// unencrypted. The table's name and its rows' text appear in no stored byte.
 #[test]
 fn no_table_name_or_row_is_stored_in_plaintext() {

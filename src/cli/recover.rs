@@ -258,7 +258,7 @@ pub async fn restore_cluster(
         );
         let started = std::time::Instant::now();
         let dir = data_dir.clone();
-        let unpacked = crate::restore::stream_object(
+        let unpacked = crate::sealed::stream_object(
             &repo,
             &identities,
             &manifest.data,

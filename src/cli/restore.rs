@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::progress::{Progress, bytes};
 use crate::repo::catalog;
 use crate::restore as job;
+use crate::source::postgres::restore as pg_restore;
 use crate::timespec::{self, TimeSpec, human_duration};
 
 #[derive(Debug, clap::Args)]
@@ -101,7 +102,7 @@ pub struct RestoreArgs {
 }
 
 enum Destination {
-    Database(job::DbTarget),
+    Database(pg_restore::DbTarget),
     File(PathBuf),
     /// `--output -`: stdout carries the plaintext and nothing else.
     Stdout,
@@ -182,7 +183,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             job::check_no_partial(dir)?;
             Destination::Directory(dir.clone())
         }
-        (_, Some(url), _, _) => Destination::Database(job::inspect_target(url).await?),
+        (_, Some(url), _, _) => Destination::Database(pg_restore::inspect_target(url).await?),
     };
     let identities = ctx.identities(&config)?;
     let repo = ctx.repo(&config).await?;
@@ -466,12 +467,12 @@ async fn restore_into(
     let mut fingerprint_diffs = None;
     match destination {
         Destination::Database(t) => {
-            fingerprint_diffs = job::to_database(
+            fingerprint_diffs = pg_restore::to_database(
                 repo,
                 identities,
                 manifest,
                 t,
-                &job::DbRestoreOptions {
+                &pg_restore::DbRestoreOptions {
                     clean: args.clean,
                     verify: args.verify,
                     pg_restore_args: args.pg_restore_args.clone(),
@@ -484,8 +485,15 @@ async fn restore_into(
         Destination::File(p) => job::to_file(repo, identities, &manifest.data, p, received).await?,
         Destination::Stdout => job::to_stdout(repo, identities, &manifest.data, received).await?,
         Destination::Directory(p) => {
-            fingerprint_diffs =
-                job::to_directory(repo, identities, manifest, p, args.verify, received).await?
+            fingerprint_diffs = crate::source::files::to_directory(
+                repo,
+                identities,
+                manifest,
+                p,
+                args.verify,
+                received,
+            )
+            .await?
         }
     }
     Ok(fingerprint_diffs)

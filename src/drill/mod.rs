@@ -286,18 +286,18 @@ async fn drill_steps(
                 admin.drop(&leftover).await?;
             }
             let target_url = crate::source::postgres::with_dbname(scratch_url, &scratch_name);
-            let target = crate::restore::DbTarget {
+            let target = crate::source::postgres::restore::DbTarget {
                 url: target_url.clone(),
                 describe: format!("{}/{scratch_name}", admin.server),
                 dbname: scratch_name.clone(),
                 existing_objects: None,
             };
-            let restore_opts = crate::restore::DbRestoreOptions {
+            let restore_opts = crate::source::postgres::restore::DbRestoreOptions {
                 clean: false,
                 verify: true,
                 pg_restore_args: Vec::new(),
             };
-            let restored = crate::restore::to_database(
+            let restored = crate::source::postgres::restore::to_database(
                 repo,
                 &identities,
                 manifest,
@@ -359,7 +359,7 @@ async fn drill_steps(
             })?;
             let into = dir.join(&record.id);
             let t = std::time::Instant::now();
-            let diffs = crate::restore::to_directory(
+            let diffs = crate::source::files::to_directory(
                 repo,
                 &identities,
                 manifest,

@@ -12,6 +12,11 @@ use sha2::{Digest, Sha256};
 
 use crate::config::OnUnreadable;
 use crate::error::{Error, Result};
+use crate::progress::Meter;
+use crate::repo::Repo;
+use crate::repo::manifest::{Manifest, ObjectRecord};
+use crate::restore::{check_empty_dir, check_no_partial, leftover_partial, partial_path};
+use crate::sealed::{name_object, read_sealed, stream_object};
 
 /// Warnings kept per backup: a tree that cannot be read at all should not
 /// make a manifest of megabytes. The rest are counted in the last one.
@@ -405,4 +410,138 @@ pub fn compare(expected: &FilesPrint, root: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Unpacks a files backup into `dir`, which must not exist or be empty.
+/// Unpacks beside it first (`DIR.drctl-partial`, which must not exist) and
+/// renames into place at the end.
+///
+/// # Errors
+/// As [`stream_object`]; a non-empty `dir` or a taken partial name is
+/// refused before anything is read.
+pub async fn to_directory(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    manifest: &Manifest,
+    dir: &Path,
+    verify: bool,
+    meter: Meter,
+) -> Result<Option<Vec<String>>> {
+    let record = &manifest.data;
+    check_empty_dir(dir)?;
+    check_no_partial(dir)?;
+    let partial = partial_path(dir);
+    if let Some(parent) = partial.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    // `create_dir` fails on anything already at that name, a link included,
+    // even one put there since the check.
+    std::fs::create_dir(&partial).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => leftover_partial(&partial),
+        _ => Error::io(format!("creating {}", partial.display()), e),
+    })?;
+    let object = format!("{}/{}", repo.store.location(), record.key);
+    let target = partial.clone();
+    let result = stream_object(repo, identities, record, meter, move |r| {
+        unpack(r, &target).map_err(|e| Error::Integrity {
+            object: String::new(),
+            reason: format!("unpacking: {e}"),
+        })
+    })
+    .await
+    .map_err(|e| name_object(e, &object));
+    let result = match (result, &manifest.fingerprint) {
+        (Ok(()), Some(print)) if verify => compare_files(repo, identities, print, &partial)
+            .await
+            .map(Some),
+        (r, _) => r.map(|()| None),
+    };
+    match result {
+        Ok(Some(diffs)) if !diffs.is_empty() => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(Error::Integrity {
+                object: object.clone(),
+                reason: format!(
+                    "the unpacked files do not match the backup's fingerprint: {}",
+                    diffs.join("; ")
+                ),
+            })
+        }
+        Ok(diffs) => {
+            if dir.exists() {
+                std::fs::remove_dir(dir)
+                    .map_err(|e| Error::io(format!("replacing the empty {}", dir.display()), e))?;
+            }
+            std::fs::rename(&partial, dir).map_err(|e| {
+                Error::io(
+                    format!("renaming {} to {}", partial.display(), dir.display()),
+                    e,
+                )
+            })?;
+            Ok(diffs)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(e)
+        }
+    }
+}
+
+async fn compare_files(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    root: &Path,
+) -> Result<Vec<String>> {
+    let json = read_sealed(repo, identities, record).await?;
+    let expected: FilesPrint = serde_json::from_slice(&json).map_err(|e| Error::Integrity {
+        object: format!("{}/{}", repo.store.location(), record.key),
+        reason: format!("not a files fingerprint: {e}"),
+    })?;
+    let root = root.to_path_buf();
+    Ok(
+        tokio::task::spawn_blocking(move || compare(&expected, &root))
+            .await
+            .expect("compare task panicked"),
+    )
+}
+
+/// Takes a tar of the policy's paths into the store, with the files
+/// fingerprint for the job to store beside it.
+///
+/// # Errors
+/// As [`write_tar`], and the store's.
+pub async fn capture(
+    cx: &crate::source::Capture<'_>,
+    paths: &[PathBuf],
+    exclude: &[String],
+    on_unreadable: OnUnreadable,
+) -> Result<crate::source::Captured> {
+    let (name, paths, exclude) = (cx.policy.to_string(), paths.to_vec(), exclude.to_vec());
+    let counter = cx.counter.clone();
+    let produce = move |out: &mut dyn std::io::Write| {
+        write_tar(&name, &paths, &exclude, on_unreadable, out, &counter)
+    };
+    let key = format!("{}data.tar.zst.age", cx.dir);
+    let ((stored, digests), archived) = crate::sealed::store_sealed(
+        cx.repo,
+        &key,
+        cx.recipients,
+        cx.level,
+        cx.cancel.clone(),
+        produce,
+    )
+    .await?;
+    Ok(crate::source::Captured {
+        key,
+        content: "tar",
+        stored,
+        digests,
+        fingerprint: Some(serde_json::to_vec(&archived.print).expect("fingerprint serialises")),
+        point_in_time: cx.started,
+        postgres: None,
+        cluster: None,
+        warnings: archived.warnings,
+    })
 }

@@ -88,13 +88,8 @@ pub async fn fetch(
         .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
     let object = format!("{}/{key}", repo.store.location());
     let what = partial.display().to_string();
-    let result = crate::restore::stream_plaintext(
-        repo,
-        identities,
-        &key,
-        None,
-        Meter::default(),
-        move |r| {
+    let result =
+        crate::sealed::stream_plaintext(repo, identities, &key, None, Meter::default(), move |r| {
             let mut file = file;
             std::io::copy(r, &mut file).map_err(|e| Error::Integrity {
                 object: String::new(),
@@ -103,16 +98,15 @@ pub async fn fetch(
             file.flush()
                 .and_then(|()| file.sync_all())
                 .map_err(|e| Error::io(format!("syncing {what}"), e))
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        Error::Integrity { object: o, reason } if o.is_empty() => Error::Integrity {
-            object: object.clone(),
-            reason,
-        },
-        other => other,
-    });
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Integrity { object: o, reason } if o.is_empty() => Error::Integrity {
+                object: object.clone(),
+                reason,
+            },
+            other => other,
+        });
     let digests = match result {
         Ok(((), digests)) => digests,
         Err(e) => {

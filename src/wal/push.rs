@@ -103,7 +103,7 @@ pub async fn push(
     let key = super::object_key(policy, &name, &sha256);
     let recipients = crypto::parse_recipients(recipients)?;
     let source = path.to_path_buf();
-    let ((stored, digests), ()) = crate::backup::store_sealed(
+    let ((stored, digests), ()) = crate::sealed::store_sealed(
         repo,
         &key,
         &recipients,
@@ -127,7 +127,7 @@ pub async fn push(
             reason: "the file changed while it was archived; nothing was kept, and PostgreSQL will push it again".into(),
         });
     }
-    crate::backup::confirm(repo, &key, &stored, &digests).await?;
+    crate::sealed::confirm(repo, &key, &stored, &digests).await?;
     Ok(Pushed::Stored {
         key,
         stored_bytes: digests.size,

@@ -14,10 +14,8 @@ use chrono::Utc;
 
 use super::{ClusterInfo, Label, ManifestSummary, parse_backup_manifest, parse_label};
 use crate::error::{Error, Result};
-use crate::pipeline::Digests;
-use crate::repo::Repo;
+use crate::source::{Capture, Captured};
 use crate::source::{postgres, process};
-use crate::storage::Stored;
 use crate::wal::{Segment, WalName};
 
 /// Bytes read from pg_basebackup at a time.
@@ -156,33 +154,23 @@ fn tap(mut reader: ChunkReader, data_done: &AtomicBool) -> std::io::Result<Found
     Ok(found)
 }
 
-/// A base backup in the making.
-pub struct Request<'a> {
-    pub repo: &'a Repo,
-    pub policy: &'a str,
-    pub url: &'a str,
-    pub bin_dir: Option<&'a std::path::Path>,
-    pub wal_wait: Duration,
-    pub key: &'a str,
-    pub label: &'a str,
-    pub recipients: &'a [age::x25519::Recipient],
-    pub level: i32,
-    pub cancel: Arc<AtomicBool>,
-    pub counter: Arc<AtomicU64>,
-}
-
-/// Takes a base backup into `req.key` and waits for its WAL.
+/// Takes a base backup into the backup's directory and waits for its WAL.
 ///
 /// # Errors
 /// `Source` when the server cannot give a restorable backup (archiving
 /// off, tablespaces), pg_basebackup fails or its WAL does not reach the
 /// archive in time; storage and pipeline errors otherwise.
-pub async fn capture(req: Request<'_>) -> Result<(Stored, Digests, ClusterInfo)> {
-    let pg = postgres::resolve(req.url)?;
-    let server = inspect(req.policy, &pg).await?;
-    let bin = postgres::bin_dir(req.bin_dir, server.version_num / 10000);
+pub async fn capture(
+    cx: &Capture<'_>,
+    url: &str,
+    bin_dir: Option<&std::path::Path>,
+    wal_wait: Duration,
+) -> Result<Captured> {
+    let pg = postgres::resolve(url)?;
+    let server = inspect(cx.policy, &pg).await?;
+    let bin = postgres::bin_dir(bin_dir, server.version_num / 10000);
     let program = postgres::program(bin.as_deref(), "pg_basebackup");
-    let tool_version = postgres::check_tool(req.policy, &program, server.version_num)?;
+    let tool_version = postgres::check_tool(cx.policy, &program, server.version_num)?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args([
         "--pgdata=-",
@@ -191,8 +179,8 @@ pub async fn capture(req: Request<'_>) -> Result<(Stored, Digests, ClusterInfo)>
         "--checkpoint=fast",
         "--no-password",
     ])
-    .arg(format!("--label={}", req.label))
-    .arg(format!("--dbname={}", req.url))
+    .arg(format!("--label=drctl {}", cx.id))
+    .arg(format!("--dbname={url}"))
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::piped());
     if let Some(pw) = pg.get_password() {
@@ -200,25 +188,25 @@ pub async fn capture(req: Request<'_>) -> Result<(Stored, Digests, ClusterInfo)>
     }
     let start_time = Utc::now();
     let child = process::spawn(cmd, "pg_basebackup").map_err(|e| Error::Source {
-        policy: req.policy.into(),
+        policy: cx.policy.into(),
         message: format!("cannot start {}: {e}", program.display()),
     })?;
-    let policy = req.policy.to_string();
-    let counter = req.counter.clone();
-    let wal_wait = req.wal_wait;
+    let policy = cx.policy.to_string();
+    let counter = cx.counter.clone();
+    let key = format!("{}data.basebackup.tar.zst.age", cx.dir);
     let produce = move |out: &mut dyn Write| stream(&policy, child, out, &counter, wal_wait);
-    let ((stored, digests), found) = crate::backup::store_sealed(
-        req.repo,
-        req.key,
-        req.recipients,
-        req.level,
-        req.cancel.clone(),
+    let ((stored, digests), found) = crate::sealed::store_sealed(
+        cx.repo,
+        &key,
+        cx.recipients,
+        cx.level,
+        cx.cancel.clone(),
         produce,
     )
     .await?;
     let end_time = Utc::now();
     let bad = |message: String| Error::Source {
-        policy: req.policy.into(),
+        policy: cx.policy.into(),
         message,
     };
     let label: Label = parse_label(
@@ -239,24 +227,31 @@ pub async fn capture(req: Request<'_>) -> Result<(Stored, Digests, ClusterInfo)>
         .wal_ranges
         .last()
         .expect("parse checks it is not empty");
-    wait_for_wal(&req, &summary, server.wal_segment_bytes).await?;
-    Ok((
+    wait_for_wal(cx, wal_wait, &summary, server.wal_segment_bytes).await?;
+    let info = ClusterInfo {
+        system_identifier: server.system_identifier,
+        server_version: server.version,
+        server_version_num: server.version_num,
+        pg_basebackup_version: tool_version,
+        timeline: label.timeline,
+        start_lsn: label.start_lsn,
+        end_lsn,
+        start_time,
+        end_time,
+        wal_segment_bytes: server.wal_segment_bytes,
+        backup_manifest_checksum: summary.checksum,
+    };
+    Ok(Captured {
+        key,
+        content: "basebackup-tar",
         stored,
         digests,
-        ClusterInfo {
-            system_identifier: server.system_identifier,
-            server_version: server.version,
-            server_version_num: server.version_num,
-            pg_basebackup_version: tool_version,
-            timeline: label.timeline,
-            start_lsn: label.start_lsn,
-            end_lsn,
-            start_time,
-            end_time,
-            wal_segment_bytes: server.wal_segment_bytes,
-            backup_manifest_checksum: summary.checksum,
-        },
-    ))
+        fingerprint: None,
+        point_in_time: info.end_time,
+        postgres: None,
+        cluster: Some(info),
+        warnings: Vec::new(),
+    })
 }
 
 /// Copies pg_basebackup's tar into the seal while the tap reads its
@@ -382,7 +377,8 @@ fn stream(
 
 /// Waits until every segment of the backup's WAL ranges is in the archive.
 async fn wait_for_wal(
-    req: &Request<'_>,
+    cx: &Capture<'_>,
+    wal_wait: Duration,
     summary: &ManifestSummary,
     segment_bytes: u64,
 ) -> Result<()> {
@@ -395,12 +391,12 @@ async fn wait_for_wal(
             seg = seg.next();
         }
     }
-    let deadline = Instant::now() + req.wal_wait;
+    let deadline = Instant::now() + wal_wait;
     loop {
         let mut missing = Vec::new();
         for name in &needed {
             let parsed = WalName::parse(name).expect("segment names parse");
-            if crate::wal::fetch::locate(req.repo, req.policy, &parsed)
+            if crate::wal::fetch::locate(cx.repo, cx.policy, &parsed)
                 .await?
                 .is_none()
             {
@@ -410,9 +406,9 @@ async fn wait_for_wal(
         if missing.is_empty() {
             return Ok(());
         }
-        if Instant::now() >= deadline || req.cancel.load(Ordering::Relaxed) {
+        if Instant::now() >= deadline || cx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Source {
-                policy: req.policy.into(),
+                policy: cx.policy.into(),
                 message: format!(
                     "the base backup needs WAL {} to be consistent, and {} not in the archive after {} s \
                      ({}); the backup was not kept. Check that archive_command is `drctl wal-push {} %p` \
@@ -423,9 +419,9 @@ async fn wait_for_wal(
                     } else {
                         "they are"
                     },
-                    req.wal_wait.as_secs(),
+                    wal_wait.as_secs(),
                     missing.join(", "),
-                    req.policy
+                    cx.policy
                 ),
             });
         }

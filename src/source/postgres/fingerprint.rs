@@ -16,12 +16,12 @@ use futures::StreamExt;
 use tokio_postgres::Client;
 
 use super::dumpscan::{DumpPrint, LargeObjects, TableData, large_object_hash, row_hash};
-use super::postgres::{error_text, quote_ident};
+use super::{error_text, quote_ident};
 use crate::error::{Error, Result};
 
 /// Output settings COPY text depends on, pinned to what pg_dump sets itself
 /// (DateStyle, IntervalStyle, extra_float_digits) and to what drctl makes
-/// pg_dump use (TimeZone and bytea_output, see [`super::postgres::pg_dump_command`]).
+/// pg_dump use (TimeZone and bytea_output, see [`super::pg_dump_command`]).
 const STABLE_OUTPUT: &str = "SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; \
      SET bytea_output = 'hex'; SET TimeZone = 'UTC'";
 

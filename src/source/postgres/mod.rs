@@ -2,14 +2,19 @@
 //! file), exporting a snapshot, finding a pg_dump/pg_restore that can talk
 //! to the server, and describing a target without ever showing a password.
 
+pub mod dump;
+pub mod dumpscan;
+pub mod fingerprint;
+pub mod restore;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, NoTls};
 
-use super::process;
 use crate::error::{Error, Result};
+use crate::source::process;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;

@@ -1,0 +1,281 @@
+//! Sealed objects: how a stream becomes an object in the repository and
+//! comes back out. Writing runs the producer's plaintext through
+//! hash → zstd → age → hash into an upload and then confirms the stored
+//! size; reading authenticates every byte (age's per-chunk AEAD) before it
+//! leaves the pipe and checks both digests against what was recorded.
+//! Every source and the WAL archive go through here, so these rules hold
+//! for every byte drctl stores.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result, StorageError, StorageErrorKind};
+use crate::pipeline::{
+    CHANNEL_CHUNKS, ChannelReader, ChannelWriter, Digests, Opener, Sealer, crypto,
+};
+use crate::progress::Meter;
+use crate::repo::Repo;
+use crate::repo::manifest::ObjectRecord;
+use crate::storage::{Stored, upload_stream};
+
+/// Bytes handed to the destination at a time.
+const WRITE_BYTES: usize = 256 * 1024;
+/// Streams an object's authenticated plaintext into `consume` and checks
+/// both digests against the manifest afterwards.
+///
+/// # Errors
+/// `Integrity` naming the object for tampering, truncation or a digest
+/// mismatch; `Key` for an identity that matches no recipient; the consumer's
+/// own error otherwise.
+pub async fn stream_object<T, F>(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+    meter: Meter,
+    consume: F,
+) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
+{
+    let object = format!("{}/{}", repo.store.location(), record.key);
+    let (value, digests) = stream_plaintext(
+        repo,
+        identities,
+        &record.key,
+        record.version_id.as_deref(),
+        meter,
+        consume,
+    )
+    .await?;
+    check_digests(&object, record, &digests)?;
+    Ok(value)
+}
+
+/// Streams the authenticated plaintext of one object into `consume` and
+/// returns what both sides hashed to, for the caller to compare with what
+/// it expects (a manifest's record, or the digest in a WAL object's key).
+///
+/// # Errors
+/// As [`stream_object`], without the digest comparison.
+pub async fn stream_plaintext<T, F>(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    key: &str,
+    version: Option<&str>,
+    meter: Meter,
+    consume: F,
+) -> Result<(T, Digests)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
+{
+    let object = format!("{}/{}", repo.store.location(), key);
+    let mut stream = repo
+        .store
+        .get_stream(key, version)
+        .await
+        .map_err(|e| fetch_error(e, &object))?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(CHANNEL_CHUNKS);
+    let stop = meter.cancel.clone();
+    let pump = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let identities = identities.to_vec();
+    let obj = object.clone();
+    let worker = tokio::task::spawn_blocking(move || -> Result<(T, Digests)> {
+        let cancel = meter.cancel.clone();
+        let mut reader = ChannelReader::new(rx, meter.bytes);
+        let outcome = (|| {
+            let mut opener = Opener::new(&identities, &mut reader).map_err(|e| match e {
+                crypto::OpenError::NoMatchingKey => Error::Key(format!("the identity file does not decrypt `{obj}`: it matches none of the backup's recipients")),
+                other => Error::Integrity { object: obj.clone(), reason: other.to_string() },
+            })?;
+            let value = consume(&mut opener)?;
+            let digests = opener.finish().map_err(|e| Error::Integrity {
+                object: obj.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok((value, digests))
+        })();
+        match (outcome, reader.take_failure()) {
+            (Err(_), _) if cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(Error::Interrupted(
+                    "the restore was stopped before it finished; nothing was put in place".into(),
+                ))
+            }
+            (Err(_), Some(storage)) => Err(fetch_error(storage, &obj)),
+            (outcome, _) => outcome,
+        }
+    });
+    let result = worker.await.expect("restore worker panicked");
+    pump.abort();
+    result
+}
+
+pub(crate) fn fetch_error(e: StorageError, object: &str) -> Error {
+    match e.kind {
+        StorageErrorKind::NotFound => Error::Integrity {
+            object: object.into(),
+            reason: "the object is missing from the repository".into(),
+        },
+        // `thaw` normally catches this first, with the storage class.
+        StorageErrorKind::Archived => Error::Archived(format!(
+            "`{object}` is in an archive storage class (GLACIER or DEEP_ARCHIVE) and has no retrieved copy; \
+             `drctl restore POLICY --backup ID --wait` asks S3 for one and waits for it"
+        )),
+        _ => Error::Storage(e),
+    }
+}
+
+fn check_digests(object: &str, record: &ObjectRecord, got: &Digests) -> Result<()> {
+    let want = &record.digests;
+    let problem = if got.size != want.size {
+        Some(format!(
+            "{} bytes read, the manifest says {}",
+            got.size, want.size
+        ))
+    } else if got.sha256 != want.sha256 {
+        Some("the sha256 of the stored bytes differs from the manifest".to_string())
+    } else if got.plaintext_size != want.plaintext_size
+        || got.plaintext_sha256 != want.plaintext_sha256
+    {
+        Some("the decrypted data differs from what the manifest recorded".to_string())
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(Error::Integrity {
+            object: object.into(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reads a small sealed object (the fingerprint) whole.
+///
+/// # Errors
+/// As [`stream_object`].
+pub async fn read_sealed(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    record: &ObjectRecord,
+) -> Result<Vec<u8>> {
+    stream_object(repo, identities, record, Meter::default(), |r| {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)
+            .map_err(|e| Error::io("reading the fingerprint", e))?;
+        Ok(out)
+    })
+    .await
+}
+
+pub(crate) fn copy_out(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<()> {
+    let mut buf = vec![0u8; WRITE_BYTES];
+    loop {
+        let n = from.read(&mut buf).map_err(|e| read_error(e, what))?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])
+            .map_err(|e| Error::io(format!("writing to {what}"), e))?;
+    }
+}
+
+/// A read failure inside the pipe is an authentication or decompression
+/// failure; the caller turns it into `Integrity` naming the object.
+pub(crate) fn read_error(e: std::io::Error, what: &str) -> Error {
+    Error::Integrity {
+        object: String::new(),
+        reason: format!("{e} (while writing to {what})"),
+    }
+}
+
+pub(crate) fn name_object(e: Error, object: &str) -> Error {
+    match e {
+        Error::Integrity { object: o, reason } if o.is_empty() => Error::Integrity {
+            object: object.into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Streams what `produce` writes through seal → upload into a new object.
+///
+/// # Errors
+/// The producer's error, or the store's when the upload failed first.
+pub async fn store_sealed<T, F>(
+    repo: &Repo,
+    key: &str,
+    recipients: &[age::x25519::Recipient],
+    level: i32,
+    cancel: Arc<AtomicBool>,
+    produce: F,
+) -> Result<((Stored, Digests), T)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+    let (done_tx, done_rx) = oneshot::channel();
+    let recipients = recipients.to_vec();
+    let producer = tokio::task::spawn_blocking(move || -> Result<(Digests, T)> {
+        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel.clone()))
+            .map_err(|e| Error::io("starting encryption", e))?;
+        // Whatever error a cancelled write turned into on its way up through
+        // the source (tar names the file it was writing), it means "stopped".
+        let value = produce(&mut sealer).map_err(|e| match cancel.load(Ordering::Relaxed) {
+            true => Error::Interrupted("the backup was cancelled".into()),
+            false => e,
+        })?;
+        let (mut sink, digests) = sealer.finish().map_err(|e| match e.kind() {
+            _ if crate::pipeline::channel::is_cancelled(&e) => {
+                Error::Interrupted("the backup was cancelled".into())
+            }
+            _ => Error::io("finishing compression and encryption", e),
+        })?;
+        sink.flush()
+            .map_err(|e| Error::io("the upload stopped", e))?;
+        let _ = done_tx.send(());
+        Ok((digests, value))
+    });
+    let uploaded = upload_stream(repo.store.as_ref(), key, rx, done_rx).await;
+    let produced = producer.await.expect("backup producer panicked");
+    match (produced, uploaded) {
+        (Ok((digests, value)), Ok(stored)) => Ok(((stored, digests), value)),
+        // The producer only sees a closed pipe; the store knows why.
+        (Err(Error::Io { .. }), Err(store_err)) => Err(store_err.into()),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+    }
+}
+
+/// Checks that an object is in the store at the size that was sent.
+pub async fn confirm(repo: &Repo, key: &str, stored: &Stored, digests: &Digests) -> Result<()> {
+    let meta = repo.store.head(key, stored.version_id.as_deref()).await?;
+    if meta.size != digests.size || stored.size != digests.size {
+        return Err(Error::Integrity {
+            object: format!("{}/{key}", repo.store.location()),
+            reason: format!(
+                "stored size {} differs from the {} bytes sent",
+                meta.size, digests.size
+            ),
+        });
+    }
+    Ok(())
+}
