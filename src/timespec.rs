@@ -79,6 +79,17 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(TimeSpec::At(t.with_timezone(&Utc)));
     }
+    // What PostgreSQL prints and people paste: a space instead of `T`,
+    // fractional seconds, and an offset of hours only (`+01`).
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M%#z",
+    ] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Ok(TimeSpec::At(t.with_timezone(&Utc)));
+        }
+    }
     if let Some(naive) = parse_local_form(s) {
         return match tz.from_local_datetime(&naive) {
             LocalResult::Single(t) => Ok(TimeSpec::At(t.with_timezone(&Utc))),
@@ -359,6 +370,25 @@ mod tests {
         );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn times_as_postgres_prints_them_are_read_with_their_offset() {
+        let utc = FixedOffset::east_opt(0).unwrap();
+        let at = |s: &str| match parse_timespec(s, &utc).unwrap() {
+            TimeSpec::At(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(at("2026-11-30 14:29:59+01"), "2026-11-30T13:29:59.000000Z");
+        assert_eq!(
+            at("2026-11-30 14:29:59.123456+00"),
+            "2026-11-30T14:29:59.123456Z"
+        );
+        assert_eq!(
+            at("2026-11-30 14:29:59.5-02:30"),
+            "2026-11-30T16:59:59.500000Z"
+        );
+        assert_eq!(at("2026-11-30 14:29+01"), "2026-11-30T13:29:00.000000Z");
     }
 
     #[test]
