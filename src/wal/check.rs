@@ -148,3 +148,59 @@ pub async fn continuity(
         note,
     })
 }
+
+/// What `drctl verify` says about a policy's WAL.
+#[derive(Debug, serde::Serialize)]
+pub struct Verified {
+    pub policy: String,
+    pub timelines: Vec<TimelineReport>,
+    /// One line per gap (see [`Continuity::gap_lines`]).
+    pub gaps: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Verified {
+    /// The lines `verify` prints: one per timeline, then one per gap.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .timelines
+            .iter()
+            .filter(|t| t.gaps.is_empty() && t.segments > 0)
+            .map(|t| {
+                format!(
+                    "ok      {} WAL timeline {}: {} to {}, no gap",
+                    self.policy,
+                    t.timeline,
+                    t.checked_from.as_deref().unwrap_or("?"),
+                    t.newest.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        out.extend(self.gaps.iter().map(|g| format!("GAP     {g}")));
+        if let Some(n) = &self.note {
+            out.push(format!("note    {}: {n}", self.policy));
+        }
+        out
+    }
+}
+
+/// `drctl verify`'s WAL part for a `postgres-cluster` policy: continuity
+/// per timeline from each base backup's start, every gap named.
+///
+/// # Errors
+/// Storage errors; decryption errors of history files.
+pub async fn verify(
+    repo: &Repo,
+    policy: &str,
+    backups: &[Manifest],
+    identities: Option<&[age::x25519::Identity]>,
+) -> Result<Verified> {
+    let c = continuity(repo, policy, backups, identities).await?;
+    Ok(Verified {
+        policy: policy.to_string(),
+        gaps: c.gap_lines(policy, backups),
+        timelines: c.timelines,
+        note: c.note,
+    })
+}
