@@ -427,7 +427,7 @@ pub struct Settings {
 }
 
 /// Quotes a value for postgresql.conf.
-fn conf_quote(value: &str) -> String {
+pub fn conf_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
