@@ -348,6 +348,8 @@ pub async fn restore_cluster(
             "wal_first": wal.first,
             "wal_last": wal.last,
             "wal_segments": wal.segments,
+            "timelines": wal.path.legs.iter().map(|l| l.0).collect::<Vec<_>>(),
+            "restore_point": mark,
             "restore_seconds": restore_seconds,
             "total_seconds": total_seconds,
             "stopped": stopped,
