@@ -26,8 +26,8 @@ fn text(bytes: &[u8]) -> String {
 struct World {
     pg: Postgres,
     ws: Workspace,
-    /// Kept alive for S3 worlds.
-    _s3: Option<S3Server>,
+    /// The server and bucket of S3 worlds.
+    s3: Option<(S3Server, String)>,
 }
 
 impl World {
@@ -37,7 +37,7 @@ impl World {
             let bucket = unique_bucket_name("pitr");
             block_on(s3.create_bucket(&bucket, true));
             let endpoint = s3.endpoint();
-            (Some(s3), Backend::S3 { endpoint, bucket })
+            (Some((s3, bucket.clone())), Backend::S3 { endpoint, bucket })
         } else {
             (None, Backend::Local)
         };
@@ -49,8 +49,11 @@ impl World {
             env!("CARGO_BIN_EXE_drctl"),
             ws.path().join("drctl.toml").display()
         );
+        // synchronous_commit as in production (the harness turns it off):
+        // pg_current_wal_lsn() after a commit is then past that commit.
         let pg = Postgres::start_with(&format!(
-            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n"
+            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n\
+             synchronous_commit = on\n"
         ));
         ws.set_env("PGPASSWORD", pg.password());
         ws.write(
@@ -61,7 +64,7 @@ impl World {
             ),
         );
         common::chown_to_pg_owner(&ws.path().join("policies/cluster.toml"));
-        World { pg, ws, _s3: s3 }
+        World { pg, ws, s3 }
     }
 
     /// Switches to a new segment and waits until the old one is archived.
@@ -224,4 +227,362 @@ fn restore_to_a_time_replays_to_the_second_local() {
 #[test]
 fn restore_to_a_time_replays_to_the_second_s3() {
     restore_to_a_time_replays_to_the_second(true);
+}
+
+impl World {
+    fn insert(&self, ids: std::ops::RangeInclusive<i32>) {
+        for id in ids {
+            self.pg
+                .psql("postgres", &format!("INSERT INTO t(id) VALUES ({id})"));
+        }
+    }
+
+    /// The server's clock as RFC 3339 UTC, for `--to`.
+    fn now(&self) -> String {
+        self.pg.psql(
+            "postgres",
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+    }
+
+    /// Deletes the archived copy of a WAL file, as a lost object would be.
+    fn delete_wal(&self, name: &str) {
+        let prefix = format!("wal/cluster/{}/{name}-", &name[..8]);
+        match &self.s3 {
+            Some((s3, bucket)) => {
+                let keys = block_on(s3.list_keys(bucket, &format!("drctl/{prefix}")));
+                assert_eq!(keys.len(), 1, "{keys:?}");
+                block_on(
+                    s3.client()
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(&keys[0])
+                        .send(),
+                )
+                .expect("delete a WAL object");
+            }
+            None => {
+                let dir = self
+                    .ws
+                    .repo_dir()
+                    .join(format!("wal/cluster/{}", &name[..8]));
+                let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with(&format!("{name}-"))
+                    })
+                    .collect();
+                assert_eq!(found.len(), 1, "{found:?}");
+                std::fs::remove_file(&found[0]).unwrap();
+            }
+        }
+    }
+
+    fn create_table(&self) {
+        self.pg.psql(
+            "postgres",
+            "CREATE TABLE t(id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        );
+    }
+}
+
+/// Restores, starts and asserts that recovery finished.
+fn restore_ok(world: &World, dir: &Path, args: &[&str]) -> Restored {
+    let (out, server) = restore(world, dir, args);
+    assert!(
+        out.status.success(),
+        "restore {args:?} failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    server
+}
+
+fn ids(server: &Restored) -> String {
+    server.psql("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t")
+}
+
+/// Asserts a restore is refused with `code`, before anything is written;
+/// returns stderr.
+fn refused(world: &World, dir: &Path, args: &[&str], code: i32) -> String {
+    let existed = dir.exists();
+    let (out, server) = restore(world, dir, args);
+    // Nothing was started, so there is nothing to stop.
+    std::mem::forget(server);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "restore {args:?}: expected exit {code}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+        text(&out.stdout)
+    );
+    assert!(
+        !stderr.contains("Restore plan:"),
+        "refused after the plan: {stderr}"
+    );
+    if !existed {
+        assert!(!dir.exists(), "{} was created", dir.display());
+    }
+    stderr
+}
+
+/// Every kind of target, each checked by the exact rows the restored
+/// server holds: the end of the archive, an LSN, a transaction id and a
+/// restore point made with `drctl mark`.
+fn restore_to_each_kind_of_target(on_s3: bool, kinds: &[&str]) {
+    let world = World::new(on_s3);
+    let pg = &world.pg;
+    world.create_table();
+    world.ws.ok(&["backup", "cluster"]);
+    world.insert(1..=3);
+    let lsn = pg.psql("postgres", "SELECT pg_current_wal_lsn()");
+    world.insert(4..=4);
+    let xid = pg.psql(
+        "postgres",
+        "INSERT INTO t(id) VALUES (5) RETURNING txid_current()",
+    );
+    world.insert(6..=6);
+    let marked = world.ws.ok(&["mark", "cluster", "before-7"]);
+    let marked = marked.trim();
+    assert!(marked.contains('/'), "mark prints the LSN: {marked}");
+    world.insert(7..=7);
+    world.switch_and_wait();
+
+    for kind in kinds {
+        let dir = world.ws.path().join(format!("restored-{kind}"));
+        let (args, expected): (Vec<&str>, &str) = match *kind {
+            "latest" => (vec!["--to", "latest"], "1,2,3,4,5,6,7"),
+            "lsn" => (vec!["--to-lsn", &lsn], "1,2,3"),
+            "xid" => (vec!["--to-xid", &xid], "1,2,3,4,5"),
+            "name" => (vec!["--to-name", "before-7"], "1,2,3,4,5,6"),
+            other => panic!("{other}"),
+        };
+        let (out, server) = restore(&world, &dir, &args);
+        assert!(
+            out.status.success(),
+            "restore {args:?} failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        if *kind == "name" {
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("restore point") && stderr.contains(marked),
+                "the plan says where the mark is: {stderr}"
+            );
+        }
+        assert_eq!(
+            ids(&server),
+            expected,
+            "restore to {kind}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_eq!(server.psql("SELECT pg_is_in_recovery()"), "f");
+    }
+}
+
+#[test]
+fn restore_to_latest_lsn_xid_and_name_local() {
+    restore_to_each_kind_of_target(false, &["latest", "lsn", "xid", "name"]);
+}
+
+#[test]
+fn restore_to_lsn_and_name_s3() {
+    restore_to_each_kind_of_target(true, &["lsn", "name"]);
+}
+
+/// Targets that cannot be reached are refused before anything is written,
+/// each with what to do; a lost segment is named by restore, verify and
+/// wal status.
+fn refusals(on_s3: bool) {
+    let world = World::new(on_s3);
+    world.create_table();
+    let before_backup = world.now();
+    world.pg.psql("postgres", "SELECT pg_sleep(1)");
+    world.ws.ok(&["backup", "cluster"]);
+    let mut switched = Vec::new();
+    for id in 1..=3 {
+        world.insert(id..=id);
+        switched.push(world.switch_and_wait());
+    }
+    world.pg.psql("postgres", "SELECT pg_sleep(1)");
+    let after_archive = world.now();
+    let dir = world.ws.path().join("restored");
+
+    let err = refused(&world, &dir, &["--to", &after_archive], 2);
+    assert!(
+        err.contains("after the newest archived WAL") && err.contains(&switched[2]),
+        "{err}"
+    );
+    let err = refused(&world, &dir, &["--to", &before_backup], 2);
+    assert!(
+        err.contains("before the first base backup of `cluster` is consistent"),
+        "{err}"
+    );
+
+    let busy = world.ws.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("keep"), "mine").unwrap();
+    common::chown_to_pg_owner(&busy);
+    let err = refused(&world, &busy, &["--to", "latest"], 3);
+    assert!(err.contains("is not empty"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&busy).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the file that was there");
+    assert_eq!(std::fs::read_to_string(busy.join("keep")).unwrap(), "mine");
+
+    assert!(world.ws.ok(&["verify", "cluster"]).contains("no gap"));
+    world.ws.ok(&["wal", "status", "cluster"]);
+    let lost = &switched[1];
+    world.delete_wal(lost);
+    let err = refused(&world, &dir, &["--to", "latest"], 2);
+    assert!(
+        err.contains(&format!("WAL segment {lost} of `cluster` is missing")),
+        "{err}"
+    );
+    let out = world.ws.run(&["verify", "cluster"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("GAP") && stdout.contains(lost.as_str()),
+        "{stdout}"
+    );
+    let out = world.ws.run(&["wal", "status", "cluster", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["timelines"][0]["gaps"][0]["first"], lost.as_str());
+    assert_eq!(status["ok"], false);
+}
+
+#[test]
+fn refusals_local() {
+    refusals(false);
+}
+
+#[test]
+fn refusals_s3() {
+    refusals(true);
+}
+
+/// `wal status` and `pitr setup` against a server that archives.
+#[test]
+fn wal_status_and_pitr_setup_read_the_server() {
+    let world = World::new(false);
+    world.create_table();
+    world.ws.ok(&["backup", "cluster"]);
+    world.insert(1..=1);
+    let segment = world.switch_and_wait();
+    let status: serde_json::Value =
+        serde_json::from_str(&world.ws.ok(&["wal", "status", "cluster", "--json"])).unwrap();
+    assert_eq!(status["ok"], true, "{status}");
+    assert_eq!(status["timelines"][0]["newest"], segment.as_str());
+    assert_eq!(status["timelines"][0]["gaps"].as_array().unwrap().len(), 0);
+    assert_eq!(status["server"]["reachable"], true);
+    assert_eq!(
+        status["server"]["archiver"]["last_archived_wal"],
+        segment.as_str()
+    );
+    assert_eq!(status["server"]["archiver"]["failed_count"], 0);
+    assert!(status["lag_seconds"].as_i64().is_some());
+
+    // The test server archives with archive_timeout at 0: setup says so.
+    let out = world.ws.run(&["pitr", "setup", "cluster"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("archive_mode = on")
+            && stdout.contains("wal_level = replica")
+            && stdout.contains("archive_timeout = 60")
+            && stdout.contains(&format!(
+                "{} --config {} wal-push cluster %p",
+                env!("CARGO_BIN_EXE_drctl"),
+                world
+                    .ws
+                    .path()
+                    .canonicalize()
+                    .unwrap()
+                    .join("drctl.toml")
+                    .display()
+            )),
+        "{stdout}"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("DIFFERS archive_timeout") && stderr.contains("ok      archive_command"),
+        "{stderr}"
+    );
+}
+
+/// A restore that keeps archiving and promotes starts timeline 2 in the
+/// same repository; a later restore to a time on timeline 2 follows the
+/// archived history file and gets timeline 2's rows.
+#[test]
+fn restore_follows_a_new_timeline() {
+    let mut world = World::new(false);
+    world.create_table();
+    world.ws.ok(&["backup", "cluster"]);
+    world.insert(1..=3);
+    world.switch_and_wait();
+    // The old primary is gone; its archive is what is left.
+    world.pg.stop();
+
+    let first = world.ws.path().join("promoted");
+    let promoted = restore_ok(&world, &first, &["--to", "latest", "--keep-archiving"]);
+    assert_eq!(ids(&promoted), "1,2,3");
+    assert_eq!(
+        promoted.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+        "00000002"
+    );
+    for id in 10..=12 {
+        promoted.psql(&format!("INSERT INTO t(id) VALUES ({id})"));
+    }
+    let target = promoted.psql(
+        "SELECT pg_sleep(1); SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); SELECT pg_sleep(1);",
+    );
+    let target = target.lines().find(|l| !l.is_empty()).unwrap().to_string();
+    for id in 13..=15 {
+        promoted.psql(&format!("INSERT INTO t(id) VALUES ({id})"));
+    }
+    let segment = promoted.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(segment.starts_with("00000002"), "{segment}");
+    wait_for(
+        &format!("{segment} to be archived by the promoted server"),
+        Duration::from_secs(60),
+        || {
+            let archived =
+                promoted.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+            (archived.len() == 24 && archived.as_str() >= segment.as_str()).then_some(())
+        },
+    );
+    drop(promoted);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&world.ws.ok(&["wal", "status", "cluster", "--json"])).unwrap();
+    let timelines: Vec<u64> = status["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, vec![1, 2], "{status}");
+    assert_eq!(status["timelines"][1]["history_archived"], true);
+    assert!(world.ws.ok(&["verify", "cluster"]).contains("timeline 2"));
+
+    let second = world.ws.path().join("on-timeline-2");
+    let (out, server) = restore(&world, &second, &["--to", &target]);
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "restore --to {target} failed\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains("1 (left at"),
+        "the plan names the timelines: {stderr}"
+    );
+    assert_eq!(ids(&server), "1,2,3,10,11,12");
 }

@@ -222,6 +222,7 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
     let repo = ctx.repo(&config).await?;
     let mut reports = Vec::new();
     let mut damaged = Vec::new();
+    let mut wal = Vec::new();
     for p in &policies {
         let c = catalog::load(&repo, &p.name).await?;
         damaged.extend(c.damaged.iter().map(|(k, r)| format!("{k}: {r}")));
@@ -241,7 +242,18 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             }
             reports.push(r);
         }
+        if let crate::config::SourceConfig::PostgresCluster { .. } = p.source {
+            let ids = identities.clone().or_else(|| ctx.identities(&config).ok());
+            let v = crate::wal::check::verify(&repo, &p.name, &c.backups, ids.as_deref()).await?;
+            if !ctx.cli.json {
+                for line in v.lines() {
+                    outln!("{line}");
+                }
+            }
+            wal.push(v);
+        }
     }
+    let wal_gaps: Vec<&String> = wal.iter().flat_map(|v| &v.gaps).collect();
     if !ctx.cli.json {
         for d in &damaged {
             outln!("DAMAGED {d}");
@@ -249,7 +261,7 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
     }
     let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
     if ctx.cli.json {
-        ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged }));
+        ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged, "wal": wal }));
     } else {
         outln!(
             "{} backup{} checked{}, {} failed",
@@ -264,7 +276,7 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
         );
     }
     let archived: Vec<_> = reports.iter().filter(|r| !r.archived.is_empty()).collect();
-    if failed.is_empty() && damaged.is_empty() {
+    if failed.is_empty() && damaged.is_empty() && wal_gaps.is_empty() {
         return match archived.first() {
             None => Ok(()),
             Some(first) => Err(Error::Archived(format!(
@@ -284,11 +296,12 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             r.policy,
             r.problems.join("; ")
         ),
-        None => format!("damaged manifest {}", damaged[0]),
+        None if !damaged.is_empty() => format!("damaged manifest {}", damaged[0]),
+        None => wal_gaps[0].clone(),
     };
     Err(Error::VerifyFailed {
-        failed: failed.len() + damaged.len(),
-        total: reports.len() + damaged.len(),
+        failed: failed.len() + damaged.len() + wal_gaps.len(),
+        total: reports.len() + damaged.len() + wal_gaps.len(),
         first,
     })
 }

@@ -163,10 +163,50 @@ pub enum Command {
         /// Where to write it (`%p`).
         path: PathBuf,
     },
+    /// The WAL archive of a `postgres-cluster` policy.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+    /// Make a named restore point on the policy's server
+    /// (`pg_create_restore_point`) and record it, for `restore --to-name`.
+    Mark {
+        /// A `postgres-cluster` policy.
+        policy: String,
+        /// The restore point's name (1 to 63 bytes).
+        name: String,
+    },
+    /// Point-in-time recovery set-up.
+    Pitr {
+        #[command(subcommand)]
+        command: PitrCommand,
+    },
     /// The bucket's versioning, lifecycle rules and Object Lock defaults.
     Repo {
         #[command(subcommand)]
         command: repo::RepoCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Newest archived segment per timeline, lag against the RPO target,
+    /// gaps, and the server's pg_stat_archiver. Exits 1 on a gap or a lag
+    /// beyond `[schedule] rpo_target`.
+    Status {
+        /// A `postgres-cluster` policy.
+        policy: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// Print the postgresql.conf lines that archive into this policy and
+    /// check the server's current settings against them (exit 1 when they
+    /// differ).
+    Setup {
+        /// A `postgres-cluster` policy.
+        policy: String,
     },
 }
 
@@ -308,6 +348,13 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Repo { command } => repo::run(&ctx, command).await,
         Command::WalPush { policy, path } => wal::push(&ctx, policy, path).await,
         Command::WalFetch { policy, name, path } => wal::fetch(&ctx, policy, name, path).await,
+        Command::Wal {
+            command: WalCommand::Status { policy },
+        } => wal::status(&ctx, policy).await,
+        Command::Mark { policy, name } => wal::mark(&ctx, policy, name).await,
+        Command::Pitr {
+            command: PitrCommand::Setup { policy },
+        } => wal::setup(&ctx, policy).await,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::config::{Config, Policy, SourceConfig};
 use crate::error::{Error, Result};
 use crate::progress::{Meter, Progress, bytes};
 use crate::repo::catalog;
-use crate::source::pgcluster::recover::{self, Inventory, Settings, Start, Target};
+use crate::source::pgcluster::recover::{self, Settings, Start, Target};
 use crate::timespec::{self, TimeSpec};
 
 /// Reads the target from the flags; `--backup ID` alone is its consistent point.
@@ -100,21 +100,33 @@ pub async fn restore_cluster(
     let identities = ctx.identities(config)?;
     let repo = ctx.repo(config).await?;
     let catalog = catalog::load(&repo, &policy.name).await?;
+    let segment_bytes = crate::wal::check::segment_bytes(&catalog.backups);
+    let inventory = crate::wal::check::inventory(&repo, &policy.name, segment_bytes).await?;
+    let histories =
+        crate::wal::check::histories(&repo, &identities, &policy.name, &inventory).await?;
+    let marks = crate::wal::marks::load(&repo, &policy.name).await?;
+    let archive = recover::Archive {
+        inventory: &inventory,
+        histories: &histories,
+        marks: &marks,
+    };
     let (manifest, target) = match (&args.backup, wanted) {
         (Some(id), _) => (catalog.find(&policy.name, id)?, Target::Immediate),
-        (None, Some(t)) => (recover::choose(&policy.name, &catalog.backups, &t)?, t),
+        (None, Some(t)) => (
+            recover::choose(&policy.name, &catalog.backups, &t, &archive)?,
+            t,
+        ),
         (None, None) => unreachable!("clap requires a target or --backup"),
     };
     let info = manifest.cluster.as_ref().ok_or_else(|| Error::Integrity {
         object: crate::repo::manifest_key(&policy.name, &manifest.id),
         reason: "a backup of a postgres-cluster policy without its cluster details".into(),
     })?;
-    let listing = repo
-        .store
-        .list(&crate::wal::policy_prefix(&policy.name))
-        .await?;
-    let inventory = Inventory::from_listing(&policy.name, listing, info.wal_segment_bytes);
-    let wal = recover::check_wal(&policy.name, manifest, &inventory, &target)?;
+    let wal = recover::check_wal(&policy.name, manifest, &archive, &target)?;
+    let mark = match &target {
+        Target::Name(n) => archive.mark_after(n, info.end_lsn),
+        _ => None,
+    };
 
     let config_path = absolute(
         &crate::config::Config::resolve_path(ctx.cli.config.as_deref()),
@@ -165,7 +177,26 @@ pub async fn restore_cluster(
             ),
         ),
         ("WAL to replay", recover::segment_count_text(&wal)),
+        ("timelines", wal.path.describe()),
     ];
+    if let Target::Name(n) = &target {
+        plan.push((
+            "restore point",
+            match mark {
+                Some(m) => format!(
+                    "`{n}` marked at {} on timeline {} (LSN {}, in {})",
+                    fmt_time(m.time),
+                    m.timeline,
+                    m.lsn,
+                    m.wal_file
+                ),
+                None => format!(
+                    "`{n}` has no `drctl mark` record after this base backup; replay stops at the first \
+                     restore point of that name, and fails at the end of the archive if there is none"
+                ),
+            },
+        ));
+    }
     if let Some(t) = wal.archived_until {
         plan.push((
             "data-loss window",
@@ -317,6 +348,8 @@ pub async fn restore_cluster(
             "wal_first": wal.first,
             "wal_last": wal.last,
             "wal_segments": wal.segments,
+            "timelines": wal.path.legs.iter().map(|l| l.0).collect::<Vec<_>>(),
+            "restore_point": mark,
             "restore_seconds": restore_seconds,
             "total_seconds": total_seconds,
             "stopped": stopped,

@@ -142,3 +142,46 @@ fn partial_path(dest: &Path) -> PathBuf {
         .unwrap_or_default();
     dest.with_file_name(format!(".{name}.drctl-partial"))
 }
+
+/// The plaintext of a small archived file (a `.history` file), in memory,
+/// checked against the digest in its key.
+///
+/// # Errors
+/// As [`fetch`]; `Integrity` when the plaintext does not match its key.
+pub async fn read(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    policy: &str,
+    name: &WalName,
+) -> Result<Option<Vec<u8>>> {
+    let Some(key) = locate(repo, policy, name).await? else {
+        return Ok(None);
+    };
+    let (_, expected) = super::parse_key(policy, &key).expect("located keys parse");
+    let expected = expected.to_string();
+    let object = format!("{}/{key}", repo.store.location());
+    let (bytes, digests) =
+        crate::restore::stream_plaintext(repo, identities, &key, None, Meter::default(), |r| {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(r, &mut buf).map_err(|e| Error::Integrity {
+                object: String::new(),
+                reason: e.to_string(),
+            })?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Integrity { object: o, reason } if o.is_empty() => Error::Integrity {
+                object: object.clone(),
+                reason,
+            },
+            other => other,
+        })?;
+    if digests.plaintext_sha256 != expected {
+        return Err(Error::Integrity {
+            object,
+            reason: "the decrypted file does not match the sha256 in its key".into(),
+        });
+    }
+    Ok(Some(bytes))
+}

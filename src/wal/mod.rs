@@ -17,8 +17,13 @@
 //! This module is pure: names, keys and segment arithmetic. [`push`] and
 //! [`fetch`] do the I/O.
 
+pub mod archive;
+pub mod check;
 pub mod fetch;
+pub mod history;
+pub mod marks;
 pub mod push;
+pub mod status;
 
 use std::fmt;
 

@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::ClusterInfo;
 use crate::error::{Error, Result};
 use crate::repo::manifest::Manifest;
-use crate::storage::ObjectMeta;
-use crate::wal::{Lsn, Segment, WalKind};
+pub use crate::wal::archive::Inventory;
+use crate::wal::history::{self, Switch};
+use crate::wal::marks::Mark;
+use crate::wal::{Lsn, Segment};
 
 /// Where recovery should stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,23 +72,191 @@ impl Action {
     }
 }
 
+/// The path recovery follows through the timelines, from a base backup to
+/// the newest timeline (`recovery_target_timeline = 'latest'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelinePath {
+    /// `(timeline, first segment number read from it, LSN where it was
+    /// left)`, the backup's timeline first, the target timeline last (with
+    /// no end).
+    pub legs: Vec<(u32, u64, Option<Lsn>)>,
+}
+
+impl TimelinePath {
+    pub fn target_timeline(&self) -> u32 {
+        self.legs.last().expect("a path has a leg").0
+    }
+
+    /// The timeline segment `number` is read from. PostgreSQL reads a
+    /// segment from the newest timeline of the path that begins at or
+    /// before it, so the segment where a timeline branched comes from the
+    /// new timeline (it holds the old one's WAL up to the switch).
+    pub fn segment(&self, number: u64) -> Segment {
+        let timeline = self
+            .legs
+            .iter()
+            .rev()
+            .find(|(_, from, _)| *from <= number)
+            .unwrap_or(&self.legs[0])
+            .0;
+        Segment { timeline, number }
+    }
+
+    /// For plans: `1`, or `1 (left at 0/5000000) → 2`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, (t, _, end)) in self.legs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(" → ");
+            }
+            out.push_str(&t.to_string());
+            if let Some(at) = end {
+                out.push_str(&format!(" (left at {at})"));
+            }
+        }
+        out
+    }
+}
+
+/// The path from a base backup on `timeline`, started at `start`, to the
+/// newest timeline PostgreSQL will find in the archive (`archived` holds
+/// the timelines whose history file is archived, `histories` the ones
+/// read).
+///
+/// # Errors
+/// A description when the backup is not an ancestor of that timeline
+/// (PostgreSQL's "requested timeline is not a child of this server's
+/// history"), or when the history file of the newest timeline was not read.
+pub fn timeline_path(
+    timeline: u32,
+    start: Lsn,
+    archived: &BTreeMap<u32, ()>,
+    histories: &BTreeMap<u32, Vec<Switch>>,
+    segment_bytes: u64,
+) -> std::result::Result<TimelinePath, String> {
+    let target = history::newest_timeline(timeline, archived);
+    let start_segment = start.0 / segment_bytes;
+    if target == timeline {
+        return Ok(TimelinePath {
+            legs: vec![(timeline, start_segment, None)],
+        });
+    }
+    let switches = histories.get(&target).ok_or_else(|| {
+        format!("the history file of timeline {target} ({target:08X}.history) could not be read")
+    })?;
+    // Ancestors with where each was left, then the target itself.
+    let mut all: Vec<(u32, Option<Lsn>)> =
+        switches.iter().map(|s| (s.parent, Some(s.at))).collect();
+    all.push((target, None));
+    let Some(i) = all.iter().position(|(t, _)| *t == timeline) else {
+        return Err(format!(
+            "timeline {target}, the newest in the archive, does not descend from timeline {timeline} \
+             (its history: {})",
+            switches
+                .iter()
+                .map(|s| format!("{} until {}", s.parent, s.at))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if let (_, Some(left)) = all[i]
+        && start >= left
+    {
+        return Err(format!(
+            "the base backup started at {start} on timeline {timeline}, after timeline {target} branched \
+             off it at {left}; recovery follows timeline {target}, which does not contain this backup"
+        ));
+    }
+    let mut legs = vec![(timeline, start_segment, all[i].1)];
+    for w in i + 1..all.len() {
+        let from = all[w - 1].1.expect("every ancestor has an end").0 / segment_bytes;
+        legs.push((all[w].0, from.max(start_segment), all[w].1));
+    }
+    Ok(TimelinePath { legs })
+}
+
+/// What is known about the archive when choosing a backup and checking WAL.
+pub struct Archive<'a> {
+    pub inventory: &'a Inventory,
+    /// Parsed history files, by the timeline each one starts.
+    pub histories: &'a BTreeMap<u32, Vec<Switch>>,
+    /// The policy's `drctl mark` records, oldest first.
+    pub marks: &'a [Mark],
+}
+
+impl Archive<'_> {
+    pub fn path(&self, info: &ClusterInfo) -> std::result::Result<TimelinePath, String> {
+        let archived: BTreeMap<u32, ()> =
+            self.inventory.histories.keys().map(|t| (*t, ())).collect();
+        timeline_path(
+            info.timeline,
+            info.start_lsn,
+            &archived,
+            self.histories,
+            info.wal_segment_bytes,
+        )
+    }
+
+    /// The mark a recovery from a backup consistent at `end` stops at:
+    /// PostgreSQL stops at the first restore point of the name it replays.
+    pub fn mark_after(&self, name: &str, end: Lsn) -> Option<&Mark> {
+        self.marks
+            .iter()
+            .filter(|m| m.name == name && m.lsn >= end)
+            .min_by_key(|m| m.lsn)
+    }
+
+    /// The newest mark of a name.
+    fn newest_mark(&self, name: &str) -> Option<&Mark> {
+        self.marks
+            .iter()
+            .filter(|m| m.name == name)
+            .max_by_key(|m| m.lsn)
+    }
+}
+
 /// The cluster backups of a policy that can serve `target`, newest first.
 ///
 /// # Errors
-/// `NoBackup` saying why none can: no base backup at all, or all of them
-/// consistent only after the target.
-pub fn choose<'a>(policy: &str, backups: &'a [Manifest], target: &Target) -> Result<&'a Manifest> {
+/// `NoBackup` saying why none can: no base backup at all, all of them
+/// consistent only after the target, or none an ancestor of the newest
+/// timeline.
+pub fn choose<'a>(
+    policy: &str,
+    backups: &'a [Manifest],
+    target: &Target,
+    archive: &Archive<'_>,
+) -> Result<&'a Manifest> {
     let cluster: Vec<&Manifest> = backups.iter().filter(|m| m.cluster.is_some()).collect();
     let info = |m: &Manifest| m.cluster.clone().expect("filtered");
+    let mark = match target {
+        Target::Name(n) => archive.newest_mark(n),
+        _ => None,
+    };
     let fits = |m: &&Manifest| match target {
         Target::Time(t) => info(m).end_time <= *t,
         Target::Lsn(l) => info(m).end_lsn <= *l,
-        // A transaction id or a name says nothing about time: the newest
-        // base backup replays the most WAL that could hold it.
-        Target::Latest | Target::Immediate | Target::Xid(_) | Target::Name(_) => true,
+        // A restore point drctl recorded has an LSN; one made by hand, or a
+        // transaction id, says nothing of where it is: the newest base
+        // backup replays the most WAL that could hold it.
+        Target::Name(_) => mark.is_none_or(|mark| info(m).end_lsn <= mark.lsn),
+        Target::Latest | Target::Immediate | Target::Xid(_) => true,
     };
-    if let Some(m) = cluster.iter().copied().find(|m| fits(m)) {
-        return Ok(m);
+    let mut unrelated = None;
+    for m in cluster.iter().copied().filter(|m| fits(m)) {
+        match archive.path(&info(m)) {
+            Ok(_) => return Ok(m),
+            Err(why) => {
+                unrelated.get_or_insert(why);
+            }
+        }
+    }
+    if let Some(why) = unrelated {
+        return Err(Error::NoBackup(format!(
+            "no base backup of `{policy}` consistent before {} can be recovered along the archived timelines: \
+             {why}. Take a new base backup (`drctl backup {policy}`)",
+            target.describe()
+        )));
     }
     Err(Error::NoBackup(match cluster.last() {
         None => {
@@ -94,36 +265,20 @@ pub fn choose<'a>(policy: &str, backups: &'a [Manifest], target: &Target) -> Res
         Some(first) => format!(
             "{} is before the first base backup of `{policy}` is consistent ({} at {} UTC, backup {}); \
              recovery cannot stop inside a base backup. Choose a later target",
-            target.describe(),
+            match mark {
+                Some(mark) => format!(
+                    "{} (marked at {} UTC, LSN {})",
+                    target.describe(),
+                    mark.time.format("%Y-%m-%d %H:%M:%S"),
+                    mark.lsn
+                ),
+                None => target.describe(),
+            },
             info(first).end_lsn,
             info(first).end_time.format("%Y-%m-%d %H:%M:%S"),
             first.id
         ),
     }))
-}
-
-/// The archive of one policy, by timeline and segment number.
-#[derive(Debug, Default)]
-pub struct Inventory {
-    pub segments: BTreeMap<Segment, ObjectMeta>,
-}
-
-impl Inventory {
-    /// Sorts a listing of `wal/<policy>/` (keys that are not WAL objects
-    /// are ignored; two contents for one segment are refused by
-    /// `wal-fetch` when replay asks for it).
-    pub fn from_listing(policy: &str, objects: Vec<ObjectMeta>, segment_bytes: u64) -> Inventory {
-        let mut inventory = Inventory::default();
-        for o in objects {
-            if let Some((name, _)) = crate::wal::parse_key(policy, &o.key)
-                && name.kind == WalKind::Segment
-                && let Some(seg) = Segment::from_name(&name, segment_bytes)
-            {
-                inventory.segments.insert(seg, o);
-            }
-        }
-        inventory
-    }
 }
 
 /// The WAL a recovery will replay: checked present, without gaps.
@@ -136,73 +291,102 @@ pub struct WalPlan {
     /// When the last segment of the plan was archived: nothing committed
     /// after it can be replayed.
     pub archived_until: Option<DateTime<Utc>>,
+    /// The timelines replay follows.
+    pub path: TimelinePath,
 }
 
 /// Checks that the archive holds every segment from the backup's start to
-/// what the target needs, on the backup's timeline.
+/// what the target needs, along the timelines recovery follows.
 ///
 /// # Errors
-/// `NoBackup` naming the first missing segment, or saying that the target
-/// is beyond the archived WAL.
+/// `NoBackup` naming the first missing segment, saying that the target is
+/// beyond the archived WAL, or that the backup is not on the path to the
+/// newest timeline.
 pub fn check_wal(
     policy: &str,
     backup: &Manifest,
-    inventory: &Inventory,
+    archive: &Archive<'_>,
     target: &Target,
 ) -> Result<WalPlan> {
     let info = backup.cluster.as_ref().expect("a cluster backup");
+    let inventory = archive.inventory;
     let bytes = info.wal_segment_bytes;
-    let first = Segment::of(info.timeline, info.start_lsn, bytes);
-    let consistent = Segment::of(info.timeline, info.end_lsn, bytes);
-    let newest = inventory
-        .segments
-        .range(first..)
-        .take_while(|(s, _)| s.timeline == info.timeline)
-        .last()
-        .map(|(s, _)| *s);
+    let path = archive.path(info).map_err(|why| {
+        Error::NoBackup(format!(
+            "base backup {} of `{policy}` cannot be recovered: {why}",
+            backup.id
+        ))
+    })?;
+    let first = info.start_lsn.0 / bytes;
+    let consistent = info.end_lsn.0 / bytes;
+    // The newest segment archived along the path: on each timeline, within
+    // the stretch read from it.
+    let newest = path
+        .legs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(timeline, from, _))| {
+            let until = path.legs.get(i + 1).map_or(u64::MAX, |l| l.1);
+            inventory
+                .segments
+                .range(
+                    Segment {
+                        timeline,
+                        number: from,
+                    }..Segment {
+                        timeline,
+                        number: until,
+                    },
+                )
+                .last()
+                .map(|(s, _)| s.number)
+        })
+        .max();
     let Some(newest) = newest else {
         return Err(Error::NoBackup(format!(
             "the WAL of base backup {} of `{policy}` is not in the archive (its first segment {} is missing); \
              the backup cannot be made consistent",
             backup.id,
-            first.name(bytes)
+            path.segment(first).name(bytes)
         )));
+    };
+    let at = |n: u64| {
+        inventory
+            .segments
+            .get(&path.segment(n))
+            .and_then(|o| o.last_modified)
     };
     // The last segment replay needs: for a time, the first one archived at
     // or after it (it holds the first commit after the target); otherwise
-    // the end of the archive, or the target LSN's segment.
+    // the end of the archive, or the target's segment.
     let last = match target {
-        Target::Time(t) => {
-            let found = inventory
-                .segments
-                .range(first..=newest)
-                .find(|(s, o)| *s >= &consistent && o.last_modified.is_some_and(|m| m >= *t))
-                .map(|(s, _)| *s);
-            match found {
-                Some(s) => s,
-                None => {
-                    let at = inventory.segments[&newest].last_modified;
-                    return Err(Error::NoBackup(format!(
-                        "the target {} is after the newest archived WAL of `{policy}` ({}, archived {}); \
-                         commits after that are not in the archive. Choose an earlier time, or --to latest \
-                         to replay everything there is",
-                        target.describe(),
-                        newest.name(bytes),
-                        at.map(|t| format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S")))
-                            .unwrap_or_else(|| "at an unknown time".into())
-                    )));
-                }
+        Target::Time(t) => match (consistent..=newest).find(|&n| at(n).is_some_and(|m| m >= *t)) {
+            Some(n) => n,
+            None => {
+                return Err(Error::NoBackup(format!(
+                    "the target {} is after the newest archived WAL of `{policy}` ({}, archived {}); \
+                     commits after that are not in the archive. Choose an earlier time, or --to latest \
+                     to replay everything there is",
+                    target.describe(),
+                    path.segment(newest).name(bytes),
+                    at(newest)
+                        .map(|t| format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S")))
+                        .unwrap_or_else(|| "at an unknown time".into())
+                )));
             }
-        }
-        Target::Lsn(l) => Segment::of(info.timeline, *l, bytes),
+        },
+        Target::Lsn(l) => l.0 / bytes,
         Target::Immediate => consistent,
-        Target::Latest | Target::Xid(_) | Target::Name(_) => newest,
+        Target::Name(n) => match archive.mark_after(n, info.end_lsn) {
+            Some(mark) => mark.lsn.0 / bytes,
+            None => newest,
+        },
+        Target::Latest | Target::Xid(_) => newest,
     };
     let last = last.max(consistent);
-    let mut seg = first;
     let mut stored_bytes = 0;
-    let mut count = 0;
-    while seg <= last {
+    for n in first..=last {
+        let seg = path.segment(n);
         match inventory.segments.get(&seg) {
             Some(o) => stored_bytes += o.size,
             None => {
@@ -213,20 +397,19 @@ pub fn check_wal(
                     seg.name(bytes),
                     backup.id,
                     target.describe(),
-                    first.name(bytes),
-                    last.name(bytes)
+                    path.segment(first).name(bytes),
+                    path.segment(last).name(bytes)
                 )));
             }
         }
-        count += 1;
-        seg = seg.next();
     }
     Ok(WalPlan {
-        first: first.name(bytes),
-        last: last.name(bytes),
-        segments: count,
+        first: path.segment(first).name(bytes),
+        last: path.segment(last).name(bytes),
+        segments: last - first + 1,
         stored_bytes,
-        archived_until: inventory.segments[&last].last_modified,
+        archived_until: at(last),
+        path,
     })
 }
 
@@ -244,7 +427,7 @@ pub struct Settings {
 }
 
 /// Quotes a value for postgresql.conf.
-fn conf_quote(value: &str) -> String {
+pub fn conf_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
@@ -561,4 +744,299 @@ pub fn segment_count_text(plan: &WalPlan) -> String {
         if plan.segments == 1 { "" } else { "s" },
         crate::progress::bytes(plan.stored_bytes)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Digests;
+    use crate::repo::manifest::{Compression, ObjectRecord};
+    use crate::storage::ObjectMeta;
+    use crate::wal::DEFAULT_SEGMENT_BYTES as MB16;
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    fn time(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// A base backup on `timeline` from `start` to `end`, consistent at `at`.
+    fn backup(id: &str, timeline: u32, start: &str, end: &str, at: &str) -> Manifest {
+        Manifest {
+            format: 1,
+            id: id.into(),
+            policy: "db".into(),
+            kind: "postgres-cluster".into(),
+            point_in_time: time(at),
+            started_at: time(at),
+            finished_at: time(at),
+            host: "h".into(),
+            tool_version: "0".into(),
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            recipients: vec![],
+            data: ObjectRecord {
+                key: "k".into(),
+                version_id: None,
+                content: "pg_basebackup-tar".into(),
+                digests: Digests {
+                    plaintext_size: 1,
+                    plaintext_sha256: "0".repeat(64),
+                    size: 1,
+                    sha256: "1".repeat(64),
+                },
+            },
+            fingerprint: None,
+            postgres: None,
+            warnings: vec![],
+            cluster: Some(ClusterInfo {
+                system_identifier: None,
+                server_version: "15".into(),
+                server_version_num: 150000,
+                pg_basebackup_version: "15".into(),
+                timeline,
+                start_lsn: lsn(start),
+                end_lsn: lsn(end),
+                start_time: time(at),
+                end_time: time(at),
+                wal_segment_bytes: MB16,
+                backup_manifest_checksum: None,
+            }),
+        }
+    }
+
+    /// An archive of `names`, the n-th archived at minute n.
+    fn inventory(names: &[&str]) -> Inventory {
+        let listing = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ObjectMeta {
+                key: format!("wal/db/{}/{n}-{}.zst.age", &n[..8], "a".repeat(64)),
+                size: 10,
+                etag: None,
+                version_id: None,
+                last_modified: Some(time(&format!("2026-11-30T18:{i:02}:00Z"))),
+                storage_class: None,
+            })
+            .collect();
+        Inventory::from_listing("db", listing, MB16)
+    }
+
+    fn two_timelines() -> (Inventory, BTreeMap<u32, Vec<Switch>>) {
+        // Timeline 1 ran to segment 6; timeline 2 branched at 0/5000100
+        // (so it reads segment 5 from timeline 2) and ran to segment 7.
+        let inv = inventory(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000006",
+            "000000020000000000000007",
+        ]);
+        let histories = [(
+            2,
+            crate::wal::history::parse(2, "1\t0/5000100\tno recovery target specified\n").unwrap(),
+        )]
+        .into();
+        (inv, histories)
+    }
+
+    #[test]
+    fn recovery_follows_the_newest_timeline_from_its_branch_segment() {
+        let (inv, histories) = two_timelines();
+        let archive = Archive {
+            inventory: &inv,
+            histories: &histories,
+            marks: &[],
+        };
+        let b = backup("b1", 1, "0/2000028", "0/2000100", "2026-11-30T17:59:00Z");
+        let plan = check_wal("db", &b, &archive, &Target::Latest).unwrap();
+        assert_eq!(plan.path.target_timeline(), 2);
+        assert_eq!(plan.first, "000000010000000000000002");
+        assert_eq!(plan.last, "000000020000000000000007");
+        assert_eq!(plan.segments, 6);
+        assert_eq!(plan.path.segment(4).timeline, 1);
+        assert_eq!(plan.path.segment(5).timeline, 2);
+        assert_eq!(plan.path.describe(), "1 (left at 0/5000100) → 2");
+        // A time after timeline 1's segment 6 was archived (minute 4) is
+        // reached on timeline 2: its segment 6 was archived at minute 7.
+        let plan = check_wal(
+            "db",
+            &b,
+            &archive,
+            &Target::Time(time("2026-11-30T18:06:30Z")),
+        )
+        .unwrap();
+        assert_eq!(plan.last, "000000020000000000000006");
+    }
+
+    #[test]
+    fn a_missing_segment_on_the_path_is_named_and_one_off_it_does_not_matter() {
+        let (mut inv, histories) = two_timelines();
+        // Timeline 1's segment 5 is not on the path: timeline 2's is read.
+        inv.segments.remove(&Segment {
+            timeline: 1,
+            number: 5,
+        });
+        let archive = Archive {
+            inventory: &inv,
+            histories: &histories,
+            marks: &[],
+        };
+        let b = backup("b1", 1, "0/2000028", "0/2000100", "2026-11-30T17:59:00Z");
+        check_wal("db", &b, &archive, &Target::Latest).unwrap();
+        let (mut inv, histories) = two_timelines();
+        inv.segments.remove(&Segment {
+            timeline: 2,
+            number: 6,
+        });
+        let archive = Archive {
+            inventory: &inv,
+            histories: &histories,
+            marks: &[],
+        };
+        let err = check_wal("db", &b, &archive, &Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("000000020000000000000006 of `db` is missing"),
+            "{err}"
+        );
+        // A target before the gap is still reachable.
+        check_wal("db", &b, &archive, &Target::Lsn(lsn("0/5800000"))).unwrap();
+    }
+
+    #[test]
+    fn a_backup_taken_after_the_branch_on_the_old_timeline_is_not_chosen() {
+        let (inv, histories) = two_timelines();
+        let archive = Archive {
+            inventory: &inv,
+            histories: &histories,
+            marks: &[],
+        };
+        let before = backup(
+            "before",
+            1,
+            "0/2000028",
+            "0/2000100",
+            "2026-11-30T17:59:00Z",
+        );
+        let after = backup("after", 1, "0/6000028", "0/6000100", "2026-11-30T18:04:00Z");
+        let backups = vec![after.clone(), before];
+        let chosen = choose("db", &backups, &Target::Latest, &archive).unwrap();
+        assert_eq!(chosen.id, "before");
+        let err = check_wal("db", &after, &archive, &Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("after timeline 2 branched"), "{err}");
+        let err = choose("db", &[after], &Target::Latest, &archive)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("recovered along the archived timelines"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unread_history_or_an_unrelated_timeline_is_refused() {
+        let (inv, _) = two_timelines();
+        let none = BTreeMap::new();
+        let b = backup("b1", 1, "0/2000028", "0/2000100", "2026-11-30T17:59:00Z");
+        let archive = Archive {
+            inventory: &inv,
+            histories: &none,
+            marks: &[],
+        };
+        let err = check_wal("db", &b, &archive, &Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("00000002.history"), "{err}");
+        let archived: BTreeMap<u32, ()> = [(2, ()), (3, ())].into();
+        let h: BTreeMap<u32, Vec<Switch>> = [(
+            3,
+            crate::wal::history::parse(3, "1\t0/5000000\tx\n").unwrap(),
+        )]
+        .into();
+        let err = timeline_path(2, lsn("0/6000000"), &archived, &h, MB16).unwrap_err();
+        assert!(err.contains("does not descend from timeline 2"), "{err}");
+    }
+
+    #[test]
+    fn without_history_the_backup_timeline_is_the_path() {
+        let inv = inventory(&["000000010000000000000002", "000000010000000000000004"]);
+        let none = BTreeMap::new();
+        let archive = Archive {
+            inventory: &inv,
+            histories: &none,
+            marks: &[],
+        };
+        let b = backup("b1", 1, "0/2000028", "0/2000100", "2026-11-30T17:59:00Z");
+        let err = check_wal("db", &b, &archive, &Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("000000010000000000000003"), "{err}");
+        let plan = check_wal("db", &b, &archive, &Target::Immediate).unwrap();
+        assert_eq!((plan.segments, plan.path.target_timeline()), (1, 1));
+        let err = check_wal(
+            "db",
+            &b,
+            &archive,
+            &Target::Time(time("2026-11-30T19:00:00Z")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("after the newest archived WAL"), "{err}");
+    }
+
+    #[test]
+    fn a_mark_picks_the_newest_backup_consistent_before_it() {
+        let inv = inventory(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+        ]);
+        let none = BTreeMap::new();
+        let mark = |name: &str, at: &str| Mark {
+            policy: "db".into(),
+            name: name.into(),
+            lsn: lsn(at),
+            timeline: 1,
+            wal_file: String::new(),
+            time: time("2026-11-30T18:00:00Z"),
+            host: "h".into(),
+        };
+        let marks = vec![mark("m", "0/3000500"), mark("other", "0/5000000")];
+        let archive = Archive {
+            inventory: &inv,
+            histories: &none,
+            marks: &marks,
+        };
+        let old = backup("old", 1, "0/2000028", "0/2000100", "2026-11-30T17:59:00Z");
+        let new = backup("new", 1, "0/4000028", "0/4000100", "2026-11-30T18:03:00Z");
+        let backups = vec![new.clone(), old];
+        let target = Target::Name("m".into());
+        let chosen = choose("db", &backups, &target, &archive).unwrap();
+        assert_eq!(chosen.id, "old");
+        let plan = check_wal("db", chosen, &archive, &target).unwrap();
+        assert_eq!(plan.last, "000000010000000000000003");
+        // A name drctl has no record of: the newest backup, all the WAL.
+        let target = Target::Name("by-hand".into());
+        assert_eq!(choose("db", &backups, &target, &archive).unwrap().id, "new");
+        let err = choose("db", &[new], &Target::Name("m".into()), &archive)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("before the first base backup") && err.contains("marked at"),
+            "{err}"
+        );
+    }
 }
