@@ -161,7 +161,7 @@ pub async fn read(
     let expected = expected.to_string();
     let object = format!("{}/{key}", repo.store.location());
     let (bytes, digests) =
-        crate::restore::stream_plaintext(repo, identities, &key, None, Meter::default(), |r| {
+        crate::sealed::stream_plaintext(repo, identities, &key, None, Meter::default(), |r| {
             let mut buf = Vec::new();
             std::io::Read::read_to_end(r, &mut buf).map_err(|e| Error::Integrity {
                 object: String::new(),
