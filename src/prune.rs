@@ -140,12 +140,15 @@ pub struct WalPrune {
 
 impl WalPrune {
     fn kept(reason: String) -> WalPrune {
-        WalPrune::from_selection("", retention::wal::WalSelection {
-            keep_all: Some(reason),
-            horizon: None,
-            horizon_backup: None,
-            delete: Vec::new(),
-        })
+        WalPrune::from_selection(
+            "",
+            retention::wal::WalSelection {
+                keep_all: Some(reason),
+                horizon: None,
+                horizon_backup: None,
+                delete: Vec::new(),
+            },
+        )
     }
 
     fn from_selection(policy: &str, s: retention::wal::WalSelection) -> WalPrune {
@@ -405,8 +408,9 @@ async fn prune_wal(
         if lost.load(Ordering::Relaxed) {
             return Err(Error::LeaseLost {
                 policy: name.to_string(),
-                message: "the prune's lease could not be renewed; it stopped before deleting more WAL"
-                    .into(),
+                message:
+                    "the prune's lease could not be renewed; it stopped before deleting more WAL"
+                        .into(),
             });
         }
         let before = report.retained.len();

@@ -90,7 +90,11 @@ pub fn select(policy: &str, kept: &[&Manifest], listing: &[ObjectMeta]) -> WalSe
     }
     // Every kept backup's claim at once: below the lowest timeline and the
     // lowest start of them all is below each one's.
-    let min_timeline = starts.iter().map(|(_, i)| i.timeline).min().expect("not empty");
+    let min_timeline = starts
+        .iter()
+        .map(|(_, i)| i.timeline)
+        .min()
+        .expect("not empty");
     let (horizon_backup, horizon) = starts
         .iter()
         .map(|(m, i)| (m, Segment::of(i.timeline, i.start_lsn, segment_bytes)))
