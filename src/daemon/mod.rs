@@ -743,7 +743,9 @@ async fn prune_after_backup(
                 job = "prune", policy = %policy.name, run = %run_id,
                 kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
                 held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
-                damaged = r.damaged.len(), "prune finished"
+                damaged = r.damaged.len(),
+                wal_deleted = r.wal.as_ref().map_or(0, |w| w.deleted_files),
+                "prune finished"
             );
             Some(Ok(()))
         }
