@@ -1,4 +1,5 @@
-//! Alerts to webhooks: a failed backup, a breached RPO, a failed drill.
+//! Alerts to webhooks: a failed backup, a breached RPO, a failed drill, WAL
+//! archiving lagging behind the RPO target.
 //!
 //! Sending never blocks a job: [`Alerter::send`] only queues, and each
 //! delivery runs on its own task with retries and backoff. The webhook URL
@@ -31,6 +32,7 @@ pub enum Event {
     BackupFailed,
     RpoBreached,
     DrillFailed,
+    WalArchiveLagging,
 }
 
 impl Event {
@@ -39,6 +41,7 @@ impl Event {
             Event::BackupFailed => "backup failed",
             Event::RpoBreached => "RPO breached",
             Event::DrillFailed => "restore drill failed",
+            Event::WalArchiveLagging => "WAL archiving lagging",
         }
     }
 }

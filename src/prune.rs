@@ -11,6 +11,12 @@
 //! backups left behind: objects under a backup directory with no manifest,
 //! once they are old enough that no job can still be writing them.
 //!
+//! For a `postgres-cluster` policy it then deletes the archived WAL that no
+//! base backup still there needs ([`crate::retention::wal::select`]),
+//! decided again after the backups are gone from the catalog as it is then
+//! (so a backup a restore started holding meanwhile keeps its WAL), and
+//! oldest first, so that a prune stopped part-way leaves no gap.
+//!
 //! Nothing here prints or prompts: the daemon calls [`prune`] after each
 //! backup, and the command line prints the report it returns.
 
@@ -22,7 +28,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::config::Policy;
+use crate::config::{Policy, SourceConfig};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::repo::lease::{self, Lease};
 use crate::repo::{self, Repo, catalog};
@@ -99,6 +105,69 @@ pub struct PruneReport {
     pub expired_holds_removed: usize,
     /// Records of failed backups older than `runs::KEEP_DAYS`, removed.
     pub run_records_removed: usize,
+    /// For a `postgres-cluster` policy: the archived WAL no kept base
+    /// backup needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalPrune>,
+}
+
+/// What prune does to a `postgres-cluster` policy's archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalPrune {
+    /// Why every file is kept, when nothing may be deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_all: Option<String>,
+    /// The start segment of the oldest kept base backup: nothing from it
+    /// on is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon_backup: Option<String>,
+    /// Files (segments, `.backup` and `.partial` files) before the horizon.
+    pub files: usize,
+    pub bytes: u64,
+    /// The oldest and newest of them, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    pub deleted_files: usize,
+    pub deleted_bytes: u64,
+    /// Keys to delete, oldest first.
+    #[serde(skip)]
+    keys: Vec<(String, u64)>,
+}
+
+impl WalPrune {
+    fn kept(reason: String) -> WalPrune {
+        WalPrune::from_selection(
+            "",
+            retention::wal::WalSelection {
+                keep_all: Some(reason),
+                horizon: None,
+                horizon_backup: None,
+                delete: Vec::new(),
+            },
+        )
+    }
+
+    fn from_selection(policy: &str, s: retention::wal::WalSelection) -> WalPrune {
+        let name = |o: &crate::storage::ObjectMeta| {
+            crate::wal::parse_key(policy, &o.key).map(|(n, _)| n.name)
+        };
+        WalPrune {
+            files: s.delete.len(),
+            bytes: s.bytes(),
+            first: s.delete.first().and_then(name),
+            last: s.delete.last().and_then(name),
+            keys: s.delete.iter().map(|o| (o.key.clone(), o.size)).collect(),
+            keep_all: s.keep_all,
+            horizon: s.horizon,
+            horizon_backup: s.horizon_backup,
+            deleted_files: 0,
+            deleted_bytes: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +230,9 @@ pub async fn prune(repo: &Repo, policy: &Policy, opts: &PruneOptions) -> Result<
     let result = async {
         let mut report = plan(repo, policy, opts, Some(skew)).await?;
         execute(repo, &policy.name, &mut report, &lost, &opts.cancel).await?;
+        if report.wal.as_ref().is_some_and(|w| w.files > 0) {
+            report.wal = Some(prune_wal(repo, policy, &mut report, &lost, &opts.cancel).await?);
+        }
         report.expired_holds_removed =
             lease::remove_expired_holds(repo.store.as_ref(), &policy.name, Utc::now()).await?;
         report.run_records_removed = crate::repo::runs::remove_older_than(
@@ -236,6 +308,16 @@ async fn plan(
         .collect();
 
     let leftovers = find_leftovers(repo, &policy.name, now, opts.leftover_min_age).await?;
+    let wal = if matches!(policy.source, SourceConfig::PostgresCluster { .. }) {
+        let kept: BTreeSet<&str> = backups
+            .iter()
+            .filter(|b| b.action == Action::Keep)
+            .map(|b| b.id.as_str())
+            .collect();
+        Some(plan_wal(repo, policy, &cat, |id| kept.contains(id)).await?)
+    } else {
+        None
+    };
     let (versioning, object_lock) = match repo.store.protection().await {
         Ok(p) => (p.versioning, p.object_lock.is_some()),
         Err(e) => {
@@ -263,11 +345,96 @@ async fn plan(
         retained: Vec::new(),
         expired_holds_removed: 0,
         run_records_removed: 0,
+        wal,
     };
     if let Some(f) = &opts.on_plan {
         f(&report);
     }
     Ok(report)
+}
+
+/// Which archived WAL may go while the backups `kept` says stay.
+async fn plan_wal(
+    repo: &Repo,
+    policy: &Policy,
+    cat: &catalog::Catalog,
+    kept: impl Fn(&str) -> bool,
+) -> Result<WalPrune> {
+    if !retention::has_rules(&policy.retention) {
+        return Ok(WalPrune::kept(
+            "no retention rules: every base backup and all WAL are kept".into(),
+        ));
+    }
+    // An unreadable manifest may be a base backup whose start is unknown.
+    if let Some((key, _)) = cat.damaged.first() {
+        return Ok(WalPrune::kept(format!(
+            "manifest {key} cannot be read, and the base backup it may be needs WAL from a start no one can tell; \
+             repair or remove it (`drctl verify {}` names the problem), then prune again",
+            policy.name
+        )));
+    }
+    let kept: Vec<&crate::repo::manifest::Manifest> =
+        cat.backups.iter().filter(|m| kept(&m.id)).collect();
+    let listing = repo
+        .store
+        .list(&crate::wal::policy_prefix(&policy.name))
+        .await?;
+    Ok(WalPrune::from_selection(
+        &policy.name,
+        retention::wal::select(&policy.name, &kept, &listing),
+    ))
+}
+
+/// Deletes the WAL no base backup still in the repository needs, deciding
+/// again from the catalog as the backups' deletion left it: a restore that
+/// took a hold since the plan kept its backup, and so its WAL.
+async fn prune_wal(
+    repo: &Repo,
+    policy: &Policy,
+    report: &mut PruneReport,
+    lost: &AtomicBool,
+    cancel: &AtomicBool,
+) -> Result<WalPrune> {
+    let cat = catalog::load(repo, &policy.name).await?;
+    let mut wal = plan_wal(repo, policy, &cat, |_| true).await?;
+    let name = policy.name.as_str();
+    for (key, size) in wal.keys.clone() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted(format!(
+                "prune of `{name}` stopped while deleting WAL ({} of {} files deleted, oldest first, so the archive has no gap)",
+                wal.deleted_files, wal.files
+            )));
+        }
+        if lost.load(Ordering::Relaxed) {
+            return Err(Error::LeaseLost {
+                policy: name.to_string(),
+                message:
+                    "the prune's lease could not be renewed; it stopped before deleting more WAL"
+                        .into(),
+            });
+        }
+        let before = report.retained.len();
+        delete_objects(
+            repo.store.as_ref(),
+            std::iter::once(key),
+            report.object_lock,
+            &mut report.retained,
+        )
+        .await?;
+        if report.retained.len() == before {
+            wal.deleted_files += 1;
+            wal.deleted_bytes += size;
+        }
+    }
+    tracing::info!(
+        policy = name,
+        files = wal.deleted_files,
+        bytes = wal.deleted_bytes,
+        first = wal.first.as_deref().unwrap_or(""),
+        last = wal.last.as_deref().unwrap_or(""),
+        "Deleted the archived WAL that no kept base backup needs."
+    );
+    Ok(wal)
 }
 
 /// Backup directories with objects but no `manifest.json`.

@@ -15,6 +15,11 @@
 //!
 //! With no rule at all, everything is kept: nothing is ever deleted without
 //! a rule saying so. The newest backup is always kept.
+//!
+//! [`wal`] decides, from the base backups kept, which archived WAL of a
+//! `postgres-cluster` policy may go.
+
+pub mod wal;
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::Serialize;

@@ -1048,3 +1048,151 @@ fn a_listen_address_in_use_is_refused_with_the_setting_to_change() {
     // Nothing was started: no backup.
     assert_eq!(local_manifests(&ws, "etc"), 0);
 }
+
+/// The value of `name{policy="<policy>"}` in a `/metrics` text.
+fn metric(text: &str, name: &str, policy: &str) -> Option<f64> {
+    let prefix = format!("{name}{{policy=\"{policy}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A real PostgreSQL archiving through `drctl wal-push`, watched by the
+/// daemon: the WAL metrics come from the repository and the server and are
+/// sane while archiving works; with archive_command failing and a small RPO
+/// target, the lag shows in the metrics and /health and alerts once.
+#[test]
+fn wal_archiving_of_a_real_cluster_shows_in_metrics_and_a_stalled_archive_alerts() {
+    let hook = Receiver::start(0);
+    let t0 = Utc::now();
+    let world = common::cluster::World::new(false, "\n[schedule]\nrpo_target = \"1h\"\n");
+    let segment = world.switch_and_wait();
+    let port = free_port();
+    write_config(
+        &world.ws,
+        "daemon.toml",
+        port,
+        &format!(
+            "\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{}/generic\"\n",
+            hook.port
+        ),
+    );
+    let d = Daemon::start(&world.ws, "daemon.toml", port);
+    let wal = wait_for(
+        &format!("the daemon to see {segment} archived"),
+        Duration::from_secs(60),
+        || {
+            let wal = d.status()["policies"]["cluster"]["wal"].clone();
+            (wal["last_archived"].as_str() >= Some(segment.as_str()) && wal["server"].is_object())
+                .then_some(wal)
+        },
+    );
+    assert_eq!(
+        wal["server"]["last_archived_wal"],
+        segment.as_str(),
+        "{wal}"
+    );
+
+    let text = d.get("/metrics").1;
+    let m =
+        |name: &str| metric(&text, name, "cluster").unwrap_or_else(|| panic!("no {name}:\n{text}"));
+    let stored = m("drctl_wal_last_archived_timestamp_seconds");
+    assert!(
+        stored >= (t0.timestamp() - 1) as f64 && stored <= (Utc::now().timestamp() + 1) as f64,
+        "{stored} is not between the test's start and now"
+    );
+    assert!(m("drctl_wal_archive_lag_seconds") >= 0.0, "{text}");
+    assert_eq!(m("drctl_wal_archive_lag_segments"), 0.0, "{text}");
+    assert_eq!(m("drctl_wal_archive_failures_total"), 0.0, "{text}");
+    assert_eq!(m("drctl_wal_server_up"), 1.0, "{text}");
+    let health: serde_json::Value = serde_json::from_str(&d.get("/health").1).unwrap();
+    assert_eq!(
+        health["checks"]["wal_archive:cluster"]["ok"], true,
+        "{health}"
+    );
+    // A cluster policy's RPO is its archive's, not its base backups' age.
+    assert!(health["checks"].get("rpo:cluster").is_none(), "{health}");
+
+    // Archiving stops: the server keeps the WAL and counts failures.
+    world
+        .pg
+        .psql("postgres", "ALTER SYSTEM SET archive_command = 'false'");
+    world.pg.psql("postgres", "SELECT pg_reload_conf()");
+    world.pg.psql("postgres", "CREATE TABLE t(id int)");
+    for id in 1..=3 {
+        world.pg.psql(
+            "postgres",
+            &format!("INSERT INTO t VALUES ({id}); SELECT pg_switch_wal()"),
+        );
+    }
+    wait_for("archive_command to fail", Duration::from_secs(60), || {
+        let failed = world
+            .pg
+            .psql("postgres", "SELECT failed_count FROM pg_stat_archiver");
+        (failed != "0").then_some(())
+    });
+    let policy = world.ws.path().join("policies/cluster.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace("rpo_target = \"1h\"", "rpo_target = \"2s\""),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+
+    let alert = wait_for(
+        "a wal_archive_lagging alert",
+        Duration::from_secs(60),
+        || {
+            hook.bodies()
+                .into_iter()
+                .map(|(_, v)| v)
+                .find(|v| v["event"] == "wal_archive_lagging")
+        },
+    );
+    assert_eq!(alert["policy"], "cluster", "{alert}");
+    assert_eq!(alert["details"]["rpo_target_seconds"], 2, "{alert}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains(segment.as_str()),
+        "{alert}"
+    );
+    let text = wait_for(
+        "the metrics to show the stall",
+        Duration::from_secs(60),
+        || {
+            let text = d.get("/metrics").1;
+            (metric(&text, "drctl_wal_archive_failures_total", "cluster") >= Some(1.0)
+                && metric(&text, "drctl_wal_archive_lag_segments", "cluster") >= Some(1.0))
+            .then_some(text)
+        },
+    );
+    assert!(
+        metric(&text, "drctl_wal_archive_lag_seconds", "cluster") > Some(2.0),
+        "{text}"
+    );
+    let (code, body) = d.get("/health");
+    assert_eq!(code, 503, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        health["failing"],
+        serde_json::json!(["wal_archive:cluster"]),
+        "{body}"
+    );
+    let detail = health["checks"]["wal_archive:cluster"]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains("over the RPO target of 2s") && detail.contains("failed archive attempt"),
+        "{detail}"
+    );
+    // One alert per episode, however many checks see it.
+    let lagging = hook
+        .bodies()
+        .iter()
+        .filter(|(_, v)| v["event"] == "wal_archive_lagging")
+        .count();
+    assert_eq!(lagging, 1);
+}

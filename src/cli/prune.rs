@@ -112,22 +112,47 @@ fn print_plan(r: &PruneReport) {
             }
         );
     }
+    if let Some(w) = &r.wal {
+        outln!("  {}", describe_wal(w));
+    }
+}
+
+/// The WAL line of a plan: what goes, and where the kept archive starts.
+fn describe_wal(w: &job::WalPrune) -> String {
+    if let Some(why) = &w.keep_all {
+        return format!("WAL: all kept ({why})");
+    }
+    let horizon = match (&w.horizon, &w.horizon_backup) {
+        (Some(h), Some(b)) => format!("{h}, where base backup {b} starts"),
+        (Some(h), None) => h.clone(),
+        _ => "the oldest kept base backup's start".into(),
+    };
+    match (&w.first, &w.last) {
+        (Some(first), Some(last)) if w.files > 0 => format!(
+            "WAL: delete {} file{} ({}) before {horizon}: {first} to {last}; .history files are kept",
+            w.files,
+            plural(w.files),
+            crate::progress::bytes(w.bytes)
+        ),
+        _ => format!("WAL: nothing before {horizon} to delete"),
+    }
 }
 
 fn print_outcome(r: &PruneReport) {
     if r.dry_run {
+        let forget = r
+            .backups
+            .iter()
+            .filter(|b| b.action == Action::Forget)
+            .count();
+        let wal = r
+            .wal
+            .as_ref()
+            .map(|w| format!(" and {} WAL file{}", w.files, plural(w.files)))
+            .unwrap_or_default();
         outln!(
-            "Dry run: nothing was deleted ({} backup{} would be).",
-            r.backups
-                .iter()
-                .filter(|b| b.action == Action::Forget)
-                .count(),
-            plural(
-                r.backups
-                    .iter()
-                    .filter(|b| b.action == Action::Forget)
-                    .count()
-            )
+            "Dry run: nothing was deleted ({forget} backup{}{wal} would be).",
+            plural(forget)
         );
         return;
     }
@@ -141,8 +166,20 @@ fn print_outcome(r: &PruneReport) {
         .iter()
         .filter(|l| l.outcome == "deleted")
         .count();
+    let wal = r
+        .wal
+        .as_ref()
+        .map(|w| {
+            format!(
+                ", deleted {} WAL file{} ({})",
+                w.deleted_files,
+                plural(w.deleted_files),
+                crate::progress::bytes(w.deleted_bytes)
+            )
+        })
+        .unwrap_or_default();
     outln!(
-        "{}: deleted {} backup{}, kept {kept}{}{}.",
+        "{}: deleted {} backup{}, kept {kept}{}{}{wal}.",
         r.policy,
         r.deleted.len(),
         plural(r.deleted.len()),

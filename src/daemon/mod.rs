@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod state;
+pub mod wal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::alert::{Alert, Alerter, Event};
-use crate::config::{Config, Policy};
+use crate::config::{Config, Policy, SourceConfig};
 use crate::error::{Error, Result};
 use crate::repo::{Repo, catalog};
 use crate::schedule::Timetable;
@@ -193,6 +194,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         if next_check <= now {
             check_rpo(&ctx, now, &mut jobs);
+            check_wal(&ctx, now, &mut jobs);
             next_check = now + ctx.config.daemon.check_interval;
         }
         let wake = slots
@@ -440,6 +442,11 @@ fn sync_policies(state: &Shared, config: &Config) {
                 ..Default::default()
             });
         entry.kind = p.source.kind();
+        if matches!(p.source, SourceConfig::PostgresCluster { .. }) {
+            entry.wal.get_or_insert_with(Default::default);
+        } else {
+            entry.wal = None;
+        }
         entry.rpo_target_seconds = rpo_target(p).map(|d| d.num_seconds());
         entry.backup.schedule = p.schedule.as_ref().and_then(|s| s.backup.clone());
         if entry.backup.schedule.is_none() {
@@ -736,7 +743,9 @@ async fn prune_after_backup(
                 job = "prune", policy = %policy.name, run = %run_id,
                 kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
                 held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
-                damaged = r.damaged.len(), "prune finished"
+                damaged = r.damaged.len(),
+                wal_deleted = r.wal.as_ref().map_or(0, |w| w.deleted_files),
+                "prune finished"
             );
             Some(Ok(()))
         }
@@ -858,6 +867,87 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
                 drop(state);
                 ctx.alerter
                     .send(Alert::new(Event::RpoBreached, &name, summary, details));
+            }
+        });
+    }
+}
+
+/// Looks at each `postgres-cluster` policy's archive (and its server), one
+/// look at a time per policy, and alerts once when the archive lag goes over
+/// the RPO target; a later look under the target ends the episode.
+fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
+    let mut due = Vec::new();
+    {
+        let mut state = state::lock(&ctx.state);
+        let configured = state.configured.clone();
+        for (name, p) in &mut state.policies {
+            let Some(wal) = &mut p.wal else { continue };
+            if wal.scanning || !configured.contains(name) {
+                continue;
+            }
+            let Some(url) = ctx.config.policies.iter().find_map(|c| match &c.source {
+                SourceConfig::PostgresCluster { url, .. } if c.name == *name => Some(url.clone()),
+                _ => None,
+            }) else {
+                continue;
+            };
+            wal.scanning = true;
+            due.push((name.clone(), url, wal.clone()));
+        }
+    }
+    for (name, url, before) in due {
+        let ctx = ctx.clone();
+        jobs.spawn(async move {
+            let scanned = wal::scan(&ctx.repo, &name, &url, before, now).await;
+            if let Some(e) = &scanned.scan_error {
+                tracing::warn!(policy = %name, error = %e, "could not list the WAL archive");
+            }
+            let now = Utc::now();
+            let mut state = state::lock(&ctx.state);
+            let Some(p) = state.policies.get_mut(&name) else {
+                return;
+            };
+            let (added_at, target) = (p.added_at, p.rpo_target_seconds.map(Duration::seconds));
+            let Some(wal) = &mut p.wal else { return };
+            let lagging_before = wal.lagging;
+            *wal = state::WalState {
+                scanning: false,
+                lagging: lagging_before,
+                ..scanned
+            };
+            let Some(target) = target else { return };
+            match wal.overdue(target, added_at, now) {
+                Some(true) if !wal.lagging => {
+                    wal.lagging = true;
+                    let lag = wal.lag(now);
+                    let summary = match (&wal.last_archived, lag) {
+                        (Some(seg), Some(lag)) => format!(
+                            "the newest archived WAL segment {seg} was stored {} ago; the RPO target is {}",
+                            crate::timespec::human_duration(lag),
+                            crate::timespec::human_duration(target)
+                        ),
+                        _ => format!(
+                            "no WAL segment reached the archive within the RPO target of {}",
+                            crate::timespec::human_duration(target)
+                        ),
+                    };
+                    let details = serde_json::json!({
+                        "last_archived": wal.last_archived,
+                        "last_archived_at": wal.last_archived_at,
+                        "lag_seconds": lag.map(|l| l.num_seconds()),
+                        "rpo_target_seconds": target.num_seconds(),
+                        "server": wal.server,
+                        "server_error": wal.server_error,
+                    });
+                    drop(state);
+                    ctx.alerter
+                        .send(Alert::new(Event::WalArchiveLagging, &name, summary, details));
+                }
+                Some(false) if wal.lagging => {
+                    tracing::info!(policy = %name, "WAL archiving is within the RPO target again");
+                    wal.lagging = false;
+                }
+                _ => {}
             }
         });
     }
