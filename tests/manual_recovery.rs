@@ -1,9 +1,12 @@
 //! docs/manual-recovery.md works: backups made by drctl are recovered with
 //! only `aws`, `sha256sum`, `age`, `zstd`, `createdb`/`pg_restore` and `tar`,
-//! using the very command lines the document shows (each one is checked to
-//! appear in it verbatim, so the document and this test cannot drift apart).
-//! The manifest fields the document reads with `jq` are read here with
-//! serde_json, and with the document's `jq` lines too when `jq` is installed.
+//! and a `postgres-cluster` policy to a point in time with those, `jq` and
+//! PostgreSQL's own `pg_ctl` and `psql`, using the very command lines the
+//! document shows (each one is checked to appear in it verbatim, and the
+//! `restore_command` script is taken from it, so the document and this test
+//! cannot drift apart). The manifest fields the logical sections read with
+//! `jq` are read here with serde_json, and with the document's `jq` lines too
+//! when `jq` is installed.
 
 mod common;
 
@@ -12,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::workspace::{Backend, Workspace};
-use common::{Postgres, S3Server, block_on, output_within, s3_env, unique_bucket_name};
+use common::{Postgres, S3Server, block_on, output_within, s3_env, unique_bucket_name, wait_for};
 use sha2::{Digest, Sha256};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -70,6 +73,9 @@ struct Session {
     env: Vec<(String, String)>,
     /// Shell variable assignments run before every step.
     vars: String,
+    /// Steps run as the OS user PostgreSQL runs as (see
+    /// [`Session::hand_to_pg_owner`]).
+    as_pg_owner: bool,
 }
 
 impl Session {
@@ -93,7 +99,18 @@ impl Session {
             dir,
             env,
             vars: String::new(),
+            as_pg_owner: false,
         }
+    }
+
+    /// Runs every later step as the server's OS user, as the document's
+    /// `sudo -iu postgres` does, with the session directory as its home.
+    fn hand_to_pg_owner(&mut self) {
+        common::chown_to_pg_owner(self.path());
+        common::chown_to_pg_owner(&self.path().join("identity.age"));
+        let home = self.path().display().to_string();
+        self.env.push(("HOME".into(), home));
+        self.as_pg_owner = true;
     }
 
     fn path(&self) -> &Path {
@@ -120,6 +137,9 @@ impl Session {
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if self.as_pg_owner {
+            common::run_as_pg_owner(&mut cmd);
         }
         output_within(&mut cmd, b"", STEP_TIMEOUT)
     }
@@ -497,4 +517,523 @@ fn files_recovered_from_a_local_directory_with_age_zstd_and_tar() {
             & 0o7777,
         0o600
     );
+}
+
+// --- a postgres-cluster policy, to a point in time -------------------------------
+
+const CLUSTER_SETUP: &str = "set -o pipefail\numask 077\nmkdir -p ~/recovery && cd ~/recovery";
+const S3_CHOOSE: &str = r#"for m in $(aws "${EP[@]}" s3 ls --recursive "s3://$BUCKET/${P}backups/$POLICY/" | awk '/\/manifest.json$/ {print $4}'); do
+  aws "${EP[@]}" s3 cp "s3://$BUCKET/$m" - | jq -r 'select(.cluster) | [.cluster.end_time, .id] | @tsv'
+done | sort | while read -r end id; do
+  if [ "$(date -d "$end" +%s%N)" -lt "$(date -d "$T" +%s%N)" ]; then echo "$end $id"; fi
+done"#;
+const LOCAL_CHOOSE: &str = r#"jq -r 'select(.cluster) | [.cluster.end_time, .id] | @tsv' "$REPO"/backups/"$POLICY"/*/manifest.json |
+sort | while read -r end id; do
+  if [ "$(date -d "$end" +%s%N)" -lt "$(date -d "$T" +%s%N)" ]; then echo "$end $id"; fi
+done"#;
+const PGDATA_LINE: &str = "PGDATA=/var/lib/postgresql/15/restored";
+const UNPACK: &str = r#"mkdir -m 0700 "$PGDATA"
+tar -x -f data.plain -C "$PGDATA"
+mkdir -p "$PGDATA/pg_wal/archive_status"
+rm -f data.plain data.zst.age"#;
+const TRY_SCRIPT: &str = r#"SEG=$(sed -n 's/^START WAL LOCATION: .* (file \(.*\))$/\1/p' "$PGDATA/backup_label")
+./restore-wal "$SEG" check.wal; echo "exit $?"
+./restore-wal 00000001.history check.wal; echo "exit $?"
+rm -f check.wal"#;
+const RECOVER: &str = r#"cat >> "$PGDATA/postgresql.auto.conf" <<EOF
+restore_command = '$PWD/restore-wal %f %p'
+recovery_target_time = '$T'
+recovery_target_action = 'promote'
+archive_mode = off
+EOF
+touch "$PGDATA/recovery.signal"
+/usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -l recovery.log -o '-p 5433' start"#;
+const PSQL_STATE: &str =
+    "psql -p 5433 -d postgres -At -c 'SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp()'";
+const GREP_LOG: &str = "grep -E 'recovery stopping|restore-wal|FATAL' recovery.log";
+
+/// The document's two `restore-wal` scripts (each the whole paste, from the
+/// first `cat` to `chmod`): `(s3, local)`.
+fn restore_wal_scripts(doc: &str) -> (String, String) {
+    const START: &str = "cat > restore-wal <<EOF\n";
+    const END: &str = "chmod 0700 restore-wal";
+    let scripts: Vec<String> = doc
+        .match_indices(START)
+        .map(|(at, _)| {
+            let len = doc[at..]
+                .find(END)
+                .expect("the restore-wal block ends with chmod");
+            doc[at..at + len + END.len()].to_string()
+        })
+        .collect();
+    let [s3, local] = scripts.as_slice() else {
+        panic!(
+            "docs/manual-recovery.md should show two restore-wal scripts (S3, local), not {}",
+            scripts.len()
+        );
+    };
+    assert!(
+        s3.contains("s3api list-objects-v2") && local.contains("find \"$dir\""),
+        "the S3 script comes first, then the local one"
+    );
+    (s3.clone(), local.clone())
+}
+
+/// A PostgreSQL 15 archiving with `drctl wal-push` into policy `cluster` of
+/// `ws`, as in tests/pitr.rs: the server and drctl run as the `postgres` OS
+/// user.
+struct Cluster {
+    pg: Postgres,
+    ws: Workspace,
+    /// The bucket, for S3.
+    s3: Option<(S3Server, String)>,
+}
+
+impl Cluster {
+    fn new(on_s3: bool) -> Cluster {
+        let (s3, backend) = if on_s3 {
+            let s3 = S3Server::start();
+            let bucket = unique_bucket_name("manual-pitr");
+            block_on(s3.create_bucket(&bucket, true));
+            let backend = Backend::S3 {
+                endpoint: s3.endpoint(),
+                bucket: bucket.clone(),
+            };
+            (Some((s3, bucket)), backend)
+        } else {
+            (None, Backend::Local)
+        };
+        let mut ws = Workspace::new(backend);
+        ws.hand_to_pg_owner();
+        let archive_command = format!(
+            "env {} {} --config {} wal-push cluster %p",
+            ws.env_words(),
+            env!("CARGO_BIN_EXE_drctl"),
+            ws.path().join("drctl.toml").display()
+        );
+        let pg = Postgres::start_with(&format!(
+            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n"
+        ));
+        ws.set_env("PGPASSWORD", pg.password());
+        ws.write(
+            "policies/cluster.toml",
+            &format!(
+                "[source]\ntype = \"postgres-cluster\"\nurl = \"{}\"\nwal_wait = \"60s\"\n",
+                pg.url("postgres")
+            ),
+        );
+        common::chown_to_pg_owner(&ws.path().join("policies/cluster.toml"));
+        Cluster { pg, ws, s3 }
+    }
+
+    /// Switches to a new WAL segment and waits until the old one is archived.
+    fn switch_and_wait(&self) {
+        let segment = self
+            .pg
+            .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+        wait_for(
+            &format!("{segment} to be archived"),
+            Duration::from_secs(60),
+            || {
+                let archived = self.pg.psql(
+                    "postgres",
+                    "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+                );
+                (archived.as_str() >= segment.as_str()).then_some(())
+            },
+        );
+    }
+
+    /// Stores `bytes` under `key` (relative to the repository).
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        match &self.s3 {
+            Some((s3, bucket)) => block_on(s3.put_object(bucket, &format!("drctl/{key}"), bytes)),
+            None => std::fs::write(self.ws.repo_dir().join(key), bytes)
+                .unwrap_or_else(|e| panic!("write {key}: {e}")),
+        }
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        match &self.s3 {
+            Some((s3, bucket)) => block_on(s3.get_object(bucket, &format!("drctl/{key}"))),
+            None => std::fs::read(self.ws.repo_dir().join(key))
+                .unwrap_or_else(|e| panic!("read {key}: {e}")),
+        }
+    }
+
+    fn delete(&self, key: &str) {
+        match &self.s3 {
+            Some((s3, bucket)) => {
+                block_on(
+                    s3.client()
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(format!("drctl/{key}"))
+                        .send(),
+                )
+                .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
+            }
+            None => std::fs::remove_file(self.ws.repo_dir().join(key))
+                .unwrap_or_else(|e| panic!("remove {key}: {e}")),
+        }
+    }
+
+    /// The keys under `wal/cluster/<tli>/` that start with `name-`.
+    fn wal_keys(&self, tli: &str, name: &str) -> Vec<String> {
+        let prefix = format!("wal/cluster/{tli}/{name}-");
+        match &self.s3 {
+            Some((s3, bucket)) => block_on(s3.list_keys(bucket, &format!("drctl/{prefix}")))
+                .into_iter()
+                .map(|k| k.strip_prefix("drctl/").unwrap_or(&k).to_string())
+                .collect(),
+            None => {
+                let dir = self.ws.repo_dir().join(format!("wal/cluster/{tli}"));
+                let mut keys: Vec<String> = std::fs::read_dir(&dir)
+                    .map(|entries| {
+                        entries
+                            .map(|e| e.expect("dir entry").file_name())
+                            .map(|n| format!("wal/cluster/{tli}/{}", n.to_string_lossy()))
+                            .filter(|k| k.starts_with(&prefix))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                keys.sort();
+                keys
+            }
+        }
+    }
+}
+
+/// Whether the `postgres` OS user can run `program` with `path` as PATH
+/// (PostgreSQL runs `restore_command` as that user).
+fn pg_owner_can_run(program: &str, path: &str) -> bool {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &format!("{program} --version")])
+        .env("PATH", path)
+        .env("HOME", "/tmp");
+    common::run_as_pg_owner(&mut cmd);
+    output_within(&mut cmd, b"", STEP_TIMEOUT).status.success()
+}
+
+/// A server started by the document's `pg_ctl` line, stopped when dropped.
+struct Restored {
+    dir: PathBuf,
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        if !self.dir.join("postmaster.pid").exists() {
+            return;
+        }
+        let mut cmd = Command::new(common::pg_bin("pg_ctl"));
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate"]);
+        common::run_as_pg_owner(&mut cmd);
+        let _ = output_within(&mut cmd, b"", Duration::from_secs(60));
+    }
+}
+
+/// The section "A `postgres-cluster` policy, to a point in time", followed
+/// literally: the newest base backup consistent before T is chosen with
+/// `jq`, fetched and checked as a logical backup, untarred; the
+/// `restore-wal` script is written by the document's own paste and tried as
+/// it says (then against a damaged and a doubled archive, which must stop
+/// recovery, not end it); PostgreSQL replays with it to T. The restored
+/// rows are exactly those committed before T.
+fn cluster_recovered_to_a_time(on_s3: bool) {
+    let doc = doc();
+    let (s3_script, local_script) = restore_wal_scripts(&doc);
+    let mut shown = vec![
+        CLUSTER_SETUP,
+        "sudo -iu postgres",
+        "T='2026-11-27 14:30:00+00'",
+        PGDATA_LINE,
+        UNPACK,
+        TRY_SCRIPT,
+        RECOVER,
+        PSQL_STATE,
+        GREP_LOG,
+        CHECK_PLAINTEXT,
+    ];
+    if on_s3 {
+        shown.extend([
+            S3_CHOOSE,
+            S3_GET_MANIFEST,
+            S3_JQ_FIELDS,
+            S3_DOWNLOAD,
+            CHECK_CIPHERTEXT,
+            DECRYPT,
+        ]);
+    } else {
+        shown.extend([
+            LOCAL_CHOOSE,
+            LOCAL_MANIFEST,
+            LOCAL_JQ_FIELDS,
+            LOCAL_CHECK_CIPHERTEXT,
+            LOCAL_DECRYPT,
+        ]);
+    }
+    assert_in_doc(&doc, &shown);
+
+    // A base backup, rows 1–3, T, rows 4–6, a second base backup (consistent
+    // after T, so not the one to use), all of it archived.
+    let cluster = Cluster::new(on_s3);
+    let pg = &cluster.pg;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t(id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    );
+    let base = cluster.ws.backup("cluster");
+    for id in 1..=3 {
+        pg.psql("postgres", &format!("INSERT INTO t(id) VALUES ({id})"));
+    }
+    let target = pg.psql(
+        "postgres",
+        "SELECT pg_sleep(1); SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'; SELECT pg_sleep(1);",
+    );
+    let target = target.lines().find(|l| !l.is_empty()).unwrap().to_string();
+    for id in 4..=6 {
+        pg.psql("postgres", &format!("INSERT INTO t(id) VALUES ({id})"));
+    }
+    let later = cluster.ws.backup("cluster");
+    cluster.switch_and_wait();
+
+    let mut rec = Session::new(&cluster.ws);
+    let path = rec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .expect("PATH");
+    // PostgreSQL runs the script as its own user, which must be able to run
+    // every tool in it. Where `aws` is installed for root only (pyenv under
+    // /root), the S3 steps run as root and the server part cannot.
+    let server_can_fetch = !on_s3 || pg_owner_can_run("aws", &path);
+    if server_can_fetch {
+        rec.hand_to_pg_owner();
+    }
+    rec.set("umask 077");
+    match &cluster.s3 {
+        Some((s3, bucket)) => {
+            rec.set(&format!("BUCKET={}", shell_quote(bucket)));
+            rec.set("P=drctl/");
+            rec.set(&format!(
+                "EP=(--endpoint-url {})",
+                shell_quote(&s3.endpoint())
+            ));
+        }
+        None => rec.set(&format!(
+            "REPO={}",
+            shell_quote(&cluster.ws.repo_dir().display().to_string())
+        )),
+    }
+    rec.set("POLICY=cluster");
+    rec.set(&format!("T={}", shell_quote(&target)));
+
+    // 1. Choose: the newest base backup consistent before T.
+    let chosen = rec.ok(if on_s3 { S3_CHOOSE } else { LOCAL_CHOOSE });
+    let ids: Vec<&str> = chosen
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        ids,
+        [base.as_str()],
+        "only {base} was consistent before {target}, not {later}:\n{chosen}"
+    );
+    rec.set(&format!("ID={}", shell_quote(&base)));
+
+    // 2. data.plain as for a logical backup, then into a new data directory.
+    let fetched = if on_s3 {
+        rec.ok(&format!(
+            "{S3_GET_MANIFEST}\n{S3_JQ_FIELDS}\n{S3_DOWNLOAD} >/dev/null\n{CHECK_CIPHERTEXT}\n{DECRYPT}\n{CHECK_PLAINTEXT}"
+        ))
+    } else {
+        rec.ok(&format!(
+            "{LOCAL_MANIFEST}\n{LOCAL_JQ_FIELDS}\n{LOCAL_CHECK_CIPHERTEXT}\n{LOCAL_DECRYPT}\n{CHECK_PLAINTEXT}"
+        ))
+    };
+    assert_eq!(fetched.matches(": OK\n").count(), 2, "{fetched}");
+    assert!(fetched.contains("data.plain: OK"), "{fetched}");
+    let data_dir = rec.path().join("restored");
+    rec.set(&format!(
+        "PGDATA={}",
+        shell_quote(&data_dir.display().to_string())
+    ));
+    rec.ok(UNPACK);
+    assert!(data_dir.join("backup_label").is_file());
+    assert!(data_dir.join("global/pg_control").is_file());
+    assert!(!rec.path().join("data.plain").exists());
+
+    // 3. The script, written by the document's paste, tried as it says.
+    rec.ok(if on_s3 { &s3_script } else { &local_script });
+    let tried = rec.ok(&format!("set +e\n{TRY_SCRIPT}"));
+    assert_eq!(
+        tried, "exit 0\nexit 1\n",
+        "the base backup's first segment comes back, a missing history file does not"
+    );
+    let label = std::fs::read_to_string(data_dir.join("backup_label")).unwrap();
+    let seg = start_segment(&label);
+    let keys = cluster.wal_keys(&seg[..8], &seg);
+    let [key] = keys.as_slice() else {
+        panic!("{seg} should be archived once: {keys:?}")
+    };
+    let sha = key
+        .rsplit_once('-')
+        .and_then(|(_, rest)| rest.strip_suffix(".zst.age"))
+        .expect("a WAL key");
+    let fetched = rec.run(&format!("./restore-wal {seg} seg.wal"));
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert_eq!(sha256_file(&rec.path().join("seg.wal")), sha);
+    std::fs::remove_file(rec.path().join("seg.wal")).unwrap();
+
+    // What must stop recovery (126), not end it (1): an object whose content
+    // does not match its name, two objects for one name, and (locally) an
+    // archive the script cannot read.
+    let stops = |name: &str, why: &str| {
+        let out = rec.run(&format!("./restore-wal {name} pg.wal"));
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "restore-wal {name}: expected 126 ({why})\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(!rec.path().join("pg.wal").exists());
+        assert!(
+            !rec.path().join("pg.wal.restore-wal").exists(),
+            "the temporary file is removed"
+        );
+    };
+    let sealed = cluster.get(key);
+    let forged_name = format!("{}000000FE", &seg[..16]);
+    let forged = format!(
+        "wal/cluster/{}/{forged_name}-{}.zst.age",
+        &seg[..8],
+        "0".repeat(64)
+    );
+    cluster.put(&forged, sealed.clone());
+    stops(&forged_name, "does not match the sha256");
+    cluster.delete(&forged);
+    let twice = format!("wal/cluster/{}/{seg}-{}.zst.age", &seg[..8], "1".repeat(64));
+    cluster.put(&twice, sealed);
+    stops(&seg, "archived more than once");
+    cluster.delete(&twice);
+    if !on_s3 {
+        use std::os::unix::fs::PermissionsExt;
+        let tli_dir = cluster
+            .ws
+            .repo_dir()
+            .join(format!("wal/cluster/{}", &seg[..8]));
+        let mode = std::fs::metadata(&tli_dir).unwrap().permissions();
+        std::fs::set_permissions(&tli_dir, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let out = rec.run(&format!("./restore-wal {seg} pg.wal"));
+        std::fs::set_permissions(&tli_dir, mode).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(126), "{stderr}");
+        assert!(stderr.contains("cannot list"), "{stderr}");
+    }
+    if !server_can_fetch {
+        eprintln!(
+            "the postgres OS user cannot run `aws` here (installed for root only); \
+             the S3 recovery stops before starting PostgreSQL"
+        );
+        return;
+    }
+
+    // 4. Recover: the settings, recovery.signal, pg_ctl start.
+    let port = common::free_port().to_string();
+    let sock = shell_quote(&pg.socket_dir().display().to_string());
+    let _server = Restored {
+        dir: data_dir.clone(),
+    };
+    let log = || std::fs::read_to_string(rec.path().join("recovery.log")).unwrap_or_default();
+    let started = rec.run(&RECOVER.replace("5433", &port));
+    assert!(
+        started.status.success(),
+        "pg_ctl start failed: {}\n--- recovery.log ---\n{}",
+        String::from_utf8_lossy(&started.stderr),
+        log()
+    );
+    let psql = |sql: &str| {
+        let cmd = PSQL_STATE
+            .replace("psql -p 5433", &format!("psql -h {sock} -p {port}"))
+            .replace(
+                "'SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp()'",
+                &shell_quote(sql),
+            );
+        rec.run(&cmd)
+    };
+    wait_for("recovery to end", STEP_TIMEOUT, || {
+        assert!(
+            data_dir.join("postmaster.pid").exists(),
+            "the restored server stopped\n--- recovery.log ---\n{}",
+            log()
+        );
+        let out = psql("SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp()");
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("f|")
+            .then_some(())
+    });
+    let state = rec.ok(&PSQL_STATE.replace("psql -p 5433", &format!("psql -h {sock} -p {port}")));
+    assert!(state.starts_with("f|"), "{state}");
+    let grepped = rec.ok(GREP_LOG);
+    assert!(
+        grepped.contains("recovery stopping before commit"),
+        "{grepped}"
+    );
+    assert!(!grepped.contains("FATAL"), "{grepped}");
+    assert!(!grepped.contains("restore-wal:"), "{grepped}");
+
+    // The honest check: the rows before T, none after.
+    let value = |sql: &str| {
+        let out = psql(sql);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        value("SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3"
+    );
+    assert_eq!(
+        value(&format!("SELECT max(at) < '{target}' FROM t")),
+        "t",
+        "a row from after the target was restored"
+    );
+    assert_eq!(
+        value(&format!(
+            "SELECT pg_last_xact_replay_timestamp() < '{target}'"
+        )),
+        "t"
+    );
+    assert_eq!(value("SHOW archive_mode"), "off");
+    assert_eq!(value("SELECT pg_is_in_recovery()"), "f", "not promoted");
+}
+
+/// The segment `backup_label` names as where replay starts.
+fn start_segment(label: &str) -> String {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split_once("(file "))
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no START WAL LOCATION in backup_label:\n{label}"))
+        .to_string()
+}
+
+#[test]
+fn cluster_recovered_to_a_time_from_a_local_directory_with_age_zstd_and_pg_ctl() {
+    cluster_recovered_to_a_time(false);
+}
+
+#[test]
+fn cluster_recovered_to_a_time_from_s3_with_aws_age_zstd_and_pg_ctl() {
+    cluster_recovered_to_a_time(true);
 }
