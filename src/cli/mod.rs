@@ -145,7 +145,8 @@ pub enum Command {
         dry_run: bool,
     },
     /// PostgreSQL's archive_command: archive one WAL file, exit 0 only once
-    /// it is stored (`archive_command = 'drctl wal-push POLICY %p'`).
+    /// it is stored in the repository or, sealed, in the local spool
+    /// (`archive_command = 'drctl wal-push POLICY %p'`).
     WalPush {
         /// A `postgres-cluster` policy.
         policy: String,
@@ -163,10 +164,25 @@ pub enum Command {
         /// Where to write it (`%p`).
         path: PathBuf,
     },
+    /// The WAL archive of `postgres-cluster` policies.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
     /// The bucket's versioning, lifecycle rules and Object Lock defaults.
     Repo {
         #[command(subcommand)]
         command: repo::RepoCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Store the WAL that `wal-push` spooled while the repository did not
+    /// answer (every `wal-push` does this first too).
+    Drain {
+        /// A `postgres-cluster` policy.
+        policy: String,
     },
 }
 
@@ -219,7 +235,7 @@ impl ExitCode {
             Error::StopRecovery(_) => ExitCode::StopRecovery,
             Error::NotArchived(_) => ExitCode::Failed,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
-            Error::Archived(_) => ExitCode::Unavailable,
+            Error::Archived(_) | Error::SpoolFull(_) => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
                 ExitCode::Unavailable
             }
@@ -308,6 +324,9 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Repo { command } => repo::run(&ctx, command).await,
         Command::WalPush { policy, path } => wal::push(&ctx, policy, path).await,
         Command::WalFetch { policy, name, path } => wal::fetch(&ctx, policy, name, path).await,
+        Command::Wal {
+            command: WalCommand::Drain { policy },
+        } => wal::drain(&ctx, policy).await,
     }
 }
 

@@ -19,6 +19,7 @@
 
 pub mod fetch;
 pub mod push;
+pub mod spool;
 
 use std::fmt;
 
