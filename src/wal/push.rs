@@ -242,9 +242,20 @@ pub async fn archive(a: &Archiver<'_>, path: &Path) -> Result<Report> {
         drained: 0,
         ahead: 0,
     };
-    if a.spool.is_done(&name, &sha256) {
-        a.spool.prune_markers(&name);
-        return Ok(report(Outcome::StoredAhead));
+    match a.spool.done(&name) {
+        Some(done) if done == sha256 => {
+            a.spool.prune_markers(&name);
+            return Ok(report(Outcome::StoredAhead));
+        }
+        Some(other) => {
+            return Err(Error::Refused(format!(
+                "{name} was stored ahead (by an earlier wal-push's look-ahead) with other content \
+                 (sha256 {other}; this file's sha256 is {sha256}); nothing was changed. Two \
+                 servers archiving to one policy cause this: find out which server's WAL is right \
+                 before anything else"
+            )));
+        }
+        None => {}
     }
     let queued = a.spool.find(&name)?;
     if let Some(same) = queued.iter().find(|s| s.sha256 == sha256) {

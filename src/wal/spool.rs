@@ -380,10 +380,12 @@ impl Spool {
             })
     }
 
-    /// Whether look-ahead stored `name` with exactly this content.
-    pub fn is_done(&self, name: &WalName, sha256: &str) -> bool {
-        std::fs::read_to_string(self.dir.join(DONE).join(&name.name))
-            .is_ok_and(|stored| stored.trim() == sha256)
+    /// The digest look-ahead stored `name` with, if it did.
+    pub fn done(&self, name: &WalName) -> Option<String> {
+        let sha = std::fs::read_to_string(self.dir.join(DONE).join(&name.name)).ok()?;
+        let sha = sha.trim();
+        // A torn write is no marker: the network answers instead.
+        (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
     }
 
     /// Names look-ahead has stored and PostgreSQL has not asked for yet.
