@@ -34,10 +34,16 @@ use crate::repo::Repo;
 use crate::storage::Store;
 
 /// Uploads one `wal-push` runs at once, draining the spool or storing
-/// segments ahead. Each holds a few MiB of parts (and look-ahead a sealing
-/// pipeline too), so this bounds the command's memory as well as its
-/// share of the link.
-pub const PARALLEL_UPLOADS: usize = 4;
+/// segments ahead. Memory, not the link, sets this: on S3 an upload of an
+/// incompressible 16 MiB segment holds up to three 6 MiB parts, so each
+/// one adds up to about 20 MiB to the command's peak (docs/operations.md
+/// has the figures measured).
+pub const PARALLEL_UPLOADS: usize = 2;
+
+/// zstd threads per WAL file: none besides the caller's. A 16 MiB segment
+/// compresses in tens of milliseconds on one thread, and each worker would
+/// add its own job buffers to the command's peak memory.
+pub const WAL_ZSTD_WORKERS: u32 = 0;
 
 /// `.ready` segments one call stores ahead at most, so that a call that
 /// finds a long backlog still returns to PostgreSQL in bounded time.
@@ -112,14 +118,26 @@ pub async fn push(
     // lets the key carry the digest: a repeated push is answered from a
     // listing, without the identity.
     let sha256 = hash_blocking(path).await?;
-    push_hashed(repo, policy, recipients, level, path, &name, &sha256).await
+    push_hashed(
+        repo,
+        policy,
+        recipients,
+        level,
+        WAL_ZSTD_WORKERS,
+        path,
+        &name,
+        &sha256,
+    )
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn push_hashed(
     repo: &Repo,
     policy: &str,
     recipients: &[String],
     level: i32,
+    zstd_workers: u32,
     path: &Path,
     name: &WalName,
     sha256: &str,
@@ -148,11 +166,12 @@ async fn push_hashed(
     let key = super::object_key(policy, &name, &sha256);
     let recipients = crypto::parse_recipients(recipients)?;
     let source = path.to_path_buf();
-    let ((stored, digests), ()) = crate::backup::store_sealed(
+    let ((stored, digests), ()) = crate::backup::store_sealed_with(
         repo,
         &key,
         &recipients,
         level,
+        zstd_workers,
         Arc::new(AtomicBool::new(false)),
         move |out| {
             let mut file = std::fs::File::open(&source)
@@ -324,7 +343,16 @@ pub async fn archive(a: &Archiver<'_>, path: &Path) -> Result<Report> {
     }
     let pushed = tokio::time::timeout(
         a.timeout,
-        push_hashed(&repo, a.policy, a.recipients, a.level, path, &name, &sha256),
+        push_hashed(
+            &repo,
+            a.policy,
+            a.recipients,
+            a.level,
+            WAL_ZSTD_WORKERS,
+            path,
+            &name,
+            &sha256,
+        ),
     )
     .await;
     let pushed = match pushed {
@@ -534,7 +562,7 @@ async fn look_ahead(
             async move {
                 let stored = async {
                     let sha256 = hash_blocking(&file).await?;
-                    push_hashed(repo, a.policy, a.recipients, a.level, &file, &name, &sha256)
+                                        push_hashed(repo, a.policy, a.recipients, a.level, WAL_ZSTD_WORKERS, &file, &name, &sha256)
                         .await?;
                     a.spool.mark_done(&name, &sha256)
                 }

@@ -279,8 +279,13 @@ impl Spool {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io(format!("creating {}", tmp.display())))?;
-            let mut sealer = Sealer::new(recipients, level, std::io::BufWriter::new(out))
-                .map_err(io("starting encryption".into()))?;
+            let mut sealer = Sealer::with_workers(
+                recipients,
+                level,
+                super::push::WAL_ZSTD_WORKERS,
+                std::io::BufWriter::new(out),
+            )
+            .map_err(io("starting encryption".into()))?;
             let mut input =
                 File::open(source).map_err(io(format!("opening {}", source.display())))?;
             std::io::copy(&mut input, &mut sealer).map_err(io(format!(
