@@ -123,6 +123,11 @@ pub enum Error {
     #[error("{0}")]
     NotArchived(String),
 
+    /// `wal-push` could reach neither the repository nor room in the local
+    /// spool: PostgreSQL keeps the WAL and tries again.
+    #[error("{0}")]
+    SpoolFull(String),
+
     /// `wal-fetch` failed for any reason but "not archived". Exit 126 makes
     /// PostgreSQL stop recovery; exit 1 would end it early (and without a
     /// target, promote onto a new timeline) while WAL is still missing.
@@ -189,9 +194,10 @@ impl Error {
     pub fn persistence(&self) -> Persistence {
         match self {
             Error::Storage(e) if e.kind == StorageErrorKind::Transient => Persistence::Temporary,
-            Error::Locked { .. } | Error::Interrupted(_) | Error::Archived(_) => {
-                Persistence::Temporary
-            }
+            Error::Locked { .. }
+            | Error::Interrupted(_)
+            | Error::Archived(_)
+            | Error::SpoolFull(_) => Persistence::Temporary,
             _ => Persistence::Permanent,
         }
     }

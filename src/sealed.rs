@@ -231,12 +231,48 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
 {
+    store_sealed_with(
+        repo,
+        key,
+        recipients,
+        level,
+        crate::pipeline::ZSTD_WORKERS,
+        cancel,
+        produce,
+    )
+    .await
+}
+
+/// [`store_sealed`] with `zstd_workers` compression threads: 0 for callers
+/// that run several seals at once and would otherwise multiply zstd's
+/// per-worker buffers.
+///
+/// # Errors
+/// As [`store_sealed`].
+pub async fn store_sealed_with<T, F>(
+    repo: &Repo,
+    key: &str,
+    recipients: &[age::x25519::Recipient],
+    level: i32,
+    zstd_workers: u32,
+    cancel: Arc<AtomicBool>,
+    produce: F,
+) -> Result<((Stored, Digests), T)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let (done_tx, done_rx) = oneshot::channel();
     let recipients = recipients.to_vec();
     let producer = tokio::task::spawn_blocking(move || -> Result<(Digests, T)> {
-        let mut sealer = Sealer::new(&recipients, level, ChannelWriter::new(tx, cancel.clone()))
-            .map_err(|e| Error::io("starting encryption", e))?;
+        let mut sealer = Sealer::with_workers(
+            &recipients,
+            level,
+            zstd_workers,
+            ChannelWriter::new(tx, cancel.clone()),
+        )
+        .map_err(|e| Error::io("starting encryption", e))?;
         // Whatever error a cancelled write turned into on its way up through
         // the source (tar names the file it was writing), it means "stopped".
         let value = produce(&mut sealer).map_err(|e| match cancel.load(Ordering::Relaxed) {

@@ -145,7 +145,8 @@ pub enum Command {
         dry_run: bool,
     },
     /// PostgreSQL's archive_command: archive one WAL file, exit 0 only once
-    /// it is stored (`archive_command = 'drctl wal-push POLICY %p'`).
+    /// it is stored in the repository or, sealed, in the local spool
+    /// (`archive_command = 'drctl wal-push POLICY %p'`).
     WalPush {
         /// A `postgres-cluster` policy.
         policy: String,
@@ -194,6 +195,12 @@ pub enum WalCommand {
     /// gaps, and the server's pg_stat_archiver. Exits 1 on a gap or a lag
     /// beyond `[schedule] rpo_target`.
     Status {
+        /// A `postgres-cluster` policy.
+        policy: String,
+    },
+    /// Store the WAL that `wal-push` spooled while the repository did not
+    /// answer (every `wal-push` does this first too).
+    Drain {
         /// A `postgres-cluster` policy.
         policy: String,
     },
@@ -259,7 +266,7 @@ impl ExitCode {
             Error::StopRecovery(_) => ExitCode::StopRecovery,
             Error::NotArchived(_) => ExitCode::Failed,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
-            Error::Archived(_) => ExitCode::Unavailable,
+            Error::Archived(_) | Error::SpoolFull(_) => ExitCode::Unavailable,
             Error::Database { message, .. } if message.starts_with("cannot connect") => {
                 ExitCode::Unavailable
             }
@@ -355,6 +362,9 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Pitr {
             command: PitrCommand::Setup { policy },
         } => wal::setup(&ctx, policy).await,
+        Command::Wal {
+            command: WalCommand::Drain { policy },
+        } => wal::drain(&ctx, policy).await,
     }
 }
 

@@ -28,6 +28,38 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     pub daemon: DaemonConfig,
     pub alerts: Vec<Webhook>,
+    pub wal: WalConfig,
+}
+
+/// `[wal]`: how `wal-push` rides out a repository that does not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Where sealed WAL waits while the repository cannot take it, one
+    /// directory per policy. It must survive a reboot (not a tmpfs): what
+    /// is in it was reported archived to PostgreSQL.
+    pub spool_dir: PathBuf,
+    /// The most the spool may hold (sealed bytes, per policy). Past it
+    /// `wal-push` fails and PostgreSQL keeps the WAL in `pg_wal`.
+    pub spool_max_bytes: u64,
+    /// How long one `wal-push` tries the repository before it spools.
+    pub store_timeout: std::time::Duration,
+}
+
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/drctl/spool";
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Long enough for the SDK's retries of a refused connection (about 6 s of
+/// back-off) and for a 16 MiB segment at 1 MB/s; short enough that
+/// PostgreSQL's archiver is not held for minutes by a dead endpoint.
+pub const DEFAULT_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,6 +564,25 @@ fn parse_config(
             alerts.push(Webhook { url, format });
         }
     }
+    let mut wal = WalConfig::default();
+    if let Some(w) = &raw.wal {
+        if let Some(dir) = &w.spool_dir {
+            wal.spool_dir = base.join(dir);
+        }
+        if let Some(max) = &w.spool_max_bytes {
+            wal.spool_max_bytes = *max.get_ref();
+        }
+        if let Some(t) = cx.duration(&w.store_timeout, "store_timeout") {
+            match t.to_std() {
+                Ok(t) if t >= std::time::Duration::from_secs(1) => wal.store_timeout = t,
+                _ => {
+                    if let Some(v) = &w.store_timeout {
+                        cx.err(v, "`store_timeout` must be at least 1s");
+                    }
+                }
+            }
+        }
+    }
     Some(Config {
         path: path.to_path_buf(),
         repository: repository?,
@@ -542,6 +593,7 @@ fn parse_config(
         lifecycle,
         daemon,
         alerts,
+        wal,
     })
 }
 
@@ -1234,6 +1286,8 @@ mod tests {
         assert!(errs[0].contains("`url_env`"), "{errs:?}");
         let errs = config_errors("[daemon]\ncheck_interval = \"500ms\"\n");
         assert!(errs[0].contains("check_interval"), "{errs:?}");
+        let errs = config_errors("[wal]\nstore_timeout = \"0s\"\n");
+        assert!(errs[0].contains("store_timeout"), "{errs:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub lifecycle: Option<RawLifecycle>,
     pub daemon: Option<RawDaemon>,
     pub alerts: Option<RawAlerts>,
+    pub wal: Option<RawWal>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +54,14 @@ pub struct RawDaemon {
     pub max_concurrent_jobs: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
     pub check_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWal {
+    pub spool_dir: Option<String>,
+    pub spool_max_bytes: Option<Spanned<u64>>,
+    pub store_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

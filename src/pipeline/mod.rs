@@ -128,6 +128,20 @@ impl<W: Write + Send + 'static> Sealer<W> {
     /// # Errors
     /// If a recipient cannot wrap the key or the first write fails.
     pub fn new(recipients: &[age::x25519::Recipient], level: i32, out: W) -> io::Result<Self> {
+        Self::with_workers(recipients, level, ZSTD_WORKERS, out)
+    }
+
+    /// As [`Sealer::new`], with `workers` zstd threads (0: compress on the
+    /// caller's thread, with one job's buffers instead of one per worker).
+    ///
+    /// # Errors
+    /// As [`Sealer::new`].
+    pub fn with_workers(
+        recipients: &[age::x25519::Recipient],
+        level: i32,
+        workers: u32,
+        out: W,
+    ) -> io::Result<Self> {
         let encryptor =
             age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
                 .map_err(|e| io::Error::other(format!("cannot encrypt to the recipients: {e}")))?;
@@ -159,8 +173,10 @@ impl<W: Write + Send + 'static> Sealer<W> {
             buf: Vec::with_capacity(STAGE_CHUNK_BYTES),
         };
         let mut zstd = zstd::stream::write::Encoder::new(staged, level)?;
-        zstd.multithread(ZSTD_WORKERS)?;
-        zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
+        if workers > 0 {
+            zstd.multithread(workers)?;
+            zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
+        }
         Ok(Sealer {
             inner: HashWriter::new(zstd),
         })

@@ -76,7 +76,10 @@ pub fn error_class(e: &Error) -> Option<&'static str> {
         Error::Locked { .. } | Error::Interrupted(_) => return None,
         Error::Source { .. } => "source",
         Error::Database { .. } => "database",
-        Error::Storage(_) | Error::NotInitialised { .. } | Error::Archived(_) => "storage",
+        Error::Storage(_)
+        | Error::NotInitialised { .. }
+        | Error::Archived(_)
+        | Error::SpoolFull(_) => "storage",
         Error::Integrity { .. } | Error::VerifyFailed { .. } => "integrity",
         Error::LeaseLost { .. } => "lease_lost",
         Error::Key(_) => "key",

@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod history;
 pub mod marks;
 pub mod push;
+pub mod spool;
 pub mod status;
 
 use std::fmt;

@@ -1302,6 +1302,8 @@ impl Dice {
 
 struct ProxyState {
     upstream: String,
+    hold: Mutex<Option<S3Op>>,
+    held: AtomicU64,
     dice: Mutex<Dice>,
     lose: Mutex<Vec<LoseResponse>>,
     injected_503: AtomicU64,
@@ -1339,6 +1341,8 @@ impl FaultProxy {
             .expect("make the fault proxy listener non-blocking");
         let state = Arc::new(ProxyState {
             upstream,
+            hold: Mutex::new(None),
+            held: AtomicU64::new(0),
             dice: Mutex::new(Dice::new(faults)),
             lose: Mutex::new(Vec::new()),
             injected_503: AtomicU64::new(0),
@@ -1389,6 +1393,22 @@ impl FaultProxy {
                 op,
                 key: key.to_owned(),
             });
+    }
+
+    /// Holds every `op` request, unanswered, until [`FaultProxy::release`]
+    /// (or two minutes, so a test that forgets still ends): an upload that
+    /// stalls part-way. A released request's connection is closed.
+    pub fn hold(&self, op: S3Op) {
+        *self.state.hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(op);
+    }
+
+    pub fn release(&self) {
+        *self.state.hold.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Requests held by [`FaultProxy::hold`] so far.
+    pub fn held(&self) -> u64 {
+        self.state.held.load(Ordering::SeqCst)
     }
 
     /// Responses lost by [`FaultProxy::lose_response`] so far.
@@ -1483,6 +1503,16 @@ async fn proxy_request(
 ) -> Result<hyper::Response<ProxyBody>, BoxError> {
     use http_body_util::BodyExt;
 
+    let op = S3Op::of(request.method(), request.uri().query().unwrap_or(""));
+    let holding = || op.is_some() && *state.hold.lock().unwrap_or_else(|p| p.into_inner()) == op;
+    if holding() {
+        state.held.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while holding() && Instant::now() < deadline {
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        return Err("fault proxy: a held request was released".into());
+    }
     if take_lose_rule(&state, &request) {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
