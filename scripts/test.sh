@@ -31,12 +31,14 @@ pg_bin=/usr/lib/postgresql/15/bin
 pg_ext=/usr/share/postgresql/15/extension
 # On bookworm the server package also ships the contrib extensions (citext,
 # hstore, ...); `postgresql-contrib` is only a metapackage pointing at it.
-if [[ ! -x $pg_bin/initdb || ! -x $pg_bin/pg_ctl || ! -x $pg_bin/pg_dump || ! -f $pg_ext/citext.control || ! -f $pg_ext/hstore.control ]]; then
+if [[ ! -x $pg_bin/initdb || ! -x $pg_bin/pg_ctl || ! -x $pg_bin/pg_dump || ! -x $pg_bin/pg_basebackup || ! -x $pg_bin/pgbench || ! -f $pg_ext/citext.control || ! -f $pg_ext/hstore.control ]]; then
   missing+=(postgresql-15 postgresql-contrib)
 fi
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v age >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
+# tests/manual_recovery.rs follows docs/manual-recovery.md, which reads manifests with jq.
+command -v jq >/dev/null || missing+=(jq)
 # tests/report.rs loads the HTML report in headless Chromium.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v cc >/dev/null || missing+=(build-essential)

@@ -10,155 +10,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::workspace::{Backend, COMMAND_TIMEOUT, Workspace};
-use common::{
-    Postgres, S3Server, block_on, free_port, output_within, unique_bucket_name, wait_for,
-};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A cluster archiving into `ws`'s repository under policy `cluster`.
-struct World {
-    pg: Postgres,
-    ws: Workspace,
-    /// The server and bucket of S3 worlds.
-    s3: Option<(S3Server, String)>,
-}
-
-impl World {
-    fn new(on_s3: bool) -> World {
-        let (s3, backend) = if on_s3 {
-            let s3 = S3Server::start();
-            let bucket = unique_bucket_name("pitr");
-            block_on(s3.create_bucket(&bucket, true));
-            let endpoint = s3.endpoint();
-            (Some((s3, bucket.clone())), Backend::S3 { endpoint, bucket })
-        } else {
-            (None, Backend::Local)
-        };
-        let mut ws = Workspace::new(backend);
-        ws.hand_to_pg_owner();
-        let archive_command = format!(
-            "env {} {} --config {} wal-push cluster %p",
-            ws.env_words(),
-            env!("CARGO_BIN_EXE_drctl"),
-            ws.path().join("drctl.toml").display()
-        );
-        // synchronous_commit as in production (the harness turns it off):
-        // pg_current_wal_lsn() after a commit is then past that commit.
-        let pg = Postgres::start_with(&format!(
-            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n\
-             synchronous_commit = on\n"
-        ));
-        ws.set_env("PGPASSWORD", pg.password());
-        ws.write(
-            "policies/cluster.toml",
-            &format!(
-                "[source]\ntype = \"postgres-cluster\"\nurl = \"{}\"\nwal_wait = \"60s\"\n",
-                pg.url("postgres")
-            ),
-        );
-        common::chown_to_pg_owner(&ws.path().join("policies/cluster.toml"));
-        World { pg, ws, s3 }
-    }
-
-    /// Switches to a new segment and waits until the old one is archived.
-    fn switch_and_wait(&self) -> String {
-        let segment = self
-            .pg
-            .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-        wait_for(
-            &format!("{segment} to be archived"),
-            Duration::from_secs(60),
-            || {
-                let archived = self.pg.psql(
-                    "postgres",
-                    "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-                );
-                (archived.as_str() >= segment.as_str()).then_some(())
-            },
-        );
-        segment
-    }
-}
-
-/// A restored server, stopped when dropped.
-struct Restored {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Restored {
-    fn psql(&self, sql: &str) -> String {
-        let mut cmd = Command::new(common::pg_bin("psql"));
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ]);
-        common::run_as_pg_owner(&mut cmd);
-        let out = output_within(&mut cmd, b"", Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "psql on the restored server: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let mut cmd = Command::new(common::pg_bin("pg_ctl"));
-        cmd.arg("stop")
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "immediate"]);
-        common::run_as_pg_owner(&mut cmd);
-        let _ = output_within(&mut cmd, b"", Duration::from_secs(60));
-    }
-}
-
-fn restore(world: &World, dir: &Path, args: &[&str]) -> (std::process::Output, Restored) {
-    let port = free_port();
-    let mut all = vec![
-        "restore",
-        "cluster",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--start",
-        "--recovery-timeout-seconds",
-        "120",
-    ];
-    let port_text = port.to_string();
-    all.extend(["--port", &port_text]);
-    all.extend(args);
-    let out = output_within(&mut world.ws.cmd(&all), b"", COMMAND_TIMEOUT);
-    (
-        out,
-        Restored {
-            dir: dir.to_path_buf(),
-            port,
-        },
-    )
-}
+use common::cluster::{Restored, World, text};
+use common::{block_on, wait_for};
 
 /// The honest test: rows before T come back, rows after T do not, and the
 /// stop point drctl reports is before T.
 fn restore_to_a_time_replays_to_the_second(on_s3: bool) {
-    let world = World::new(on_s3);
+    let world = World::new(on_s3, "");
     let pg = &world.pg;
     pg.psql(
         "postgres",
@@ -180,7 +40,7 @@ fn restore_to_a_time_replays_to_the_second(on_s3: bool) {
     world.switch_and_wait();
 
     let dir = world.ws.path().join("restored");
-    let (out, server) = restore(&world, &dir, &["--to", &target]);
+    let (out, server) = world.restore(&dir, &["--to", &target]);
     assert!(
         out.status.success(),
         "restore --to {target} failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -292,7 +152,7 @@ impl World {
 
 /// Restores, starts and asserts that recovery finished.
 fn restore_ok(world: &World, dir: &Path, args: &[&str]) -> Restored {
-    let (out, server) = restore(world, dir, args);
+    let (out, server) = world.restore(dir, args);
     assert!(
         out.status.success(),
         "restore {args:?} failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -310,7 +170,7 @@ fn ids(server: &Restored) -> String {
 /// returns stderr.
 fn refused(world: &World, dir: &Path, args: &[&str], code: i32) -> String {
     let existed = dir.exists();
-    let (out, server) = restore(world, dir, args);
+    let (out, server) = world.restore(dir, args);
     // Nothing was started, so there is nothing to stop.
     std::mem::forget(server);
     let stderr = text(&out.stderr);
@@ -334,7 +194,7 @@ fn refused(world: &World, dir: &Path, args: &[&str], code: i32) -> String {
 /// server holds: the end of the archive, an LSN, a transaction id and a
 /// restore point made with `drctl mark`.
 fn restore_to_each_kind_of_target(on_s3: bool, kinds: &[&str]) {
-    let world = World::new(on_s3);
+    let world = World::new(on_s3, "");
     let pg = &world.pg;
     world.create_table();
     world.ws.ok(&["backup", "cluster"]);
@@ -361,7 +221,7 @@ fn restore_to_each_kind_of_target(on_s3: bool, kinds: &[&str]) {
             "name" => (vec!["--to-name", "before-7"], "1,2,3,4,5,6"),
             other => panic!("{other}"),
         };
-        let (out, server) = restore(&world, &dir, &args);
+        let (out, server) = world.restore(&dir, &args);
         assert!(
             out.status.success(),
             "restore {args:?} failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -400,7 +260,7 @@ fn restore_to_lsn_and_name_s3() {
 /// each with what to do; a lost segment is named by restore, verify and
 /// wal status.
 fn refusals(on_s3: bool) {
-    let world = World::new(on_s3);
+    let world = World::new(on_s3, "");
     world.create_table();
     let before_backup = world.now();
     world.pg.psql("postgres", "SELECT pg_sleep(1)");
@@ -471,7 +331,7 @@ fn refusals_s3() {
 /// `wal status` and `pitr setup` against a server that archives.
 #[test]
 fn wal_status_and_pitr_setup_read_the_server() {
-    let world = World::new(false);
+    let world = World::new(false, "");
     world.create_table();
     world.ws.ok(&["backup", "cluster"]);
     world.insert(1..=1);
@@ -499,7 +359,11 @@ fn wal_status_and_pitr_setup_read_the_server() {
             && stdout.contains("archive_timeout = 60")
             && stdout.contains(&format!(
                 "{} --config {} wal-push cluster %p",
-                env!("CARGO_BIN_EXE_drctl"),
+                // current_exe() is canonical; the build's path may hold `..`.
+                Path::new(env!("CARGO_BIN_EXE_drctl"))
+                    .canonicalize()
+                    .unwrap()
+                    .display(),
                 world
                     .ws
                     .path()
@@ -522,7 +386,7 @@ fn wal_status_and_pitr_setup_read_the_server() {
 /// archived history file and gets timeline 2's rows.
 #[test]
 fn restore_follows_a_new_timeline() {
-    let mut world = World::new(false);
+    let mut world = World::new(false, "");
     world.create_table();
     world.ws.ok(&["backup", "cluster"]);
     world.insert(1..=3);
@@ -573,7 +437,7 @@ fn restore_follows_a_new_timeline() {
     assert!(world.ws.ok(&["verify", "cluster"]).contains("timeline 2"));
 
     let second = world.ws.path().join("on-timeline-2");
-    let (out, server) = restore(&world, &second, &["--to", &target]);
+    let (out, server) = world.restore(&second, &["--to", &target]);
     let stderr = text(&out.stderr);
     assert!(
         out.status.success(),

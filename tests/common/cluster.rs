@@ -46,8 +46,11 @@ impl World {
             env!("CARGO_BIN_EXE_drctl"),
             ws.path().join("drctl.toml").display()
         );
+        // synchronous_commit as in production (the harness turns it off):
+        // pg_current_wal_lsn() after a commit is then past that commit.
         let pg = Postgres::start_with(&format!(
-            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n"
+            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n\
+             synchronous_commit = on\n"
         ));
         ws.set_env("PGPASSWORD", pg.password());
         ws.write(
