@@ -152,7 +152,7 @@ impl Spool {
 
     fn create(&self, sub: &str) -> Result<PathBuf> {
         let dir = self.dir.join(sub);
-        std::fs::create_dir_all(&dir).map_err(|e| {
+        create_private_dir(&dir).map_err(|e| {
             Error::io(
                 format!(
                     "creating the WAL spool directory {} (set `[wal] spool_dir` in drctl.toml to a \
@@ -166,7 +166,7 @@ impl Spool {
     }
 
     fn flock(&self, name: &str, wait: bool) -> Result<Option<Locked>> {
-        std::fs::create_dir_all(&self.dir).map_err(io(format!(
+        create_private_dir(&self.dir).map_err(io(format!(
             "creating the WAL spool directory {} (set `[wal] spool_dir` in drctl.toml)",
             self.dir.display()
         )))?;
@@ -432,6 +432,17 @@ fn sweep_stale(dir: &Path) {
     }
 }
 
+/// Creates a directory (and its missing parents) readable by its owner
+/// only: the spool holds the only copy of WAL not yet stored, and although
+/// it is ciphertext, nobody else has a reason to read, replace or delete it.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +576,11 @@ mod tests {
         assert_eq!(digests.plaintext_sha256, sha);
         let leftovers = std::fs::read_dir(spool.dir().join(TMP)).unwrap().count();
         assert_eq!(leftovers, 0, "tmp/ is empty after a seal");
+        use std::os::unix::fs::PermissionsExt;
+        for d in [spool.dir().to_path_buf(), spool.dir().join(TMP)] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{} is mode {mode:o}", d.display());
+        }
 
         // Full now: the next one is refused and nothing is added.
         let full = Spool::new(&dir.path().join("spool"), "db", entry.size);
