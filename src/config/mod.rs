@@ -820,13 +820,7 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 );
                 return None;
             };
-            match url.get_ref().parse::<tokio_postgres::Config>() {
-                Ok(c) if c.get_password().is_some() => cx.err(url, "`url` contains a password; remove it and use PGPASSWORD or a pgpass file (mode 0600)"),
-                Ok(c) if c.get_dbname().is_none() => cx.err(url, "`url` names no database (add /DBNAME or dbname=…)"),
-                Ok(_) => {}
-                // The parser's message can quote the string, password and all.
-                Err(_) => cx.err(url, "`url` is not a PostgreSQL connection string (expected postgres://USER@HOST:PORT/DB or key=value pairs)"),
-            }
+            check_pg_url(cx, url, true);
             if let Some(args) = &raw.pg_dump_args
                 && let Some(problem) = pg_dump_args_problem(args.get_ref())
             {
@@ -956,11 +950,7 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
                 );
                 return None;
             };
-            match url.get_ref().parse::<tokio_postgres::Config>() {
-                Ok(c) if c.get_password().is_some() => cx.err(url, "`url` contains a password; remove it and use PGPASSWORD or a pgpass file (mode 0600)"),
-                Ok(_) => {}
-                Err(_) => cx.err(url, "`url` is not a PostgreSQL connection string (expected postgres://USER@HOST:PORT/postgres or key=value pairs)"),
-            }
+            check_pg_url(cx, url, false);
             let wal_wait = cx
                 .duration(&raw.wal_wait, "wal_wait")
                 .unwrap_or(Duration::seconds(DEFAULT_WAL_WAIT_SECONDS));
@@ -977,6 +967,19 @@ fn parse_source(cx: &mut Ctx, raw: &RawSource, base: &Path) -> Option<SourceConf
             );
             None
         }
+    }
+}
+
+/// Checks a source's PostgreSQL connection string: parseable, without a
+/// password, and naming a database where the kind needs one (a cluster's
+/// replication connection does not).
+fn check_pg_url(cx: &mut Ctx, url: &Spanned<String>, needs_db: bool) {
+    match url.get_ref().parse::<tokio_postgres::Config>() {
+        Ok(c) if c.get_password().is_some() => cx.err(url, "`url` contains a password; remove it and use PGPASSWORD or a pgpass file (mode 0600)"),
+        Ok(c) if needs_db && c.get_dbname().is_none() => cx.err(url, "`url` names no database (add /DBNAME or dbname=…)"),
+        Ok(_) => {}
+        // The parser's message can quote the string, password and all.
+        Err(_) => cx.err(url, "`url` is not a PostgreSQL connection string (expected postgres://USER@HOST:PORT/DB or key=value pairs)"),
     }
 }
 
