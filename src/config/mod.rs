@@ -1254,8 +1254,12 @@ mod tests {
     }
 
     fn config_errors(extra: &str) -> Vec<String> {
+        config_errors_at("file:///tmp/r", extra)
+    }
+
+    fn config_errors_at(url: &str, extra: &str) -> Vec<String> {
         let text = format!(
-            "[repository]\nurl = \"file:///tmp/r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n{extra}"
+            "[repository]\nurl = \"{url}\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n{extra}"
         );
         let mut errors = Vec::new();
         parse_config(
@@ -1295,19 +1299,7 @@ mod tests {
 
     #[test]
     fn s3_bucket_names_follow_the_s3_rules() {
-        let errors = |bucket: &str| {
-            let text = format!(
-                "[repository]\nurl = \"s3://{bucket}/drctl\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n"
-            );
-            let mut errors = Vec::new();
-            parse_config(
-                Path::new("drctl.toml"),
-                &text,
-                Path::new("/tmp"),
-                &mut errors,
-            );
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>()
-        };
+        let errors = |bucket: &str| config_errors_at(&format!("s3://{bucket}/drctl"), "");
         for good in ["abc", "acme-backups", "a.b-c.1", &"a".repeat(63)] {
             assert_eq!(errors(good), Vec::<String>::new(), "{good}");
         }

@@ -48,7 +48,7 @@ impl LocalStore {
     fn tmp_file(&self) -> std::io::Result<(PathBuf, File)> {
         let dir = self.root.join(TMP_DIR);
         std::fs::create_dir_all(&dir)?;
-        sweep_stale(&dir);
+        sweep_stale(&dir, STALE_TMP);
         let path = dir.join(format!("{:016x}", rand::random::<u64>()));
         let file = File::options().write(true).create_new(true).open(&path)?;
         Ok((path, file))
@@ -59,8 +59,9 @@ impl LocalStore {
 /// (a killed backup); a live upload writes to its file continually.
 const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Removes what killed writers left in `.tmp/`, best effort.
-fn sweep_stale(dir: &Path) {
+/// Removes files in `dir` untouched for longer than `older_than`: what
+/// killed writers left in a temporary directory. Best effort.
+pub(crate) fn sweep_stale(dir: &Path, older_than: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -70,7 +71,7 @@ fn sweep_stale(dir: &Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_TMP);
+            .is_some_and(|age| age > older_than);
         if old {
             let _ = std::fs::remove_file(entry.path());
         }

@@ -271,7 +271,7 @@ impl Spool {
         }
         let tmp_dir = self.create(TMP)?;
         let queue = self.create(QUEUE)?;
-        sweep_stale(&tmp_dir);
+        crate::storage::local::sweep_stale(&tmp_dir, STALE_TMP);
         let tmp = tmp_dir.join(format!("{:016x}", rand::random::<u64>()));
         let sealed = (|| -> Result<u64> {
             let out = File::options()
@@ -410,24 +410,6 @@ impl Spool {
     pub fn prune_markers(&self, current: &WalName) {
         for marker in stale_markers(&self.markers(), current) {
             let _ = std::fs::remove_file(self.dir.join(DONE).join(marker));
-        }
-    }
-}
-
-/// Removes what killed sealers left in `tmp/`, best effort.
-fn sweep_stale(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_TMP);
-        if old {
-            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
