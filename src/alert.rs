@@ -33,6 +33,7 @@ pub enum Event {
     RpoBreached,
     DrillFailed,
     WalArchiveLagging,
+    WalSpoolFilling,
 }
 
 impl Event {
@@ -42,6 +43,7 @@ impl Event {
             Event::RpoBreached => "RPO breached",
             Event::DrillFailed => "restore drill failed",
             Event::WalArchiveLagging => "WAL archiving lagging",
+            Event::WalSpoolFilling => "WAL spool filling",
         }
     }
 }

@@ -1196,3 +1196,139 @@ fn wal_archiving_of_a_real_cluster_shows_in_metrics_and_a_stalled_archive_alerts
         .count();
     assert_eq!(lagging, 1);
 }
+
+/// `wal-push` on the daemon's host spools while S3 is down: the spool shows
+/// in `/metrics` and `/health`, a spool past 80 % of its limit alerts once,
+/// and the episode ends when `wal drain` empties it.
+#[test]
+fn a_filling_wal_spool_shows_in_metrics_and_health_and_alerts_once() {
+    const LIMIT: u64 = 2_500_000;
+    let hook = Receiver::start(0);
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("spool");
+    block_on(s3.create_bucket(&bucket, false));
+    let proxy = FaultProxy::start(&s3.endpoint(), Faults::none());
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: proxy.endpoint(),
+        bucket,
+    });
+    let base = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    ws.write(
+        "drctl.toml",
+        &format!(
+            "{base}\n[wal]\nspool_dir = \"spool\"\nspool_max_bytes = {LIMIT}\nstore_timeout = \"2s\"\n"
+        ),
+    );
+    std::fs::create_dir_all(ws.path().join("spool")).unwrap();
+    // wal-push never connects to the database; the daemon's questions to
+    // this server fail, which only takes the server's side out of the view.
+    ws.write(
+        "policies/pg.toml",
+        "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\n",
+    );
+    let port = free_port();
+    write_config(
+        &ws,
+        "daemon.toml",
+        port,
+        &format!(
+            "\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{}/generic\"\n",
+            hook.port
+        ),
+    );
+    let d = Daemon::start(&ws, "daemon.toml", port);
+    let spool_metrics = |text: &str| {
+        (
+            metric(text, "drctl_wal_spool_bytes", "pg"),
+            metric(text, "drctl_wal_spool_segments", "pg"),
+            metric(text, "drctl_wal_spool_max_bytes", "pg"),
+        )
+    };
+    wait_for(
+        "the daemon to read the spool",
+        Duration::from_secs(30),
+        || {
+            let text = d.get("/metrics").1;
+            (spool_metrics(&text) == (Some(0.0), Some(0.0), Some(LIMIT as f64))).then_some(())
+        },
+    );
+    let spool_check = || -> serde_json::Value {
+        let health: serde_json::Value = serde_json::from_str(&d.get("/health").1).unwrap();
+        health["checks"]["wal_spool:pg"].clone()
+    };
+    assert_eq!(spool_check()["ok"], true, "{}", spool_check());
+
+    // S3 goes down; each pushed segment (1 MiB, incompressible) is spooled.
+    proxy.set_faults(Faults {
+        drop_connection: 1.0,
+        ..Faults::none()
+    });
+    let wal_dir = ws.path().join("pg_wal");
+    let names = ["000000010000000000000031", "000000010000000000000032"];
+    let push = |name: &str| {
+        let path = wal_dir.join(name);
+        std::fs::rename(random_file(&wal_dir.join("tmp"), 1), &path).unwrap();
+        let out = ws.run(&["wal-push", "pg", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    push(names[0]);
+    let text = wait_for(
+        "one segment in the metrics",
+        Duration::from_secs(30),
+        || {
+            let text = d.get("/metrics").1;
+            (spool_metrics(&text).1 == Some(1.0)).then_some(text)
+        },
+    );
+    let bytes = metric(&text, "drctl_wal_spool_bytes", "pg").unwrap();
+    assert!(bytes > 1_048_576.0 && bytes < 0.8 * LIMIT as f64, "{text}");
+    assert_eq!(spool_check()["ok"], true, "under 80 %: {}", spool_check());
+
+    push(names[1]);
+    let alert = wait_for("a wal_spool_filling alert", Duration::from_secs(30), || {
+        hook.bodies()
+            .into_iter()
+            .map(|(_, v)| v)
+            .find(|v| v["event"] == "wal_spool_filling")
+    });
+    assert_eq!(alert["policy"], "pg", "{alert}");
+    assert_eq!(alert["details"]["spool_segments"], 2, "{alert}");
+    assert_eq!(alert["details"]["spool_max_bytes"], LIMIT, "{alert}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains("spool_max_bytes"),
+        "{alert}"
+    );
+    let check = spool_check();
+    assert_eq!(check["ok"], false, "{check}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("2 segment(s)"),
+        "{check}"
+    );
+    let (code, body) = d.get("/health");
+    assert_eq!(code, 503, "{body}");
+
+    // S3 is back; a drain empties the spool and the episode ends.
+    proxy.set_faults(Faults::none());
+    let out = ws.ok(&["wal", "drain", "pg"]);
+    assert!(out.contains("stored 2"), "{out}");
+    wait_for(
+        "the spool check to pass again",
+        Duration::from_secs(30),
+        || (spool_check()["ok"] == true).then_some(()),
+    );
+    let text = d.get("/metrics").1;
+    assert_eq!(spool_metrics(&text).0, Some(0.0), "{text}");
+    let filling = hook
+        .bodies()
+        .iter()
+        .filter(|(_, v)| v["event"] == "wal_spool_filling")
+        .count();
+    assert_eq!(filling, 1, "one alert per episode");
+}

@@ -898,7 +898,7 @@ fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
     for (name, url, before) in due {
         let ctx = ctx.clone();
         jobs.spawn(async move {
-            let scanned = wal::scan(&ctx.repo, &name, &url, before, now).await;
+            let scanned = wal::scan(&ctx.repo, &name, &url, &ctx.config.wal, before, now).await;
             if let Some(e) = &scanned.scan_error {
                 tracing::warn!(policy = %name, error = %e, "could not list the WAL archive");
             }
@@ -909,12 +909,17 @@ fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
             };
             let (added_at, target) = (p.added_at, p.rpo_target_seconds.map(Duration::seconds));
             let Some(wal) = &mut p.wal else { return };
-            let lagging_before = wal.lagging;
+            let (lagging_before, spool_filling_before) = (wal.lagging, wal.spool_filling);
             *wal = state::WalState {
                 scanning: false,
                 lagging: lagging_before,
+                spool_filling: spool_filling_before,
                 ..scanned
             };
+            let spool_alert = spool_episode(&name, wal);
+            if let Some(alert) = spool_alert {
+                ctx.alerter.send(alert);
+            }
             let Some(target) = target else { return };
             match wal.overdue(target, added_at, now) {
                 Some(true) if !wal.lagging => {
@@ -950,6 +955,40 @@ fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
                 _ => {}
             }
         });
+    }
+}
+
+/// Starts or ends a "spool filling" episode; the alert to send when one
+/// starts. A spool that cannot be read (or is no longer seen) ends nothing:
+/// the episode ends when the spool is seen draining.
+fn spool_episode(policy: &str, wal: &mut state::WalState) -> Option<Alert> {
+    let spool = wal.spool.as_ref().filter(|s| s.error.is_none())?;
+    match (spool.filling(), wal.spool_filling) {
+        (true, false) => {
+            wal.spool_filling = true;
+            Some(Alert::new(
+                Event::WalSpoolFilling,
+                policy,
+                format!(
+                    "the WAL spool on this host holds {}: the repository is not taking WAL; \
+                     when the spool is full wal-push fails and WAL piles up in the server's pg_wal",
+                    spool.describe()
+                ),
+                serde_json::json!({
+                    "spool_bytes": spool.bytes,
+                    "spool_segments": spool.segments,
+                    "spool_max_bytes": spool.max_bytes,
+                    "last_archived": wal.last_archived,
+                    "scan_error": wal.scan_error,
+                }),
+            ))
+        }
+        (false, true) => {
+            tracing::info!(policy = %policy, "the WAL spool is below its alert level again");
+            wal.spool_filling = false;
+            None
+        }
+        _ => None,
     }
 }
 

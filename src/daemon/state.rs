@@ -95,6 +95,38 @@ pub struct ServerArchiver {
     pub lag_segments: Option<u64>,
 }
 
+/// A spool this full raises an alert and fails the health check, so that
+/// someone acts before `wal-push` starts failing and WAL piles up on the
+/// database server.
+pub const SPOOL_ALERT_FRACTION: f64 = 0.8;
+
+/// Sealed WAL waiting in the local spool for the repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolState {
+    pub bytes: u64,
+    pub segments: u64,
+    pub max_bytes: u64,
+    /// Why the spool could not be read, at the last check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SpoolState {
+    /// Whether the spool is past [`SPOOL_ALERT_FRACTION`] of its limit.
+    pub fn filling(&self) -> bool {
+        self.max_bytes > 0 && self.bytes as f64 >= self.max_bytes as f64 * SPOOL_ALERT_FRACTION
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} segment(s), {} of its {} limit (`[wal] spool_max_bytes`)",
+            self.segments,
+            crate::progress::bytes(self.bytes),
+            crate::progress::bytes(self.max_bytes)
+        )
+    }
+}
+
 /// WAL archiving of a `postgres-cluster` policy (see [`super::wal`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WalState {
@@ -116,9 +148,13 @@ pub struct WalState {
     /// Whether the lag over the RPO target has been alerted; cleared when
     /// archiving catches up.
     pub lagging: bool,
-    // The local spool of `wal-push` (bytes waiting to reach the
-    // repository) is reported by its own engineer's change: its fields
-    // belong here, and its metrics beside the `wal_*` ones in [`metrics`].
+    /// The local spool of `wal-push` on this host; `None` when this host has
+    /// no spool directory (the daemon runs away from the database server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolState>,
+    /// Whether a spool over [`SPOOL_ALERT_FRACTION`] has been alerted;
+    /// cleared when it drains below.
+    pub spool_filling: bool,
     /// The newest segment in WAL order, for narrowing the next listing.
     #[serde(skip)]
     pub newest_in_order: Option<String>,
@@ -303,6 +339,9 @@ pub fn health(
         {
             checks.insert(format!("wal_archive:{name}"), check);
         }
+        if let Some(spool) = p.wal.as_ref().and_then(|w| w.spool.as_ref()) {
+            checks.insert(format!("wal_spool:{name}"), spool_check(spool));
+        }
         let mut failed: Vec<String> = std::iter::once(("backup", Some(&p.backup)))
             .chain(std::iter::once(("drill", p.drill.as_ref())))
             .filter_map(|(what, k)| {
@@ -332,6 +371,32 @@ pub fn health(
         );
     }
     checks
+}
+
+/// The local spool against its limit: past [`SPOOL_ALERT_FRACTION`] the
+/// repository has been out of reach long enough that `wal-push` will soon
+/// fail and WAL pile up on the server.
+fn spool_check(spool: &SpoolState) -> Check {
+    if let Some(e) = &spool.error {
+        return Check {
+            ok: false,
+            detail: format!("the WAL spool cannot be read: {e}"),
+        };
+    }
+    let filling = spool.filling();
+    Check {
+        ok: !filling,
+        detail: if filling {
+            format!(
+                "the WAL spool holds {}: over {:.0} %; the repository is not taking WAL (see `drctl wal status`); \
+                 when the spool is full wal-push fails and WAL piles up in the server's pg_wal",
+                spool.describe(),
+                SPOOL_ALERT_FRACTION * 100.0
+            )
+        } else {
+            format!("the WAL spool holds {}", spool.describe())
+        },
+    }
 }
 
 /// The archive lag against the RPO target, with what the server says
@@ -370,7 +435,8 @@ fn wal_check(
                     detail.push_str(&format!(" and {n} finished segment(s) waiting"));
                 }
                 detail.push_str(
-                    "; check archive_command (`SELECT * FROM pg_stat_archiver`, the server log),                      or set archive_timeout below the RPO target if the server is idle",
+                    "; check archive_command (`SELECT * FROM pg_stat_archiver`, the server log), \
+                     or set archive_timeout below the RPO target if the server is idle",
                 );
             }
             (None, Some(e)) => detail.push_str(&format!("; the server cannot be asked why: {e}")),
@@ -492,8 +558,21 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
         "Failed archive_command runs the server reports (pg_stat_archiver.failed_count; resets with the server's statistics)",
         wal_failures.clone(),
     );
-    // The wal-push spool's metrics (bytes waiting in the local spool) are
-    // registered here too, from `WalState`, by the change that adds it.
+    let spool_bytes = family(
+        &mut registry,
+        "wal_spool_bytes",
+        "Sealed WAL bytes waiting in this host's wal-push spool for the repository",
+    );
+    let spool_segments = family(
+        &mut registry,
+        "wal_spool_segments",
+        "WAL files waiting in this host's wal-push spool",
+    );
+    let spool_max = family(
+        &mut registry,
+        "wal_spool_max_bytes",
+        "The spool's limit ([wal] spool_max_bytes); past it wal-push fails",
+    );
     if let Some(drift) = &state.bucket_drift {
         let g = Gauge::<i64>::default();
         g.set(drift.len() as i64);
@@ -545,6 +624,11 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
                 wal_server_up
                     .get_or_create(&l)
                     .set(if w.server.is_some() { 1.0 } else { 0.0 });
+            }
+            if let Some(s) = w.spool.as_ref().filter(|s| s.error.is_none()) {
+                spool_bytes.get_or_create(&l).set(s.bytes as f64);
+                spool_segments.get_or_create(&l).set(s.segments as f64);
+                spool_max.get_or_create(&l).set(s.max_bytes as f64);
             }
             if let Some(s) = &w.server {
                 wal_failures.get_or_create(&l).inc_by(s.failed_count);

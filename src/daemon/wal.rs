@@ -18,7 +18,9 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::state::{ServerArchiver, WalState};
+use std::path::Path;
+
+use super::state::{ServerArchiver, SpoolState, WalState};
 use crate::repo::Repo;
 use crate::storage::ObjectMeta;
 use crate::wal::{Segment, WalKind, WalName};
@@ -154,15 +156,47 @@ pub async fn query_server(url: &str) -> Result<ServerArchiver, String> {
     }
 }
 
-/// One look at the repository and the server; folds the answers into
-/// `state` (a copy of the policy's WAL state).
+/// What waits in this host's spool of `policy`; `None` when `spool_dir`
+/// does not exist here (the daemon runs on another host than the server,
+/// or nothing was ever spooled under this configuration).
+pub fn read_spool(spool_dir: &Path, policy: &str, max_bytes: u64) -> Option<SpoolState> {
+    if !spool_dir.is_dir() {
+        return None;
+    }
+    let spool = crate::wal::spool::Spool::new(spool_dir, policy, max_bytes);
+    Some(match spool.queued() {
+        Ok(queued) => SpoolState {
+            bytes: queued.iter().map(|s| s.size).sum(),
+            segments: queued.len() as u64,
+            max_bytes,
+            error: None,
+        },
+        Err(e) => SpoolState {
+            max_bytes,
+            error: Some(e.to_string()),
+            ..SpoolState::default()
+        },
+    })
+}
+
+/// One look at the repository, the server and this host's spool; folds
+/// the answers into `state` (a copy of the policy's WAL state).
 pub async fn scan(
     repo: &Repo,
     policy: &str,
     url: &str,
+    spool: &crate::config::WalConfig,
     mut state: WalState,
     now: DateTime<Utc>,
 ) -> WalState {
+    let (dir, name, max) = (
+        spool.spool_dir.clone(),
+        policy.to_string(),
+        spool.spool_max_bytes,
+    );
+    state.spool = tokio::task::spawn_blocking(move || read_spool(&dir, &name, max))
+        .await
+        .unwrap_or(None);
     let full = state
         .full_scan_at
         .is_none_or(|t| now - t >= FULL_SCAN_INTERVAL);
