@@ -1224,7 +1224,8 @@ fn a_filling_wal_spool_shows_in_metrics_and_health_and_alerts_once() {
     // this server fail, which only takes the server's side out of the view.
     ws.write(
         "policies/pg.toml",
-        "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\n",
+        "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\n\
+         [schedule]\nrpo_target = \"1h\"\n",
     );
     let port = free_port();
     write_config(
@@ -1314,8 +1315,21 @@ fn a_filling_wal_spool_shows_in_metrics_and_health_and_alerts_once() {
     let (code, body) = d.get("/health");
     assert_eq!(code, 503, "{body}");
 
-    // S3 is back; a drain empties the spool and the episode ends.
+    // S3 is back; `wal status` shows what waits and calls it a problem,
+    // then a drain empties the spool and the episode ends.
     proxy.set_faults(Faults::none());
+    let out = ws.run(&["wal", "status", "pg", "--json"]);
+    assert!(!out.status.success(), "a filling spool is a problem");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["spool"]["segments"], 2, "{status}");
+    assert!(
+        status["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("wal drain pg")),
+        "{status}"
+    );
     let out = ws.ok(&["wal", "drain", "pg"]);
     assert!(out.contains("stored 2"), "{out}");
     wait_for(
@@ -1331,4 +1345,15 @@ fn a_filling_wal_spool_shows_in_metrics_and_health_and_alerts_once() {
         .filter(|(_, v)| v["event"] == "wal_spool_filling")
         .count();
     assert_eq!(filling, 1, "one alert per episode");
+
+    // `drctl status` judges a cluster by its WAL archive, not by its base
+    // backups: there is none, and the RPO is met.
+    let out = ws.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{status}");
+    let pg = &status["policies"][0];
+    assert_eq!(pg["newest_backup"], serde_json::Value::Null, "{status}");
+    assert_eq!(pg["rpo"], "ok", "{status}");
+    assert_eq!(pg["wal_last_archived"], names[1], "{status}");
+    assert!(pg["wal_lag_seconds"].as_i64().unwrap() < 120, "{status}");
 }

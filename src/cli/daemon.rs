@@ -25,7 +25,13 @@ struct PolicyStatus {
     newest_point_in_time: Option<chrono::DateTime<Utc>>,
     newest_age_seconds: Option<i64>,
     rpo_target_seconds: Option<i64>,
-    /// `ok`, `breached`, `no backup`, or `no target`.
+    /// `postgres-cluster`: the newest WAL segment in the repository and how
+    /// long ago it was stored, which is what the RPO is judged by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_last_archived: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_lag_seconds: Option<i64>,
+    /// `ok`, `breached`, `no backup` (`no WAL` for a cluster), or `no target`.
     rpo: &'static str,
     schedule: Option<String>,
     next_run: Option<chrono::DateTime<Utc>>,
@@ -74,11 +80,30 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         let newest = catalog::newest(&repo, &p.name).await?;
         let target = p.schedule.as_ref().and_then(|s| s.rpo_target);
         let age = newest.as_ref().map(|m| now - m.point_in_time);
-        let rpo = match (target, age) {
-            (None, _) => "no target",
-            (Some(_), None) => "no backup",
-            (Some(t), Some(a)) if a <= t => "ok",
-            (Some(_), Some(_)) => "breached",
+        // A cluster's data-loss window is its WAL archive's, not its base
+        // backups' age (a weekly base backup is not a week of loss).
+        let wal = match p.source {
+            crate::config::SourceConfig::PostgresCluster { .. } => {
+                let objects = repo.store.list(&crate::wal::policy_prefix(&p.name)).await?;
+                Some(
+                    crate::daemon::wal::observe(&p.name, Default::default(), &objects)
+                        .last_archived,
+                )
+            }
+            _ => None,
+        };
+        let rpo = match (&wal, target, age) {
+            (_, None, _) => "no target",
+            (Some(None), Some(_), _) => "no WAL",
+            (Some(Some((_, at))), Some(t), _) if now - *at <= t => "ok",
+            (Some(Some(_)), Some(_), _) => "breached",
+            (None, Some(_), None) => "no backup",
+            (None, Some(t), Some(a)) if a <= t => "ok",
+            (None, Some(_), Some(_)) => "breached",
+        };
+        let (wal_last_archived, wal_lag_seconds) = match wal.flatten() {
+            Some((name, at)) => (Some(name), Some((now - at).num_seconds().max(0))),
+            None => (None, None),
         };
         let schedule = p.schedule.as_ref().and_then(|s| s.backup.clone());
         let next_run = p.schedule.as_ref().and_then(|s| {
@@ -99,6 +124,8 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
             newest_point_in_time: newest.as_ref().map(|m| m.point_in_time),
             newest_age_seconds: age.map(|a| a.num_seconds()),
             rpo_target_seconds: target.map(|t| t.num_seconds()),
+            wal_last_archived,
+            wal_lag_seconds,
             rpo,
             schedule,
             next_run,
@@ -115,7 +142,7 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
     let unhealthy: Vec<&str> = out
         .policies
         .iter()
-        .filter(|p| matches!(p.rpo, "breached" | "no backup") || p.last_error.is_some())
+        .filter(|p| matches!(p.rpo, "breached" | "no backup" | "no WAL") || p.last_error.is_some())
         .map(|p| p.policy.as_str())
         .collect();
     if ctx.cli.json {
@@ -163,9 +190,16 @@ fn print_table(s: &Status) {
         let age = p
             .newest_age_seconds
             .map_or("-".into(), |a| human_duration(chrono::Duration::seconds(a)));
-        let rpo = match (p.rpo, p.rpo_target_seconds) {
-            (r, Some(t)) => format!("{r} ({})", human_duration(chrono::Duration::seconds(t))),
-            (r, None) => r.to_string(),
+        let rpo = match (p.rpo, p.rpo_target_seconds, p.wal_lag_seconds) {
+            (r, Some(t), Some(lag)) => format!(
+                "{r} (WAL {} / {})",
+                human_duration(chrono::Duration::seconds(lag)),
+                human_duration(chrono::Duration::seconds(t))
+            ),
+            (r, Some(t), None) => {
+                format!("{r} ({})", human_duration(chrono::Duration::seconds(t)))
+            }
+            (r, None, _) => r.to_string(),
         };
         let next = p.next_run.map_or("not scheduled".into(), |t| {
             format!(

@@ -224,7 +224,26 @@ pub async fn status(ctx: &Ctx, policy: &str) -> Result<()> {
         .max();
     let rpo = policy.schedule.as_ref().and_then(|s| s.rpo_target);
     let gap_lines = wal.gap_lines(&policy.name, &catalog.backups);
-    let problems = crate::wal::status::problems(&policy.name, &gap_lines, newest_at, rpo, now);
+    let mut problems = crate::wal::status::problems(&policy.name, &gap_lines, newest_at, rpo, now);
+    let spool = crate::wal::spool::usage(
+        &config.wal.spool_dir,
+        &policy.name,
+        config.wal.spool_max_bytes,
+    );
+    match &spool {
+        Some(u) if u.error.is_some() => problems.push(format!(
+            "the WAL spool {} cannot be read: {}",
+            config.wal.spool_dir.join(&policy.name).display(),
+            u.error.as_deref().unwrap_or_default()
+        )),
+        Some(u) if u.filling() => problems.push(format!(
+            "the WAL spool on this host holds {}: the repository is not taking WAL; \
+             `drctl wal drain {}` stores it once the repository answers",
+            u.describe(),
+            policy.name
+        )),
+        _ => {}
+    }
     let server = bounded(
         cluster_source(policy),
         archiver(cluster_source(policy), wal.segment_bytes),
@@ -247,6 +266,7 @@ pub async fn status(ctx: &Ctx, policy: &str) -> Result<()> {
             "segments": wal.timelines.iter().map(|t| t.segments).sum::<u64>(),
             "timelines": wal.timelines,
             "gaps": gap_lines,
+            "spool": spool,
             "note": wal.note,
             "server": server_json,
             "problems": problems,
@@ -328,6 +348,19 @@ pub async fn status(ctx: &Ctx, policy: &str) -> Result<()> {
                 );
             }
             Err(e) => outln!("  server: not reachable with the policy's url ({e})"),
+        }
+        match &spool {
+            Some(u) if u.error.is_none() && u.segments == 0 => outln!("  spool: empty"),
+            Some(u) if u.error.is_none() => outln!(
+                "  spool: {}, waiting for the repository (`drctl wal drain {}`)",
+                u.describe(),
+                policy.name
+            ),
+            Some(_) => {}
+            None => outln!(
+                "  spool: none on this host ({} does not exist)",
+                config.wal.spool_dir.display()
+            ),
         }
         if let Some(note) = &wal.note {
             outln!("  note: {note}");

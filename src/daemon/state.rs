@@ -95,38 +95,6 @@ pub struct ServerArchiver {
     pub lag_segments: Option<u64>,
 }
 
-/// A spool this full raises an alert and fails the health check, so that
-/// someone acts before `wal-push` starts failing and WAL piles up on the
-/// database server.
-pub const SPOOL_ALERT_FRACTION: f64 = 0.8;
-
-/// Sealed WAL waiting in the local spool for the repository.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SpoolState {
-    pub bytes: u64,
-    pub segments: u64,
-    pub max_bytes: u64,
-    /// Why the spool could not be read, at the last check.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl SpoolState {
-    /// Whether the spool is past [`SPOOL_ALERT_FRACTION`] of its limit.
-    pub fn filling(&self) -> bool {
-        self.max_bytes > 0 && self.bytes as f64 >= self.max_bytes as f64 * SPOOL_ALERT_FRACTION
-    }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "{} segment(s), {} of its {} limit (`[wal] spool_max_bytes`)",
-            self.segments,
-            crate::progress::bytes(self.bytes),
-            crate::progress::bytes(self.max_bytes)
-        )
-    }
-}
-
 /// WAL archiving of a `postgres-cluster` policy (see [`super::wal`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WalState {
@@ -151,8 +119,8 @@ pub struct WalState {
     /// The local spool of `wal-push` on this host; `None` when this host has
     /// no spool directory (the daemon runs away from the database server).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub spool: Option<SpoolState>,
-    /// Whether a spool over [`SPOOL_ALERT_FRACTION`] has been alerted;
+    pub spool: Option<crate::wal::spool::Usage>,
+    /// Whether a spool over [`crate::wal::spool::ALERT_FRACTION`] has been alerted;
     /// cleared when it drains below.
     pub spool_filling: bool,
     /// The newest segment in WAL order, for narrowing the next listing.
@@ -373,10 +341,10 @@ pub fn health(
     checks
 }
 
-/// The local spool against its limit: past [`SPOOL_ALERT_FRACTION`] the
+/// The local spool against its limit: past [`crate::wal::spool::ALERT_FRACTION`] the
 /// repository has been out of reach long enough that `wal-push` will soon
 /// fail and WAL pile up on the server.
-fn spool_check(spool: &SpoolState) -> Check {
+fn spool_check(spool: &crate::wal::spool::Usage) -> Check {
     if let Some(e) = &spool.error {
         return Check {
             ok: false,
@@ -391,7 +359,7 @@ fn spool_check(spool: &SpoolState) -> Check {
                 "the WAL spool holds {}: over {:.0} %; the repository is not taking WAL (see `drctl wal status`); \
                  when the spool is full wal-push fails and WAL piles up in the server's pg_wal",
                 spool.describe(),
-                SPOOL_ALERT_FRACTION * 100.0
+                crate::wal::spool::ALERT_FRACTION * 100.0
             )
         } else {
             format!("the WAL spool holds {}", spool.describe())

@@ -18,9 +18,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 
-use std::path::Path;
-
-use super::state::{ServerArchiver, SpoolState, WalState};
+use super::state::{ServerArchiver, WalState};
 use crate::repo::Repo;
 use crate::storage::ObjectMeta;
 use crate::wal::{Segment, WalKind, WalName};
@@ -71,8 +69,13 @@ pub fn observe(policy: &str, before: Seen, objects: &[ObjectMeta]) -> Seen {
         if name.kind != WalKind::Segment {
             continue;
         }
+        // Segments stored in the same second (a drained spool, look-ahead)
+        // are told apart by their place in the WAL.
         if let Some(t) = o.last_modified
-            && seen.last_archived.as_ref().is_none_or(|(_, at)| t > *at)
+            && seen
+                .last_archived
+                .as_ref()
+                .is_none_or(|(n, at)| (t, &name.name) > (*at, n))
         {
             seen.last_archived = Some((name.name.clone(), t));
         }
@@ -156,29 +159,6 @@ pub async fn query_server(url: &str) -> Result<ServerArchiver, String> {
     }
 }
 
-/// What waits in this host's spool of `policy`; `None` when `spool_dir`
-/// does not exist here (the daemon runs on another host than the server,
-/// or nothing was ever spooled under this configuration).
-pub fn read_spool(spool_dir: &Path, policy: &str, max_bytes: u64) -> Option<SpoolState> {
-    if !spool_dir.is_dir() {
-        return None;
-    }
-    let spool = crate::wal::spool::Spool::new(spool_dir, policy, max_bytes);
-    Some(match spool.queued() {
-        Ok(queued) => SpoolState {
-            bytes: queued.iter().map(|s| s.size).sum(),
-            segments: queued.len() as u64,
-            max_bytes,
-            error: None,
-        },
-        Err(e) => SpoolState {
-            max_bytes,
-            error: Some(e.to_string()),
-            ..SpoolState::default()
-        },
-    })
-}
-
 /// One look at the repository, the server and this host's spool; folds
 /// the answers into `state` (a copy of the policy's WAL state).
 pub async fn scan(
@@ -194,7 +174,7 @@ pub async fn scan(
         policy.to_string(),
         spool.spool_max_bytes,
     );
-    state.spool = tokio::task::spawn_blocking(move || read_spool(&dir, &name, max))
+    state.spool = tokio::task::spawn_blocking(move || crate::wal::spool::usage(&dir, &name, max))
         .await
         .unwrap_or(None);
     let full = state

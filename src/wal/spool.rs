@@ -111,6 +111,60 @@ pub fn stale_markers(markers: &[String], current: &WalName) -> Vec<String> {
         .collect()
 }
 
+/// A spool this full raises an alert and fails the daemon's health check,
+/// so that someone acts before `wal-push` starts failing and WAL piles up
+/// on the database server.
+pub const ALERT_FRACTION: f64 = 0.8;
+
+/// Sealed WAL waiting in a policy's spool for the repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub bytes: u64,
+    pub segments: u64,
+    pub max_bytes: u64,
+    /// Why the spool could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Usage {
+    /// Whether the spool is past [`ALERT_FRACTION`] of its limit.
+    pub fn filling(&self) -> bool {
+        self.max_bytes > 0 && self.bytes as f64 >= self.max_bytes as f64 * ALERT_FRACTION
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} segment(s), {} of its {} limit (`[wal] spool_max_bytes`)",
+            self.segments,
+            crate::progress::bytes(self.bytes),
+            crate::progress::bytes(self.max_bytes)
+        )
+    }
+}
+
+/// What waits in this host's spool of `policy`; `None` when `spool_dir`
+/// does not exist here (drctl runs on another host than the server, or
+/// nothing was ever spooled under this configuration).
+pub fn usage(spool_dir: &Path, policy: &str, max_bytes: u64) -> Option<Usage> {
+    if !spool_dir.is_dir() {
+        return None;
+    }
+    Some(match Spool::new(spool_dir, policy, max_bytes).queued() {
+        Ok(queued) => Usage {
+            bytes: queued.iter().map(|s| s.size).sum(),
+            segments: queued.len() as u64,
+            max_bytes,
+            error: None,
+        },
+        Err(e) => Usage {
+            max_bytes,
+            error: Some(e.to_string()),
+            ..Usage::default()
+        },
+    })
+}
+
 /// A policy's spool directory.
 pub struct Spool {
     dir: PathBuf,
