@@ -384,9 +384,8 @@ fn wal_status_and_pitr_setup_read_the_server() {
 /// A restore that keeps archiving and promotes starts timeline 2 in the
 /// same repository; a later restore to a time on timeline 2 follows the
 /// archived history file and gets timeline 2's rows.
-#[test]
-fn restore_follows_a_new_timeline() {
-    let mut world = World::new(false, "");
+fn restore_follows_a_new_timeline(on_s3: bool) {
+    let mut world = World::new(on_s3, "");
     world.create_table();
     world.ws.ok(&["backup", "cluster"]);
     world.insert(1..=3);
@@ -449,4 +448,14 @@ fn restore_follows_a_new_timeline() {
         "the plan names the timelines: {stderr}"
     );
     assert_eq!(ids(&server), "1,2,3,10,11,12");
+}
+
+#[test]
+fn restore_follows_a_new_timeline_local() {
+    restore_follows_a_new_timeline(false);
+}
+
+#[test]
+fn restore_follows_a_new_timeline_s3() {
+    restore_follows_a_new_timeline(true);
 }
