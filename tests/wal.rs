@@ -624,3 +624,34 @@ fn wal_drain_stores_what_was_spooled_and_a_second_push_is_answered_from_the_spoo
         assert_eq!(std::fs::read(&dest).unwrap(), noise(1 << 20, i as u64));
     }
 }
+
+/// A push the repository takes never needs the spool: with a spool
+/// directory that cannot be created (its parent is a file), the segment is
+/// still stored, and nothing is created.
+#[test]
+fn a_push_the_repository_takes_does_not_need_the_spool_directory() {
+    let rig = Rig::new(false, "");
+    let config = std::fs::read_to_string(rig.ws.path().join("drctl.toml")).unwrap();
+    let blocker = rig.ws.path().join("not-a-directory");
+    std::fs::write(&blocker, "").unwrap();
+    rig.ws.write(
+        "drctl.toml",
+        &config.replace(
+            "spool_dir = \"spool\"",
+            &format!("spool_dir = \"{}\"", blocker.join("spool").display()),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let name = "000000010000000000000041";
+    let path = dir.path().join(name);
+    std::fs::write(&path, noise(1 << 20, 41)).unwrap();
+    let out = rig.push(&path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stored: Vec<String> = rig
+        .wal_keys()
+        .iter()
+        .filter_map(|k| segment_of(k))
+        .collect();
+    assert_eq!(stored, [name]);
+    assert!(std::fs::metadata(&blocker).unwrap().is_file());
+}

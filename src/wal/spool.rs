@@ -255,6 +255,9 @@ impl Spool {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            // A spool whose directory cannot be reached (a file in its path)
+            // never held anything: pushes the repository takes go on.
+            Err(_) if !self.dir.exists() => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
         };
         let mut files = Vec::new();
