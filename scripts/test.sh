@@ -39,6 +39,10 @@ command -v age >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
 # tests/manual_recovery.rs follows docs/manual-recovery.md, which reads manifests with jq.
 command -v jq >/dev/null || missing+=(jq)
+# tests/deploy.rs checks the kit in deploy/: promtool (Debian's prometheus
+# package) for the alert rules, systemd-analyze for the unit.
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 # tests/report.rs loads the HTML report in headless Chromium.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v cc >/dev/null || missing+=(build-essential)

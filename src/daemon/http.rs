@@ -59,6 +59,7 @@ impl Server {
             )),
         };
         *cached = Some((Instant::now(), result.clone()));
+        state::lock(&self.state).repository_up = Some(result.is_ok());
         result
     }
 
@@ -93,6 +94,8 @@ impl Server {
                 )
             }
             "/metrics" => {
+                // drctl_repository_up is as fresh as /health's check.
+                let _ = self.probe().await;
                 let body = state::metrics(&state::lock(&self.state), now);
                 Response::builder()
                     .status(StatusCode::OK)

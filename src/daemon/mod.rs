@@ -448,6 +448,16 @@ fn sync_policies(state: &Shared, config: &Config) {
             entry.wal = None;
         }
         entry.rpo_target_seconds = rpo_target(p).map(|d| d.num_seconds());
+        entry.rto_target_seconds = p
+            .drill
+            .as_ref()
+            .and_then(|d| d.rto_target)
+            .map(|d| d.num_milliseconds() as f64 / 1000.0);
+        entry.drill_interval_seconds = p.drill.as_ref().and_then(|d| {
+            let tz = p.schedule.as_ref().map_or(chrono_tz::UTC, |s| s.timezone);
+            let t = Timetable::new(d.schedule.as_deref()?, tz).ok()?;
+            longest_gap(&t, now).map(|g| g.num_seconds())
+        });
         entry.backup.schedule = p.schedule.as_ref().and_then(|s| s.backup.clone());
         if entry.backup.schedule.is_none() {
             entry.backup.next_run = None;
@@ -461,6 +471,19 @@ fn sync_policies(state: &Shared, config: &Config) {
             }
         }
     }
+}
+
+/// The longest gap between the next runs of a timetable (a cron line may
+/// be uneven: `0 3 * * 1,4` leaves three and four days).
+fn longest_gap(t: &Timetable, from: DateTime<Utc>) -> Option<Duration> {
+    let mut at = t.next_after(from)?;
+    let mut longest = None;
+    for _ in 0..64 {
+        let next = t.next_after(at)?;
+        longest = longest.max(Some(next - at));
+        at = next;
+    }
+    longest
 }
 
 fn rpo_target(p: &Policy) -> Option<Duration> {
@@ -534,6 +557,7 @@ fn trigger(ctx: &JobCtx, policy: &str, kind: JobKind, jobs: &mut JoinSet<()>) {
             return;
         }
         k.running = true;
+        k.queued = true;
     }
     let ctx = ctx.clone();
     let policy = policy.to_string();
@@ -565,6 +589,9 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
         tracing::info!(job = kind.as_str(), policy = %policy_name, "not started: the daemon is stopping");
         return;
     };
+    if let Some(p) = state::lock(&ctx.state).policies.get_mut(&policy_name) {
+        p.kind_mut(kind).queued = false;
+    }
     let started = Utc::now();
     let run_id = crate::repo::new_backup_id(started);
     let clock = std::time::Instant::now();
@@ -584,6 +611,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     let mut newest = None;
     let mut alert = None;
     let mut prune = None;
+    let mut drilled = None;
     match kind {
         JobKind::Backup => {
             let opts = crate::backup::JobOptions {
@@ -645,6 +673,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             match crate::drill::run(&ctx.repo, policy, &opts).await {
                 Ok(record) => {
                     outcome.id = Some(record.id.clone());
+                    drilled = Some((record.rto.measured_seconds, record.passed));
                     if !record.passed {
                         let why = record.failure.clone().unwrap_or_default();
                         outcome.result = "failed";
@@ -714,6 +743,11 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     }
     let k = p.kind_mut(kind);
     let was_failing = k.last_run.as_ref().is_some_and(|r| r.result == "failed");
+    if let Some((rto, passed)) = drilled {
+        k.last_rto_seconds = rto;
+        k.last_passed = Some(passed);
+        k.last_finished_at = Some(outcome.finished_at);
+    }
     record(k, outcome, seconds, size);
     if let Some(a) = alert {
         let now = Utc::now();
@@ -772,6 +806,7 @@ async fn prune_after_backup(
 fn record(k: &mut KindState, outcome: RunOutcome, seconds: f64, size: Option<u64>) {
     match outcome.result {
         "ok" => {
+            k.successes_total += 1;
             k.last_success_at = Some(outcome.finished_at);
             k.last_duration_seconds = Some(seconds);
             if size.is_some() {
@@ -787,7 +822,9 @@ fn record(k: &mut KindState, outcome: RunOutcome, seconds: f64, size: Option<u64
 fn finish(ctx: &JobCtx, policy: &str, kind: JobKind) {
     let mut state = state::lock(&ctx.state);
     if let Some(p) = state.policies.get_mut(policy) {
-        p.kind_mut(kind).running = false;
+        let k = p.kind_mut(kind);
+        k.running = false;
+        k.queued = false;
         let idle = !p.backup.running && !p.drill.as_ref().is_some_and(|d| d.running);
         // Removed by a reload while this run went on.
         if idle && !state.configured.contains(policy) {

@@ -59,6 +59,8 @@ pub struct KindState {
     pub next_run: Option<DateTime<Utc>>,
     /// Started, or waiting for a slot under `max_concurrent_jobs`.
     pub running: bool,
+    /// Waiting for a slot under `max_concurrent_jobs` (then also `running`).
+    pub queued: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_run: Option<RunOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +71,14 @@ pub struct KindState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_size_bytes: Option<u64>,
     pub failures_total: u64,
+    pub successes_total: u64,
+    /// Drills: the last finished drill's measured RTO and verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_rto_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_passed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_finished_at: Option<DateTime<Utc>>,
     /// When the last alert about this kind of run went out: a failure that
     /// persists alerts again only every [`super::ALERT_REPEAT`].
     #[serde(skip)]
@@ -165,6 +175,13 @@ pub struct PolicyState {
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpo_target_seconds: Option<i64>,
+    /// `[drill] rto_target`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rto_target_seconds: Option<f64>,
+    /// The longest gap between two scheduled drills (from the cron line),
+    /// so a rule can say "no drill within its schedule".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill_interval_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub newest_backup: Option<NewestBackup>,
     /// Whether the RPO breach has been confirmed against the repository
@@ -233,6 +250,10 @@ pub struct DaemonState {
     /// hourly on S3; `None` before the first check or where it cannot run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket_drift: Option<Vec<String>>,
+    /// Whether `repo.json` answered the last probe (`/health`, `/metrics`
+    /// and a background check every `check_interval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_up: Option<bool>,
     pub policies: BTreeMap<String, PolicyState>,
     /// Policies in the configuration now; others stay only while a run of
     /// theirs finishes.
@@ -462,7 +483,57 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
     let running = family(
         &mut registry,
         "backup_running",
-        "1 while a backup of the policy is running or queued",
+        "1 while a backup of the policy runs (not while it waits for a slot)",
+    );
+    let queued = family(
+        &mut registry,
+        "backup_queued",
+        "1 while a backup of the policy waits for a slot under max_concurrent_jobs",
+    );
+    let newest_ts = family(
+        &mut registry,
+        "backup_newest_timestamp_seconds",
+        "Unix time (point in time) of the newest backup in the repository, by any host",
+    );
+    let repo_up = Gauge::<i64>::default();
+    registry.register(
+        "repository_up",
+        "1 when the repository answered the last check (repo.json readable), 0 when not",
+        repo_up.clone(),
+    );
+    repo_up.set(match state.repository_up {
+        Some(true) => 1,
+        _ => 0,
+    });
+    let drill_rto = family(
+        &mut registry,
+        "drill_last_rto_seconds",
+        "Measured RTO of the last finished drill run by this daemon",
+    );
+    let drill_passed = family(
+        &mut registry,
+        "drill_last_passed",
+        "1 when the last finished drill run by this daemon passed, 0 when it failed",
+    );
+    let drill_last = family(
+        &mut registry,
+        "drill_last_timestamp_seconds",
+        "Unix time the last drill run by this daemon finished, passed or failed",
+    );
+    let rto_target = family(
+        &mut registry,
+        "drill_rto_target_seconds",
+        "The policy's RTO target ([drill] rto_target)",
+    );
+    let watched = family(
+        &mut registry,
+        "policy_watched_since_timestamp_seconds",
+        "Unix time this daemon started watching the policy (start-up or the reload that added it)",
+    );
+    let drill_interval = family(
+        &mut registry,
+        "drill_interval_seconds",
+        "The longest gap between two scheduled drills of the policy (from its cron line)",
     );
     let newest_age = family(
         &mut registry,
@@ -484,6 +555,19 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
         "backup_failures",
         "Backups that failed since the daemon started",
         failures.clone(),
+    );
+    let successes = Family::<PolicyLabel, prometheus_client::metrics::counter::Counter>::default();
+    registry.register(
+        "backup_successes",
+        "Backups that succeeded since the daemon started",
+        successes.clone(),
+    );
+    let drill_successes =
+        Family::<PolicyLabel, prometheus_client::metrics::counter::Counter>::default();
+    registry.register(
+        "drill_successes",
+        "Drills that passed since the daemon started",
+        drill_successes.clone(),
     );
     let prune_failures =
         Family::<PolicyLabel, prometheus_client::metrics::counter::Counter>::default();
@@ -566,7 +650,25 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
         }
         running
             .get_or_create(&l)
-            .set(if p.backup.running { 1.0 } else { 0.0 });
+            .set(if p.backup.running && !p.backup.queued {
+                1.0
+            } else {
+                0.0
+            });
+        queued
+            .get_or_create(&l)
+            .set(if p.backup.queued { 1.0 } else { 0.0 });
+        if let Some(n) = &p.newest_backup {
+            newest_ts.get_or_create(&l).set(ts(n.point_in_time));
+        }
+        successes.get_or_create(&l).inc_by(p.backup.successes_total);
+        if let Some(t) = p.rto_target_seconds {
+            rto_target.get_or_create(&l).set(t);
+        }
+        watched.get_or_create(&l).set(ts(p.added_at));
+        if let Some(i) = p.drill_interval_seconds {
+            drill_interval.get_or_create(&l).set(i as f64);
+        }
         if let Some(age) = p.newest_age(now) {
             newest_age
                 .get_or_create(&l)
@@ -607,6 +709,18 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
         }
         if let Some(d) = &p.drill {
             drill_failures.get_or_create(&l).inc_by(d.failures_total);
+            drill_successes.get_or_create(&l).inc_by(d.successes_total);
+            if let Some(r) = d.last_rto_seconds {
+                drill_rto.get_or_create(&l).set(r);
+            }
+            if let Some(passed) = d.last_passed {
+                drill_passed
+                    .get_or_create(&l)
+                    .set(if passed { 1.0 } else { 0.0 });
+            }
+            if let Some(t) = d.last_finished_at {
+                drill_last.get_or_create(&l).set(ts(t));
+            }
             if let Some(t) = d.last_success_at {
                 drill_last_success.get_or_create(&l).set(ts(t));
             }

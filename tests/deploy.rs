@@ -1,0 +1,248 @@
+//! The operations kit in `deploy/`: the Prometheus rules pass promtool's
+//! checks and unit tests, every metric the rules name is exported by a
+//! running daemon, and the systemd unit passes `systemd-analyze verify`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::workspace::{Backend, Workspace};
+use common::{S3Server, block_on, free_port, output_within, unique_bucket_name, wait_for};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `program args…` must succeed; scripts/test.sh installs the tools.
+fn run_ok(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = output_within(
+        Command::new(program).args(args).current_dir(dir),
+        b"",
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = deploy("prometheus");
+    let out = run_ok("promtool", &["check", "rules", "drctl.rules.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let out = run_ok("promtool", &["test", "rules", "drctl.rules.test.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// A unit test that expects the wrong alert must fail: promtool really
+/// evaluates the rules.
+#[test]
+fn promtool_rule_tests_can_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        deploy("prometheus/drctl.rules.yml"),
+        dir.path().join("drctl.rules.yml"),
+    )
+    .unwrap();
+    let tests = std::fs::read_to_string(deploy("prometheus/drctl.rules.test.yml")).unwrap();
+    // The spool is at 90 %: expecting no alert is wrong.
+    let broken = tests.replacen(
+        "      - eval_time: 5m\n        alertname: DrctlWalSpoolFilling\n        exp_alerts:\n",
+        "      - eval_time: 5m\n        alertname: DrctlWalSpoolFilling\n        exp_alerts: []\n        unused:\n",
+        1,
+    );
+    assert_ne!(broken, tests, "the test file changed shape");
+    std::fs::write(dir.path().join("t.yml"), broken).unwrap();
+    let out = output_within(
+        Command::new("promtool")
+            .args(["test", "rules", "t.yml"])
+            .current_dir(dir.path()),
+        b"",
+        Duration::from_secs(120),
+    );
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+}
+
+/// `drctl_*` names in a rules or dashboard file, without the `_total` a
+/// counter's sample adds to its family name.
+fn metric_names(file: &Path) -> BTreeSet<String> {
+    let body = std::fs::read_to_string(file).unwrap();
+    let mut names = BTreeSet::new();
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while let Some(at) = body[i..].find("drctl_") {
+        let start = i + at;
+        let before_ok =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if before_ok {
+            let name = &body[start..end];
+            names.insert(name.strip_suffix("_total").unwrap_or(name).to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_rules_name_is_exported_by_a_running_daemon() {
+    let mut named = metric_names(&deploy("prometheus/drctl.rules.yml"));
+    let dashboard = deploy("grafana/drctl.json");
+    if dashboard.exists() {
+        named.extend(metric_names(&dashboard));
+    }
+    // Policy names and the job label are not metrics.
+    named.retain(|n| n != "drctl_");
+    assert!(named.len() > 10, "{named:?}");
+
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("deploy");
+    block_on(s3.create_bucket(&bucket, true));
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: s3.endpoint(),
+        bucket,
+    });
+    let data = ws.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.conf"), "x = 1\n").unwrap();
+    let scratch = ws.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!(
+            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n\n[schedule]\nbackup = \"@yearly\"\nrpo_target = \"1d\"\n\n\
+             [drill]\nschedule = \"*/2 * * * * *\"\nscratch_dir = \"{}\"\nrto_target = \"1h\"\n",
+            data.display(),
+            scratch.display()
+        ),
+    );
+    // A cluster policy whose server does not answer still has its WAL
+    // families; the spool directory makes the spool's appear.
+    ws.write(
+        "policies/pg.toml",
+        "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\n",
+    );
+    std::fs::create_dir_all(ws.path().join("spool")).unwrap();
+    let base = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    let base = format!("{base}\n[wal]\nspool_dir = \"spool\"\n");
+    ws.write("drctl.toml", &base);
+    let port = free_port();
+    ws.write(
+        "daemon.toml",
+        &format!("{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n"),
+    );
+    // A backup, an archived WAL file and (from the daemon) drills, so that
+    // every family has a sample.
+    ws.ok(&["backup", "etc"]);
+    let segment = ws.path().join("000000010000000000000001");
+    std::fs::write(&segment, vec![7u8; 1 << 20]).unwrap();
+    ws.ok(&["wal-push", "pg", segment.to_str().unwrap()]);
+    let mut child = ws
+        .cmd_with_config("daemon.toml", &["daemon"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = wait_for("the daemon's /metrics", Duration::from_secs(30), || {
+        let body = http_get(port, "/metrics")?;
+        [
+            "drctl_wal_spool_bytes{",
+            "drctl_drill_last_passed{",
+            "drctl_bucket_drift_settings",
+        ]
+        .iter()
+        .all(|m| body.contains(m))
+        .then_some(body)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    // Sample names: a family without a sample is not exported at all.
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| n.strip_suffix("_total").unwrap_or(n).to_string())
+        .collect();
+    let missing: Vec<&String> = named.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not exported: {missing:?}\n{metrics}"
+    );
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    Some(raw.split_once("\r\n\r\n")?.1.to_string())
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(deploy("systemd/drctl.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/drctl "), "{unit}");
+    for setting in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "User=drctl",
+        "ReadWritePaths=/var/lib/drctl",
+    ] {
+        assert!(unit.contains(setting), "{setting} is missing");
+    }
+    // Verified with the binary under test in place of the installed one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drctl.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/drctl", env!("CARGO_BIN_EXE_drctl")),
+    )
+    .unwrap();
+    let Some(analyze) = which("systemd-analyze") else {
+        println!("NOTE: systemd-analyze is not installed; the unit was checked statically only");
+        return;
+    };
+    let out = output_within(
+        Command::new(analyze).arg("verify").arg(&path),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
