@@ -74,6 +74,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
         identity_file: ctx.cli.identity.clone().or(config.identity_file.clone()),
         meter,
         skip_if_busy: false,
+        config_path: config.path.clone(),
     };
     let mut records = Vec::new();
     for policy in policies {
@@ -102,8 +103,22 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
                     check.detail
                 );
             }
+            if let Some(r) = &record.recovery {
+                outln!("  PITR   {}", drill::cluster::describe_recovery(r));
+                if let Some(line) = &r.stop_line {
+                    outln!("  server {line}");
+                }
+            }
             outln!("  RTO    {}", against(&record.rto));
-            outln!("  RPO    {} since the newest backup", against(&record.rpo));
+            outln!(
+                "  RPO    {} since {}",
+                against(&record.rpo),
+                if record.recovery.is_some() {
+                    "the newest archived WAL"
+                } else {
+                    "the newest backup"
+                }
+            );
             if let Some(f) = &record.failure {
                 outln!("  reason {f}");
             }

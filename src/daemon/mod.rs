@@ -641,6 +641,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                     cancel: ctx.abort.clone(),
                 },
                 skip_if_busy: true,
+                config_path: ctx.config.path.clone(),
             };
             match crate::drill::run(&ctx.repo, policy, &opts).await {
                 Ok(record) => {
