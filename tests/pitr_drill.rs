@@ -191,28 +191,6 @@ fn a_cluster_drill_recovers_checks_and_records_s3() {
     a_cluster_drill_recovers_checks_and_records(true);
 }
 
-impl World {
-    /// Deletes the archived copy of a WAL file from the local repository.
-    fn delete_wal(&self, name: &str) {
-        let dir = self
-            .ws
-            .repo_dir()
-            .join(format!("wal/cluster/{}", &name[..8]));
-        let found: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{name}-"))
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{found:?}");
-        std::fs::remove_file(&found[0]).unwrap();
-    }
-}
-
 #[test]
 fn a_drill_with_a_missing_segment_fails_names_it_and_leaves_nothing() {
     let (world, scratch, _) = cluster_with_rows(false, |s| drill_section(s, "SELECT 1", "1"));

@@ -123,6 +123,16 @@ fn os_user() -> String {
     }
 }
 
+/// The PostgreSQL programs for a data directory: the policy's `bin_dir`,
+/// else those of the version in its `PG_VERSION`.
+fn bin_dir_for(configured: Option<&Path>, data_dir: &Path) -> Option<PathBuf> {
+    let major = std::fs::read_to_string(data_dir.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(15);
+    crate::source::postgres::bin_dir(configured, major)
+}
+
 /// Stops the servers and removes the directories that earlier drills of
 /// `policy` left in `scratch_dir` (killed, or kept with `--keep`). The
 /// policy's drill lease is held, so none of them is still running a drill.
@@ -148,11 +158,7 @@ async fn clear_leftovers(
         }
         let path = entry.path();
         tracing::warn!(policy = %policy.name, dir = %path.display(), "Stopping and removing the scratch server an earlier drill left (killed, or kept with --keep).");
-        let major = std::fs::read_to_string(path.join("PG_VERSION"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(15);
-        let bin = crate::source::postgres::bin_dir(configured_bin, major);
+        let bin = bin_dir_for(configured_bin, &path);
         recover::stop_immediate(&policy.name, bin.as_deref(), &path).await?;
         std::fs::remove_dir_all(&path).map_err(|e| {
             Error::io(
@@ -249,11 +255,7 @@ pub(super) async fn run(
         return result;
     }
     let t = Instant::now();
-    let major = std::fs::read_to_string(dir.join("PG_VERSION"))
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(15);
-    let bin = crate::source::postgres::bin_dir(bin_dir.as_deref(), major);
+    let bin = bin_dir_for(bin_dir.as_deref(), &dir);
     let cleaned = async {
         recover::stop_immediate(&policy.name, bin.as_deref(), &dir).await?;
         std::fs::remove_dir_all(&dir)
