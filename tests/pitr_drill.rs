@@ -287,3 +287,85 @@ fn a_drill_without_a_usable_scratch_dir_is_refused_clearly_and_recorded() {
         serde_json::from_str(&world.ws.ok(&["drills", "cluster", "--json"])).unwrap();
     assert_eq!(listed["drills"].as_array().unwrap().len(), 2);
 }
+
+/// `GET path` on the daemon's loopback port: the body, when it answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// The daemon runs the policy's drill on its schedule, as the server's
+/// user: a passed record, and /status and /metrics say so.
+#[test]
+fn the_daemon_runs_a_scheduled_cluster_drill() {
+    let (world, scratch, _) = cluster_with_rows(false, |s| {
+        format!(
+            "{}\n",
+            drill_section(s, "SELECT count(*) >= 3 FROM t", "t")
+                .replace("[drill]\n", "[drill]\nschedule = \"*/3 * * * * *\"\n")
+        )
+    });
+    let port = common::free_port();
+    let base = std::fs::read_to_string(world.ws.path().join("drctl.toml")).unwrap();
+    world.ws.write(
+        "daemon.toml",
+        &format!("{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n"),
+    );
+    chown_to_pg_owner(&world.ws.path().join("daemon.toml"));
+    let log = world.ws.path().join("daemon.log");
+    let mut daemon = world
+        .ws
+        .cmd_with_config("daemon.toml", &["daemon"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start the daemon");
+    let status = common::wait_for(
+        "a passed scheduled drill",
+        std::time::Duration::from_secs(90),
+        || {
+            let status: Value = serde_json::from_str(&http_get(port, "/status")?).ok()?;
+            let last = &status["policies"]["cluster"]["drill"]["last_run"];
+            (last["result"] == "ok").then(|| status.clone())
+        },
+    );
+    let metrics = http_get(port, "/metrics").expect("/metrics");
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        metrics.contains("drctl_drill_last_success_timestamp_seconds{policy=\"cluster\"}"),
+        "{metrics}\n{daemon_log}"
+    );
+    assert!(
+        metrics.contains("drctl_drill_failures_total{policy=\"cluster\"} 0"),
+        "{metrics}\n{daemon_log}"
+    );
+    let listed: Value =
+        serde_json::from_str(&world.ws.ok(&["drills", "cluster", "--json"])).unwrap();
+    let id = status["policies"]["cluster"]["drill"]["last_run"]["id"].clone();
+    let record = listed["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["record"])
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("the daemon's drill {id} is not recorded: {listed:#}"));
+    assert_eq!(record["passed"], true, "{record:#}");
+    assert_eq!(check(record, "amcheck")["ok"], true, "{record:#}");
+    // SIGTERM let the running drill finish: nothing is left behind.
+    assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
+    assert!(!server_running_under(&scratch), "{daemon_log}");
+}

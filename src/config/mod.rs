@@ -1082,6 +1082,13 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
                 "`scratch_url` is the source database; a drill must restore somewhere else",
             );
         }
+        if let (Some(u), SourceConfig::PostgresCluster { .. }) = (&d.scratch_url, &source) {
+            cx.err(
+                u,
+                "`scratch_url` is for `postgres` policies: a `postgres-cluster` drill recovers the whole cluster \
+                 into `scratch_dir` and starts its own throwaway server there; set `scratch_dir` instead",
+            );
+        }
         Drill {
             schedule: cx.schedule(&d.schedule, "schedule"),
             scratch_url: d.scratch_url.as_ref().map(|u| u.get_ref().clone()),
@@ -1164,6 +1171,20 @@ mod tests {
         let mut errors = Vec::new();
         parse_policy(Path::new("policies/orders.toml"), text, &mut errors);
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_cluster_drill_is_refused_a_scratch_url() {
+        let errs = policy_errors(
+            "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://u@h/postgres\"\n\n[drill]\nscratch_url = \"postgres://u@h2/postgres\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("policies/orders.toml:6:")
+                && errs[0].contains("set `scratch_dir` instead"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
