@@ -369,3 +369,37 @@ fn the_daemon_runs_a_scheduled_cluster_drill() {
     assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
     assert!(!server_running_under(&scratch), "{daemon_log}");
 }
+
+/// An index whose order no longer matches its operator class (the
+/// comparison function changed after the index was built, as a collation
+/// change in the C library does to text indexes) is found by amcheck, and
+/// fails the drill without naming the index in the record.
+#[test]
+fn a_corrupt_index_fails_the_drill() {
+    let (world, scratch, _) = cluster_with_rows(false, |s| drill_section(s, "SELECT 1", "1"));
+    world.pg.psql(
+        "postgres",
+        "CREATE FUNCTION secret_cmp(int4, int4) RETURNS int4 IMMUTABLE LANGUAGE sql AS 'SELECT btint4cmp($1, $2)'; \
+         CREATE OPERATOR CLASS secret_ops FOR TYPE int4 USING btree AS \
+           OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 secret_cmp(int4, int4); \
+         CREATE TABLE secret_orders(id int4); INSERT INTO secret_orders SELECT generate_series(1, 2000); \
+         CREATE INDEX secret_orders_idx ON secret_orders (id secret_ops); \
+         CREATE OR REPLACE FUNCTION secret_cmp(int4, int4) RETURNS int4 IMMUTABLE LANGUAGE sql AS 'SELECT btint4cmp($2, $1)';",
+    );
+    world.switch_and_wait();
+
+    let (code, r, stderr) = drill(&world, &[]);
+    assert_eq!(code, Some(EXIT_FAILED), "{r:#}\n{stderr}");
+    let amcheck = check(&r, "amcheck");
+    let detail = amcheck["detail"].as_str().unwrap();
+    assert!(
+        amcheck["ok"] == false && detail.contains("1 corrupt"),
+        "{r:#}\n{stderr}"
+    );
+    assert!(r["failure"].as_str().unwrap().contains("amcheck"), "{r:#}");
+    // The record names no table or index; the log does.
+    let stored = serde_json::to_string(&r).unwrap();
+    assert!(!stored.contains("secret"), "{stored}");
+    assert!(stderr.contains("secret_orders_idx"), "{stderr}");
+    assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
+}
