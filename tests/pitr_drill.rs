@@ -305,14 +305,17 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// The daemon runs the policy's drill on its schedule, as the server's
-/// user: a passed record, and /status and /metrics say so.
+/// user, to a random time (`choose = "random"`): a passed record, and
+/// /status and /metrics say so.
 #[test]
 fn the_daemon_runs_a_scheduled_cluster_drill() {
     let (world, scratch, _) = cluster_with_rows(false, |s| {
         format!(
             "{}\n",
-            drill_section(s, "SELECT count(*) >= 3 FROM t", "t")
-                .replace("[drill]\n", "[drill]\nschedule = \"*/3 * * * * *\"\n")
+            drill_section(s, "SELECT count(*) >= 3 FROM t", "t").replace(
+                "[drill]\n",
+                "[drill]\nschedule = \"*/3 * * * * *\"\nchoose = \"random\"\n",
+            )
         )
     });
     let port = common::free_port();
@@ -365,6 +368,8 @@ fn the_daemon_runs_a_scheduled_cluster_drill() {
         .unwrap_or_else(|| panic!("the daemon's drill {id} is not recorded: {listed:#}"));
     assert_eq!(record["passed"], true, "{record:#}");
     assert_eq!(check(record, "amcheck")["ok"], true, "{record:#}");
+    // `choose = "random"`: a random time in the window, not latest.
+    assert_eq!(record["recovery"]["target"], "time", "{record:#}");
     // SIGTERM let the running drill finish: nothing is left behind.
     assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
     assert!(!server_running_under(&scratch), "{daemon_log}");

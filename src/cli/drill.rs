@@ -59,17 +59,19 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
         return Err(Error::Usage("no policy has a [drill] section".into()));
     }
     let repo = ctx.repo(&config).await?;
-    let choice = match (&args.backup, args.random) {
+    let choice = |policy: &crate::config::Policy| match (&args.backup, args.random) {
         (Some(id), _) => Choice::Id(id.clone()),
         (None, true) => Choice::Random,
+        // The policy's `choose`, as the daemon's drills do.
+        (None, false) if policy.drill.as_ref().is_some_and(|d| d.random) => Choice::Random,
         (None, false) => Choice::Newest,
     };
     let meter = crate::progress::Meter {
         bytes: Default::default(),
         cancel: ctx.cancel.clone(),
     };
-    let opts = DrillOptions {
-        choice,
+    let mut opts = DrillOptions {
+        choice: Choice::Newest,
         keep: args.keep,
         identity_file: ctx.cli.identity.clone().or(config.identity_file.clone()),
         meter,
@@ -78,6 +80,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
     };
     let mut records = Vec::new();
     for policy in policies {
+        opts.choice = choice(policy);
         let record = drill::run(&repo, policy, &opts).await?;
         if !ctx.cli.json {
             outln!(
