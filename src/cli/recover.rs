@@ -302,6 +302,7 @@ pub async fn restore_cluster(
                 action: args.target_action,
                 timeout: std::time::Duration::from_secs(args.recovery_timeout_seconds),
                 settings: Vec::new(),
+                cancel: None,
             };
             Some(recover::start_and_watch(&policy.name, data_dir, &start).await?)
         } else {

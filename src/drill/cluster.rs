@@ -230,7 +230,7 @@ pub(super) async fn run(
     let t = Instant::now();
     clear_leftovers(policy, bin_dir.as_deref(), scratch_dir).await?;
     create_scratch(scratch_dir, &dir)?;
-    step(record, "prepare the scratch directory", t, true);
+    step(record, "prepare scratch directory", t, true);
 
     let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;
     let mut server = None;
@@ -264,7 +264,7 @@ pub(super) async fn run(
     .await;
     step(
         record,
-        "stop the server and remove the scratch directory",
+        "stop server, remove scratch directory",
         t,
         cleaned.is_ok(),
     );
@@ -347,7 +347,7 @@ async fn recover_and_check(
     let manifest = match chosen {
         Ok(m) => m,
         Err(e) => {
-            step(record, "choose the base backup", t, false);
+            step(record, "choose base backup", t, false);
             return Err(e);
         }
     };
@@ -360,12 +360,7 @@ async fn recover_and_check(
     let wal = match recover::check_wal(name, manifest, &archive, &target) {
         Ok(w) => w,
         Err(e) => {
-            step(
-                record,
-                "choose the base backup and check the WAL is archived",
-                t,
-                false,
-            );
+            step(record, "choose base backup, check WAL archived", t, false);
             return Err(e);
         }
     };
@@ -374,12 +369,7 @@ async fn recover_and_check(
         r.wal_last = Some(wal.last.clone());
         r.wal_segments = wal.segments;
     }
-    step(
-        record,
-        "choose the base backup and check the WAL is archived",
-        t,
-        true,
-    );
+    step(record, "choose base backup, check WAL archived", t, true);
 
     let t = Instant::now();
     if let Err(e) = crate::restore::thaw(
@@ -405,7 +395,7 @@ async fn recover_and_check(
     .await;
     step(
         record,
-        "fetch, decrypt, decompress and unpack the base backup",
+        "fetch, decrypt, decompress and unpack",
         t,
         unpacked.is_ok(),
     );
@@ -478,6 +468,9 @@ async fn recover_and_check(
             // A restored subscription must not pull from the live publisher.
             "max_logical_replication_workers=0".into(),
         ],
+        // Ctrl-C, or the daemon's shutdown: the drill fails and its
+        // server is stopped and removed like any failed drill's.
+        cancel: Some(opts.meter.cancel.clone()),
     };
     *server = Some((port, login.clone()));
     let mut stopped = recover::start_and_watch(name, dir, &start).await;
@@ -490,12 +483,7 @@ async fn recover_and_check(
         recover::clear_time_target(dir)?;
         stopped = recover::start_and_watch(name, dir, &start).await;
     }
-    step(
-        record,
-        "start the server and replay the WAL",
-        t,
-        stopped.is_ok(),
-    );
+    step(record, "start server and replay WAL", t, stopped.is_ok());
     let stopped = stopped?;
     let reached = match (&target, stopped.last_transaction_at) {
         (Target::Time(at), Some(last)) => last <= *at,
@@ -558,12 +546,7 @@ async fn recover_and_check(
         Ok(f) => (f.ok, f.detail),
         Err(e) => (false, e.to_string()),
     };
-    step(
-        record,
-        "amcheck (bt_index_check on every btree index)",
-        t,
-        ok,
-    );
+    step(record, "amcheck (bt_index_check)", t, ok);
     record.checks.push(record::Check {
         name: "amcheck".into(),
         ok,

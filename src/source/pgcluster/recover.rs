@@ -630,6 +630,9 @@ pub struct Start<'a> {
     /// win over every configuration file (a drill's throwaway server
     /// listens on its socket only and trusts its owner).
     pub settings: Vec<String>,
+    /// Stop waiting (`Interrupted`) once this is set; the server is left
+    /// to the caller.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Whether the postmaster of `dir` is alive, by the pid in its pid file.
@@ -770,6 +773,16 @@ pub async fn start_and_watch(policy: &str, dir: &Path, start: &Start<'_>) -> Res
                 &log_text,
                 "it was still replaying when drctl stopped waiting",
             ));
+        }
+        if start
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(Error::Interrupted(format!(
+                "stopped while the server in {} was replaying WAL",
+                dir.display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
