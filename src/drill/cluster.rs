@@ -217,6 +217,14 @@ pub(super) async fn run(
                 .into(),
         )
     })?;
+    // The server resolves relative paths (its socket directory, hba_file)
+    // from its data directory, not from where drctl runs.
+    let scratch_dir = &std::path::absolute(scratch_dir).map_err(|e| {
+        Error::io(
+            format!("finding [drill] scratch_dir {}", scratch_dir.display()),
+            e,
+        )
+    })?;
     let dir = scratch_path(scratch_dir, &policy.name, &record.id);
     let socket = dir.join(".s.PGSQL.65535");
     if socket.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
