@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{Restored, World, text};
-use common::{block_on, wait_for};
+use common::wait_for;
 
 /// The honest test: rows before T come back, rows after T do not, and the
 /// stop point drctl reports is before T.
@@ -103,43 +103,6 @@ impl World {
             "postgres",
             "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
         )
-    }
-
-    /// Deletes the archived copy of a WAL file, as a lost object would be.
-    fn delete_wal(&self, name: &str) {
-        let prefix = format!("wal/cluster/{}/{name}-", &name[..8]);
-        match &self.s3 {
-            Some((s3, bucket)) => {
-                let keys = block_on(s3.list_keys(bucket, &format!("drctl/{prefix}")));
-                assert_eq!(keys.len(), 1, "{keys:?}");
-                block_on(
-                    s3.client()
-                        .delete_object()
-                        .bucket(bucket)
-                        .key(&keys[0])
-                        .send(),
-                )
-                .expect("delete a WAL object");
-            }
-            None => {
-                let dir = self
-                    .ws
-                    .repo_dir()
-                    .join(format!("wal/cluster/{}", &name[..8]));
-                let found: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .filter(|p| {
-                        p.file_name()
-                            .unwrap()
-                            .to_string_lossy()
-                            .starts_with(&format!("{name}-"))
-                    })
-                    .collect();
-                assert_eq!(found.len(), 1, "{found:?}");
-                std::fs::remove_file(&found[0]).unwrap();
-            }
-        }
     }
 
     fn create_table(&self) {

@@ -76,6 +76,7 @@ fn record(started: DateTime<Utc>, passed: bool, rto: f64, backup: &Value) -> Dri
             ok: passed,
             detail: "every path's content, mode and link target matched".into(),
         }],
+        recovery: None,
         previous_sha256: None,
     }
 }

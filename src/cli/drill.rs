@@ -59,24 +59,28 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
         return Err(Error::Usage("no policy has a [drill] section".into()));
     }
     let repo = ctx.repo(&config).await?;
-    let choice = match (&args.backup, args.random) {
+    let choice = |policy: &crate::config::Policy| match (&args.backup, args.random) {
         (Some(id), _) => Choice::Id(id.clone()),
         (None, true) => Choice::Random,
+        // The policy's `choose`, as the daemon's drills do.
+        (None, false) if policy.drill.as_ref().is_some_and(|d| d.random) => Choice::Random,
         (None, false) => Choice::Newest,
     };
     let meter = crate::progress::Meter {
         bytes: Default::default(),
         cancel: ctx.cancel.clone(),
     };
-    let opts = DrillOptions {
-        choice,
+    let mut opts = DrillOptions {
+        choice: Choice::Newest,
         keep: args.keep,
         identity_file: ctx.cli.identity.clone().or(config.identity_file.clone()),
         meter,
         skip_if_busy: false,
+        config_path: config.path.clone(),
     };
     let mut records = Vec::new();
     for policy in policies {
+        opts.choice = choice(policy);
         let record = drill::run(&repo, policy, &opts).await?;
         if !ctx.cli.json {
             outln!(
@@ -102,8 +106,22 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
                     check.detail
                 );
             }
+            if let Some(r) = &record.recovery {
+                outln!("  PITR   {}", drill::cluster::describe_recovery(r));
+                if let Some(line) = &r.stop_line {
+                    outln!("  server {line}");
+                }
+            }
             outln!("  RTO    {}", against(&record.rto));
-            outln!("  RPO    {} since the newest backup", against(&record.rpo));
+            outln!(
+                "  RPO    {} since {}",
+                against(&record.rpo),
+                if record.recovery.is_some() {
+                    "the newest archived WAL"
+                } else {
+                    "the newest backup"
+                }
+            );
             if let Some(f) = &record.failure {
                 outln!("  reason {f}");
             }

@@ -4,8 +4,6 @@
 //! checked complete first, so a gap is a refusal rather than a FATAL line
 //! in a server log.
 
-use std::path::{Path, PathBuf};
-
 use chrono::Utc;
 
 use super::Ctx;
@@ -52,11 +50,6 @@ fn target(args: &RestoreArgs) -> Result<Option<Target>> {
         return Ok(Some(Target::Name(name.clone())));
     }
     Ok(None)
-}
-
-fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
-    std::fs::canonicalize(path)
-        .map_err(|e| Error::io(format!("finding the {what} {}", path.display()), e))
 }
 
 pub async fn restore_cluster(
@@ -128,35 +121,16 @@ pub async fn restore_cluster(
         _ => None,
     };
 
-    let config_path = absolute(
+    let restore_command = recover::wal_fetch_command(
         &crate::config::Config::resolve_path(ctx.cli.config.as_deref()),
-        "configuration",
+        ctx.cli
+            .identity
+            .as_deref()
+            .or(config.identity_file.as_deref()),
+        &policy.name,
     )?;
-    let identity_path = ctx
-        .cli
-        .identity
-        .as_deref()
-        .or(config.identity_file.as_deref())
-        .map(|p| absolute(p, "identity file"))
-        .transpose()?;
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the drctl executable", e))?;
-    let mut command = vec![
-        recover::shell_quote(&exe.display().to_string()),
-        "--config".into(),
-        recover::shell_quote(&config_path.display().to_string()),
-    ];
-    if let Some(id) = &identity_path {
-        command.push("--identity".into());
-        command.push(recover::shell_quote(&id.display().to_string()));
-    }
-    command.extend([
-        "wal-fetch".into(),
-        policy.name.clone(),
-        "%f".into(),
-        "%p".into(),
-    ]);
     let settings = Settings {
-        restore_command: command.join(" "),
+        restore_command,
         target: target.clone(),
         action: args.target_action,
         keep_archiving: args.keep_archiving,
@@ -327,6 +301,8 @@ pub async fn restore_cluster(
                 password: pg.get_password().map(<[u8]>::to_vec),
                 action: args.target_action,
                 timeout: std::time::Duration::from_secs(args.recovery_timeout_seconds),
+                settings: Vec::new(),
+                cancel: None,
             };
             Some(recover::start_and_watch(&policy.name, data_dir, &start).await?)
         } else {

@@ -243,6 +243,10 @@ pub struct Drill {
     pub schedule: Option<String>,
     pub scratch_url: Option<String>,
     pub scratch_dir: Option<PathBuf>,
+    /// `choose = "random"`: drills without `--backup` restore a random
+    /// backup (a cluster: a random time in the recoverable window) rather
+    /// than the newest.
+    pub random: bool,
     pub rto_target: Option<Duration>,
     pub rpo_target: Option<Duration>,
     pub checks: Vec<DrillCheck>,
@@ -1082,10 +1086,29 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
                 "`scratch_url` is the source database; a drill must restore somewhere else",
             );
         }
+        if let (Some(u), SourceConfig::PostgresCluster { .. }) = (&d.scratch_url, &source) {
+            cx.err(
+                u,
+                "`scratch_url` is for `postgres` policies: a `postgres-cluster` drill recovers the whole cluster \
+                 into `scratch_dir` and starts its own throwaway server there; set `scratch_dir` instead",
+            );
+        }
         Drill {
             schedule: cx.schedule(&d.schedule, "schedule"),
             scratch_url: d.scratch_url.as_ref().map(|u| u.get_ref().clone()),
             scratch_dir: d.scratch_dir.as_ref().map(|p| base.join(p)),
+            random: match d.choose.as_ref().map(|c| c.get_ref().as_str()) {
+                None | Some("newest") => false,
+                Some("random") => true,
+                Some(other) => {
+                    let c = d.choose.as_ref().expect("matched Some");
+                    cx.err(
+                        c,
+                        format!("`choose` = \"{other}\": a drill restores the \"newest\" backup or a \"random\" one"),
+                    );
+                    false
+                }
+            },
             rto_target: cx.duration(&d.rto_target, "rto_target"),
             rpo_target: cx.duration(&d.rpo_target, "rpo_target"),
             checks: d
@@ -1164,6 +1187,38 @@ mod tests {
         let mut errors = Vec::new();
         parse_policy(Path::new("policies/orders.toml"), text, &mut errors);
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_drill_chooses_newest_or_random() {
+        let with = |choose: &str| {
+            policy_errors(&format!(
+                "[source]\ntype = \"files\"\npaths = [\"/etc\"]\n\n[drill]\nscratch_dir = \"s\"\nchoose = \"{choose}\"\n"
+            ))
+        };
+        assert!(with("newest").is_empty());
+        assert!(with("random").is_empty());
+        let errs = with("oldest");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("policies/orders.toml:7:") && errs[0].contains("\"random\""),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn a_cluster_drill_is_refused_a_scratch_url() {
+        let errs = policy_errors(
+            "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://u@h/postgres\"\n\n[drill]\nscratch_url = \"postgres://u@h2/postgres\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("policies/orders.toml:6:")
+                && errs[0].contains("set `scratch_dir` instead"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

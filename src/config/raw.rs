@@ -137,6 +137,7 @@ pub struct RawDrill {
     pub schedule: Option<Spanned<String>>,
     pub scratch_url: Option<Spanned<String>>,
     pub scratch_dir: Option<String>,
+    pub choose: Option<Spanned<String>>,
     pub rto_target: Option<Spanned<String>>,
     pub rpo_target: Option<Spanned<String>>,
     #[serde(default)]

@@ -658,7 +658,11 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
         }
         JobKind::Drill => {
             let opts = crate::drill::DrillOptions {
-                choice: crate::drill::Choice::Newest,
+                choice: if policy.drill.as_ref().is_some_and(|d| d.random) {
+                    crate::drill::Choice::Random
+                } else {
+                    crate::drill::Choice::Newest
+                },
                 keep: false,
                 identity_file: ctx
                     .identity
@@ -669,6 +673,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                     cancel: ctx.abort.clone(),
                 },
                 skip_if_busy: true,
+                config_path: ctx.config.path.clone(),
             };
             match crate::drill::run(&ctx.repo, policy, &opts).await {
                 Ok(record) => {

@@ -3,6 +3,7 @@
 //! the newest backup is against the RPO, and record it all in the repository
 //! as a hash-chained record (see [`record`]).
 
+pub mod cluster;
 pub mod record;
 
 use bytes::Bytes;
@@ -88,6 +89,9 @@ pub struct DrillOptions {
     /// failed drill. Scheduled drills set it; a person asking for a drill
     /// gets the refusal recorded.
     pub skip_if_busy: bool,
+    /// The configuration file, for the `restore_command` of a cluster
+    /// drill's server (`drctl --config … wal-fetch`).
+    pub config_path: std::path::PathBuf,
 }
 
 /// Prefix of every scratch database a drill of `policy` creates; a leftover
@@ -143,6 +147,7 @@ pub async fn run(
                 .map(|d| d.num_milliseconds() as f64 / 1000.0),
         },
         checks: Vec::new(),
+        recovery: None,
         previous_sha256: None,
     };
     // One drill per policy at a time, across hosts, so that dropping an
@@ -214,6 +219,9 @@ async fn drill_steps(
             policy.name
         ))
     })?;
+    if let SourceConfig::PostgresCluster { .. } = &policy.source {
+        return cluster::run(repo, policy, drill, opts, record, clock, hold).await;
+    }
 
     let t = std::time::Instant::now();
     let catalog = crate::repo::catalog::load(repo, &policy.name).await?;
@@ -346,13 +354,7 @@ async fn drill_steps(
                 step(record, "drop scratch database", t, true);
             }
         }
-        SourceConfig::PostgresCluster { .. } => {
-            return Err(Error::Refused(format!(
-                "drills of `postgres-cluster` policies are not supported yet; `drctl restore {} --to latest --data-dir DIR --start` \
-                 restores and recovers one by hand",
-                policy.name
-            )));
-        }
+        SourceConfig::PostgresCluster { .. } => unreachable!("cluster drills return above"),
         SourceConfig::Files { .. } => {
             let dir = drill.scratch_dir.as_ref().ok_or_else(|| {
                 Error::Refused("[drill] has no scratch_dir (a directory to restore into)".into())
@@ -404,6 +406,18 @@ async fn run_checks(url: &str, checks: &[crate::config::DrillCheck]) -> Vec<reco
         Ok(c) => crate::source::postgres::connect(&c).await,
         Err(e) => Err(e),
     };
+    run_checks_on(client, checks).await
+}
+
+/// As [`run_checks`], on a connection already made (or the reason it
+/// could not be), so every check is recorded either way.
+async fn run_checks_on(
+    client: Result<tokio_postgres::Client>,
+    checks: &[crate::config::DrillCheck],
+) -> Vec<record::Check> {
+    if checks.is_empty() {
+        return Vec::new();
+    }
     let client = match client {
         Ok(c) => c,
         Err(e) => {

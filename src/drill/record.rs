@@ -34,6 +34,11 @@ pub struct DrillRecord {
     pub rto: Objective,
     pub rpo: Objective,
     pub checks: Vec<Check>,
+    /// A `postgres-cluster` drill's point-in-time recovery: the target and
+    /// where replay really stopped. Absent for other kinds (and in records
+    /// written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
     /// sha256 (hex) of the exact bytes of the policy's previous record, or
     /// `None` for the first record of the policy.
     pub previous_sha256: Option<String>,
@@ -69,6 +74,36 @@ pub struct Check {
     /// What was found, e.g. "42 tables, 1200000 rows matched" or the query
     /// result against the expected value.
     pub detail: String,
+}
+
+/// What a cluster drill asked recovery for and what it got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// `latest` (the end of the archive) or `time`.
+    pub target: String,
+    /// The time asked for, with `target = "time"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<DateTime<Utc>>,
+    /// The WAL the plan replays, first and last segment, and how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_first: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_last: Option<String>,
+    #[serde(default)]
+    pub wal_segments: u64,
+    /// When the newest archived segment was stored: the RPO is measured
+    /// from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_archived_at: Option<DateTime<Utc>>,
+    /// `pg_last_wal_replay_lsn()` once recovery ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_lsn: Option<String>,
+    /// `pg_last_xact_replay_timestamp()`: the last transaction replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transaction_at: Option<DateTime<Utc>>,
+    /// The server's own line on where it stopped, when it wrote one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_line: Option<String>,
 }
 
 impl DrillRecord {
@@ -164,6 +199,7 @@ mod tests {
             rto: Objective::default(),
             rpo: Objective::default(),
             checks: vec![],
+            recovery: None,
             previous_sha256: previous,
         }
     }

@@ -305,7 +305,7 @@ impl Facts<'_> {
             "No drill in the period compared restored data with the fingerprint taken at backup time, so the backups are not shown to be exact, retrievable copies.".to_string()
         } else {
             let mut s = format!(
-                "{} passed drill{} restored a backup and found it identical to the fingerprint taken at backup time (per table: row count and a hash of every row; for files: content, mode and link target).",
+                "{} passed drill{} restored a backup and found it identical to the fingerprint taken at backup time (per table: row count and a hash of every row; for files: content, mode and link target; for a cluster: every file of the base backup against the checksums in the server's backup_manifest).",
                 self.data_verified,
                 plural(self.data_verified)
             );

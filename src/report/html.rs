@@ -518,7 +518,7 @@ fn policy(h: &mut String, r: &Report, p: &PolicyReport) {
                 h,
                 "<tr><td class=\"when\">{}</td><td class=\"mono\">{}</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td></tr>",
                 esc(&fmt_time(x.started_at)),
-                esc(x.backup_id.as_deref().unwrap_or("—")),
+                esc(&x.restored_text().unwrap_or_else(|| "—".into())),
                 if x.passed {
                     badge("ok", "passed")
                 } else {

@@ -268,9 +268,15 @@ fn policy(m: &mut String, p: &PolicyReport) {
                 m,
                 "| {} | {} | {} | {} | {} | {}/{} | {} |",
                 fmt_time(x.started_at),
-                x.backup_id
-                    .as_deref()
-                    .map_or("—".to_string(), |id| format!("`{}`", cell(id))),
+                match (&x.backup_id, &x.recovery) {
+                    (Some(id), Some(r)) => format!(
+                        "`{}` {}",
+                        cell(id),
+                        cell(&crate::drill::cluster::describe_recovery(r))
+                    ),
+                    (Some(id), None) => format!("`{}`", cell(id)),
+                    (None, _) => "—".to_string(),
+                },
                 if x.passed { "passed" } else { "**failed**" },
                 x.rto_seconds.map_or("—".to_string(), fmt_seconds),
                 x.rpo_seconds.map_or("—".to_string(), fmt_seconds),

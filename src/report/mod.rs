@@ -315,7 +315,8 @@ pub struct DrillSummary {
     /// Whether the most recent drill in the period passed; null without drills.
     pub latest_passed: Option<bool>,
     /// Passed drills that compared the restored data with the fingerprint
-    /// taken at backup time (a check named `fingerprint` or `files`).
+    /// taken at backup time (a check named `fingerprint`, `files`, or
+    /// `backup_manifest` for a cluster's base backup).
     pub data_verified: usize,
     pub rto_target_seconds: Option<f64>,
     /// Passed drills with a measured RTO: the sample the statistics use.
@@ -344,6 +345,21 @@ pub struct DrillPoint {
     pub checks_passed: usize,
     pub checks_total: usize,
     pub failure: Option<String>,
+    /// A `postgres-cluster` drill's target and where recovery stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<crate::drill::record::Recovery>,
+}
+
+impl DrillPoint {
+    /// What the drill restored, for the tables: the backup, and for a
+    /// cluster drill the target and where replay stopped.
+    pub fn restored_text(&self) -> Option<String> {
+        let backup = self.backup_id.clone()?;
+        Some(match &self.recovery {
+            Some(r) => format!("{backup}, {}", crate::drill::cluster::describe_recovery(r)),
+            None => backup,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -753,6 +769,7 @@ fn drill_summary(
                     checks_passed: r.checks.iter().filter(|c| c.ok).count(),
                     checks_total: r.checks.len(),
                     failure: r.failure.clone(),
+                    recovery: r.recovery.clone(),
                 });
             }
             Err(_) => {
@@ -780,9 +797,11 @@ fn drill_summary(
         .filter_map(|s| s.record.as_ref().ok())
         .filter(|r| in_period(r.started_at, since, until) && r.passed)
         .filter(|r| {
-            r.checks
-                .iter()
-                .any(|c| c.ok && (c.name == "fingerprint" || c.name == "files"))
+            r.checks.iter().any(|c| {
+                c.ok && (c.name == "fingerprint"
+                    || c.name == "files"
+                    || c.name == "backup_manifest")
+            })
         })
         .count();
     let run = series.len();

@@ -86,6 +86,7 @@ fn drill(policy: &str, at: DateTime<Utc>, passed: bool, rto: Option<f64>) -> Dri
                 detail: "returned `1200`, expected `1200`".into(),
             },
         ],
+        recovery: None,
         previous_sha256: None,
     }
 }

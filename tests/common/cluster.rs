@@ -134,6 +134,43 @@ impl World {
         names
     }
 
+    /// Deletes the archived copy of a WAL file, as a lost object would be.
+    pub fn delete_wal(&self, name: &str) {
+        let prefix = format!("wal/cluster/{}/{name}-", &name[..8]);
+        match &self.s3 {
+            Some((s3, bucket)) => {
+                let keys = block_on(s3.list_keys(bucket, &format!("drctl/{prefix}")));
+                assert_eq!(keys.len(), 1, "{keys:?}");
+                block_on(
+                    s3.client()
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(&keys[0])
+                        .send(),
+                )
+                .expect("delete a WAL object");
+            }
+            None => {
+                let dir = self
+                    .ws
+                    .repo_dir()
+                    .join(format!("wal/cluster/{}", &name[..8]));
+                let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with(&format!("{name}-"))
+                    })
+                    .collect();
+                assert_eq!(found.len(), 1, "{found:?}");
+                std::fs::remove_file(&found[0]).unwrap();
+            }
+        }
+    }
+
     /// The manifest of a backup of policy `cluster`, read from the store.
     pub fn manifest(&self, id: &str) -> serde_json::Value {
         let key = format!("backups/cluster/{id}/manifest.json");

@@ -7,6 +7,7 @@
 //! PostgreSQL writes: `backup_label` and `backup_manifest`.
 
 pub mod basebackup;
+pub mod check;
 pub mod recover;
 
 use chrono::{DateTime, Utc};

@@ -443,6 +443,38 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
+/// The `restore_command` that fetches from `policy`'s archive: this drctl
+/// executable with absolute paths to the configuration and, when one was
+/// given, the identity (the server runs it from the data directory).
+///
+/// # Errors
+/// I/O errors finding the executable, the configuration or the identity.
+pub fn wal_fetch_command(config: &Path, identity: Option<&Path>, policy: &str) -> Result<String> {
+    let absolute = |path: &Path, what: &str| {
+        std::fs::canonicalize(path)
+            .map_err(|e| Error::io(format!("finding the {what} {}", path.display()), e))
+    };
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the drctl executable", e))?;
+    let mut command = vec![
+        shell_quote(&exe.display().to_string()),
+        "--config".into(),
+        shell_quote(&absolute(config, "configuration")?.display().to_string()),
+    ];
+    if let Some(id) = identity {
+        command.push("--identity".into());
+        command.push(shell_quote(
+            &absolute(id, "identity file")?.display().to_string(),
+        ));
+    }
+    command.extend([
+        "wal-fetch".into(),
+        policy.to_string(),
+        "%f".into(),
+        "%p".into(),
+    ]);
+    Ok(command.join(" "))
+}
+
 /// The recovery settings as `postgresql.auto.conf` lines.
 pub fn settings_text(s: &Settings, backup_id: &str) -> String {
     let mut lines = vec![
@@ -594,10 +626,17 @@ pub struct Start<'a> {
     pub action: Action,
     /// Give up when the server has not finished recovery in this long.
     pub timeout: Duration,
+    /// More `-c name=value` settings for the server's command line, which
+    /// win over every configuration file (a drill's throwaway server
+    /// listens on its socket only and trusts its owner).
+    pub settings: Vec<String>,
+    /// Stop waiting (`Interrupted`) once this is set; the server is left
+    /// to the caller.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Whether the postmaster of `dir` is alive, by the pid in its pid file.
-fn postmaster_running(dir: &Path) -> bool {
+pub fn postmaster_running(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("postmaster.pid"))
         .ok()
         .and_then(|t| {
@@ -635,9 +674,14 @@ pub async fn start_and_watch(policy: &str, dir: &Path, start: &Start<'_>) -> Res
         .arg("--no-wait")
         .arg("-o")
         .arg(format!(
-            "-p {} -c unix_socket_directories={}",
+            "-p {} -c unix_socket_directories={}{}",
             start.port,
-            shell_quote(&socket_dir.display().to_string())
+            shell_quote(&socket_dir.display().to_string()),
+            start
+                .settings
+                .iter()
+                .map(|s| format!(" -c {}", shell_quote(s)))
+                .collect::<String>()
         ))
         .output()
         .await
@@ -730,8 +774,78 @@ pub async fn start_and_watch(policy: &str, dir: &Path, start: &Start<'_>) -> Res
                 "it was still replaying when drctl stopped waiting",
             ));
         }
+        if start
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(Error::Interrupted(format!(
+                "stopped while the server in {} was replaying WAL",
+                dir.display()
+            )));
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Stops the server of `dir` at once (`pg_ctl stop -m immediate`), when
+/// one runs there: for throwaway servers, whose data is not kept.
+///
+/// # Errors
+/// `Source` with pg_ctl's message when a running server did not stop.
+pub async fn stop_immediate(policy: &str, bin_dir: Option<&Path>, dir: &Path) -> Result<()> {
+    if !postmaster_running(dir) {
+        return Ok(());
+    }
+    let pg_ctl = crate::source::postgres::program(bin_dir, "pg_ctl");
+    let out = tokio::process::Command::new(&pg_ctl)
+        .arg("stop")
+        .arg("--pgdata")
+        .arg(dir)
+        .args(["--mode", "immediate", "--wait", "--timeout", "60"])
+        .output()
+        .await
+        .map_err(|e| Error::Source {
+            policy: policy.into(),
+            message: format!("cannot run {}: {e}", pg_ctl.display()),
+        })?;
+    if !out.status.success() && postmaster_running(dir) {
+        return Err(Error::Source {
+            policy: policy.into(),
+            message: format!(
+                "the server in {} did not stop: {}; stop it with `pg_ctl stop -D {} -m immediate`",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim(),
+                dir.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Takes back a time target from the recovery settings of `dir`, so that
+/// the next start replays to the end of the archive. For a server that
+/// stopped with "recovery ended before configured recovery target was
+/// reached": no commit after the target was archived, so the end of the
+/// archive is the same point.
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn clear_time_target(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let auto = dir.join("postgresql.auto.conf");
+    let mut file = std::fs::File::options()
+        .append(true)
+        .open(&auto)
+        .map_err(|e| Error::io(format!("opening {}", auto.display()), e))?;
+    // An empty value unsets the target; the last line of a name wins.
+    file.write_all(
+        b"# Added by drctl: no commit after the target was archived; replay it all
+recovery_target_time = ''
+",
+    )
+    .and_then(|()| file.sync_all())
+    .map_err(|e| Error::io(format!("writing {}", auto.display()), e))
 }
 
 /// The WAL range of a plan, for people.
