@@ -417,7 +417,7 @@ impl Spool {
 /// Creates a directory (and its missing parents) readable by its owner
 /// only: the spool holds the only copy of WAL not yet stored, and although
 /// it is ciphertext, nobody else has a reason to read, replace or delete it.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
