@@ -43,12 +43,14 @@ pub async fn push(ctx: &Ctx, policy: &str, path: &Path) -> Result<()> {
     // Not `ctx.repo`: opening the repository reads it, and a repository
     // that does not answer is what the spool is for.
     let store = crate::storage::open(&config.repository).await?;
+    let spool = spool_of(&config, policy);
+    spool.claim(&store.location())?;
     let archiver = crate::wal::push::Archiver {
         store,
         policy: &policy.name,
         recipients: &config.recipients,
         level: policy.compression_level,
-        spool: spool_of(&config, policy),
+        spool,
         timeout: config.wal.store_timeout,
     };
     let report = crate::wal::push::archive(&archiver, path).await?;
@@ -94,6 +96,7 @@ pub async fn drain(ctx: &Ctx, policy: &str) -> Result<()> {
     let policy = cluster_policy(&config, policy)?;
     let spool = spool_of(&config, policy);
     let repo = ctx.repo(&config).await?;
+    spool.claim(&repo.store.location())?;
     let drained = crate::wal::push::drain(&repo, &spool, &policy.name).await?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({

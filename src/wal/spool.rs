@@ -30,6 +30,7 @@ const TMP: &str = "tmp";
 const DONE: &str = "done";
 const LOCK: &str = ".lock";
 const DRAIN_LOCK: &str = ".drain";
+const OWNER: &str = "repository";
 const SUFFIX: &str = ".zst.age";
 
 /// Look-ahead markers kept at most; older ones go first. PostgreSQL
@@ -144,6 +145,44 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Ties the spool to the repository at `location` (the first one to
+    /// use it), and refuses any other: spooled files and look-ahead
+    /// markers say "stored", not where, so a spool shared by two
+    /// configurations with different repositories would drain one's WAL
+    /// into the other and answer for segments the other never got.
+    ///
+    /// # Errors
+    /// `Usage` for a spool that belongs to another repository; I/O errors.
+    pub fn claim(&self, location: &str) -> Result<()> {
+        create_private_dir(&self.dir).map_err(io(format!(
+            "creating the WAL spool directory {} (set `[wal] spool_dir` in drctl.toml)",
+            self.dir.display()
+        )))?;
+        let path = self.dir.join(OWNER);
+        match std::fs::read_to_string(&path) {
+            Ok(owner) if owner.trim() == location => Ok(()),
+            Ok(owner) => Err(Error::Usage(format!(
+                "the WAL spool {} belongs to the repository {}, not to this configuration's {location}; \
+                 sharing it would count WAL stored in one repository as stored in the other. Give \
+                 each configuration its own `[wal] spool_dir`",
+                self.dir.display(),
+                owner.trim()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tmp = self
+                    .dir
+                    .join(format!(".{OWNER}.{:08x}", rand::random::<u32>()));
+                std::fs::write(&tmp, format!("{location}\n"))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&tmp);
+                        Error::io(format!("writing {}", path.display()), e)
+                    })
+            }
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
     }
 
     pub fn max_bytes(&self) -> u64 {
