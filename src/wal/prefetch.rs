@@ -453,7 +453,7 @@ mod tests {
         for other in [
             "wanted".to_string(),
             ".lock".to_string(),
-            format!(".000000010000000000000003.fetched.drctl-partial"),
+            ".000000010000000000000003.fetched.drctl-partial".to_string(),
             format!("00000002.history-{sha}"),
             "000000010000000000000003-short".to_string(),
         ] {

@@ -90,6 +90,10 @@ impl PartBody {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         match self {
             PartBody::Memory { data, .. } => data.len(),
