@@ -268,7 +268,13 @@ fn recovery_with_prefetch_replays_to_the_target_with_exactly_the_right_rows() {
         "postgres",
         "CREATE TABLE t(id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
     );
-    world.ws.ok(&["backup", "cluster"]);
+    let out = world.ws.run(&["backup", "cluster"]);
+    assert!(
+        out.status.success(),
+        "backup failed: {}\n--- server log ---\n{}",
+        text(&out.stderr),
+        std::fs::read_to_string(pg.log_path()).unwrap_or_default()
+    );
     // Rows 1..=3 spread over several segments, so that replay needs more
     // segments than one call fetches.
     for id in 1..=3 {

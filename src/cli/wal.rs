@@ -43,7 +43,7 @@ pub async fn push(ctx: &Ctx, policy: &str, path: &Path) -> Result<()> {
     // Not `ctx.repo`: opening the repository reads it, and a repository
     // that does not answer is what the spool is for.
     let store = crate::storage::open(&config.repository).await?;
-    let spool = spool_of(&config, policy);
+    let mut spool = spool_of(&config, policy);
     spool.claim(&store.location())?;
     let archiver = crate::wal::push::Archiver {
         store,
@@ -94,7 +94,7 @@ pub async fn push(ctx: &Ctx, policy: &str, path: &Path) -> Result<()> {
 pub async fn drain(ctx: &Ctx, policy: &str) -> Result<()> {
     let config = ctx.config()?;
     let policy = cluster_policy(&config, policy)?;
-    let spool = spool_of(&config, policy);
+    let mut spool = spool_of(&config, policy);
     let repo = ctx.repo(&config).await?;
     spool.claim(&repo.store.location())?;
     let drained = crate::wal::push::drain(&repo, &spool, &policy.name).await?;

@@ -116,6 +116,9 @@ pub fn stale_markers(markers: &[String], current: &WalName) -> Vec<String> {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    /// The repository [`Spool::claim`] was called for: written beside the
+    /// spool when it is first created.
+    owner: Option<String>,
 }
 
 /// An exclusive `flock` held until dropped.
@@ -140,11 +143,21 @@ impl Spool {
         Spool {
             dir: spool_dir.join(policy),
             max_bytes,
+            owner: None,
         }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn not_ours(&self, owner: &str, location: &str) -> Error {
+        Error::Usage(format!(
+            "the WAL spool {} belongs to the repository {owner}, not to this configuration's \
+             {location}; sharing it would count WAL stored in one repository as stored in the \
+             other. Give each configuration its own `[wal] spool_dir`",
+            self.dir.display()
+        ))
     }
 
     /// Ties the spool to the repository at `location` (the first one to
@@ -155,32 +168,19 @@ impl Spool {
     ///
     /// # Errors
     /// `Usage` for a spool that belongs to another repository; I/O errors.
-    pub fn claim(&self, location: &str) -> Result<()> {
-        create_private_dir(&self.dir).map_err(io(format!(
-            "creating the WAL spool directory {} (set `[wal] spool_dir` in drctl.toml)",
-            self.dir.display()
-        )))?;
+    pub fn claim(&mut self, location: &str) -> Result<()> {
+        self.owner = Some(location.to_string());
         let path = self.dir.join(OWNER);
         match std::fs::read_to_string(&path) {
             Ok(owner) if owner.trim() == location => Ok(()),
-            Ok(owner) => Err(Error::Usage(format!(
-                "the WAL spool {} belongs to the repository {}, not to this configuration's {location}; \
-                 sharing it would count WAL stored in one repository as stored in the other. Give \
-                 each configuration its own `[wal] spool_dir`",
-                self.dir.display(),
-                owner.trim()
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let tmp = self
-                    .dir
-                    .join(format!(".{OWNER}.{:08x}", rand::random::<u32>()));
-                std::fs::write(&tmp, format!("{location}\n"))
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| {
-                        let _ = std::fs::remove_file(&tmp);
-                        Error::io(format!("writing {}", path.display()), e)
-                    })
-            }
+            Ok(owner) => Err(self.not_ours(owner.trim(), location)),
+            // A spool that was never used needs nothing yet (and may not be
+            // creatable until an outage makes it needed); one used before
+            // this check existed is claimed now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.dir.is_dir() {
+                true => self.write_owner(location),
+                false => Ok(()),
+            },
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
     }
@@ -201,7 +201,29 @@ impl Spool {
                 e,
             )
         })?;
+        if let Some(owner) = &self.owner {
+            self.write_owner(owner)?;
+        }
         Ok(dir)
+    }
+
+    fn write_owner(&self, location: &str) -> Result<()> {
+        let path = self.dir.join(OWNER);
+        if let Ok(owner) = std::fs::read_to_string(&path) {
+            return match owner.trim() == location {
+                true => Ok(()),
+                false => Err(self.not_ours(owner.trim(), location)),
+            };
+        }
+        let tmp = self
+            .dir
+            .join(format!(".{OWNER}.{:08x}", rand::random::<u32>()));
+        std::fs::write(&tmp, format!("{location}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io(format!("writing {}", path.display()), e)
+            })
     }
 
     fn flock(&self, name: &str, wait: bool) -> Result<Option<Locked>> {
