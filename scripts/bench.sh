@@ -3,6 +3,9 @@
 # (bookworm) machine as root:
 #
 #   scripts/bench.sh [SCALE]          # SCALE: pgbench scale, default 100
+#   scripts/bench.sh --pitr [SCALE]   # physical base backups, WAL archiving and restore
+#                                     # to a time, beside pg_basebackup | zstd | age and
+#                                     # pgBackRest (installed with apt when missing)
 #
 #   environment: RANDOM_MB (default 1024)  size of the less compressible table
 #                RUNS (default 3)          timed runs per command, after a warm-up
@@ -10,6 +13,9 @@
 #                BENCH_TIMEOUT (default 7200) seconds any one command may take
 #                S3_VERSIONING (default on)  on: a versioned bucket, as operations.md
 #                                          recommends; off: an unversioned one
+#   --pitr only: PITR_RUNS (default 2)     rounds of base backups, in alternating order
+#                PITR_WAL_MB (default 1024) WAL written between the backups and the target
+#                ARCHIVE_SECONDS (default 180) pgbench -c 8 time per archive_command
 #
 # Installs what is missing (and only that), builds drctl with --release,
 # starts a throwaway PostgreSQL 15 cluster and a moto S3 server on 127.0.0.1,
@@ -31,13 +37,21 @@ say() { printf '\n==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
+MODE=logical
+if [[ ${1:-} == --pitr ]]; then
+  MODE=pitr
+  shift
+fi
 SCALE=${1:-${SCALE:-100}}
+PITR_RUNS=${PITR_RUNS:-2}
+PITR_WAL_MB=${PITR_WAL_MB:-1024}
+ARCHIVE_SECONDS=${ARCHIVE_SECONDS:-180}
 RANDOM_MB=${RANDOM_MB:-1024}
 RUNS=${RUNS:-3}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-7200}
 S3_VERSIONING=${S3_VERSIONING:-on}
 [[ $S3_VERSIONING == on || $S3_VERSIONING == off ]] || die "S3_VERSIONING must be on or off, not '$S3_VERSIONING'"
-for v in SCALE RANDOM_MB RUNS BENCH_TIMEOUT; do
+for v in SCALE RANDOM_MB RUNS BENCH_TIMEOUT PITR_RUNS PITR_WAL_MB ARCHIVE_SECONDS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 
@@ -56,6 +70,8 @@ missing=()
 command -v age >/dev/null || missing+=(age)
 command -v age-keygen >/dev/null || missing+=(age)
 command -v zstd >/dev/null || missing+=(zstd)
+[[ $MODE != pitr ]] || command -v pgbackrest >/dev/null || missing+=(pgbackrest)
+[[ -x $pg_bin/pg_basebackup ]] || missing+=(postgresql-15)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v python3 >/dev/null || missing+=(python3)
 command -v timeout >/dev/null || missing+=(coreutils)
@@ -119,7 +135,11 @@ target_dir=$(cd "$target_dir" && pwd -P)
 [[ -x $target_dir/release/drctl ]] || die "cargo built no $target_dir/release/drctl"
 drctl_bin=$(cd "$target_dir/release" && pwd -P)/drctl
 note "binary: $drctl_bin"
-OUT=${OUT:-$target_dir/bench-results-$SCALE.md}
+if [[ $MODE == pitr ]]; then
+  OUT=${OUT:-$target_dir/bench-results-pitr-$SCALE.md}
+else
+  OUT=${OUT:-$target_dir/bench-results-$SCALE.md}
+fi
 mkdir -p "$(dirname "$OUT")" 2>/dev/null || OUT=/tmp/bench-results-$SCALE.md
 
 # --- a scratch directory, and cleanup ---------------------------------------------
@@ -134,6 +154,11 @@ fi
 moto_pid=
 cleanup() {
   set +e
+  # BENCH_KEEP_LOGS=DIR keeps the logs of a run (they go with $work).
+  if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+    mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$work/logs" "$BENCH_KEEP_LOGS/" 2>/dev/null
+    cp "$work"/pitr/*.log "$work"/pitr/results.txt "$BENCH_KEEP_LOGS/" 2>/dev/null
+  fi
   if [[ -n $moto_pid ]] && kill -0 "$moto_pid" 2>/dev/null; then
     kill "$moto_pid"
     for _ in $(seq 1 50); do kill -0 "$moto_pid" 2>/dev/null || break; sleep 0.1; done
@@ -268,6 +293,311 @@ for i in range(0, len(objs), 1000):
   done
 PURGE
 chmod +x "$work/purge-s3"
+
+# --- PITR (scripts/bench.sh --pitr) ----------------------------------------------------------------
+# Physical base backups, WAL archiving and restore to a time, beside
+# pg_basebackup | zstd | age and pgBackRest, on one cluster. Runs instead of
+# the logical benchmarks above; see docs/benchmarks.md for the figures.
+if [[ $MODE == pitr ]]; then
+  pitr=$work/pitr
+  mkdir -p "$pitr"
+  ((EUID == 0)) && chown postgres: "$pitr"
+  chmod 0700 "$pitr"
+  # drctl and pgBackRest run as the server's OS user, as in production.
+  if ((EUID == 0)); then
+    as_srv() { (cd "$pitr" && runuser -u postgres -- "$@"); }
+  else
+    as_srv() { (cd "$pitr" && "$@"); }
+  fi
+  results=$pitr/results.txt
+  : >"$results"
+  ((EUID == 0)) && chown postgres: "$results"
+  record() { printf '%s\n' "$*" >>"$results"; }
+
+  say "PITR: loading bench (pgbench -i -s $SCALE)"
+  psql_ -d postgres -c "CREATE DATABASE bench"
+  timeout "$BENCH_TIMEOUT" pgbench -i -q -s "$SCALE" bench >"$work/logs/pgbench.log" 2>&1 ||
+    { tail -n 20 "$work/logs/pgbench.log" >&2; die "pgbench -i failed"; }
+  db_bytes=$(psql_ -d bench -c "SELECT pg_database_size('bench')")
+  note "bench: $((db_bytes / 1048576)) MiB"
+
+  # --- keys, drctl and pgBackRest configuration
+  age_key=$pitr/age.key
+  age-keygen -o "$age_key" 2>/dev/null
+  age_recipient=$(age-keygen -y "$age_key")
+  as_srv mkdir -p "$pitr/keys" "$pitr/policies" "$pitr/pgbr-log" "$pitr/pgbr-lock" "$pitr/pgbr-spool" "$pitr/pgbr-repo"
+  drctl_recipient=$(as_srv "$drctl_bin" key generate --out "$pitr/keys/drctl.age")
+  # write_cfg NAME URL-LINES PREFETCH. Each configuration has its own spool:
+  # look-ahead markers say "stored", not where, so two repositories must
+  # never share one.
+  write_cfg() {
+    as_srv tee "$pitr/$1.toml" >/dev/null <<EOF
+policies_dir = "$pitr/policies"
+
+[repository]
+$2
+
+[encryption]
+recipients = ["$drctl_recipient"]
+identity_file = "$pitr/keys/drctl.age"
+
+[wal]
+spool_dir = "$pitr/spool-$1"
+prefetch_dir = "$pitr/prefetch-$1"
+prefetch = $3
+EOF
+  }
+  local_repo="url = \"file://$pitr/repo-local\""
+  s3_repo=$(printf 'url = "s3://%s/drctl"\nendpoint = "%s"\nregion = "us-east-1"\npath_style = true' "$bucket" "$s3")
+  write_cfg local "$local_repo" 8
+  write_cfg local-nopf "$local_repo" 0
+  write_cfg s3 "$s3_repo" 8
+  write_cfg s3-nopf "$s3_repo" 0
+  as_srv tee "$pitr/policies/cluster.toml" >/dev/null <<EOF
+[source]
+type = "postgres-cluster"
+url = "$(pg_url postgres)"
+wal_wait = "600s"
+EOF
+  as_srv "$drctl_bin" --config "$pitr/local.toml" --quiet init >/dev/null
+  as_srv "$drctl_bin" --config "$pitr/s3.toml" --quiet init >/dev/null
+  pgbr_conf=$pitr/pgbackrest.conf
+  as_srv tee "$pgbr_conf" >/dev/null <<EOF
+[global]
+repo1-path=$pitr/pgbr-repo
+repo1-retention-full=9
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+compress-type=zst
+compress-level=3
+process-max=2
+start-fast=y
+archive-timeout=600
+log-path=$pitr/pgbr-log
+lock-path=$pitr/pgbr-lock
+spool-path=$pitr/pgbr-spool
+log-level-console=warn
+log-level-file=info
+
+[bench]
+pg1-path=$work/pg/data
+pg1-port=$pg_port
+pg1-socket-path=$work/pg
+pg1-user=postgres
+EOF
+  pgbr="pgbackrest --config=$pgbr_conf --stanza=bench"
+  drctl_l="$drctl_bin --config $pitr/local.toml --quiet"
+  drctl_s="$drctl_bin --config $pitr/s3.toml --quiet"
+  push_rss=$pitr/wal-push-rss.txt
+  as_srv touch "$push_rss"
+  timed_push() { echo "/usr/bin/time -a -o $push_rss -f %M $1 wal-push cluster %p"; }
+  # All three repositories get every segment while backups and the WAL to
+  # replay are made, so that each tool restores from its own repository.
+  all_three="$(timed_push "$drctl_l") && $(timed_push "$drctl_s") && $pgbr archive-push %p"
+  set_archive() {
+    psql_ -d postgres -c "ALTER SYSTEM SET archive_command = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 1
+  }
+  psql_ -d postgres -c "ALTER SYSTEM SET archive_mode = on" -c "ALTER SYSTEM SET archive_command = '$all_three'" >/dev/null
+  as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/postgres.log" -w -t 120 -o "-p $pg_port" restart >/dev/null
+  pm_pid=$(head -n1 "$work/pg/data/postmaster.pid")
+  as_srv $pgbr stanza-create >"$work/logs/pgbr-stanza.log" 2>&1 || { cat "$work/logs/pgbr-stanza.log" >&2; die "pgbackrest stanza-create failed"; }
+  as_srv $pgbr check >"$work/logs/pgbr-check.log" 2>&1 || { cat "$work/logs/pgbr-check.log" >&2; die "pgbackrest check failed"; }
+  note "pgBackRest $(pgbackrest version | awk '{print $2}'), repository $pitr/pgbr-repo (zst level 3, aes-256-cbc, process-max=2)"
+
+  seg_no() { echo $((16#${1:8:8} * 256 + 16#${1:16:8})); }
+  wait_archived_to() {
+    local want=$1 got
+    for _ in $(seq 1 3000); do
+      got=$(psql_ -d postgres -c "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+      [[ $got > $want || $got == "$want" ]] && return 0
+      sleep 0.2
+    done
+    die "WAL $want was not archived within 10 minutes"
+  }
+  # timed ID LABEL CMD: one timed run as the server's user; records wall, cpu, max RSS MiB.
+  timed() {
+    local id=$1 what=$2 cmd=$3 tf=$pitr/$1.time
+    printf '\n  [%s] %s\n    $ %s\n' "$id" "$what" "$cmd"
+    as_srv /usr/bin/time -o "$tf" -f '%e %U %S %M' bash -o pipefail -c "$cmd" >>"$work/logs/pitr-$id.log" 2>&1 ||
+      { tail -n 30 "$work/logs/pitr-$id.log" >&2; die "$id failed: $cmd"; }
+    read -r wall user sys rss < <(tail -n1 "$tf")
+    local cpu; cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+    printf '    %ss wall, %ss cpu, %d MiB max rss\n' "$wall" "$cpu" "$((rss / 1024))"
+    record "$id|$what|$wall|$cpu|$((rss / 1024))|$cmd"
+  }
+
+  # --- base backups, paired rounds in alternating order
+  say "PITR: base backups ($PITR_RUNS rounds, alternating order)"
+  shell_out=$pitr/base.tar.zst.age
+  bb_shell="pg_basebackup -d '$(pg_url postgres)' -D - -Ft -X none | zstd -3 -T0 | age -r $age_recipient > $shell_out"
+  for ((r = 1; r <= PITR_RUNS; r++)); do
+    if ((r % 2)); then ids=(b1 b2 b3 b4); else ids=(b4 b3 b2 b1); fi
+    for id in "${ids[@]}"; do
+      case $id in
+        b1) timed "b1-$r" "base backup: pg_basebackup -Ft -X none | zstd -3 -T0 | age > file" "rm -f $shell_out; $bb_shell" ;;
+        b2) timed "b2-$r" "base backup: drctl backup, local directory" "$drctl_l backup cluster" ;;
+        b3) timed "b3-$r" "base backup: pgBackRest backup --type=full, local repository" "$pgbr --type=full backup" ;;
+        b4) timed "b4-$r" "base backup: drctl backup, S3 (moto)" "$drctl_s backup cluster" ;;
+      esac
+    done
+  done
+  record "size|shell base backup bytes|$(stat -c %s "$shell_out")"
+
+  # --- WAL to replay, archived into all three repositories
+  say "PITR: writing about $PITR_WAL_MB MB of WAL to replay"
+  start_lsn=$(psql_ -d bench -c "SELECT pg_current_wal_lsn()")
+  psql_ -d bench -c "CREATE TABLE marker(id int); CREATE TABLE filler(id bigint, pad text)"
+  while :; do
+    written=$(psql_ -d bench -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint / 1048576")
+    ((written >= PITR_WAL_MB)) && break
+    psql_ -d bench -c "INSERT INTO filler SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 500000) g"
+  done
+  psql_ -d bench -c "INSERT INTO marker VALUES (1)"
+  # pgBackRest takes no RFC 3339 "T"/"Z"; both take this form.
+  target=$(psql_ -d bench -c "SELECT pg_sleep(1)" -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')" -c "SELECT pg_sleep(1)" | grep -v '^$')
+  psql_ -d bench -c "INSERT INTO marker VALUES (2)"
+  last=$(psql_ -d bench -c "SELECT pg_walfile_name(pg_switch_wal())")
+  wal_mb=$(psql_ -d bench -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint / 1048576")
+  note "WAL written: $wal_mb MB; target $target; waiting for $last to be archived in all three repositories"
+  wait_archived_to "$last"
+  record "wal|WAL to replay, MB|$wal_mb"
+
+  # --- restores to the target
+  say "PITR: restores to $target"
+  hwm=$pitr/fetch-hwm.txt
+  sample_fetch_rss() {
+    set +e
+    : >"$hwm"
+    while :; do
+      for p in $(pgrep -f 'drctl.*wal-(fetch|prefetch)' || true); do
+        { awk -v n="$(tr '\0' ' ' <"/proc/$p/cmdline" | grep -o 'wal-[a-z]*' | head -1)" '/VmHWM/ { print n, $2 }' "/proc/$p/status" >>"$hwm"; } 2>/dev/null
+      done
+      sleep 0.05
+    done
+  }
+  # redo_seconds LOG: PostgreSQL's own measure of replay ("redo done at ... elapsed: N s").
+  redo_seconds() { grep -o 'redo done at .*elapsed: [0-9.]* s' "$1" | grep -o 'elapsed: [0-9.]*' | awk '{print $2}' | tail -1; }
+  check_marker() {
+    local got
+    got=$(psql -X -A -t -h 127.0.0.1 -p "$2" -U postgres -d bench -c "SELECT string_agg(id::text, ',') FROM marker") ||
+      die "cannot query the restored server in $1 on port $2"
+    [[ $got == 1 ]] || die "restored server has marker rows '$got', expected exactly 1"
+  }
+  restore_drctl() {
+    local id=$1 cfg=$2 what=$3 dir=$pitr/restore-$1 port
+    port=$(free_port)
+    sample_fetch_rss & local sampler=$!
+    timed "$id" "$what" "$drctl_bin --config $pitr/$cfg.toml --quiet restore cluster --to '$target' --data-dir $dir --start --port $port --recovery-timeout-seconds 3600"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    check_marker "$dir" "$port"
+    cp "$dir/drctl-recovery.log" "$pitr/$id-recovery.log" 2>/dev/null || true
+    record "$id-redo|replay seconds (server log)|$(redo_seconds "$dir/drctl-recovery.log" || true)"
+    record "$id-fetch-rss|max VmHWM KiB of wal-fetch / wal-prefetch processes sampled|$(sort -k2 -n "$hwm" | awk '{m[$1] = $2} END {for (k in m) printf "%s %d MiB; ", k, m[k] / 1024}')"
+    as_pg "$pg_bin/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+  }
+  restore_pgbr() {
+    local id=$1 dir=$pitr/restore-$1 port
+    port=$(free_port)
+    as_srv mkdir -m 0700 "$dir"
+    timed "$id-base" "pgBackRest restore --type=time (files only)" "$pgbr --pg1-path=$dir --type=time '--target=$target' --target-action=promote restore"
+    timed "$id-replay" "pgBackRest: start the restored server and wait for recovery to end" "$pg_bin/pg_ctl -D $dir -l $dir/recovery.log -o '-p $port -c archive_mode=off -c unix_socket_directories=$dir' -w -t 3600 start && until [ \"\$(psql -X -A -t -h 127.0.0.1 -p $port -U postgres -d postgres -c 'SELECT pg_is_in_recovery()')\" = f ]; do sleep 0.1; done"
+    check_marker "$dir" "$port"
+    cp "$dir/recovery.log" "$pitr/$id-recovery.log" 2>/dev/null || true
+    record "$id-redo|replay seconds (server log)|$(redo_seconds "$dir/recovery.log" || true)"
+    as_pg "$pg_bin/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+  }
+  restore_drctl r1 local "restore --to: drctl, local directory, prefetch 8"
+  restore_pgbr r2
+  restore_drctl r3 local-nopf "restore --to: drctl, local directory, prefetch off"
+  restore_drctl r4 s3 "restore --to: drctl, S3 (moto), prefetch 8"
+  restore_drctl r5 s3-nopf "restore --to: drctl, S3 (moto), prefetch off"
+  # One wal-fetch call on its own, from moto, without prefetch: its peak.
+  timed f1 "one wal-fetch of a segment from S3 (moto), prefetch off" "$drctl_bin --config $pitr/s3-nopf.toml --quiet wal-fetch cluster $(ls "$pitr/repo-local/wal/cluster/00000001" | grep -E '^[0-9A-F]{24}-' | sed -n '40s/-.*//p') $pitr/one-segment"
+
+  # --- wal-push peak memory with look-ahead: 17 incompressible segments
+  say "PITR: wal-push peak memory, one call storing its segment and 16 .ready ones ahead"
+  for repo in local s3; do
+    synth=$pitr/synth-$repo/pg_wal
+    as_srv mkdir -p "$synth/archive_status"
+    for i in $(seq 1 17); do
+      n=$(printf '0000000100000000%08X' "$i")
+      head -c 16M /dev/urandom >"$synth/$n"
+      touch "$synth/archive_status/$n.ready"
+    done
+    ((EUID == 0)) && chown -R postgres: "$pitr/synth-$repo"
+    printf '[source]\ntype = "postgres-cluster"\nurl = "postgres://postgres@127.0.0.1:1/postgres"\n' |
+      as_srv tee "$pitr/policies/synth-$repo.toml" >/dev/null
+    timed "m-$repo" "wal-push with look-ahead, 16 MiB incompressible segments, $repo" \
+      "$drctl_bin --config $pitr/$repo.toml --quiet wal-push synth-$repo $synth/000000010000000000000001"
+  done
+
+  # --- archiving under pgbench -c 8, one archive_command at a time
+  say "PITR: WAL archiving under pgbench -c 8 -j 2 for $ARCHIVE_SECONDS s per archive_command"
+  archive_run() {
+    local id=$1 what=$2 command=$3
+    set_archive "$command"
+    local sw; sw=$(psql_ -d postgres -c "SELECT pg_walfile_name(pg_switch_wal())")
+    wait_archived_to "$sw"
+    local count0 lsn0 t0 maxlag=0 cur arch lag
+    count0=$(psql_ -d postgres -c "SELECT archived_count FROM pg_stat_archiver")
+    lsn0=$(psql_ -d postgres -c "SELECT pg_current_wal_lsn()")
+    t0=$(date +%s.%N)
+    printf '\n  [%s] %s\n    archive_command = %s\n' "$id" "$what" "$command"
+    pgbench -c 8 -j 2 -T "$ARCHIVE_SECONDS" -n bench >"$work/logs/pitr-$id-pgbench.log" 2>&1 &
+    local bench_pid=$!
+    while kill -0 "$bench_pid" 2>/dev/null; do
+      read -r cur arch < <(psql_ -F ' ' -d postgres -c "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+      lag=$(($(seg_no "$cur") - $(seg_no "$arch") - 1))
+      ((lag > maxlag)) && maxlag=$lag
+      sleep 1
+    done
+    wait "$bench_pid" || die "pgbench failed; see $work/logs/pitr-$id-pgbench.log"
+    local t1 tps; t1=$(date +%s.%N)
+    tps=$(grep -o 'tps = [0-9.]*' "$work/logs/pitr-$id-pgbench.log" | head -1 | awk '{print $3}')
+    local end; end=$(psql_ -d postgres -c "SELECT pg_walfile_name(pg_switch_wal())")
+    wait_archived_to "$end"
+    local t2 count1 mb
+    t2=$(date +%s.%N)
+    count1=$(psql_ -d postgres -c "SELECT archived_count FROM pg_stat_archiver")
+    mb=$(psql_ -d postgres -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')::bigint / 1048576")
+    local n=$((count1 - count0))
+    local rate; rate=$(awk -v n="$n" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.2f", n / (b - a) }')
+    local catch; catch=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.1f", b - a }')
+    printf '    %d segments (%s MB WAL, pgbench %s tps) in %.0f s: %s segments/s; largest lag %d segments; caught up %s s after the load\n' \
+      "$n" "$mb" "$tps" "$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }')" "$rate" "$maxlag" "$catch"
+    record "$id|$what|$n|$mb|$tps|$rate|$maxlag|$catch|$command"
+  }
+  : >"$push_rss"
+  archive_run a1 "drctl wal-push, local directory" "$(timed_push "$drctl_l")"
+  archive_run a2 "pgBackRest archive-push (sync)" "$pgbr archive-push %p"
+  archive_run a3 "drctl wal-push, S3 (moto)" "$(timed_push "$drctl_s")"
+  archive_run a4 "pgBackRest archive-push --archive-async (process-max 2)" "$pgbr --archive-async archive-push %p"
+  record "push-rss|max RSS of wal-push during the archiving runs, MiB|$(sort -n "$push_rss" | tail -1 | awk '{printf "%d", $1 / 1024}')|calls: $(wc -l <"$push_rss")"
+  set_archive "/bin/true"
+
+  {
+    echo "## PITR run ($(date -u +%Y-%m-%d), scripts/bench.sh --pitr $SCALE)"
+    echo
+    echo "- Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB; load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- $(postgres --version), pgBackRest $(pgbackrest version | awk '{print $2}'), $(zstd --version | head -1), age $(age --version)"
+    echo "- drctl $(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo '?'), cargo build --release; database bench: pgbench -i -s $SCALE, $((db_bytes / 1048576)) MiB"
+    echo "- Whole run: $((SECONDS - t_script)) s"
+    echo
+    echo "Raw results (id | what | figures | command):"
+    echo
+    echo '```'
+    cat "$results"
+    echo '```'
+  } >"$pitr/report.md"
+  cat "$pitr/report.md"
+  cp "$pitr/report.md" "$OUT"
+  say "Written to $OUT"
+  exit 0
+fi
 
 # --- data ------------------------------------------------------------------------------------------
 dbs=(bench_pgbench bench_random)

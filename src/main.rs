@@ -24,7 +24,14 @@ fn main() -> std::process::ExitCode {
         (LogFormat::Text, true) => builder.init(),
         (LogFormat::Text, false) => builder.without_time().init(),
     }
-    if daemon {
+    // The commands PostgreSQL runs for every WAL file run several uploads
+    // or downloads on threads of their own; two arenas cut their peak
+    // (73 to 63 MiB measured for wal-push with look-ahead on S3).
+    let wal_command = matches!(
+        cli.command,
+        Command::WalPush { .. } | Command::WalFetch { .. } | Command::WalPrefetch { .. }
+    );
+    if daemon || wal_command {
         drctl::daemon::limit_malloc_arenas();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -295,6 +295,65 @@ fn look_ahead_stores_ready_segments_and_their_calls_need_no_network() {
     assert!(rig.spooled().is_empty());
 }
 
+/// Two configurations archiving one policy into two repositories with one
+/// spool: the look-ahead markers of the first would answer the second's
+/// calls, and segments would be missing from the second repository. The
+/// second is refused until it has a spool of its own.
+#[test]
+fn a_spool_shared_by_two_repositories_is_refused() {
+    let rig = Rig::new(false, "");
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["000000010000000000000010", "000000010000000000000011"];
+    let pg_wal = fake_pg_wal(dir.path(), &names);
+    let out = rig.push(&pg_wal.join(names[0]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let config = std::fs::read_to_string(rig.ws.path().join("drctl.toml")).unwrap();
+    let other_repo = rig.ws.path().join("other-repo");
+    assert!(config.contains("url = \"file://repo\""), "{config}");
+    let other = config.replace("url = \"file://repo\"", "url = \"file://other-repo\"");
+    rig.ws.write("other.toml", &other);
+    let init = output_within(
+        &mut rig.ws.cmd_with_config("other.toml", &["init"]),
+        b"",
+        COMMAND_TIMEOUT,
+    );
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let path = pg_wal.join(names[1]);
+    let out = output_within(
+        &mut rig
+            .ws
+            .cmd_with_config("other.toml", &["wal-push", POLICY, path.to_str().unwrap()]),
+        b"",
+        COMMAND_TIMEOUT,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("belongs to the repository")
+            && stderr.contains("its own `[wal] spool_dir`"),
+        "{stderr}"
+    );
+    assert!(
+        !other_repo.join("wal").exists(),
+        "nothing was stored in the second repository"
+    );
+
+    // With its own spool the second configuration archives normally.
+    rig.ws.write(
+        "other.toml",
+        &other.replace("spool_dir = \"spool\"", "spool_dir = \"spool-other\""),
+    );
+    let out = output_within(
+        &mut rig
+            .ws
+            .cmd_with_config("other.toml", &["wal-push", POLICY, path.to_str().unwrap()]),
+        b"",
+        COMMAND_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 /// A PostgreSQL archiving through the rig's `wal-push`.
 fn start_postgres(rig: &mut Rig) -> Postgres {
     let spool = rig.ws.path().join("spool");

@@ -164,6 +164,13 @@ pub enum Command {
         /// Where to write it (`%p`).
         path: PathBuf,
     },
+    /// Internal: the detached worker `wal-fetch` starts to download the
+    /// next segments ahead of recovery (`[wal] prefetch`).
+    #[command(hide = true)]
+    WalPrefetch {
+        /// A `postgres-cluster` policy.
+        policy: String,
+    },
     /// The WAL archive of a `postgres-cluster` policy.
     Wal {
         #[command(subcommand)]
@@ -355,6 +362,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Repo { command } => repo::run(&ctx, command).await,
         Command::WalPush { policy, path } => wal::push(&ctx, policy, path).await,
         Command::WalFetch { policy, name, path } => wal::fetch(&ctx, policy, name, path).await,
+        Command::WalPrefetch { policy } => wal::prefetch_worker(&ctx, policy).await,
         Command::Wal {
             command: WalCommand::Status { policy },
         } => wal::status(&ctx, policy).await,

@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use super::Ctx;
 use crate::config::{Config, Policy, SourceConfig};
 use crate::error::{Error, Result};
+use crate::wal::WalName;
 use crate::wal::fetch::Fetched;
 use crate::wal::marks::Mark;
+use crate::wal::prefetch::Prefetch;
 use crate::wal::push::{Outcome, Pushed};
 use crate::wal::spool::Spool;
 use crate::wal::status::Archiver;
@@ -41,12 +43,14 @@ pub async fn push(ctx: &Ctx, policy: &str, path: &Path) -> Result<()> {
     // Not `ctx.repo`: opening the repository reads it, and a repository
     // that does not answer is what the spool is for.
     let store = crate::storage::open(&config.repository).await?;
+    let mut spool = spool_of(&config, policy);
+    spool.claim(&store.location())?;
     let archiver = crate::wal::push::Archiver {
         store,
         policy: &policy.name,
         recipients: &config.recipients,
         level: policy.compression_level,
-        spool: spool_of(&config, policy),
+        spool,
         timeout: config.wal.store_timeout,
     };
     let report = crate::wal::push::archive(&archiver, path).await?;
@@ -90,8 +94,9 @@ pub async fn push(ctx: &Ctx, policy: &str, path: &Path) -> Result<()> {
 pub async fn drain(ctx: &Ctx, policy: &str) -> Result<()> {
     let config = ctx.config()?;
     let policy = cluster_policy(&config, policy)?;
-    let spool = spool_of(&config, policy);
+    let mut spool = spool_of(&config, policy);
     let repo = ctx.repo(&config).await?;
+    spool.claim(&repo.store.location())?;
     let drained = crate::wal::push::drain(&repo, &spool, &policy.name).await?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({
@@ -119,13 +124,65 @@ pub async fn drain(ctx: &Ctx, policy: &str) -> Result<()> {
     Ok(())
 }
 
+fn prefetch_of(config: &Config, policy: &Policy) -> Prefetch {
+    let dir = match &config.wal.prefetch_dir {
+        Some(dir) => dir.join(&policy.name),
+        None => config.wal.spool_dir.join(&policy.name).join("prefetch"),
+    };
+    Prefetch::new(dir, config.wal.prefetch)
+}
+
+/// Starts the prefetch worker as a process of its own, in its own process
+/// group, so that it outlives this call and PostgreSQL's signals to the
+/// call do not reach it. Its log goes to `worker.log` in the directory.
+fn spawn_prefetch_worker(
+    ctx: &Ctx,
+    config: &Config,
+    policy: &str,
+    dir: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join("worker.log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--config").arg(&config.path);
+    if let Some(identity) = &ctx.cli.identity {
+        cmd.arg("--identity").arg(identity);
+    }
+    cmd.args(["--quiet", "wal-prefetch", policy])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    cmd.spawn().map(drop)
+}
+
 pub async fn fetch(ctx: &Ctx, policy: &str, name: &str, path: &Path) -> Result<()> {
     let fetched = async {
         let config = ctx.config()?;
         let policy = cluster_policy(&config, policy)?;
-        let identities = ctx.identities(&config)?;
-        let repo = ctx.repo(&config).await?;
-        crate::wal::fetch::fetch(&repo, &identities, &policy.name, name, path).await
+        let wal_name = WalName::parse(name).map_err(Error::Usage)?;
+        let prefetch = prefetch_of(&config, policy);
+        // The segment asked for comes first; the look-ahead starts after.
+        let fetched = match tokio::task::block_in_place(|| prefetch.take(&wal_name, path))? {
+            Some(taken) => {
+                tracing::info!(policy = %policy.name, file = %wal_name, bytes = taken.bytes, "Restored a WAL file fetched ahead.");
+                Fetched::Restored {
+                    key: String::new(),
+                    bytes: taken.bytes,
+                }
+            }
+            None => {
+                let identities = ctx.identities(&config)?;
+                let repo = ctx.repo(&config).await?;
+                crate::wal::fetch::fetch(&repo, &identities, &policy.name, name, path).await?
+            }
+        };
+        if matches!(fetched, Fetched::Restored { .. }) {
+            prefetch.request(&wal_name, || {
+                spawn_prefetch_worker(ctx, &config, &policy.name, prefetch.dir())
+            });
+        }
+        Ok(fetched)
     }
     .await;
     match fetched {
@@ -135,6 +192,19 @@ pub async fn fetch(ctx: &Ctx, policy: &str, name: &str, path: &Path) -> Result<(
         ))),
         Err(e) => Err(Error::StopRecovery(Box::new(e))),
     }
+}
+
+/// `drctl wal-prefetch POLICY`: the worker `wal-fetch` starts.
+pub async fn prefetch_worker(ctx: &Ctx, policy: &str) -> Result<()> {
+    let config = ctx.config()?;
+    let policy = cluster_policy(&config, policy)?;
+    let prefetch = prefetch_of(&config, policy);
+    if !prefetch.enabled() {
+        return Ok(());
+    }
+    let identities = ctx.identities(&config)?;
+    let repo = ctx.repo(&config).await?;
+    prefetch.run_worker(&repo, &identities, &policy.name).await
 }
 
 fn cluster_source(policy: &Policy) -> &str {

@@ -43,6 +43,13 @@ pub struct WalConfig {
     pub spool_max_bytes: u64,
     /// How long one `wal-push` tries the repository before it spools.
     pub store_timeout: std::time::Duration,
+    /// WAL segments `wal-fetch` downloads ahead of recovery; 0 turns
+    /// prefetch off.
+    pub prefetch: usize,
+    /// Where prefetched segments wait, one directory per policy; `None`:
+    /// beside the spool (`<spool_dir>/<policy>/prefetch`). Never inside a
+    /// data directory.
+    pub prefetch_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/drctl/spool";
@@ -51,6 +58,12 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// back-off) and for a 16 MiB segment at 1 MB/s; short enough that
 /// PostgreSQL's archiver is not held for minutes by a dead endpoint.
 pub const DEFAULT_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// 128 MiB of 16 MiB segments ahead, pgBackRest's default queue: replay
+/// of a segment takes about as long as fetching one, so a few in hand
+/// absorb the round trips; more only costs disk.
+pub const DEFAULT_PREFETCH: usize = 8;
+/// More would be gigabytes of WAL on disk per recovery.
+pub const MAX_PREFETCH: u64 = 64;
 
 impl Default for WalConfig {
     fn default() -> Self {
@@ -58,6 +71,8 @@ impl Default for WalConfig {
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             store_timeout: DEFAULT_STORE_TIMEOUT,
+            prefetch: DEFAULT_PREFETCH,
+            prefetch_dir: None,
         }
     }
 }
@@ -575,6 +590,22 @@ fn parse_config(
         }
         if let Some(max) = &w.spool_max_bytes {
             wal.spool_max_bytes = *max.get_ref();
+        }
+        if let Some(dir) = &w.prefetch_dir {
+            wal.prefetch_dir = Some(base.join(dir));
+        }
+        if let Some(n) = &w.prefetch {
+            if *n.get_ref() > MAX_PREFETCH {
+                cx.err(
+                    n,
+                    format!(
+                        "`prefetch` = {}: at most {MAX_PREFETCH} segments",
+                        n.get_ref()
+                    ),
+                );
+            } else {
+                wal.prefetch = *n.get_ref() as usize;
+            }
         }
         if let Some(t) = cx.duration(&w.store_timeout, "store_timeout") {
             match t.to_std() {
@@ -1350,6 +1381,11 @@ mod tests {
         assert!(errs[0].contains("check_interval"), "{errs:?}");
         let errs = config_errors("[wal]\nstore_timeout = \"0s\"\n");
         assert!(errs[0].contains("store_timeout"), "{errs:?}");
+        let errs = config_errors("[wal]\nprefetch = 1000\n");
+        assert!(
+            errs[0].contains("prefetch") && errs[0].contains("at most 64"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct RawWal {
     pub spool_dir: Option<String>,
     pub spool_max_bytes: Option<Spanned<u64>>,
     pub store_timeout: Option<Spanned<String>>,
+    pub prefetch: Option<Spanned<u64>>,
+    pub prefetch_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

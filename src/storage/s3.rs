@@ -3,7 +3,9 @@
 //! part sizing, version ids, storage classes, error codes.
 
 mod bucket;
+pub mod parts;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,21 +17,30 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use parts::{PartBody, PartBudget};
+
 use super::{BucketAdmin, ByteStream, ObjectMeta, Protection, PutMode, Store, Stored, Upload};
 use crate::config::RepositoryConfig;
 use crate::error::{StorageError, StorageErrorKind};
 
 /// The first parts are this big (S3 allows 5 MiB and up); later ones grow
-/// (see [`part_size`]). With [`PARTS_IN_FLIGHT`] this bounds upload memory.
+/// (see [`part_size`]).
 pub const FIRST_PART_BYTES: usize = 6 * 1024 * 1024;
 /// Part sizes double after this many parts, so that 10,000 parts hold more
 /// than S3's 5 TiB object limit while small backups keep small buffers.
 pub const PARTS_PER_SIZE_STEP: usize = 1000;
 pub const MAX_PARTS: usize = 10_000;
 pub const MAX_PART_BYTES: usize = 5 * 1024 * 1024 * 1024;
-/// Parts being sent at once per upload; with one part filling, memory for an
-/// upload is at most (this + 1) parts.
+/// Parts being sent at once per upload, besides the one filling.
 pub const PARTS_IN_FLIGHT: usize = 2;
+/// Memory that part buffers may hold at once, shared by all uploads of a
+/// store: one upload's first parts (two in flight, one filling) fit, as
+/// they always did; the parts of concurrent uploads, and every part once
+/// parts grow past this, go to spill files (see [`parts`]). This, not the
+/// object's size or the number of uploads, bounds upload memory.
+pub const PART_MEMORY_BYTES: usize = (PARTS_IN_FLIGHT + 1) * FIRST_PART_BYTES;
+/// What an upload takes from its caller at a time.
+const FEED_BYTES: usize = 1024 * 1024;
 /// Attempts per request, including the first; the SDK backs off with jitter.
 pub const MAX_ATTEMPTS: u32 = 6;
 /// Times a download resumes (with a Range request) after the body fails.
@@ -57,6 +68,7 @@ pub struct S3Store {
     /// For messages: where requests go.
     endpoint: String,
     prefix: String,
+    budget: PartBudget,
 }
 
 impl S3Store {
@@ -121,7 +133,27 @@ impl S3Store {
                 .clone()
                 .unwrap_or_else(|| "(AWS, from the region)".into()),
             prefix: prefix.clone(),
+            budget: PartBudget::new(PART_MEMORY_BYTES, parts::default_spill_dir()),
         })
+    }
+
+    /// A store over an SDK client the caller configured (tests, tools).
+    pub fn from_client(client: Client, bucket: &str, prefix: &str, endpoint: &str) -> S3Store {
+        S3Store {
+            client,
+            bucket: bucket.to_string(),
+            endpoint: endpoint.to_string(),
+            prefix: prefix.to_string(),
+            budget: PartBudget::new(PART_MEMORY_BYTES, parts::default_spill_dir()),
+        }
+    }
+
+    /// The same store with `memory_bytes` for part buffers and spill files
+    /// in `spill_dir` (created 0700 when first needed). Tests use 0 to
+    /// send every part from a spill file.
+    pub fn with_part_memory(mut self, memory_bytes: usize, spill_dir: PathBuf) -> S3Store {
+        self.budget = PartBudget::new(memory_bytes, spill_dir);
+        self
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -492,7 +524,9 @@ impl Store for S3Store {
             full_key: self.full_key(key),
             key: key.to_string(),
             location: self.location(),
+            budget: self.budget.clone(),
             upload_id: None,
+            filling: None,
             first: None,
             next_part: 1,
             in_flight: JoinSet::new(),
@@ -794,10 +828,13 @@ struct S3Upload {
     full_key: String,
     key: String,
     location: String,
+    budget: PartBudget,
     upload_id: Option<String>,
+    /// The part being assembled: its number, its full size, its bytes.
+    filling: Option<(usize, usize, PartBody)>,
     /// The first part is held back: if the stream ends within it, one
     /// PutObject is cheaper than a multipart upload.
-    first: Option<Bytes>,
+    first: Option<PartBody>,
     next_part: usize,
     in_flight: JoinSet<Result<CompletedPart, StorageError>>,
     done: Vec<CompletedPart>,
@@ -823,6 +860,17 @@ impl S3Upload {
         StorageError::new("upload", &self.location, &self.key, kind, detail)
     }
 
+    fn spill_err(&self, e: &std::io::Error) -> StorageError {
+        self.err(
+            StorageErrorKind::Other,
+            format!(
+                "writing a part to a temporary file in {}: {e} (set TMPDIR to a directory \
+                 with room for a few parts)",
+                self.budget.spill_dir().display()
+            ),
+        )
+    }
+
     async fn start_multipart(&mut self) -> Result<(), StorageError> {
         let out = self
             .client
@@ -843,7 +891,25 @@ impl S3Upload {
         Ok(())
     }
 
-    async fn send_part(&mut self, number: usize, data: Bytes) -> Result<(), StorageError> {
+    /// Hands a full part on: holds the first back, and starts the
+    /// multipart upload when a second one arrives.
+    async fn finish_part(&mut self, number: usize, body: PartBody) -> Result<(), StorageError> {
+        if self.upload_id.is_none() {
+            match self.first.take() {
+                None => {
+                    self.first = Some(body);
+                    return Ok(());
+                }
+                Some(first) => {
+                    self.start_multipart().await?;
+                    self.send_part(1, first).await?;
+                }
+            }
+        }
+        self.send_part(number, body).await
+    }
+
+    async fn send_part(&mut self, number: usize, data: PartBody) -> Result<(), StorageError> {
         if number > MAX_PARTS {
             return Err(self.err(
                 StorageErrorKind::Other,
@@ -853,6 +919,7 @@ impl S3Upload {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.reap_one().await?;
         }
+        let (body, sent) = data.into_body().await.map_err(|e| self.spill_err(&e))?;
         let req = self
             .client
             .upload_part()
@@ -861,16 +928,16 @@ impl S3Upload {
             .upload_id(self.upload_id.clone().expect("multipart started"))
             .part_number(number as i32)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            // The SDK retries a failed part from this in-memory buffer.
-            .body(SdkByteStream::from(data));
+            .body(body);
         let (location, key, bucket) =
             (self.location.clone(), self.key.clone(), self.bucket.clone());
         let endpoint = self.endpoint.clone();
         self.in_flight.spawn(async move {
-            let out = req
-                .send()
-                .await
-                .map_err(|e| map_error("upload part", &location, &key, &bucket, &endpoint, &e))?;
+            let out = req.send().await;
+            // The buffer or spill file is needed until the last retry.
+            drop(sent);
+            let out =
+                out.map_err(|e| map_error("upload part", &location, &key, &bucket, &endpoint, &e))?;
             Ok(CompletedPart::builder()
                 .part_number(number as i32)
                 .set_e_tag(out.e_tag)
@@ -918,8 +985,11 @@ impl S3Upload {
     }
 
     async fn abort_now(&mut self) -> Result<(), StorageError> {
+        // Dropping the tasks and the parts removes their spill files.
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
+        self.filling = None;
+        self.first = None;
         if let Some(id) = self.upload_id.take() {
             self.client
                 .abort_multipart_upload()
@@ -932,72 +1002,99 @@ impl S3Upload {
         }
         Ok(())
     }
+
+    /// A single PutObject of the held first part: the whole object.
+    async fn put_whole(&mut self) -> Result<Stored, StorageError> {
+        let part = self
+            .first
+            .take()
+            .unwrap_or_else(|| PartBody::unbudgeted(Bytes::new()));
+        let (body, sent) = part.into_body().await.map_err(|e| self.spill_err(&e))?;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&self.full_key)
+            .if_none_match("*")
+            .tagging(data_tagging())
+            .body(body)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(Stored {
+                size: self.size,
+                etag: out.e_tag,
+                version_id: real_version(out.version_id),
+            }),
+            Err(e) => {
+                let err = self.fail("upload", &e);
+                if err.kind == StorageErrorKind::PreconditionFailed
+                    && let Ok(sent) = sent.bytes().await
+                    && let Some(stored) = stored_by_lost_attempt(
+                        &self.client,
+                        &self.bucket,
+                        &self.full_key,
+                        &self.key,
+                        &sent,
+                    )
+                    .await
+                {
+                    return Ok(stored);
+                }
+                Err(err)
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Upload for S3Upload {
+    /// Pieces, not S3 parts: the parts are assembled here, in memory or in
+    /// a spill file (see [`parts`]), so the caller buffers only a piece.
     fn next_part_size(&self) -> usize {
-        part_size(self.next_part)
+        FEED_BYTES
     }
 
     async fn put_part(&mut self, part: Bytes) -> Result<(), StorageError> {
         self.size += part.len() as u64;
-        let number = self.next_part;
-        self.next_part += 1;
-        if self.upload_id.is_none() {
-            match self.first.take() {
+        let mut rest = &part[..];
+        while !rest.is_empty() {
+            let (number, size, mut body) = match self.filling.take() {
+                Some(f) => f,
                 None => {
-                    self.first = Some(part);
-                    return Ok(());
+                    let number = self.next_part;
+                    self.next_part += 1;
+                    let size = part_size(number);
+                    let body = self
+                        .budget
+                        .start(size)
+                        .await
+                        .map_err(|e| self.spill_err(&e))?;
+                    (number, size, body)
                 }
-                Some(first) => {
-                    self.start_multipart().await?;
-                    self.send_part(1, first).await?;
-                }
+            };
+            let take = (size - body.len()).min(rest.len());
+            body.append(&rest[..take])
+                .await
+                .map_err(|e| self.spill_err(&e))?;
+            rest = &rest[take..];
+            if body.len() == size {
+                self.finish_part(number, body).await?;
+            } else {
+                self.filling = Some((number, size, body));
             }
         }
-        self.send_part(number, part).await
+        Ok(())
     }
 
     async fn complete(mut self: Box<Self>) -> Result<Stored, StorageError> {
-        if self.upload_id.is_none() {
-            let body = self.first.take().unwrap_or_default();
-            let sent = body.clone();
-            let out = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.full_key)
-                .if_none_match("*")
-                .tagging(data_tagging())
-                .body(SdkByteStream::from(body))
-                .send()
-                .await;
-            return match out {
-                Ok(out) => Ok(Stored {
-                    size: self.size,
-                    etag: out.e_tag,
-                    version_id: real_version(out.version_id),
-                }),
-                Err(e) => {
-                    let err = self.fail("upload", &e);
-                    if err.kind == StorageErrorKind::PreconditionFailed
-                        && let Some(stored) = stored_by_lost_attempt(
-                            &self.client,
-                            &self.bucket,
-                            &self.full_key,
-                            &self.key,
-                            &sent,
-                        )
-                        .await
-                    {
-                        return Ok(stored);
-                    }
-                    Err(err)
-                }
-            };
-        }
         let result: Result<Stored, StorageError> = async {
+            if let Some((number, _, body)) = self.filling.take() {
+                self.finish_part(number, body).await?;
+            }
+            if self.upload_id.is_none() {
+                return self.put_whole().await;
+            }
             while !self.in_flight.is_empty() {
                 self.reap_one().await?;
             }

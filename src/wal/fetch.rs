@@ -77,7 +77,25 @@ pub async fn fetch(
     let Some(key) = locate(repo, policy, &name).await? else {
         return Ok(Fetched::NotArchived);
     };
-    let (_, expected) = super::parse_key(policy, &key).expect("located keys parse");
+    let bytes = fetch_key(repo, identities, policy, &key, dest).await?;
+    Ok(Fetched::Restored { key, bytes })
+}
+
+/// Writes the WAL object at `key` to `dest` as [`fetch`] does, and says
+/// how many bytes it has.
+///
+/// # Errors
+/// As [`fetch`].
+pub async fn fetch_key(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    policy: &str,
+    key: &str,
+    dest: &Path,
+) -> Result<u64> {
+    let key = key.to_string();
+    let (_, expected) = super::parse_key(policy, &key)
+        .ok_or_else(|| Error::Usage(format!("`{key}` is not a WAL key of policy `{policy}`")))?;
     let expected = expected.to_string();
     let partial = partial_path(dest);
     let file = std::fs::File::options()
@@ -127,15 +145,12 @@ pub async fn fetch(
             e,
         )
     })?;
-    Ok(Fetched::Restored {
-        key,
-        bytes: digests.plaintext_size,
-    })
+    Ok(digests.plaintext_size)
 }
 
 /// `pg_wal/.RECOVERYXLOG.drctl-partial` for `pg_wal/RECOVERYXLOG`: hidden,
 /// and in the same directory so that the rename is atomic.
-fn partial_path(dest: &Path) -> PathBuf {
+pub(super) fn partial_path(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -22,6 +22,7 @@ pub mod check;
 pub mod fetch;
 pub mod history;
 pub mod marks;
+pub mod prefetch;
 pub mod push;
 pub mod spool;
 pub mod status;

@@ -34,10 +34,10 @@ use crate::repo::Repo;
 use crate::storage::Store;
 
 /// Uploads one `wal-push` runs at once, draining the spool or storing
-/// segments ahead. Memory, not the link, sets this: on S3 an upload of an
-/// incompressible 16 MiB segment holds up to three 6 MiB parts, so each
-/// one adds up to about 20 MiB to the command's peak (docs/operations.md
-/// has the figures measured).
+/// segments ahead. On S3 their part buffers share the store's one memory
+/// budget (`storage::s3::PART_MEMORY_BYTES`) and parts beyond it are sent
+/// from spill files, so this bounds zstd and age state, not part buffers
+/// (docs/benchmarks.md has the figures measured).
 pub const PARALLEL_UPLOADS: usize = 2;
 
 /// zstd threads per WAL file: none besides the caller's. A 16 MiB segment

@@ -30,6 +30,7 @@ const TMP: &str = "tmp";
 const DONE: &str = "done";
 const LOCK: &str = ".lock";
 const DRAIN_LOCK: &str = ".drain";
+const OWNER: &str = "repository";
 const SUFFIX: &str = ".zst.age";
 
 /// Look-ahead markers kept at most; older ones go first. PostgreSQL
@@ -169,6 +170,9 @@ pub fn usage(spool_dir: &Path, policy: &str, max_bytes: u64) -> Option<Usage> {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    /// The repository [`Spool::claim`] was called for: written beside the
+    /// spool when it is first created.
+    owner: Option<String>,
 }
 
 /// An exclusive `flock` held until dropped.
@@ -193,11 +197,46 @@ impl Spool {
         Spool {
             dir: spool_dir.join(policy),
             max_bytes,
+            owner: None,
         }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn not_ours(&self, owner: &str, location: &str) -> Error {
+        Error::Usage(format!(
+            "the WAL spool {} belongs to the repository {owner}, not to this configuration's \
+             {location}; sharing it would count WAL stored in one repository as stored in the \
+             other. Give each configuration its own `[wal] spool_dir`",
+            self.dir.display()
+        ))
+    }
+
+    /// Ties the spool to the repository at `location` (the first one to
+    /// use it), and refuses any other: spooled files and look-ahead
+    /// markers say "stored", not where, so a spool shared by two
+    /// configurations with different repositories would drain one's WAL
+    /// into the other and answer for segments the other never got.
+    ///
+    /// # Errors
+    /// `Usage` for a spool that belongs to another repository; I/O errors.
+    pub fn claim(&mut self, location: &str) -> Result<()> {
+        self.owner = Some(location.to_string());
+        let path = self.dir.join(OWNER);
+        match std::fs::read_to_string(&path) {
+            Ok(owner) if owner.trim() == location => Ok(()),
+            Ok(owner) => Err(self.not_ours(owner.trim(), location)),
+            // A spool that was never used needs nothing yet (and may not be
+            // creatable until an outage makes it needed); one used before
+            // this check existed is claimed now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.dir.is_dir() {
+                true => self.write_owner(location),
+                false => Ok(()),
+            },
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -216,7 +255,29 @@ impl Spool {
                 e,
             )
         })?;
+        if let Some(owner) = &self.owner {
+            self.write_owner(owner)?;
+        }
         Ok(dir)
+    }
+
+    fn write_owner(&self, location: &str) -> Result<()> {
+        let path = self.dir.join(OWNER);
+        if let Ok(owner) = std::fs::read_to_string(&path) {
+            return match owner.trim() == location {
+                true => Ok(()),
+                false => Err(self.not_ours(owner.trim(), location)),
+            };
+        }
+        let tmp = self
+            .dir
+            .join(format!(".{OWNER}.{:08x}", rand::random::<u32>()));
+        std::fs::write(&tmp, format!("{location}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io(format!("writing {}", path.display()), e)
+            })
     }
 
     fn flock(&self, name: &str, wait: bool) -> Result<Option<Locked>> {
@@ -474,7 +535,7 @@ impl Spool {
 /// Creates a directory (and its missing parents) readable by its owner
 /// only: the spool holds the only copy of WAL not yet stored, and although
 /// it is ciphertext, nobody else has a reason to read, replace or delete it.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -1,0 +1,226 @@
+//! Multipart uploads with memory that does not grow: parts that do not fit
+//! the store's part-memory budget are assembled in spill files (ciphertext
+//! only) and sent from there. What must hold: an object written from
+//! spilled parts reads back byte for byte, uploads running at once share one
+//! budget, and an upload that fails part-way leaves neither an object nor a
+//! multipart upload nor a spill file behind.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{FaultProxy, Faults, S3Server, block_on, unique_bucket_name};
+use drctl::storage::s3::{FIRST_PART_BYTES, PART_MEMORY_BYTES, S3Store};
+use drctl::storage::{Store, upload_stream};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1024 * 1024;
+
+/// Incompressible, reproducible bytes: SHA-256 in counter mode.
+fn synthetic(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut n = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(&Sha256::digest(
+            [seed.to_le_bytes(), n.to_le_bytes()].concat(),
+        ));
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn store(s3: &str, bucket: &str, memory: usize, spill: &Path) -> Arc<S3Store> {
+    Arc::new(
+        S3Store::from_client(common::s3_client(s3), bucket, "repo", s3)
+            .with_part_memory(memory, spill.to_path_buf()),
+    )
+}
+
+/// Sends `data` in 256 KiB chunks, as the sealing pipeline does; with
+/// `finish` false the producer stops without saying it is done, as one
+/// that failed.
+async fn upload(store: &S3Store, key: &str, data: &[u8], finish: bool) -> Result<u64, String> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let chunks: Vec<Bytes> = data
+        .chunks(256 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let producer = tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+        if finish {
+            let _ = done_tx.send(());
+        }
+    });
+    let result = upload_stream(store, key, rx, done_rx).await;
+    producer.await.unwrap();
+    result.map(|s| s.size).map_err(|e| e.to_string())
+}
+
+async fn read_back(store: &S3Store, key: &str) -> Vec<u8> {
+    let mut stream = store.get_stream(key, None).await.expect("object exists");
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.expect("body reads"));
+    }
+    out
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn objects_written_from_spilled_parts_read_back_byte_for_byte() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("spilled");
+    let spill = tempfile::tempdir().unwrap();
+    let spill_dir = spill.path().join("parts");
+    block_on(async {
+        s3.create_bucket(&bucket, true).await;
+        // No memory at all: every part, and the single PUT body, comes from
+        // a spill file.
+        let store = store(&s3.endpoint(), &bucket, 0, &spill_dir);
+        for (key, len) in [
+            ("multipart", 2 * FIRST_PART_BYTES + 3 * MIB + 17),
+            ("exact-parts", 2 * FIRST_PART_BYTES),
+            ("single-put", 3 * MIB + 1),
+            ("empty", 0),
+        ] {
+            let data = synthetic(len as u64, len);
+            let size = upload(&store, key, &data, true)
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(size, len as u64, "{key}");
+            let back = read_back(&store, key).await;
+            assert!(back == data, "{key}: the object differs from what was sent");
+        }
+        assert_eq!(s3.list_multipart_uploads(&bucket).await, 0);
+    });
+    let mode = std::fs::metadata(&spill_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the spill directory is private");
+    assert_eq!(
+        files_in(&spill_dir),
+        Vec::<String>::new(),
+        "spill files removed"
+    );
+}
+
+#[test]
+fn concurrent_uploads_share_one_memory_budget_and_spill_the_rest() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("budget");
+    let spill = tempfile::tempdir().unwrap();
+    let spill_dir = spill.path().join("parts");
+    block_on(async {
+        s3.create_bucket(&bucket, false).await;
+        let store = store(&s3.endpoint(), &bucket, PART_MEMORY_BYTES, &spill_dir);
+        let len = 2 * FIRST_PART_BYTES + MIB;
+        let data: Vec<Vec<u8>> = (0..3).map(|i| synthetic(i, len)).collect();
+        let keys: Vec<String> = (0..3).map(|i| format!("wal-{i}")).collect();
+        let results = futures::future::join_all(
+            keys.iter()
+                .zip(&data)
+                .map(|(k, d)| upload(&store, k, d, true)),
+        )
+        .await;
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), len as u64, "upload {i}");
+            assert!(read_back(&store, &format!("wal-{i}")).await == data[i]);
+        }
+    });
+    // Three uploads of three parts each cannot all fit three parts of
+    // memory: the directory exists because some parts were spilled.
+    assert!(spill_dir.is_dir(), "no part was spilled");
+    assert_eq!(
+        files_in(&spill_dir),
+        Vec::<String>::new(),
+        "spill files removed"
+    );
+}
+
+#[test]
+fn a_producer_that_fails_mid_spill_leaves_no_object_and_no_spill_file() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("spill-fail");
+    let spill = tempfile::tempdir().unwrap();
+    let spill_dir = spill.path().join("parts");
+    block_on(async {
+        s3.create_bucket(&bucket, false).await;
+        let store = store(&s3.endpoint(), &bucket, 0, &spill_dir);
+        let data = synthetic(7, 2 * FIRST_PART_BYTES + 2 * MIB);
+        let err = upload(&store, "half", &data, false).await.unwrap_err();
+        assert!(err.contains("ended early"), "{err}");
+        assert!(s3.list_keys(&bucket, "").await.is_empty(), "no object");
+        assert_eq!(
+            s3.list_multipart_uploads(&bucket).await,
+            0,
+            "upload aborted"
+        );
+    });
+    assert_eq!(
+        files_in(&spill_dir),
+        Vec::<String>::new(),
+        "spill files removed"
+    );
+}
+
+#[test]
+fn an_s3_failure_mid_spill_leaves_no_object_and_no_spill_file() {
+    let s3 = S3Server::start();
+    let proxy = FaultProxy::start(&s3.endpoint(), Faults::none());
+    let bucket = unique_bucket_name("spill-s3-fail");
+    let spill = tempfile::tempdir().unwrap();
+    let spill_dir = spill.path().join("parts");
+    block_on(async {
+        s3.create_bucket(&bucket, false).await;
+        let store = store(&proxy.endpoint(), &bucket, 0, &spill_dir);
+        // Parts 1 and 2 go through; every later part is throttled until
+        // the SDK gives up.
+        let data = synthetic(9, 4 * FIRST_PART_BYTES);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let uploading = {
+            let store = store.clone();
+            tokio::spawn(async move { upload_stream(store.as_ref(), "broken", rx, done_rx).await })
+        };
+        let mut sent = 0;
+        for chunk in data.chunks(256 * 1024) {
+            if sent == 2 * FIRST_PART_BYTES {
+                proxy.set_faults(Faults {
+                    slowdown_503: 1.0,
+                    ..Faults::none()
+                });
+            }
+            if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let _ = done_tx.send(());
+        let err = uploading.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("broken"), "the error names the object: {err}");
+        proxy.set_faults(Faults::none());
+        assert!(s3.list_keys(&bucket, "").await.is_empty(), "no object");
+    });
+    assert_eq!(
+        files_in(&spill_dir),
+        Vec::<String>::new(),
+        "spill files removed"
+    );
+}
