@@ -219,11 +219,22 @@ pub enum PitrCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Create an identity file and print its public recipient.
+    /// Create an identity file and print its public recipient; with
+    /// --signing, a signing key and its public key for `[signing] trusted`.
     Generate {
-        /// Where to write the secret identity (mode 0600).
+        /// Where to write the secret key (mode 0600; never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// An ed25519 signing key (`[signing] key_file`) instead of an age
+        /// identity.
+        #[arg(long)]
+        signing: bool,
+    },
+    /// Print the public key of a signing key file (`drctl-ed25519:…`), for
+    /// `[signing] trusted`.
+    Public {
+        /// A file written by `drctl key generate --signing`.
+        file: PathBuf,
     },
 }
 
@@ -244,6 +255,9 @@ pub enum ExitCode {
     /// A verification was asked for (`restore --verify`) that this backup
     /// or destination cannot give; nothing was restored.
     Unverifiable = 6,
+    /// With `[signing]`: a manifest or record the command would have used
+    /// has a missing, unknown or bad signature; it was ignored and named.
+    Untrusted = 7,
     /// `wal-fetch` failed for a reason other than "not archived" (which is
     /// 1): PostgreSQL stops recovery on an exit status above 125.
     StopRecovery = 126,
@@ -263,6 +277,7 @@ impl ExitCode {
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
             Error::Unverifiable(_) => ExitCode::Unverifiable,
+            Error::Untrusted(_) => ExitCode::Untrusted,
             Error::StopRecovery(_) => ExitCode::StopRecovery,
             Error::NotArchived(_) => ExitCode::Failed,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
@@ -290,9 +305,19 @@ impl Ctx {
         Config::load(&Config::resolve_path(self.cli.config.as_deref()))
     }
 
+    /// Opens the repository with `[signing]` applied, and says once, on
+    /// stderr, when its objects cannot be trusted: unsigned mode, or a
+    /// `repo.json` without a trusted signature.
     async fn repo(&self, config: &Config) -> crate::Result<Repo> {
         let store = crate::storage::open(&config.repository).await?;
-        Repo::open(store).await
+        let signing = crate::signing::for_config(config)?;
+        let repo = Repo::open(store).await?.with_signing(signing);
+        if let Some(why) = &repo.marker_untrusted {
+            errln!("warning: {why}");
+        } else if repo.signing.is_none() && !self.cli.quiet {
+            errln!("warning: {}", crate::signing::unsigned_warning(&repo));
+        }
+        Ok(repo)
     }
 
     fn identities(&self, config: &Config) -> crate::Result<Vec<age::x25519::Identity>> {
@@ -329,8 +354,14 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
     let ctx = Ctx { cli, cancel };
     match &ctx.cli.command {
         Command::Key {
-            command: KeyCommand::Generate { out },
+            command: KeyCommand::Generate { out, signing: false },
         } => inspect::key_generate(&ctx, out),
+        Command::Key {
+            command: KeyCommand::Generate { out, signing: true },
+        } => inspect::signing_key_generate(&ctx, out),
+        Command::Key {
+            command: KeyCommand::Public { file },
+        } => inspect::signing_key_public(&ctx, file),
         Command::Init => inspect::init(&ctx).await,
         Command::Check => inspect::check(&ctx),
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
