@@ -188,7 +188,10 @@ impl fmt::Display for Untrusted {
         match self {
             Untrusted::Missing => write!(f, "it has no signature"),
             Untrusted::UnknownKey(k) => {
-                write!(f, "it is signed by {k}, which is not in `[signing] trusted`")
+                write!(
+                    f,
+                    "it is signed by {k}, which is not in `[signing] trusted`"
+                )
             }
             Untrusted::Bad => write!(
                 f,
@@ -223,7 +226,10 @@ fn signed_message(object_key: &str, body: &[u8]) -> Vec<u8> {
 /// When `body` does not end with `\n}`: every caller passes pretty JSON of
 /// a non-empty struct.
 pub fn sign(key: &SecretKey, object_key: &str, body: &[u8]) -> Vec<u8> {
-    assert!(body.ends_with(b"\n}"), "signed bodies are pretty JSON objects");
+    assert!(
+        body.ends_with(b"\n}"),
+        "signed bodies are pretty JSON objects"
+    );
     let signature = key.0.sign(&signed_message(object_key, body));
     let mut stored = Vec::with_capacity(body.len() + 160);
     stored.extend_from_slice(&body[..body.len() - 2]);
@@ -395,7 +401,8 @@ mod tests {
         SecretKey::generate().unwrap()
     }
 
-    const BODY: &[u8] = b"{\n  \"format\": 1,\n  \"id\": \"x\",\n  \"point_in_time\": \"2026-11-27T01:35:04Z\"\n}";
+    const BODY: &[u8] =
+        b"{\n  \"format\": 1,\n  \"id\": \"x\",\n  \"point_in_time\": \"2026-11-27T01:35:04Z\"\n}";
 
     #[test]
     fn a_signed_object_is_plain_json_and_verifies_at_its_key() {

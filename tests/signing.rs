@@ -99,7 +99,10 @@ fn json(text: &str) -> Value {
 fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() {
     let pg = Postgres::start();
     pg.createdb("shop");
-    pg.psql("shop", "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1), (2);");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1), (2);",
+    );
     pg.createdb("evil");
     pg.psql(
         "evil",
@@ -125,12 +128,15 @@ fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() 
 
         attacker_config(
             &ws,
-            &format!("[source]\ntype = \"postgres\"\nurl = \"{}\"\n", pg.url("evil")),
+            &format!(
+                "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                pg.url("evil")
+            ),
             None,
         );
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let planted = json(&attacker(&ws, &["backup", "shop", "--json"]))["results"][0]
-            ["manifest"]["id"]
+        let planted = json(&attacker(&ws, &["backup", "shop", "--json"]))["results"][0]["manifest"]
+            ["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -149,7 +155,9 @@ fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() 
         assert_eq!(ids, [real.as_str()], "s3={s3}");
         assert_eq!(listed["untrusted"][0]["key"], planted_key.as_str());
         assert!(
-            stderr.contains(&format!("security: `{planted_key}` is ignored: it has no signature")),
+            stderr.contains(&format!(
+                "security: `{planted_key}` is ignored: it has no signature"
+            )),
             "{stderr}"
         );
 
@@ -159,7 +167,9 @@ fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() 
         let target = pg.url(&target_db);
         let (code, _, stderr) = run(
             &ws,
-            &["restore", "shop", "--to", "latest", "--target", &target, "--yes"],
+            &[
+                "restore", "shop", "--to", "latest", "--target", &target, "--yes",
+            ],
         );
         assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
         assert!(stderr.contains(&planted_key), "{stderr}");
@@ -176,12 +186,19 @@ fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() 
         // Asking for the planted id by name is refused too.
         let (code, _, stderr) = run(
             &ws,
-            &["restore", "shop", "--backup", &planted, "--target", &target, "--yes"],
+            &[
+                "restore", "shop", "--backup", &planted, "--target", &target, "--yes",
+            ],
         );
         assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
         // The real backup is still there to restore.
-        ws.ok(&["restore", "shop", "--backup", &real, "--target", &target, "--yes"]);
-        assert_eq!(pg.psql(&target_db, "SELECT count(*) FROM orders").trim(), "2");
+        ws.ok(&[
+            "restore", "shop", "--backup", &real, "--target", &target, "--yes",
+        ]);
+        assert_eq!(
+            pg.psql(&target_db, "SELECT count(*) FROM orders").trim(),
+            "2"
+        );
 
         // verify and prune name it too; prune's keep_last = 1 keeps the
         // real backup, as the newest good one, and leaves the planted
@@ -198,7 +215,10 @@ fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() 
         ws.ok(&["key", "generate", "--signing", "--out", "attacker.key"]);
         attacker_config(
             &ws,
-            &format!("[source]\ntype = \"postgres\"\nurl = \"{}\"\n", pg.url("evil")),
+            &format!(
+                "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                pg.url("evil")
+            ),
             Some("attacker.key"),
         );
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -260,14 +280,24 @@ fn an_edited_point_in_time_in_a_signed_manifest_is_caught() {
 
     let (code, stdout, stderr) = run(&ws, &["list", "etc"]);
     assert_eq!(code, Some(EXIT_UNTRUSTED), "{stdout}\n{stderr}");
-    assert!(!stdout.contains(&id), "the edited backup is not listed: {stdout}");
+    assert!(
+        !stdout.contains(&id),
+        "the edited backup is not listed: {stdout}"
+    );
     assert!(
         stderr.contains(&format!("`{key}` is ignored: its signature does not match")),
         "{stderr}"
     );
     let out_dir = ws.path().join("out");
     let stderr = ws.fails(
-        &["restore", "etc", "--to", "latest", "--into", out_dir.to_str().unwrap()],
+        &[
+            "restore",
+            "etc",
+            "--to",
+            "latest",
+            "--into",
+            out_dir.to_str().unwrap(),
+        ],
         EXIT_UNTRUSTED,
     );
     assert!(stderr.contains(&key), "{stderr}");
@@ -287,7 +317,10 @@ fn a_signed_manifest_replayed_under_another_id_is_caught() {
         let entry = entry.unwrap();
         let text = std::fs::read(entry.path()).unwrap();
         let text = if entry.file_name() == "manifest.json" {
-            String::from_utf8(text).unwrap().replace(&id, other).into_bytes()
+            String::from_utf8(text)
+                .unwrap()
+                .replace(&id, other)
+                .into_bytes()
         } else {
             text
         };
@@ -308,6 +341,8 @@ fn a_drill_record_rewritten_with_a_recomputed_chain_is_caught_by_report() {
     ws.ok(&["drill", "etc"]);
     ws.ok(&["drill", "etc"]);
     ws.ok(&["report", "--verify"]);
+    let before = json(&ws.ok(&["report", "--format", "json"]));
+    assert_eq!(before["totals"]["drills_run"], 2, "{before}");
     let dir = ws.repo_dir().join("drills/etc");
     let mut records: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -329,7 +364,10 @@ fn a_drill_record_rewritten_with_a_recomputed_chain_is_caught_by_report() {
     std::fs::write(&records[0], serde_json::to_vec_pretty(&first).unwrap()).unwrap();
     // The second keeps its signature member, now over other bytes.
     let second = std::fs::read_to_string(&records[1]).unwrap();
-    let link = json(&second)["previous_sha256"].as_str().unwrap().to_string();
+    let link = json(&second)["previous_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let second = second.replace(&link, &sha(&records[0]));
     std::fs::remove_file(&records[1]).unwrap();
     std::fs::write(&records[1], second).unwrap();
@@ -340,10 +378,12 @@ fn a_drill_record_rewritten_with_a_recomputed_chain_is_caught_by_report() {
     assert!(stderr.contains(&key(&records[1])), "{stderr}");
     let (code, stdout, stderr) = run(&ws, &["report", "--format", "json"]);
     assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
-    assert!(
-        !stdout.contains("attacker"),
-        "the report does not use the rewritten record"
+    assert_eq!(
+        json(&stdout)["totals"]["drills_run"],
+        0,
+        "the report counts neither record: {stdout}"
     );
+    assert!(!stdout.contains("attacker"), "{stdout}");
     assert!(stderr.contains("its signature does not match"), "{stderr}");
     assert!(stderr.contains("it has no signature"), "{stderr}");
 }
@@ -364,8 +404,11 @@ fn an_unsigned_repository_works_with_a_warning() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("signing: off (unsigned mode)"), "{stdout}");
     assert!(stderr.contains("unsigned mode"), "{stderr}");
-    let text = std::fs::read_to_string(ws.repo_dir().join(format!("backups/etc/{id}/manifest.json")))
-        .unwrap();
+    let text = std::fs::read_to_string(
+        ws.repo_dir()
+            .join(format!("backups/etc/{id}/manifest.json")),
+    )
+    .unwrap();
     assert!(!text.contains("signature"), "{text}");
 }
 
@@ -376,7 +419,10 @@ fn signing_keys_are_made_once_and_their_public_half_printed() {
     let public = public.trim();
     assert!(public.starts_with("drctl-ed25519:"), "{public}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(ws.path().join("s.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(ws.path().join("s.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(ws.ok(&["key", "public", "s.key"]).trim(), public);
     let before = std::fs::read(ws.path().join("s.key")).unwrap();
@@ -402,16 +448,22 @@ fn check_explains_bad_signing_configuration() {
     let line = base.lines().count() + 3;
     let stderr = ws.fails(&["check"], EXIT_BAD_INPUT);
     assert!(
-        stderr.contains(&format!("drctl.toml:{line}")) && stderr.contains("must start with `drctl-ed25519:`"),
+        stderr.contains(&format!("drctl.toml:{line}"))
+            && stderr.contains("must start with `drctl-ed25519:`"),
         "{stderr}"
     );
     with("trusted = [\"drctl-ed25519:AAAA\"]\n");
     assert!(ws.fails(&["check"], EXIT_BAD_INPUT).contains("32 bytes"));
     with("trusted = []\n");
-    assert!(ws.fails(&["check"], EXIT_BAD_INPUT).contains("`[signing] trusted` is empty"));
+    assert!(
+        ws.fails(&["check"], EXIT_BAD_INPUT)
+            .contains("`[signing] trusted` is empty")
+    );
 
     // A key file that is not there, or not trusted.
-    with(&format!("key_file = \"missing.key\"\ntrusted = [\"{public}\"]\n"));
+    with(&format!(
+        "key_file = \"missing.key\"\ntrusted = [\"{public}\"]\n"
+    ));
     let stderr = ws.fails(&["check"], EXIT_BAD_INPUT);
     assert!(
         stderr.contains("cannot read the signing key file") && stderr.contains("missing.key"),
@@ -419,19 +471,110 @@ fn check_explains_bad_signing_configuration() {
     );
     with(&format!("key_file = \"s.key\"\ntrusted = [\"{other}\"]\n"));
     let stderr = ws.fails(&["check"], EXIT_BAD_INPUT);
-    assert!(stderr.contains(&public) && stderr.contains("is not in `[signing] trusted`"), "{stderr}");
+    assert!(
+        stderr.contains(&public) && stderr.contains("is not in `[signing] trusted`"),
+        "{stderr}"
+    );
 
     // Readable by others: a warning, not a refusal.
-    with(&format!("key_file = \"s.key\"\ntrusted = [\"{public}\", \"{other}\"]\n"));
+    with(&format!(
+        "key_file = \"s.key\"\ntrusted = [\"{public}\", \"{other}\"]\n"
+    ));
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(ws.path().join("s.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        ws.path().join("s.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let (code, stdout, stderr) = run(&ws, &["check"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains(&format!("signing: on; 2 trusted key(s); this host signs with {public}")), "{stdout}");
-    assert!(stderr.contains("has mode 0644") && stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "signing: on; 2 trusted key(s); this host signs with {public}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("has mode 0644") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
 
     // A host that only reads needs only `trusted`.
     with(&format!("trusted = [\"{public}\"]\n"));
     let stdout = ws.ok(&["check"]);
     assert!(stdout.contains("this host only reads"), "{stdout}");
+}
+
+/// Turning signing on for an old repository: its unsigned objects are
+/// ignored until `sign --existing` vouches for them in one signed
+/// attestation; one changed afterwards is caught again.
+#[test]
+fn sign_existing_vouches_for_an_old_repository_and_nothing_later() {
+    let ws = Workspace::local();
+    let etc = ws.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("a"), "a").unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!(
+            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n[drill]\nscratch_dir = \"scratch\"\n",
+            etc.display()
+        ),
+    );
+    let old = ws.backup("etc");
+    ws.ok(&["drill", "etc"]);
+
+    let public = ws.ok(&["key", "generate", "--signing", "--out", "signing.key"]);
+    append(
+        &ws,
+        "drctl.toml",
+        &format!(
+            "\n[signing]\nkey_file = \"signing.key\"\ntrusted = [\"{}\"]\n",
+            public.trim()
+        ),
+    );
+    let (code, _, stderr) = run(&ws, &["list", "etc"]);
+    assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
+    assert!(stderr.contains("repo.json"), "{stderr}");
+
+    let dry = ws.ok(&["sign", "--existing", "--dry-run"]);
+    assert!(
+        dry.contains(&format!("would vouch backups/etc/{old}/manifest.json")),
+        "{dry}"
+    );
+    assert!(dry.contains("would vouch repo.json"), "{dry}");
+    assert!(
+        !ws.repo_dir().join("attestations").exists(),
+        "a dry run writes nothing"
+    );
+    let out = ws.ok(&["sign", "--existing"]);
+    assert!(
+        out.contains("3 unsigned object(s) vouched for in attestations/"),
+        "{out}"
+    );
+
+    let new = ws.backup("etc");
+    let (code, stdout, stderr) = run(&ws, &["list", "etc"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&old) && stdout.contains(&new), "{stdout}");
+    ws.ok(&["drill", "etc"]);
+    ws.ok(&["report", "--verify"]);
+    // Nothing left to vouch for.
+    assert!(
+        ws.ok(&["sign", "--existing"])
+            .contains("0 unsigned object(s)")
+    );
+
+    // The old manifest edited after it was vouched for: caught.
+    let path = ws
+        .repo_dir()
+        .join(format!("backups/etc/{old}/manifest.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"host\": \"", "\"host\": \"x");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, text).unwrap();
+    let (code, stdout, stderr) = run(&ws, &["list", "etc"]);
+    assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
+    assert!(!stdout.contains(&old), "{stdout}");
 }

@@ -21,7 +21,10 @@ fn write_key_file(out: &Path, text: &str, what: &str) -> Result<()> {
         .mode(0o600)
         .open(out)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Refused(format!("{} already exists; drctl never overwrites a key ({what})", out.display())),
+            std::io::ErrorKind::AlreadyExists => Error::Refused(format!(
+                "{} already exists; drctl never overwrites a key ({what})",
+                out.display()
+            )),
             _ => Error::io(format!("creating {}", out.display()), e),
         })?;
     file.write_all(text.as_bytes())
@@ -31,11 +34,7 @@ fn write_key_file(out: &Path, text: &str, what: &str) -> Result<()> {
 
 pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
     let (secret, public) = crypto::generate();
-    write_key_file(
-        out,
-        &secret,
-        "it may be the only way to read your backups",
-    )?;
+    write_key_file(out, &secret, "it may be the only way to read your backups")?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "identity_file": out, "recipient": public }));
     } else {
@@ -58,7 +57,9 @@ pub fn signing_key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
     )?;
     let public = key.public();
     if ctx.cli.json {
-        ctx.print_json(&serde_json::json!({ "signing_key_file": out, "public_key": public.to_string() }));
+        ctx.print_json(
+            &serde_json::json!({ "signing_key_file": out, "public_key": public.to_string() }),
+        );
     } else {
         errln!(
             "Wrote the signing key to {} (mode 0600). It stays on the hosts that write backups and drill records; never put it in the bucket.",
@@ -75,7 +76,9 @@ pub fn signing_key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
 pub fn signing_key_public(ctx: &Ctx, file: &Path) -> Result<()> {
     let public = crate::signing::SecretKey::read(file)?.public();
     if ctx.cli.json {
-        ctx.print_json(&serde_json::json!({ "signing_key_file": file, "public_key": public.to_string() }));
+        ctx.print_json(
+            &serde_json::json!({ "signing_key_file": file, "public_key": public.to_string() }),
+        );
     } else {
         outln!("{public}");
     }
@@ -96,7 +99,7 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
         ));
     }
     let created = Repo::init(&store, &config.recipients, signing.as_deref()).await?;
-    let repo = Repo::open(store).await?.with_signing(signing);
+    let repo = Repo::open(store).await?.with_signing(signing).await?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "location": repo.store.location(), "created": created, "marker": repo.marker }));
     } else if created {
@@ -140,7 +143,11 @@ pub fn check(ctx: &Ctx) -> Result<()> {
         }
         Some(s) => {
             let loaded = crate::signing::Signing::load_quietly(s)?;
-            warnings.extend(s.key_file.as_deref().and_then(crate::signing::key_file_warning));
+            warnings.extend(
+                s.key_file
+                    .as_deref()
+                    .and_then(crate::signing::key_file_warning),
+            );
             serde_json::json!({
                 "mode": "signed",
                 "trusted": s.trusted.iter().map(ToString::to_string).collect::<Vec<_>>(),

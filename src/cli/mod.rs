@@ -34,6 +34,7 @@ mod recover;
 mod repo;
 mod report;
 mod restore;
+mod sign;
 pub mod stdio;
 mod wal;
 
@@ -95,6 +96,17 @@ pub enum Command {
     Init,
     /// Validate drctl.toml and every policy; errors carry file and line.
     Check,
+    /// With `[signing]` turned on for an existing repository: vouch for its
+    /// unsigned manifests, records, marks and repo.json in one signed
+    /// attestation (verify them first: whatever is there now is trusted).
+    Sign {
+        /// Sign what the repository already holds (the only mode).
+        #[arg(long, required = true)]
+        existing: bool,
+        /// List what would be vouched for and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Take a backup now.
     Backup {
         /// Policy to back up.
@@ -311,7 +323,10 @@ impl Ctx {
     async fn repo(&self, config: &Config) -> crate::Result<Repo> {
         let store = crate::storage::open(&config.repository).await?;
         let signing = crate::signing::for_config(config)?;
-        let repo = Repo::open(store).await?.with_signing(signing);
+        let repo = Repo::open(store).await?.with_signing(signing).await?;
+        for warning in &repo.attestation_warnings {
+            errln!("warning: {warning}");
+        }
         if let Some(why) = &repo.marker_untrusted {
             errln!("warning: {why}");
         } else if repo.signing.is_none() && !self.cli.quiet {
@@ -354,7 +369,11 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
     let ctx = Ctx { cli, cancel };
     match &ctx.cli.command {
         Command::Key {
-            command: KeyCommand::Generate { out, signing: false },
+            command:
+                KeyCommand::Generate {
+                    out,
+                    signing: false,
+                },
         } => inspect::key_generate(&ctx, out),
         Command::Key {
             command: KeyCommand::Generate { out, signing: true },
@@ -364,6 +383,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         } => inspect::signing_key_public(&ctx, file),
         Command::Init => inspect::init(&ctx).await,
         Command::Check => inspect::check(&ctx),
+        Command::Sign { dry_run, .. } => sign::sign_existing(&ctx, *dry_run).await,
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
         Command::List {
             policy,

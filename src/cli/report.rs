@@ -91,7 +91,11 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
             .await?
             .into_iter()
             .partition(|r| !drill::record::is_untrusted(r));
-        untrusted.extend(set_aside.into_iter().map(|r| (r.key, r.record.unwrap_err())));
+        untrusted.extend(
+            set_aside
+                .into_iter()
+                .map(|r| (r.key, r.record.unwrap_err())),
+        );
         let (runs, set_aside): (Vec<_>, Vec<_>) = runs::load(&repo, &p.name)
             .await?
             .into_iter()
@@ -100,7 +104,11 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
                     .as_ref()
                     .is_err_and(|e| e.starts_with(crate::signing::UNTRUSTED))
             });
-        untrusted.extend(set_aside.into_iter().map(|r| (r.key, r.record.unwrap_err())));
+        untrusted.extend(
+            set_aside
+                .into_iter()
+                .map(|r| (r.key, r.record.unwrap_err())),
+        );
         policies.push(PolicyInput::new(p, catalog, records, runs));
     }
     let input = ReportInput {

@@ -140,7 +140,10 @@ pub async fn run(opts: Options) -> Result<()> {
         return Ok(());
     };
     // `[signing]` is read once: a reload does not change what is trusted.
-    let repo = Arc::new(repo.with_signing(crate::signing::for_config(&config)?));
+    let repo = Arc::new(
+        repo.with_signing(crate::signing::for_config(&config)?)
+            .await?,
+    );
     match (&repo.signing, &repo.marker_untrusted) {
         (None, _) => tracing::warn!("{}", crate::signing::unsigned_warning(&repo)),
         (Some(_), Some(why)) => tracing::error!("{why}"),

@@ -5,7 +5,6 @@
 
 pub mod record;
 
-
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::storage::PutMode;

@@ -188,7 +188,8 @@ impl Catalog {
     pub fn find(&self, policy: &str, id: &str) -> Result<&Manifest> {
         let found = find(policy, &self.backups, id);
         if found.is_err()
-            && let Some((_, key, reason)) = entries(&self.untrusted).find(|(d, _, _)| d.starts_with(id))
+            && let Some((_, key, reason)) =
+                entries(&self.untrusted).find(|(d, _, _)| d.starts_with(id))
         {
             return Err(untrusted_error(key, reason, None));
         }
@@ -465,12 +466,29 @@ mod tests {
         };
         let err = catalog.select("p", t(10)).unwrap_err();
         assert!(matches!(err, Error::Untrusted(_)), "{err}");
-        assert!(err.to_string().contains("--backup 20261126T040000Z-aa"), "{err}");
+        assert!(
+            err.to_string().contains("--backup 20261126T040000Z-aa"),
+            "{err}"
+        );
         // Before the planted one's time, the trusted backup is the answer.
-        assert_eq!(catalog.select("p", t(5)).unwrap().backup.id, "20261126T040000Z-aa");
-        assert!(matches!(catalog.find("p", "20261126T08"), Err(Error::Untrusted(_))));
-        assert!(catalog.refuse_untrusted_newer("20261126T040000Z-aa").is_err());
-        assert!(catalog.refuse_untrusted_newer("20261126T090000Z-cc").is_ok());
+        assert_eq!(
+            catalog.select("p", t(5)).unwrap().backup.id,
+            "20261126T040000Z-aa"
+        );
+        assert!(matches!(
+            catalog.find("p", "20261126T08"),
+            Err(Error::Untrusted(_))
+        ));
+        assert!(
+            catalog
+                .refuse_untrusted_newer("20261126T040000Z-aa")
+                .is_err()
+        );
+        assert!(
+            catalog
+                .refuse_untrusted_newer("20261126T090000Z-cc")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! locks/<policy>@holds/<backup-id>.<unique>    a restore or drill reading that backup
 //! ```
 
+pub mod attest;
 pub mod catalog;
 pub mod lease;
 pub mod manifest;
@@ -112,6 +113,10 @@ pub struct Repo {
     /// Why `repo.json` is not trusted, when signing is on and it is not.
     pub marker_untrusted: Option<String>,
     marker_bytes: Bytes,
+    /// Unsigned objects a trusted attestation vouches for: key → sha256.
+    attested: std::collections::HashMap<String, String>,
+    /// Attestations without a trusted signature, as warnings.
+    pub attestation_warnings: Vec<String>,
 }
 
 impl Repo {
@@ -147,21 +152,27 @@ impl Repo {
             signing: None,
             marker_untrusted: None,
             marker_bytes: bytes,
+            attested: std::collections::HashMap::new(),
+            attestation_warnings: Vec::new(),
         })
     }
 
     /// Turns on signing (`[signing]` of drctl.toml): what this repository
     /// writes is signed with the key, what it reads is checked against the
-    /// trusted keys. An untrusted `repo.json` is recorded, not refused: it
-    /// holds nothing a reader acts on, and commands name it.
-    pub fn with_signing(mut self, signing: Option<Arc<crate::signing::Signing>>) -> Repo {
-        self.marker_untrusted = signing.as_ref().and_then(|s| {
-            crate::signing::verify(&s.trusted, MARKER_KEY, &self.marker_bytes)
-                .err()
-                .map(|why| format!("`{MARKER_KEY}` in {}: {why}", self.store.location()))
-        });
+    /// trusted keys (and the attestations they signed, read here). An
+    /// untrusted `repo.json` is recorded, not refused: it holds nothing a
+    /// reader acts on, and commands name it.
+    ///
+    /// # Errors
+    /// Storage errors reading the attestations.
+    pub async fn with_signing(
+        mut self,
+        signing: Option<Arc<crate::signing::Signing>>,
+    ) -> Result<Repo> {
         self.signing = signing;
-        self
+        (self.attested, self.attestation_warnings) = attest::load(&self).await?;
+        self.marker_untrusted = self.check_signature(MARKER_KEY, &self.marker_bytes).err();
+        Ok(self)
     }
 
     /// Whether the marker carries a signature, checked or not.
@@ -187,11 +198,20 @@ impl Repo {
     /// Why the object is not trusted, as a sentence naming the key and
     /// starting with [`crate::signing::UNTRUSTED`].
     pub fn check_signature(&self, key: &str, stored: &[u8]) -> Result<(), String> {
-        match &self.signing {
-            None => Ok(()),
-            Some(s) => crate::signing::verify(&s.trusted, key, stored)
-                .map(drop)
-                .map_err(|why| crate::signing::untrusted_message(key, &why)),
+        let Some(s) = &self.signing else {
+            return Ok(());
+        };
+        match crate::signing::verify(&s.trusted, key, stored) {
+            Ok(_) => Ok(()),
+            Err(crate::signing::Untrusted::Missing)
+                if self
+                    .attested
+                    .get(key)
+                    .is_some_and(|d| *d == attest::digest(stored)) =>
+            {
+                Ok(())
+            }
+            Err(why) => Err(crate::signing::untrusted_message(key, &why)),
         }
     }
 
