@@ -55,7 +55,7 @@ TOML
     printf '[signing]\nkey_file = "signing.key"\ntrusted = ["%s"]\n' "$public" >>"$d/drctl.toml"
   fi
   printf '[source]\ntype = "files"\npaths = ["%s"]\n' "$work/data/small" >"$d/policies/small.toml"
-  printf '[source]\ntype = "files"\npaths = ["%s"]\ncompression_level = 1\n' "$work/data/big" >"$d/policies/big.toml"
+  printf 'compression_level = 1\n[source]\ntype = "files"\npaths = ["%s"]\n' "$work/data/big" >"$d/policies/big.toml"
   (cd "$d" && "$DRCTL" --config drctl.toml init >/dev/null 2>&1)
   for _ in $(seq "$N"); do
     (cd "$d" && "$DRCTL" --config drctl.toml backup small >/dev/null 2>&1)

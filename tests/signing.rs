@@ -209,7 +209,7 @@ fn a_backup_planted_without_the_signing_key_is_not_listed_restored_or_counted() 
         assert_eq!(code, Some(EXIT_UNTRUSTED), "{stdout}\n{stderr}");
         assert!(stderr.contains(&planted_key), "{stderr}");
         let ids: Vec<String> = ws_backups_ignoring_untrusted(&ws, "shop");
-        assert_eq!(ids, [real.clone()], "prune kept the real backup");
+        assert_eq!(ids, [real.as_str()], "prune kept the real backup");
 
         // A writer with a signing key of their own is no better off.
         ws.ok(&["key", "generate", "--signing", "--out", "attacker.key"]);
