@@ -26,14 +26,25 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# time_cmd MODE CMD…: runs it RUNS times, prints the median wall seconds.
-time_cmd() {
+# once MODE CMD…: runs it once in MODE's directory, prints wall seconds.
+once() {
   local mode=$1; shift
+  local t0; t0=$(now)
+  (cd "$work/$mode" && "$@" >/dev/null 2>&1) || { echo "failed: $*" >&2; exit 1; }
+  echo "$(now) - $t0" | bc
+}
+# time_both NAME CMD…: RUNS runs in each mode, alternating so that load
+# from elsewhere on the machine falls on both alike; medians into
+# $NAME[unsigned] and $NAME[signed].
+time_both() {
+  local name=$1; shift
+  local u=() s=()
   for _ in $(seq "$RUNS"); do
-    local t0; t0=$(now)
-    (cd "$work/$mode" && "$@" >/dev/null 2>&1) || { echo "failed: $*" >&2; exit 1; }
-    echo "$(now) - $t0" | bc
-  done | median
+    u+=("$(once unsigned "$@")")
+    s+=("$(once signed "$@")")
+  done
+  eval "$name[unsigned]=$(printf '%s\n' "${u[@]}" | median)"
+  eval "$name[signed]=$(printf '%s\n' "${s[@]}" | median)"
 }
 
 mkdir -p "$work/data/small"
@@ -63,11 +74,9 @@ TOML
 done
 
 declare -A list backup restore
-for mode in unsigned signed; do
-  list[$mode]=$(time_cmd "$mode" "$DRCTL" --config drctl.toml list small --json)
-  backup[$mode]=$(time_cmd "$mode" "$DRCTL" --config drctl.toml backup big)
-  restore[$mode]=$(time_cmd "$mode" bash -c "rm -rf out && $DRCTL --config drctl.toml restore big --to latest --into out")
-done
+time_both list "$DRCTL" --config drctl.toml --quiet list small --json
+time_both backup "$DRCTL" --config drctl.toml --quiet backup big
+time_both restore bash -c "rm -rf out && $DRCTL --config drctl.toml --quiet restore big --to latest --into out"
 pct() { echo "scale=2; ($2 - $1) * 100 / $1" | bc; }
 printf '| operation | unsigned (s) | signed (s) | difference |\n| --- | ---: | ---: | ---: |\n'
 printf '| `list` of %d manifests | %.3f | %.3f | %s %% |\n' "$N" "${list[unsigned]}" "${list[signed]}" "$(pct "${list[unsigned]}" "${list[signed]}")"

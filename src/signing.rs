@@ -513,3 +513,27 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod timing {
+    /// Not a test of speed (that is scripts/bench-signing.sh): prints what
+    /// one check costs here, for the benchmark notes.
+    #[test]
+    #[ignore = "prints a timing"]
+    fn time_one_verify() {
+        let k = super::SecretKey::generate().unwrap();
+        let body = serde_json::to_vec_pretty(&serde_json::json!({"a": "x".repeat(1400)})).unwrap();
+        let stored = super::sign(&k, "k", &body);
+        let n = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            super::verify(&[k.public()], "k", &stored).unwrap();
+        }
+        eprintln!("verify: {:?} each", t.elapsed() / n);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            super::sign(&k, "k", &body);
+        }
+        eprintln!("sign: {:?} each", t.elapsed() / n);
+    }
+}

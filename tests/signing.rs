@@ -272,6 +272,14 @@ fn an_edited_point_in_time_in_a_signed_manifest_is_caught() {
     // jq and every JSON reader still read it as before.
     assert_eq!(json(&text)["id"], id.as_str());
 
+    // repo.json was signed by `init`: no command warns about it.
+    let (code, _, stderr) = run(&ws, &["list", "etc"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("repo.json") && !stderr.contains("unsigned"),
+        "{stderr}"
+    );
+
     let pit = json(&text)["point_in_time"].as_str().unwrap().to_string();
     let edited = text.replace(&pit, "2099-01-01T00:00:00Z");
     assert_ne!(edited, text);
@@ -333,6 +341,16 @@ fn a_signed_manifest_replayed_under_another_id_is_caught() {
         stderr.contains(&format!("backups/etc/{other}/manifest.json")),
         "{stderr}"
     );
+    // A drill runs on the newest trusted backup, records it, and says that
+    // a newer-looking manifest was passed over.
+    let stderr = ws.fails(&["drill", "etc"], EXIT_UNTRUSTED);
+    assert!(stderr.contains(other), "{stderr}");
+    let drills = json(&ws.ok(&["drills", "etc", "--json"]));
+    assert_eq!(
+        drills["drills"][0]["record"]["backup_id"],
+        id.as_str(),
+        "{drills}"
+    );
 }
 
 #[test]
@@ -386,6 +404,29 @@ fn a_drill_record_rewritten_with_a_recomputed_chain_is_caught_by_report() {
     assert!(!stdout.contains("attacker"), "{stdout}");
     assert!(stderr.contains("its signature does not match"), "{stderr}");
     assert!(stderr.contains("it has no signature"), "{stderr}");
+
+    // A run record planted to fake (or here, invent) a failure is not
+    // counted either.
+    let before = json(&run(&ws, &["report", "--format", "json"]).1);
+    let failed = before["totals"]["backups_failed"].clone();
+    ws.write(
+        "repo/runs/etc/20261127T020000Z-9f3a1c2e.json",
+        "{\n  \"format\": 1,\n  \"id\": \"20261127T020000Z-9f3a1c2e\",\n  \"policy\": \"etc\",\n  \"kind\": \"files\",\n  \"host\": \"h\",\n  \"tool_version\": \"0.1.0\",\n  \"started_at\": \"2026-11-27T02:00:00Z\",\n  \"finished_at\": \"2026-11-27T02:00:01Z\",\n  \"result\": \"failed\",\n  \"error_class\": \"source\",\n  \"error_sealed\": null\n}",
+    );
+    let (code, stdout, stderr) = run(
+        &ws,
+        &["report", "--format", "json", "--since", "2026-11-01"],
+    );
+    assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
+    assert!(
+        stderr.contains("runs/etc/20261127T020000Z-9f3a1c2e.json"),
+        "{stderr}"
+    );
+    assert_eq!(
+        json(&stdout)["totals"]["backups_failed"],
+        failed,
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -58,15 +58,23 @@ async fn manifest_keys(repo: &Repo, policy: &str) -> Result<Vec<String>> {
 /// Storage errors from listing; unreadable manifests go to `damaged`.
 pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
     let keys = manifest_keys(repo, policy).await?;
+    // Each manifest is fetched and checked in a task of its own, so that
+    // parsing and signature checks spread over the runtime's threads.
+    let shared = std::sync::Arc::new(repo.clone());
     let results: Vec<(String, Result<Manifest, Rejected>)> = futures::stream::iter(keys)
-        .map(|key| async move {
-            let parsed = match repo.store.get(&key, None).await {
-                Ok((bytes, _)) => parse(repo, policy, &key, &bytes),
-                Err(e) => Err(Rejected::Damaged(e.to_string())),
-            };
-            (key, parsed)
+        .map(|key| {
+            let repo = shared.clone();
+            let policy = policy.to_string();
+            tokio::spawn(async move {
+                let parsed = match repo.store.get(&key, None).await {
+                    Ok((bytes, _)) => parse(&repo, &policy, &key, &bytes),
+                    Err(e) => Err(Rejected::Damaged(e.to_string())),
+                };
+                (key, parsed)
+            })
         })
         .buffer_unordered(LIST_CONCURRENCY)
+        .map(|joined| joined.expect("a manifest task does not panic"))
         .collect()
         .await;
     let mut catalog = Catalog::default();
