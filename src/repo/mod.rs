@@ -8,6 +8,7 @@
 //! backups/<policy>/<backup-id>/fingerprint.json.zst.age   (postgres)
 //! backups/<policy>/<backup-id>/manifest.json   written last
 //! runs/<policy>/<run-id>.json                  a failed backup attempt (see [`runs`])
+//! attestations/<time>-<hex>.json               signed list of older unsigned objects (see [`attest`])
 //! locks/<policy>                               lease
 //! locks/<policy>@holds/<backup-id>.<unique>    a restore or drill reading that backup
 //! ```
