@@ -271,13 +271,10 @@ async fn run_locked(
         warnings,
         cluster,
     };
+    let key = repo::manifest_key(&policy.name, id);
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     repo.store
-        .put(
-            &repo::manifest_key(&policy.name, id),
-            Bytes::from(body),
-            PutMode::Create,
-        )
+        .put(&key, repo.sign(&key, body), PutMode::Create)
         .await?;
     Ok(manifest)
 }

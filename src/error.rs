@@ -175,6 +175,12 @@ pub enum Error {
     #[error("{0}")]
     Archived(String),
 
+    /// With `[signing]`, an object the command would have used has no
+    /// signature from a trusted key: planted or altered by someone who can
+    /// write to the repository. Nothing was done with it.
+    #[error("{0}")]
+    Untrusted(String),
+
     /// `repo status`: the bucket's settings differ from drctl.toml.
     #[error("bucket settings of {location} differ from drctl.toml: {}; `drctl repo apply` sets them", .settings.join(", "))]
     BucketDrift {

@@ -21,6 +21,8 @@
 //! - [`storage`]: the object-store seam and its two implementations.
 //! - [`repo`]: repository layout, backup ids, manifests, the catalog and
 //!   `--to` selection, leases, and the run records of failed backups.
+//! - [`signing`]: ed25519 signatures embedded in the manifests, records and
+//!   marker stored in the clear, checked against keys pinned in drctl.toml.
 //! - [`backup`] and [`restore`]: the jobs that join them.
 //! - [`wal`]: continuous WAL archiving for `postgres-cluster` policies
 //!   (`wal-push` and `wal-fetch`, PostgreSQL's archive and restore commands).
@@ -52,6 +54,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod sealed;
+pub mod signing;
 pub mod source;
 pub mod storage;
 pub mod timespec;

@@ -93,6 +93,11 @@ pub struct PruneReport {
     /// Manifests that cannot be read: never deleted, never counted as the
     /// newest good backup.
     pub damaged: Vec<Damaged>,
+    /// With `[signing]`: manifests without a trusted signature. Never
+    /// counted by the rules (a planted manifest cannot push a real backup
+    /// out), never deleted (they are evidence).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub untrusted: Vec<Damaged>,
     /// Objects of backups that never got a manifest.
     pub leftovers: Vec<Leftover>,
     /// Ids of backups whose manifest was deleted.
@@ -336,6 +341,11 @@ async fn plan(
         backups,
         damaged: cat
             .damaged
+            .into_iter()
+            .map(|(key, reason)| Damaged { key, reason })
+            .collect(),
+        untrusted: cat
+            .untrusted
             .into_iter()
             .map(|(key, reason)| Damaged { key, reason })
             .collect(),

@@ -79,9 +79,24 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
         config_path: config.path.clone(),
     };
     let mut records = Vec::new();
+    let mut untrusted = Vec::new();
     for policy in policies {
         opts.choice = choice(policy);
         let record = drill::run(&repo, policy, &opts).await?;
+        // The drill used the newest trusted backup; a manifest without a
+        // trusted signature that claims to be newer is named, and makes
+        // the exit status say so, though the drill itself stands.
+        if repo.signing.is_some() && matches!(opts.choice, Choice::Newest) {
+            let catalog = crate::repo::catalog::load(&repo, &policy.name).await?;
+            if let Some(id) = &record.backup_id
+                && catalog.refuse_untrusted_newer(id).is_err()
+            {
+                for (key, reason) in &catalog.untrusted {
+                    errln!("warning: {reason}");
+                    untrusted.push(key.clone());
+                }
+            }
+        }
         if !ctx.cli.json {
             outln!(
                 "{}: drill {} {} backup {}",
@@ -133,7 +148,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
     }
     let failed: Vec<_> = records.iter().filter(|r| !r.passed).collect();
     match failed.first() {
-        None => Ok(()),
+        None => crate::repo::catalog::untrusted_summary(untrusted.iter().map(String::as_str)),
         Some(r) => Err(Error::DrillFailed {
             policy: r.policy.clone(),
             reason: r.failure.clone().unwrap_or_else(|| "see the record".into()),

@@ -12,21 +12,29 @@ use crate::pipeline::crypto;
 use crate::progress::bytes;
 use crate::repo::{Repo, catalog};
 
-pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
+/// Writes a new secret key file: mode 0600, refused if anything is there.
+fn write_key_file(out: &Path, text: &str, what: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let (secret, public) = crypto::generate();
     let mut file = std::fs::File::options()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(out)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Refused(format!("{} already exists; drctl never overwrites a key (it may be the only way to read your backups)", out.display())),
+            std::io::ErrorKind::AlreadyExists => Error::Refused(format!(
+                "{} already exists; drctl never overwrites a key ({what})",
+                out.display()
+            )),
             _ => Error::io(format!("creating {}", out.display()), e),
         })?;
-    file.write_all(secret.as_bytes())
+    file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+        .map_err(|e| Error::io(format!("writing {}", out.display()), e))
+}
+
+pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
+    let (secret, public) = crypto::generate();
+    write_key_file(out, &secret, "it may be the only way to read your backups")?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "identity_file": out, "recipient": public }));
     } else {
@@ -40,6 +48,43 @@ pub fn key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
     Ok(())
 }
 
+pub fn signing_key_generate(ctx: &Ctx, out: &Path) -> Result<()> {
+    let key = crate::signing::SecretKey::generate()?;
+    write_key_file(
+        out,
+        &key.to_file_text(chrono::Utc::now()),
+        "the backups signed with it are trusted only as long as its public key is",
+    )?;
+    let public = key.public();
+    if ctx.cli.json {
+        ctx.print_json(
+            &serde_json::json!({ "signing_key_file": out, "public_key": public.to_string() }),
+        );
+    } else {
+        errln!(
+            "Wrote the signing key to {} (mode 0600). It stays on the hosts that write backups and drill records; never put it in the bucket.",
+            out.display()
+        );
+        errln!(
+            "Add this public key to `[signing] trusted` in the drctl.toml of every host that reads the repository:"
+        );
+        outln!("{public}");
+    }
+    Ok(())
+}
+
+pub fn signing_key_public(ctx: &Ctx, file: &Path) -> Result<()> {
+    let public = crate::signing::SecretKey::read(file)?.public();
+    if ctx.cli.json {
+        ctx.print_json(
+            &serde_json::json!({ "signing_key_file": file, "public_key": public.to_string() }),
+        );
+    } else {
+        outln!("{public}");
+    }
+    Ok(())
+}
+
 pub async fn init(ctx: &Ctx) -> Result<()> {
     let config = ctx.config()?;
     if let RepositoryConfig::Local { path } = &config.repository {
@@ -47,8 +92,14 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     }
     let store = crate::storage::open(&config.repository).await?;
-    let created = Repo::init(&store, &config.recipients).await?;
-    let repo = Repo::open(store).await?;
+    let signing = crate::signing::for_config(&config)?;
+    if signing.as_ref().is_some_and(|s| s.key.is_none()) {
+        return Err(Error::Key(
+            "`[signing]` has no `key_file`: `drctl init` signs repo.json, so run it on a host that writes backups".into(),
+        ));
+    }
+    let created = Repo::init(&store, &config.recipients, signing.as_deref()).await?;
+    let repo = Repo::open(store).await?.with_signing(signing).await?;
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({ "location": repo.store.location(), "created": created, "marker": repo.marker }));
     } else if created {
@@ -63,6 +114,11 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
                 "note: drctl.toml lists different recipients from the ones recorded at init; new backups use drctl.toml's."
             );
         }
+    }
+    if let Some(why) = &repo.marker_untrusted {
+        errln!("warning: {why}");
+    } else if repo.signing.is_none() {
+        errln!("warning: {}", crate::signing::unsigned_warning(&repo));
     }
     Ok(())
 }
@@ -80,6 +136,25 @@ pub fn check(ctx: &Ctx) -> Result<()> {
         }
         _ => {}
     }
+    let signing = match &config.signing {
+        None => {
+            warnings.push("unsigned mode: drctl.toml has no [signing], so anyone who can write to the repository can plant a backup that drctl would list and restore; see \"Signing\" in docs/operations.md".to_string());
+            serde_json::json!({ "mode": "unsigned" })
+        }
+        Some(s) => {
+            let loaded = crate::signing::Signing::load_quietly(s)?;
+            warnings.extend(
+                s.key_file
+                    .as_deref()
+                    .and_then(crate::signing::key_file_warning),
+            );
+            serde_json::json!({
+                "mode": "signed",
+                "trusted": s.trusted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "signs_with": loaded.key.as_ref().map(|k| k.public().to_string()),
+            })
+        }
+    };
     for (n, hook) in config.alerts.iter().enumerate() {
         if let crate::config::WebhookUrl::Env(var) = &hook.url
             && std::env::var_os(var).is_none()
@@ -104,12 +179,24 @@ pub fn check(ctx: &Ctx) -> Result<()> {
             "ok": true,
             "config": config.path,
             "repository": config.repository.describe(),
+            "signing": signing,
             "policies": config.policies.iter().map(|p| serde_json::json!({"name": p.name, "kind": p.source.kind(), "file": p.file})).collect::<Vec<_>>(),
             "warnings": warnings,
         }));
     } else {
         outln!("{}: ok", config.path.display());
         outln!("repository: {}", config.repository.describe());
+        match &signing["signs_with"] {
+            _ if signing["mode"] == "unsigned" => outln!("signing: off (unsigned mode)"),
+            serde_json::Value::String(k) => outln!(
+                "signing: on; {} trusted key(s); this host signs with {k}",
+                signing["trusted"].as_array().map_or(0, Vec::len)
+            ),
+            _ => outln!(
+                "signing: on; {} trusted key(s); this host only reads (no key_file)",
+                signing["trusted"].as_array().map_or(0, Vec::len)
+            ),
+        }
         for p in &config.policies {
             outln!(
                 "policy {} ({}): ok  [{}]",
@@ -175,8 +262,15 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
             .flat_map(|(_, c)| c.damaged.iter())
             .map(|(k, r)| serde_json::json!({"key": k, "reason": r}))
             .collect();
-        ctx.print_json(&serde_json::json!({ "backups": rows, "damaged": damaged }));
-        return Ok(());
+        let untrusted: Vec<_> = catalogs
+            .iter()
+            .flat_map(|(_, c)| c.untrusted.iter())
+            .map(|(k, r)| serde_json::json!({"key": k, "reason": r}))
+            .collect();
+        ctx.print_json(
+            &serde_json::json!({ "backups": rows, "damaged": damaged, "untrusted": untrusted }),
+        );
+        return refuse_untrusted(&catalogs);
     }
     for (name, c) in &catalogs {
         outln!(
@@ -208,7 +302,20 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
             outln!("  DAMAGED {key}: {reason}");
         }
     }
-    Ok(())
+    refuse_untrusted(&catalogs)
+}
+
+/// Names every manifest set aside for its signature, one warning line
+/// each, and fails with `Untrusted` when there was any.
+fn refuse_untrusted(catalogs: &[(String, catalog::Catalog)]) -> Result<()> {
+    for (_, reason) in catalogs.iter().flat_map(|(_, c)| &c.untrusted) {
+        errln!("warning: {reason}");
+    }
+    catalog::untrusted_summary(
+        catalogs
+            .iter()
+            .flat_map(|(_, c)| c.untrusted.iter().map(|(k, _)| k.as_str())),
+    )
 }
 
 pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<()> {
@@ -223,6 +330,7 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
     let mut reports = Vec::new();
     let mut damaged = Vec::new();
     let mut wal = Vec::new();
+    let mut catalogs = Vec::new();
     for p in &policies {
         let c = catalog::load(&repo, &p.name).await?;
         damaged.extend(c.damaged.iter().map(|(k, r)| format!("{k}: {r}")));
@@ -252,7 +360,21 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             }
             wal.push(v);
         }
+        catalogs.push((p.name.clone(), c));
     }
+    if let Some(why) = &repo.marker_untrusted {
+        errln!("warning: {why}");
+    }
+    let untrusted: Vec<String> = repo
+        .marker_untrusted
+        .iter()
+        .cloned()
+        .chain(
+            catalogs
+                .iter()
+                .flat_map(|(_, c)| c.untrusted.iter().map(|(_, r)| r.clone())),
+        )
+        .collect();
     let wal_gaps: Vec<&String> = wal.iter().flat_map(|v| &v.gaps).collect();
     if !ctx.cli.json {
         for d in &damaged {
@@ -261,7 +383,7 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
     }
     let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
     if ctx.cli.json {
-        ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged, "wal": wal }));
+        ctx.print_json(&serde_json::json!({ "read_data": read_data, "backups": reports, "damaged_manifests": damaged, "untrusted": untrusted, "wal": wal }));
     } else {
         outln!(
             "{} backup{} checked{}, {} failed",
@@ -274,6 +396,12 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             },
             failed.len()
         );
+    }
+    // A planted or altered object outranks every other finding: someone
+    // who should not has written to the repository.
+    refuse_untrusted(&catalogs)?;
+    if repo.marker_untrusted.is_some() {
+        catalog::untrusted_summary(std::iter::once(crate::repo::MARKER_KEY))?;
     }
     let archived: Vec<_> = reports.iter().filter(|r| !r.archived.is_empty()).collect();
     if failed.is_empty() && damaged.is_empty() && wal_gaps.is_empty() {

@@ -34,6 +34,7 @@ mod recover;
 mod repo;
 mod report;
 mod restore;
+mod sign;
 pub mod stdio;
 mod wal;
 
@@ -95,6 +96,17 @@ pub enum Command {
     Init,
     /// Validate drctl.toml and every policy; errors carry file and line.
     Check,
+    /// With `[signing]` turned on for an existing repository: vouch for its
+    /// unsigned manifests, records, marks and repo.json in one signed
+    /// attestation (verify them first: whatever is there now is trusted).
+    Sign {
+        /// Sign what the repository already holds (the only mode).
+        #[arg(long, required = true)]
+        existing: bool,
+        /// List what would be vouched for and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Take a backup now.
     Backup {
         /// Policy to back up.
@@ -226,11 +238,22 @@ pub enum PitrCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Create an identity file and print its public recipient.
+    /// Create an identity file and print its public recipient; with
+    /// --signing, a signing key and its public key for `[signing] trusted`.
     Generate {
-        /// Where to write the secret identity (mode 0600).
+        /// Where to write the secret key (mode 0600; never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// An ed25519 signing key (`[signing] key_file`) instead of an age
+        /// identity.
+        #[arg(long)]
+        signing: bool,
+    },
+    /// Print the public key of a signing key file (`drctl-ed25519:…`), for
+    /// `[signing] trusted`.
+    Public {
+        /// A file written by `drctl key generate --signing`.
+        file: PathBuf,
     },
 }
 
@@ -251,6 +274,9 @@ pub enum ExitCode {
     /// A verification was asked for (`restore --verify`) that this backup
     /// or destination cannot give; nothing was restored.
     Unverifiable = 6,
+    /// With `[signing]`: a manifest or record the command would have used
+    /// has a missing, unknown or bad signature; it was ignored and named.
+    Untrusted = 7,
     /// `wal-fetch` failed for a reason other than "not archived" (which is
     /// 1): PostgreSQL stops recovery on an exit status above 125.
     StopRecovery = 126,
@@ -270,6 +296,7 @@ impl ExitCode {
             Error::Refused(_) | Error::Locked { .. } => ExitCode::Refused,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => ExitCode::Integrity,
             Error::Unverifiable(_) => ExitCode::Unverifiable,
+            Error::Untrusted(_) => ExitCode::Untrusted,
             Error::StopRecovery(_) => ExitCode::StopRecovery,
             Error::NotArchived(_) => ExitCode::Failed,
             Error::Storage(_) if e.persistence() == Persistence::Temporary => ExitCode::Unavailable,
@@ -297,9 +324,22 @@ impl Ctx {
         Config::load(&Config::resolve_path(self.cli.config.as_deref()))
     }
 
+    /// Opens the repository with `[signing]` applied, and says once, on
+    /// stderr, when its objects cannot be trusted: unsigned mode, or a
+    /// `repo.json` without a trusted signature.
     async fn repo(&self, config: &Config) -> crate::Result<Repo> {
         let store = crate::storage::open(&config.repository).await?;
-        Repo::open(store).await
+        let signing = crate::signing::for_config(config)?;
+        let repo = Repo::open(store).await?.with_signing(signing).await?;
+        for warning in &repo.attestation_warnings {
+            errln!("warning: {warning}");
+        }
+        if let Some(why) = &repo.marker_untrusted {
+            errln!("warning: {why}");
+        } else if repo.signing.is_none() && !self.cli.quiet {
+            errln!("warning: {}", crate::signing::unsigned_warning(&repo));
+        }
+        Ok(repo)
     }
 
     fn identities(&self, config: &Config) -> crate::Result<Vec<age::x25519::Identity>> {
@@ -336,10 +376,21 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
     let ctx = Ctx { cli, cancel };
     match &ctx.cli.command {
         Command::Key {
-            command: KeyCommand::Generate { out },
+            command:
+                KeyCommand::Generate {
+                    out,
+                    signing: false,
+                },
         } => inspect::key_generate(&ctx, out),
+        Command::Key {
+            command: KeyCommand::Generate { out, signing: true },
+        } => inspect::signing_key_generate(&ctx, out),
+        Command::Key {
+            command: KeyCommand::Public { file },
+        } => inspect::signing_key_public(&ctx, file),
         Command::Init => inspect::init(&ctx).await,
         Command::Check => inspect::check(&ctx),
+        Command::Sign { dry_run, .. } => sign::sign_existing(&ctx, *dry_run).await,
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
         Command::List {
             policy,

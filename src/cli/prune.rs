@@ -54,7 +54,16 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
         }));
     }
     match errors.into_iter().next() {
-        None => Ok(()),
+        None => {
+            for u in reports.iter().flat_map(|r| &r.untrusted) {
+                errln!("warning: {}", u.reason);
+            }
+            crate::repo::catalog::untrusted_summary(
+                reports
+                    .iter()
+                    .flat_map(|r| r.untrusted.iter().map(|u| u.key.as_str())),
+            )
+        }
         Some((_, e)) => Err(e),
     }
 }

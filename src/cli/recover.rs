@@ -111,6 +111,9 @@ pub async fn restore_cluster(
         ),
         (None, None) => unreachable!("clap requires a target or --backup"),
     };
+    if args.backup.is_none() {
+        catalog.refuse_untrusted_newer(&manifest.id)?;
+    }
     let info = manifest.cluster.as_ref().ok_or_else(|| Error::Integrity {
         object: crate::repo::manifest_key(&policy.name, &manifest.id),
         reason: "a backup of a postgres-cluster policy without its cluster details".into(),

@@ -81,10 +81,34 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
         e.to_string()
     });
     let mut policies = Vec::new();
+    // (key, warning) of every object set aside for its signature: the
+    // report is built from the rest, and the exit status says so.
+    let mut untrusted: Vec<(String, String)> = Vec::new();
     for p in &config.policies {
         let catalog = catalog::load(&repo, &p.name).await?;
-        let records = drill::load_records(&repo, &p.name).await?;
-        let runs = runs::load(&repo, &p.name).await?;
+        untrusted.extend(catalog.untrusted.iter().cloned());
+        let (records, set_aside): (Vec<_>, Vec<_>) = drill::load_records(&repo, &p.name)
+            .await?
+            .into_iter()
+            .partition(|r| !drill::record::is_untrusted(r));
+        untrusted.extend(
+            set_aside
+                .into_iter()
+                .map(|r| (r.key, r.record.unwrap_err())),
+        );
+        let (runs, set_aside): (Vec<_>, Vec<_>) = runs::load(&repo, &p.name)
+            .await?
+            .into_iter()
+            .partition(|r| {
+                !r.record
+                    .as_ref()
+                    .is_err_and(|e| e.starts_with(crate::signing::UNTRUSTED))
+            });
+        untrusted.extend(
+            set_aside
+                .into_iter()
+                .map(|r| (r.key, r.record.unwrap_err())),
+        );
         policies.push(PolicyInput::new(p, catalog, records, runs));
     }
     let input = ReportInput {
@@ -128,7 +152,16 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
             broken.join(", ")
         );
     }
-    Ok(())
+    refuse_untrusted(&untrusted)
+}
+
+/// Names each object set aside for its signature and fails with
+/// `Untrusted` when there is one.
+fn refuse_untrusted(untrusted: &[(String, String)]) -> Result<()> {
+    for (_, reason) in untrusted {
+        errln!("warning: {reason}");
+    }
+    catalog::untrusted_summary(untrusted.iter().map(|(k, _)| k.as_str()))
 }
 
 /// A period bound: a date (its local midnight), or anything `restore --to`
@@ -204,8 +237,15 @@ async fn verify(ctx: &Ctx, config: &Config) -> Result<()> {
         }
     }
     let mut reports: Vec<ChainReport> = Vec::new();
+    let mut untrusted = Vec::new();
     for name in &names {
         let records = drill::load_records(&repo, name).await?;
+        untrusted.extend(
+            records
+                .iter()
+                .filter(|r| drill::record::is_untrusted(r))
+                .map(|r| (r.key.clone(), r.record.clone().unwrap_err())),
+        );
         reports.push(check_chain(name, &records));
     }
     let ok = reports.iter().all(|r| r.ok);
@@ -224,6 +264,7 @@ async fn verify(ctx: &Ctx, config: &Config) -> Result<()> {
             }
         }
     }
+    refuse_untrusted(&untrusted)?;
     if ok {
         Ok(())
     } else {

@@ -29,6 +29,16 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub alerts: Vec<Webhook>,
     pub wal: WalConfig,
+    /// `[signing]`; `None` for an unsigned repository.
+    pub signing: Option<SigningConfig>,
+}
+
+/// `[signing]`: the key this host signs with, if it writes, and the public
+/// keys every reader accepts. Pinned here, never read from the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningConfig {
+    pub key_file: Option<PathBuf>,
+    pub trusted: Vec<crate::signing::PublicKey>,
 }
 
 /// `[wal]`: how `wal-push` rides out a repository that does not answer.
@@ -618,6 +628,25 @@ fn parse_config(
             }
         }
     }
+    let signing = raw.signing.as_ref().map(|s| {
+        if s.trusted.get_ref().is_empty() {
+            cx.err(
+                &s.trusted,
+                "`[signing] trusted` is empty; add the public key printed by `drctl key generate --signing` (readers accept only what these keys signed)",
+            );
+        }
+        let mut trusted = Vec::new();
+        for t in s.trusted.get_ref() {
+            match t.get_ref().parse::<crate::signing::PublicKey>() {
+                Ok(k) => trusted.push(k),
+                Err(e) => cx.err(t, format!("`[signing] trusted`: {e}")),
+            }
+        }
+        SigningConfig {
+            key_file: s.key_file.as_ref().map(|p| base.join(p)),
+            trusted,
+        }
+    });
     Some(Config {
         path: path.to_path_buf(),
         repository: repository?,
@@ -629,6 +658,7 @@ fn parse_config(
         daemon,
         alerts,
         wal,
+        signing,
     })
 }
 

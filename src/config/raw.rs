@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub daemon: Option<RawDaemon>,
     pub alerts: Option<RawAlerts>,
     pub wal: Option<RawWal>,
+    pub signing: Option<RawSigning>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,4 +153,11 @@ pub struct RawCheck {
     pub name: String,
     pub sql: String,
     pub expect: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    pub key_file: Option<String>,
+    pub trusted: Spanned<Vec<Spanned<String>>>,
 }

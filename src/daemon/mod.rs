@@ -139,7 +139,16 @@ pub async fn run(opts: Options) -> Result<()> {
         http.abort();
         return Ok(());
     };
-    let repo = Arc::new(repo);
+    // `[signing]` is read once: a reload does not change what is trusted.
+    let repo = Arc::new(
+        repo.with_signing(crate::signing::for_config(&config)?)
+            .await?,
+    );
+    match (&repo.signing, &repo.marker_untrusted) {
+        (None, _) => tracing::warn!("{}", crate::signing::unsigned_warning(&repo)),
+        (Some(_), Some(why)) => tracing::error!("{why}"),
+        (Some(_), None) => {}
+    }
     load_newest(
         &repo,
         &state,

@@ -6,8 +6,6 @@
 pub mod cluster;
 pub mod record;
 
-use bytes::Bytes;
-
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::storage::PutMode;
@@ -32,7 +30,9 @@ pub async fn load_records(repo: &Repo, policy: &str) -> Result<Vec<StoredRecord>
         .into_iter()
         .map(|(key, bytes)| StoredRecord {
             sha256: record_sha256(&bytes),
-            record: serde_json::from_slice::<DrillRecord>(&bytes).map_err(|e| e.to_string()),
+            record: repo.check_signature(&key, &bytes).and_then(|()| {
+                serde_json::from_slice::<DrillRecord>(&bytes).map_err(|e| e.to_string())
+            }),
             key,
         })
         .collect())
@@ -46,14 +46,15 @@ pub async fn load_records(repo: &Repo, policy: &str) -> Result<Vec<StoredRecord>
 /// Storage errors; the record is returned as stored on success.
 pub async fn append(repo: &Repo, mut record: DrillRecord) -> Result<DrillRecord> {
     let existing = load_records(repo, &record.policy).await?;
-    record.previous_sha256 = existing.last().map(|r| r.sha256.clone());
+    // A record planted without the signing key is no link of the chain.
+    record.previous_sha256 = existing
+        .iter()
+        .rfind(|r| !record::is_untrusted(r))
+        .map(|r| r.sha256.clone());
+    let key = record_key(&record.policy, &record.id);
     let body = serde_json::to_vec_pretty(&record).expect("drill record serialises");
     repo.store
-        .put(
-            &record_key(&record.policy, &record.id),
-            Bytes::from(body),
-            PutMode::Create,
-        )
+        .put(&key, repo.sign(&key, body), PutMode::Create)
         .await?;
     Ok(record)
 }

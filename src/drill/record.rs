@@ -126,6 +126,15 @@ pub struct StoredRecord {
     pub record: Result<DrillRecord, String>,
 }
 
+/// Whether the record was set aside for its signature (missing, unknown or
+/// bad) rather than for being unreadable.
+pub fn is_untrusted(record: &StoredRecord) -> bool {
+    record
+        .record
+        .as_ref()
+        .is_err_and(|e| e.starts_with(crate::signing::UNTRUSTED))
+}
+
 /// What checking a policy's chain found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChainReport {
@@ -145,7 +154,9 @@ pub struct ChainReport {
 pub fn check_chain(policy: &str, records: &[StoredRecord]) -> ChainReport {
     let mut problems = Vec::new();
     let mut previous: Option<&StoredRecord> = None;
-    for stored in records {
+    // Records without a trusted signature are not links: the report names
+    // them as security warnings, and the chain runs through the rest.
+    for stored in records.iter().filter(|r| !is_untrusted(r)) {
         match &stored.record {
             Err(reason) => problems.push(format!(
                 "{}: not a readable drill record ({reason})",

@@ -17,6 +17,27 @@ pub struct Catalog {
     pub backups: Vec<Manifest>,
     /// Manifests that exist but cannot be read: `(key, reason)`.
     pub damaged: Vec<(String, String)>,
+    /// With signing on, manifests without a trusted signature:
+    /// `(key, security warning)`. Never listed, restored or counted.
+    pub untrusted: Vec<(String, String)>,
+}
+
+/// Why a manifest read from `key` is not a backup: untrusted (first) or
+/// damaged (second).
+enum Rejected {
+    Untrusted(String),
+    Damaged(String),
+}
+
+/// The manifest in `bytes`, read from `key`, if it is a trusted backup of
+/// `policy`.
+fn parse(repo: &Repo, policy: &str, key: &str, bytes: &[u8]) -> Result<Manifest, Rejected> {
+    repo.check_signature(key, bytes)
+        .map_err(Rejected::Untrusted)?;
+    let m = serde_json::from_slice::<Manifest>(bytes)
+        .map_err(|e| Rejected::Damaged(format!("not a valid manifest: {e}")))?;
+    m.check_location(policy, key).map_err(Rejected::Damaged)?;
+    Ok(m)
 }
 
 /// The keys of every manifest of a policy, in key order.
@@ -37,29 +58,34 @@ async fn manifest_keys(repo: &Repo, policy: &str) -> Result<Vec<String>> {
 /// Storage errors from listing; unreadable manifests go to `damaged`.
 pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
     let keys = manifest_keys(repo, policy).await?;
-    let store = repo.store.clone();
-    let results: Vec<(String, Result<Manifest, String>)> = futures::stream::iter(keys)
+    // Each manifest is fetched and checked in a task of its own, so that
+    // parsing and signature checks spread over the runtime's threads.
+    let shared = std::sync::Arc::new(repo.clone());
+    let results: Vec<(String, Result<Manifest, Rejected>)> = futures::stream::iter(keys)
         .map(|key| {
-            let store = store.clone();
-            async move {
-                let parsed = match store.get(&key, None).await {
-                    Ok((bytes, _)) => serde_json::from_slice::<Manifest>(&bytes)
-                        .map_err(|e| format!("not a valid manifest: {e}")),
-                    Err(e) => Err(e.to_string()),
+            let repo = shared.clone();
+            let policy = policy.to_string();
+            tokio::spawn(async move {
+                let parsed = match repo.store.get(&key, None).await {
+                    Ok((bytes, _)) => parse(&repo, &policy, &key, &bytes),
+                    Err(e) => Err(Rejected::Damaged(e.to_string())),
                 };
                 (key, parsed)
-            }
+            })
         })
         .buffer_unordered(LIST_CONCURRENCY)
+        .map(|joined| joined.expect("a manifest task does not panic"))
         .collect()
         .await;
     let mut catalog = Catalog::default();
     for (key, parsed) in results {
-        match parsed.and_then(|m| m.check_location(policy, &key).map(|()| m)) {
+        match parsed {
             Ok(m) => catalog.backups.push(m),
-            Err(reason) => catalog.damaged.push((key, reason)),
+            Err(Rejected::Damaged(reason)) => catalog.damaged.push((key, reason)),
+            Err(Rejected::Untrusted(reason)) => catalog.untrusted.push((key, reason)),
         }
     }
+    catalog.untrusted.sort();
     catalog
         .backups
         .sort_by(|a, b| b.point_in_time.cmp(&a.point_in_time).then(b.id.cmp(&a.id)));
@@ -86,10 +112,10 @@ pub async fn newest(repo: &Repo, policy: &str) -> Result<Option<Manifest>> {
             Err(e) if e.kind == crate::error::StorageErrorKind::NotFound => continue,
             Err(e) => return Err(e.into()),
         };
-        if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
-            && m.check_location(policy, &key).is_ok()
-        {
-            return Ok(Some(m));
+        match parse(repo, policy, &key, &bytes) {
+            Ok(m) => return Ok(Some(m)),
+            Err(Rejected::Untrusted(why)) => tracing::warn!("{why}"),
+            Err(Rejected::Damaged(_)) => {}
         }
     }
     Ok(None)
@@ -138,6 +164,17 @@ impl Catalog {
     /// # Errors
     /// `Integrity` naming the damaged manifest; otherwise as [`select`].
     pub fn select(&self, policy: &str, target: DateTime<Utc>) -> Result<Selection<'_>> {
+        let untrusted = entries(&self.untrusted)
+            .filter(|(id, _, _)| id_time(id).is_some_and(|t| t <= target))
+            .max_by(|a, b| a.0.cmp(b.0));
+        let chosen = select(policy, &self.backups, target);
+        match (&chosen, untrusted) {
+            (Ok(s), Some((id, key, reason))) if id > s.backup.id.as_str() => {
+                return Err(untrusted_error(key, reason, Some(&s.backup.id)));
+            }
+            (Err(_), Some((_, key, reason))) => return Err(untrusted_error(key, reason, None)),
+            _ => {}
+        }
         let damaged = self
             .damaged_entries()
             .filter(|(id, _, _)| id_time(id).is_some_and(|t| t <= target))
@@ -160,6 +197,12 @@ impl Catalog {
         let found = find(policy, &self.backups, id);
         if found.is_err()
             && let Some((_, key, reason)) =
+                entries(&self.untrusted).find(|(d, _, _)| d.starts_with(id))
+        {
+            return Err(untrusted_error(key, reason, None));
+        }
+        if found.is_err()
+            && let Some((_, key, reason)) =
                 self.damaged_entries().find(|(d, _, _)| d.starts_with(id))
         {
             return Err(damaged_error(key, reason, None));
@@ -168,12 +211,66 @@ impl Catalog {
     }
 
     fn damaged_entries(&self) -> impl Iterator<Item = (&str, &str, &str)> {
-        self.damaged.iter().filter_map(|(key, reason)| {
-            key.split('/')
-                .nth(2)
-                .map(|id| (id, key.as_str(), reason.as_str()))
-        })
+        entries(&self.damaged)
     }
+
+    /// `Untrusted` when a manifest without a trusted signature claims (by
+    /// its id) to be newer than `chosen`, the backup a command is about to
+    /// use: without it, it might have been the one used.
+    ///
+    /// # Errors
+    /// `Untrusted` naming those manifests.
+    pub fn refuse_untrusted_newer(&self, chosen: &str) -> Result<()> {
+        untrusted_summary(
+            entries(&self.untrusted)
+                .filter(|(id, _, _)| *id > chosen)
+                .map(|(_, key, _)| key),
+        )
+    }
+
+    /// `Untrusted` naming every manifest set aside for its signature, for
+    /// a command that would otherwise have counted them (list, verify,
+    /// prune); `Ok` when there are none.
+    ///
+    /// # Errors
+    /// `Untrusted` when there are some.
+    pub fn refuse_untrusted(&self) -> Result<()> {
+        untrusted_summary(self.untrusted.iter().map(|(k, _)| k.as_str()))
+    }
+}
+
+/// `Untrusted` listing `keys`, if any.
+///
+/// # Errors
+/// When `keys` is not empty.
+pub fn untrusted_summary<'a>(keys: impl Iterator<Item = &'a str>) -> Result<()> {
+    let keys: Vec<&str> = keys.collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Untrusted(format!(
+        "{} object(s) without a trusted signature were ignored: {}. Whoever wrote them has write access to the repository but not the signing key; see \"Signing\" in docs/operations.md",
+        keys.len(),
+        keys.join(", ")
+    )))
+}
+
+/// `(id, key, reason)` of manifests given as `(key, reason)`.
+fn entries(list: &[(String, String)]) -> impl Iterator<Item = (&str, &str, &str)> {
+    list.iter().filter_map(|(key, reason)| {
+        key.split('/')
+            .nth(2)
+            .map(|id| (id, key.as_str(), reason.as_str()))
+    })
+}
+
+fn untrusted_error(key: &str, reason: &str, older: Option<&str>) -> Error {
+    Error::Untrusted(match older {
+        Some(id) => format!(
+            "{reason}; it stands where the backup this command would use is. Nothing was restored. If the newest trusted backup is what you want, pass --backup {id}"
+        ),
+        None => format!("{reason} (`{key}`); nothing was restored"),
+    })
 }
 
 /// The start time encoded in a backup id (`20261127T012000Z-…`).
@@ -259,16 +356,10 @@ pub async fn load_deleted(
             continue;
         };
         let mut manifest = match repo.store.get(key, Some(&version.version_id)).await {
-            Ok((bytes, _)) => match serde_json::from_slice::<Manifest>(&bytes) {
-                Ok(m) => match m.check_location(policy, key) {
-                    Ok(()) => m,
-                    Err(reason) => {
-                        damaged.push((key.to_string(), reason));
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    damaged.push((key.to_string(), format!("not a valid manifest: {e}")));
+            Ok((bytes, _)) => match parse(repo, policy, key, &bytes) {
+                Ok(m) => m,
+                Err(Rejected::Untrusted(reason) | Rejected::Damaged(reason)) => {
+                    damaged.push((key.to_string(), reason));
                     continue;
                 }
             },
@@ -371,6 +462,44 @@ mod tests {
     }
 
     #[test]
+    fn an_untrusted_newer_manifest_stops_a_restore_and_an_older_one_does_not() {
+        let t = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
+        let catalog = Catalog {
+            backups: vec![m("20261126T040000Z-aa", t(4))],
+            untrusted: vec![(
+                "backups/p/20261126T080000Z-bb/manifest.json".into(),
+                "security: `backups/p/20261126T080000Z-bb/manifest.json` is ignored: it has no signature".into(),
+            )],
+            ..Catalog::default()
+        };
+        let err = catalog.select("p", t(10)).unwrap_err();
+        assert!(matches!(err, Error::Untrusted(_)), "{err}");
+        assert!(
+            err.to_string().contains("--backup 20261126T040000Z-aa"),
+            "{err}"
+        );
+        // Before the planted one's time, the trusted backup is the answer.
+        assert_eq!(
+            catalog.select("p", t(5)).unwrap().backup.id,
+            "20261126T040000Z-aa"
+        );
+        assert!(matches!(
+            catalog.find("p", "20261126T08"),
+            Err(Error::Untrusted(_))
+        ));
+        assert!(
+            catalog
+                .refuse_untrusted_newer("20261126T040000Z-aa")
+                .is_err()
+        );
+        assert!(
+            catalog
+                .refuse_untrusted_newer("20261126T090000Z-cc")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn a_damaged_newer_manifest_is_not_skipped_silently() {
         let t = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
         let catalog = Catalog {
@@ -379,6 +508,7 @@ mod tests {
                 "backups/p/20261126T080000Z-bb/manifest.json".into(),
                 "not a valid manifest".into(),
             )],
+            ..Catalog::default()
         };
         let err = catalog.select("p", t(10)).unwrap_err().to_string();
         assert!(

@@ -8,10 +8,12 @@
 //! backups/<policy>/<backup-id>/fingerprint.json.zst.age   (postgres)
 //! backups/<policy>/<backup-id>/manifest.json   written last
 //! runs/<policy>/<run-id>.json                  a failed backup attempt (see [`runs`])
+//! attestations/<time>-<hex>.json               signed list of older unsigned objects (see [`attest`])
 //! locks/<policy>                               lease
 //! locks/<policy>@holds/<backup-id>.<unique>    a restore or drill reading that backup
 //! ```
 
+pub mod attest;
 pub mod catalog;
 pub mod lease;
 pub mod manifest;
@@ -106,6 +108,16 @@ pub struct Marker {
 pub struct Repo {
     pub store: Arc<dyn Store>,
     pub marker: Marker,
+    /// `[signing]`: `None` in an unsigned installation, where nothing is
+    /// signed and nothing is checked.
+    pub signing: Option<Arc<crate::signing::Signing>>,
+    /// Why `repo.json` is not trusted, when signing is on and it is not.
+    pub marker_untrusted: Option<String>,
+    marker_bytes: Bytes,
+    /// Unsigned objects a trusted attestation vouches for: key → sha256.
+    attested: std::collections::HashMap<String, String>,
+    /// Attestations without a trusted signature, as warnings.
+    pub attestation_warnings: Vec<String>,
 }
 
 impl Repo {
@@ -135,7 +147,73 @@ impl Repo {
                 marker.format
             )));
         }
-        Ok(Repo { store, marker })
+        Ok(Repo {
+            store,
+            marker,
+            signing: None,
+            marker_untrusted: None,
+            marker_bytes: bytes,
+            attested: std::collections::HashMap::new(),
+            attestation_warnings: Vec::new(),
+        })
+    }
+
+    /// Turns on signing (`[signing]` of drctl.toml): what this repository
+    /// writes is signed with the key, what it reads is checked against the
+    /// trusted keys (and the attestations they signed, read here). An
+    /// untrusted `repo.json` is recorded, not refused: it holds nothing a
+    /// reader acts on, and commands name it.
+    ///
+    /// # Errors
+    /// Storage errors reading the attestations.
+    pub async fn with_signing(
+        mut self,
+        signing: Option<Arc<crate::signing::Signing>>,
+    ) -> Result<Repo> {
+        self.signing = signing;
+        (self.attested, self.attestation_warnings) = attest::load(&self).await?;
+        self.marker_untrusted = self.check_signature(MARKER_KEY, &self.marker_bytes).err();
+        Ok(self)
+    }
+
+    /// Whether the marker carries a signature, checked or not.
+    pub fn marker_is_signed(&self) -> bool {
+        crate::signing::is_signed(&self.marker_bytes)
+    }
+
+    /// The bytes to store at `key` for the pretty-printed JSON `body`:
+    /// signed when this host has a signing key.
+    pub fn sign(&self, key: &str, body: Vec<u8>) -> Bytes {
+        match self.signing.as_ref().and_then(|s| s.key.as_ref()) {
+            Some(k) => Bytes::from(crate::signing::sign(k, key, &body)),
+            None => Bytes::from(body),
+        }
+    }
+
+    /// With signing on, whether a trusted key signed exactly these bytes
+    /// at this key. The stored bytes are then what to parse: the signature
+    /// member is the only thing beyond the signed body, and readers ignore
+    /// it as an unknown field.
+    ///
+    /// # Errors
+    /// Why the object is not trusted, as a sentence naming the key and
+    /// starting with [`crate::signing::UNTRUSTED`].
+    pub fn check_signature(&self, key: &str, stored: &[u8]) -> Result<(), String> {
+        let Some(s) = &self.signing else {
+            return Ok(());
+        };
+        match crate::signing::verify(&s.trusted, key, stored) {
+            Ok(_) => Ok(()),
+            Err(crate::signing::Untrusted::Missing)
+                if self
+                    .attested
+                    .get(key)
+                    .is_some_and(|d| *d == attest::digest(stored)) =>
+            {
+                Ok(())
+            }
+            Err(why) => Err(crate::signing::untrusted_message(key, &why)),
+        }
     }
 
     /// Writes the marker if there is none; an existing repository is left
@@ -143,14 +221,21 @@ impl Repo {
     ///
     /// # Errors
     /// Storage errors; `Ok(false)` means it already existed.
-    pub async fn init(store: &Arc<dyn Store>, recipients: &[String]) -> Result<bool> {
+    pub async fn init(
+        store: &Arc<dyn Store>,
+        recipients: &[String],
+        signing: Option<&crate::signing::Signing>,
+    ) -> Result<bool> {
         let marker = Marker {
             format: FORMAT_VERSION,
             created_at: Utc::now(),
             created_by: format!("drctl {}", env!("CARGO_PKG_VERSION")),
             recipients: recipients.to_vec(),
         };
-        let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+        let mut body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+        if let Some(key) = signing.and_then(|s| s.key.as_ref()) {
+            body = crate::signing::sign(key, MARKER_KEY, &body);
+        }
         match store
             .put(MARKER_KEY, Bytes::from(body), PutMode::Create)
             .await

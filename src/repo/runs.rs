@@ -9,7 +9,6 @@
 use std::io::Write;
 
 use base64::Engine;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +79,7 @@ pub fn error_class(e: &Error) -> Option<&'static str> {
         | Error::NotInitialised { .. }
         | Error::Archived(_)
         | Error::SpoolFull(_) => "storage",
-        Error::Integrity { .. } | Error::VerifyFailed { .. } => "integrity",
+        Error::Integrity { .. } | Error::VerifyFailed { .. } | Error::Untrusted(_) => "integrity",
         Error::LeaseLost { .. } => "lease_lost",
         Error::Key(_) => "key",
         Error::Config(_)
@@ -161,13 +160,10 @@ impl RunRecord {
 /// # Errors
 /// Storage errors.
 pub async fn write(repo: &Repo, record: &RunRecord) -> Result<()> {
+    let key = run_key(&record.policy, &record.id);
     let body = serde_json::to_vec_pretty(record).expect("run record serialises");
     repo.store
-        .put(
-            &run_key(&record.policy, &record.id),
-            Bytes::from(body),
-            PutMode::Create,
-        )
+        .put(&key, repo.sign(&key, body), PutMode::Create)
         .await?;
     Ok(())
 }
@@ -188,7 +184,9 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Vec<StoredRun>> {
         .await?
         .into_iter()
         .map(|(key, bytes)| StoredRun {
-            record: serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| e.to_string()),
+            record: repo.check_signature(&key, &bytes).and_then(|()| {
+                serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| e.to_string())
+            }),
             key,
         })
         .collect())

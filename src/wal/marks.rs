@@ -10,7 +10,6 @@
 //! The note is plain JSON: a name chosen by an operator, an LSN and a time
 //! reveal nothing of the data. It is written once and never changed.
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +83,7 @@ pub async fn save(repo: &Repo, mark: &Mark) -> Result<String> {
     let key = key(mark);
     let body = serde_json::to_vec_pretty(mark).expect("a mark serialises");
     repo.store
-        .put(&key, Bytes::from(body), PutMode::Create)
+        .put(&key, repo.sign(&key, body), PutMode::Create)
         .await?;
     Ok(key)
 }
@@ -97,6 +96,10 @@ pub async fn save(repo: &Repo, mark: &Mark) -> Result<String> {
 pub async fn load(repo: &Repo, policy: &str) -> Result<Vec<Mark>> {
     let mut marks = Vec::new();
     for (key, bytes) in crate::repo::read_json_objects(repo, &prefix(policy)).await? {
+        if let Err(why) = repo.check_signature(&key, &bytes) {
+            tracing::warn!(key = %key, "{why}");
+            continue;
+        }
         match serde_json::from_slice::<Mark>(&bytes) {
             Ok(m) if m.policy == policy => marks.push(m),
             Ok(_) => tracing::warn!(key = %key, "A mark names another policy; it is ignored."),
