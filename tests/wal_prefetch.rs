@@ -258,7 +258,7 @@ fn recovery_with_prefetch_replays_to_the_target_with_exactly_the_right_rows() {
     world.ws.write(
         "drctl.toml",
         &format!(
-            "{config}\n[wal]\nprefetch = 4\nprefetch_dir = \"{}\"\n",
+            "{config}prefetch = 4\nprefetch_dir = \"{}\"\n",
             prefetch_dir.display()
         ),
     );

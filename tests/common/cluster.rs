@@ -39,6 +39,14 @@ impl World {
             (None, Backend::Local)
         };
         let mut ws = Workspace::new(backend);
+        // The spool (and prefetch) under the workspace, never the default
+        // /var/lib/drctl, which another run may have made as root. The
+        // `[wal]` table is last, so a test may append keys to it.
+        let config = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+        ws.write(
+            "drctl.toml",
+            &format!("{config}\n[wal]\nspool_dir = \"spool\"\n"),
+        );
         ws.hand_to_pg_owner();
         let archive_command = format!(
             "env {} {} --config {} wal-push cluster %p",
