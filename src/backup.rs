@@ -47,6 +47,7 @@ pub async fn run(
     policy: &Policy,
     opts: &JobOptions,
 ) -> Result<Manifest> {
+    repo.require_signing_key(&format!("backup of policy `{}`", policy.name))?;
     let started = Utc::now();
     let id = repo::new_backup_id(started);
     let result = attempt(repo, config, policy, opts, &id, started).await;
@@ -274,7 +275,7 @@ async fn run_locked(
     let key = repo::manifest_key(&policy.name, id);
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     repo.store
-        .put(&key, repo.sign(&key, body), PutMode::Create)
+        .put(&key, repo.sign(&key, body)?, PutMode::Create)
         .await?;
     Ok(manifest)
 }

@@ -383,6 +383,16 @@ async fn plan_wal(
             policy.name
         )));
     }
+    // An untrusted manifest (unsigned before `sign --existing`, or by a key
+    // since removed from `trusted`) may be a genuine base backup: its WAL
+    // stays until someone vouches for it or removes it.
+    if let Some((key, _)) = cat.untrusted.first() {
+        return Ok(WalPrune::kept(format!(
+            "manifest {key} is not signed by a trusted key, and the base backup it may be needs WAL \
+             from a start that cannot be trusted; vouch for it (`drctl sign --existing`) or remove it, \
+             then prune again"
+        )));
+    }
     let kept: Vec<&crate::repo::manifest::Manifest> =
         cat.backups.iter().filter(|m| kept(&m.id)).collect();
     let listing = repo

@@ -957,8 +957,13 @@ fn list_and_verify(kind: Kind) {
 
     let all = list_json(&w.ws, None);
     let keys: Vec<&String> = all.as_object().expect("an object").keys().collect();
-    assert_eq!(keys, ["backups", "damaged"], "list --json top level");
+    assert_eq!(
+        keys,
+        ["backups", "damaged", "untrusted"],
+        "list --json top level"
+    );
     assert_eq!(all["damaged"], serde_json::json!([]));
+    assert_eq!(all["untrusted"], serde_json::json!([]));
     let rows = all["backups"].as_array().expect("backups array");
     assert_eq!(rows.len(), 4, "every backup of every policy:\n{all:#}");
     for row in rows {

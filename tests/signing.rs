@@ -619,3 +619,50 @@ fn sign_existing_vouches_for_an_old_repository_and_nothing_later() {
     assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
     assert!(!stdout.contains(&old), "{stdout}");
 }
+
+/// A host with `[signing]` but no `key_file` (a restore-only host's
+/// configuration) cannot take a backup or run a drill: it is refused before
+/// any work, naming the setting, and nothing is written that every reader
+/// would then ignore.
+#[test]
+fn a_host_without_the_signing_key_refuses_to_write_backups_and_records() {
+    let (ws, id) = signed_files_workspace();
+    let config = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    ws.write(
+        "drctl.toml",
+        &config.replace("key_file = \"signing.key\"\n", ""),
+    );
+    let manifests = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(ws.repo_dir().join("backups/etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = manifests();
+    for args in [&["backup", "etc"][..], &["drill", "etc"][..]] {
+        let (code, _, stderr) = run(&ws, args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no `key_file`") && stderr.contains("[signing] key_file"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(manifests(), before, "no backup was written");
+    assert!(
+        !ws.repo_dir().join("drills/etc").exists(),
+        "no drill record was written"
+    );
+    // Restores need only `trusted`.
+    let out = ws.path().join("restored");
+    ws.ok(&[
+        "restore",
+        "etc",
+        "--backup",
+        &id,
+        "--into",
+        out.to_str().unwrap(),
+    ]);
+    assert!(out.join("app.conf").exists() || std::fs::read_dir(&out).unwrap().count() > 0);
+}

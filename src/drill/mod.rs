@@ -54,7 +54,7 @@ pub async fn append(repo: &Repo, mut record: DrillRecord) -> Result<DrillRecord>
     let key = record_key(&record.policy, &record.id);
     let body = serde_json::to_vec_pretty(&record).expect("drill record serialises");
     repo.store
-        .put(&key, repo.sign(&key, body), PutMode::Create)
+        .put(&key, repo.sign(&key, body)?, PutMode::Create)
         .await?;
     Ok(record)
 }
@@ -114,6 +114,7 @@ pub async fn run(
     policy: &crate::config::Policy,
     opts: &DrillOptions,
 ) -> Result<DrillRecord> {
+    repo.require_signing_key(&format!("drill of policy `{}`", policy.name))?;
     let started = chrono::Utc::now();
     let clock = std::time::Instant::now();
     let mut record = DrillRecord {

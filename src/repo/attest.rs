@@ -132,7 +132,7 @@ pub async fn write(repo: &Repo, objects: Vec<Attested>) -> Result<String> {
     })
     .expect("an attestation serialises");
     repo.store
-        .put(&key, repo.sign(&key, body), PutMode::Create)
+        .put(&key, repo.sign(&key, body)?, PutMode::Create)
         .await?;
     Ok(key)
 }

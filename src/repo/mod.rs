@@ -182,11 +182,30 @@ impl Repo {
     }
 
     /// The bytes to store at `key` for the pretty-printed JSON `body`:
-    /// signed when this host has a signing key.
-    pub fn sign(&self, key: &str, body: Vec<u8>) -> Bytes {
-        match self.signing.as_ref().and_then(|s| s.key.as_ref()) {
-            Some(k) => Bytes::from(crate::signing::sign(k, key, &body)),
-            None => Bytes::from(body),
+    /// signed when signing is on.
+    ///
+    /// # Errors
+    /// `Key` when `[signing]` is on but this host has no `key_file`: what it
+    /// wrote unsigned every reader would ignore.
+    pub fn sign(&self, key: &str, body: Vec<u8>) -> Result<Bytes> {
+        match &self.signing {
+            None => Ok(Bytes::from(body)),
+            Some(s) => match &s.key {
+                Some(k) => Ok(Bytes::from(crate::signing::sign(k, key, &body))),
+                None => Err(no_signing_key(key)),
+            },
+        }
+    }
+
+    /// Refuses, before any work, a job that will write a manifest or a
+    /// record on a host that cannot sign it.
+    ///
+    /// # Errors
+    /// `Key`, as [`Repo::sign`].
+    pub fn require_signing_key(&self, what: &str) -> Result<()> {
+        match &self.signing {
+            Some(s) if s.key.is_none() => Err(no_signing_key(what)),
+            _ => Ok(()),
         }
     }
 
@@ -245,4 +264,12 @@ impl Repo {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn no_signing_key(what: &str) -> Error {
+    Error::Key(format!(
+        "{what}: [signing] is on but this host has no `key_file`, so what it wrote would be unsigned \
+         and every reader would ignore it; set `[signing] key_file` (a key whose public half is in \
+         `trusted`) on hosts that take backups, run drills or write marks"
+    ))
 }

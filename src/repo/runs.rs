@@ -163,7 +163,7 @@ pub async fn write(repo: &Repo, record: &RunRecord) -> Result<()> {
     let key = run_key(&record.policy, &record.id);
     let body = serde_json::to_vec_pretty(record).expect("run record serialises");
     repo.store
-        .put(&key, repo.sign(&key, body), PutMode::Create)
+        .put(&key, repo.sign(&key, body)?, PutMode::Create)
         .await?;
     Ok(())
 }

@@ -83,7 +83,7 @@ pub async fn save(repo: &Repo, mark: &Mark) -> Result<String> {
     let key = key(mark);
     let body = serde_json::to_vec_pretty(mark).expect("a mark serialises");
     repo.store
-        .put(&key, repo.sign(&key, body), PutMode::Create)
+        .put(&key, repo.sign(&key, body)?, PutMode::Create)
         .await?;
     Ok(key)
 }
