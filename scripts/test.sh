@@ -2,6 +2,8 @@
 # Runs the whole test suite on a fresh Debian (bookworm) machine as root:
 # installs what is missing, and only that, then `cargo test --all-targets`
 # from the repository root. Safe to run again: a second run installs nothing.
+# `scripts/test.sh --setup-only` installs and stops (CI runs fmt and clippy
+# in between).
 #
 # The tests use real parts (docs/ARCHITECTURE.md, "Tests use real
 # parts"): PostgreSQL 15 binaries for throwaway clusters, the moto S3 server,
@@ -80,6 +82,8 @@ PY
 command -v aws >/dev/null || pip_packages+=(awscli)
 # tests/daemon.rs checks /metrics with the Prometheus project's own parsers.
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || pip_packages+=(prometheus_client)
+# tests/deploy.rs validates deploy/kubernetes offline against the schemas.
+command -v kubernetes-validate >/dev/null || pip_packages+=(kubernetes-validate)
 if ((${#pip_packages[@]})); then
   pip_flags=()
   # Debian's own python3 refuses system-wide pip installs (PEP 668).
@@ -106,5 +110,9 @@ printf '    %s\n' \
   "$(cargo --version)"
 
 # --- the suite -------------------------------------------------------------------
+if [[ ${1:-} == --setup-only ]]; then
+  say "set-up done (--setup-only: no tests run)"
+  exit 0
+fi
 say "cargo test --all-targets"
 exec cargo test --all-targets

@@ -201,6 +201,36 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(raw.split_once("\r\n\r\n")?.1.to_string())
 }
 
+/// Every query of the Grafana dashboard parses: promtool checks them as
+/// recording rules, with the dashboard's variables filled in.
+#[test]
+fn the_grafana_dashboards_queries_parse() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/drctl.json")).unwrap())
+            .unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut count = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$policy", ".*");
+            count += 1;
+            rules.push_str(&format!(
+                "      - record: dashboard_query_{count}\n        expr: {}\n",
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    assert!(count >= 10, "{count} queries");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dashboard.rules.yml"), rules).unwrap();
+    let out = run_ok(
+        "promtool",
+        &["check", "rules", "dashboard.rules.yml"],
+        dir.path(),
+    );
+    assert!(out.contains(&format!("{count} rules found")), "{out}");
+}
+
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let unit = std::fs::read_to_string(deploy("systemd/drctl.service")).unwrap();
@@ -245,4 +275,114 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
+}
+
+fn kubernetes_dir() -> PathBuf {
+    deploy("kubernetes")
+}
+
+/// Every Kubernetes manifest validates against the Kubernetes schemas
+/// offline (`kubernetes-validate --strict`, from PyPI, installed by
+/// scripts/test.sh); the PodMonitor (a Prometheus Operator CRD, which has no
+/// schema there) selects the Deployment's pods and names its port.
+#[test]
+fn kubernetes_manifests_validate_against_the_schemas() {
+    let dir = kubernetes_dir();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml" && f != "podmonitor.yaml")
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    let mut args = vec!["-k", "1.30.0", "--strict"];
+    args.extend(files.iter().map(String::as_str));
+    let out = run_ok("kubernetes-validate", &args, &dir);
+    for f in &files {
+        assert!(out.contains(&format!("{f} passed")), "{f}: {out}");
+    }
+    // The kustomization lists files that exist.
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    for line in kustomization.lines() {
+        if let Some(f) = line
+            .trim()
+            .strip_prefix("- ")
+            .filter(|f| f.ends_with(".yaml"))
+        {
+            assert!(dir.join(f).is_file(), "kustomization.yaml lists {f}");
+        }
+    }
+    let monitor = std::fs::read_to_string(dir.join("podmonitor.yaml")).unwrap();
+    let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
+    for needle in [
+        "app.kubernetes.io/component: daemon",
+        "port: http",
+        "path: /metrics",
+    ] {
+        assert!(monitor.contains(needle), "podmonitor.yaml: {needle}");
+    }
+    assert!(deployment.contains("- name: http\n              containerPort: 9187"));
+    assert!(deployment.contains("replicas: 2"));
+}
+
+/// The ConfigMap's drctl.toml and policy, with the placeholders filled in
+/// as its comments say, pass `drctl check`.
+#[test]
+fn the_kubernetes_configmap_passes_drctl_check() {
+    let py = "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))['data']))";
+    let data = run_ok("python3", &["-c", py, "configmap.yaml"], &kubernetes_dir());
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("identity.age");
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_drctl"))
+            .args(["key", "generate", "--out"])
+            .arg(&key),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let recipient = text(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .expect("the public key is printed")
+        .to_string();
+    let config = data["drctl.toml"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "age1-REPLACE-WITH-THE-KEY-PRINTED-BY-drctl-key-generate",
+            &recipient,
+        )
+        .replace("REPLACE-WITH-YOUR-BUCKET", "example-backups")
+        .replace("/var/run/secrets/drctl/identity.age", key.to_str().unwrap());
+    assert!(!config.contains("REPLACE"), "{config}");
+    std::fs::write(dir.path().join("drctl.toml"), config).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let mut policies = 0;
+    for (name, body) in data.as_object().unwrap() {
+        if let Some(file) = name.strip_prefix("policies.") {
+            std::fs::write(
+                dir.path().join("policies").join(file),
+                body.as_str().unwrap(),
+            )
+            .unwrap();
+            policies += 1;
+        }
+    }
+    assert!(policies >= 1);
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_drctl"))
+            .arg("--config")
+            .arg(dir.path().join("drctl.toml"))
+            .arg("check"),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "drctl check of the ConfigMap failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
