@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::workspace::{Backend, Workspace};
-use common::{S3Server, block_on, free_port, output_within, unique_bucket_name, wait_for};
+use common::{free_port, output_within, wait_for};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -103,73 +102,54 @@ fn metric_names(file: &Path) -> BTreeSet<String> {
 #[test]
 fn every_metric_the_rules_name_is_exported_by_a_running_daemon() {
     let mut named = metric_names(&deploy("prometheus/drctl.rules.yml"));
-    let dashboard = deploy("grafana/drctl.json");
-    if dashboard.exists() {
-        named.extend(metric_names(&dashboard));
-    }
-    // Policy names and the job label are not metrics.
-    named.retain(|n| n != "drctl_");
+    named.extend(metric_names(&deploy("grafana/drctl.json")));
     assert!(named.len() > 10, "{named:?}");
 
-    let s3 = S3Server::start();
-    let bucket = unique_bucket_name("deploy");
-    block_on(s3.create_bucket(&bucket, true));
-    let ws = Workspace::new(Backend::S3 {
-        endpoint: s3.endpoint(),
-        bucket,
-    });
-    let data = ws.path().join("data");
+    // A real cluster archiving to S3 (bucket settings are only compared
+    // there), so the WAL and server families have samples; a files policy
+    // the daemon backs up and drills every few seconds, for the job ones.
+    let mut world = common::cluster::World::new(true, "\n[schedule]\nrpo_target = \"1h\"\n");
+    world.switch_and_wait();
+    let ws_path = world.ws.path().to_path_buf();
+    let data = ws_path.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("a.conf"), "x = 1\n").unwrap();
-    let scratch = ws.path().join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    ws.write(
+    std::fs::create_dir_all(ws_path.join("scratch")).unwrap();
+    std::fs::create_dir_all(ws_path.join("spool/cluster")).unwrap();
+    world.ws.write(
         "policies/etc.toml",
         &format!(
-            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n\n[schedule]\nbackup = \"@yearly\"\nrpo_target = \"1d\"\n\n\
+            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n\n[schedule]\nbackup = \"*/3 * * * * *\"\nrpo_target = \"1d\"\n\n\
              [drill]\nschedule = \"*/2 * * * * *\"\nscratch_dir = \"{}\"\nrto_target = \"1h\"\n",
             data.display(),
-            scratch.display()
+            ws_path.join("scratch").display()
         ),
     );
-    // A cluster policy whose server does not answer still has its WAL
-    // families; the spool directory makes the spool's appear.
-    ws.write(
-        "policies/pg.toml",
-        "[source]\ntype = \"postgres-cluster\"\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\n",
-    );
-    std::fs::create_dir_all(ws.path().join("spool")).unwrap();
-    let base = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
-    let base = format!("{base}\n[wal]\nspool_dir = \"spool\"\n");
-    ws.write("drctl.toml", &base);
+    let base = std::fs::read_to_string(ws_path.join("drctl.toml")).unwrap();
     let port = free_port();
-    ws.write(
+    world.ws.write(
         "daemon.toml",
         &format!("{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n"),
     );
-    // A backup, an archived WAL file and (from the daemon) drills, so that
-    // every family has a sample.
-    ws.ok(&["backup", "etc"]);
-    let segment = ws.path().join("000000010000000000000001");
-    std::fs::write(&segment, vec![7u8; 1 << 20]).unwrap();
-    ws.ok(&["wal-push", "pg", segment.to_str().unwrap()]);
-    let mut child = ws
+    world.ws.hand_to_pg_owner();
+    let mut child = world
+        .ws
         .cmd_with_config("daemon.toml", &["daemon"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let metrics = wait_for("the daemon's /metrics", Duration::from_secs(30), || {
+    let wanted = [
+        "drctl_wal_spool_bytes{",
+        "drctl_wal_archive_lag_segments{",
+        "drctl_drill_last_passed{",
+        "drctl_backup_last_size_bytes{",
+        "drctl_bucket_drift_settings",
+    ];
+    let metrics = wait_for("the daemon's /metrics", Duration::from_secs(60), || {
         let body = http_get(port, "/metrics")?;
-        [
-            "drctl_wal_spool_bytes{",
-            "drctl_drill_last_passed{",
-            "drctl_bucket_drift_settings",
-        ]
-        .iter()
-        .all(|m| body.contains(m))
-        .then_some(body)
+        wanted.iter().all(|m| body.contains(m)).then_some(body)
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -422,3 +422,66 @@ fn restore_follows_a_new_timeline_local() {
 fn restore_follows_a_new_timeline_s3() {
     restore_follows_a_new_timeline(true);
 }
+
+/// With signing on, a base backup planted without the signing key (here a
+/// signed manifest copied under a newer id, so its signature does not
+/// match) does not block point-in-time recovery: the base backup only sets
+/// where replay starts, so it is named as a security warning and replay
+/// starts from the newest trusted base backup, reaching the same rows.
+#[test]
+fn a_planted_base_backup_is_named_and_passed_over() {
+    let world = World::new(false, "");
+    let public = world
+        .ws
+        .ok(&["key", "generate", "--signing", "--out", "signing.key"]);
+    let config = std::fs::read_to_string(world.ws.path().join("drctl.toml")).unwrap();
+    world.ws.write(
+        "drctl.toml",
+        &format!(
+            "{config}\n[signing]\nkey_file = \"signing.key\"\ntrusted = [\"{}\"]\n",
+            public.trim()
+        ),
+    );
+    std::fs::remove_file(world.ws.repo_dir().join("repo.json")).unwrap();
+    world.ws.ok(&["init"]);
+    world.create_table();
+    let id = world.ws.ok(&["backup", "cluster"]);
+    let id = id
+        .split_whitespace()
+        .find(|w| w.len() > 20)
+        .unwrap_or(id.trim())
+        .to_string();
+    world.insert(1..=3);
+    world.switch_and_wait();
+
+    let real = world.ws.repo_dir().join("backups/cluster");
+    let real_id = std::fs::read_dir(&real)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("one backup");
+    let planted_id = format!("2099{}", &real_id[4..]);
+    let planted = real.join(&planted_id);
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::copy(
+        real.join(&real_id).join("manifest.json"),
+        planted.join("manifest.json"),
+    )
+    .unwrap();
+    common::chown_to_pg_owner(&planted);
+    common::chown_to_pg_owner(&planted.join("manifest.json"));
+
+    let dir = world.ws.path().join("restored");
+    let (out, server) = world.restore(&dir, &["--to", "latest"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr} ({id})");
+    assert!(
+        stderr.contains("warning: security") && stderr.contains(&planted_id),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&real_id),
+        "the plan names the trusted one: {stderr}"
+    );
+    assert_eq!(ids(&server), "1,2,3");
+}

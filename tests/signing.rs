@@ -618,6 +618,16 @@ fn sign_existing_vouches_for_an_old_repository_and_nothing_later() {
     let (code, stdout, stderr) = run(&ws, &["list", "etc"]);
     assert_eq!(code, Some(EXIT_UNTRUSTED), "{stderr}");
     assert!(!stdout.contains(&old), "{stdout}");
+    // And a second `sign --existing` does not approve the edit.
+    let (code, stdout, stderr) = run(&ws, &["sign", "--existing"]);
+    assert_eq!(code, Some(EXIT_UNTRUSTED), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("altered since"),
+        "{stdout}{stderr}"
+    );
+    let (code, stdout, _) = run(&ws, &["list", "etc"]);
+    assert_eq!(code, Some(EXIT_UNTRUSTED));
+    assert!(!stdout.contains(&old), "{stdout}");
 }
 
 /// A host with `[signing]` but no `key_file` (a restore-only host's

@@ -111,8 +111,19 @@ pub async fn restore_cluster(
         ),
         (None, None) => unreachable!("clap requires a target or --backup"),
     };
-    if args.backup.is_none() {
-        catalog.refuse_untrusted_newer(&manifest.id)?;
+    // Unlike a dump, a base backup only sets where replay starts: the
+    // archived WAL decides what is recovered. An untrusted manifest newer
+    // than the chosen one costs replay time, not data, so it is named and
+    // passed over; refusing would let anyone who can write to the bucket
+    // block every point-in-time recovery.
+    if args.backup.is_none()
+        && let Err(e) = catalog.refuse_untrusted_newer(&manifest.id)
+    {
+        errln!(
+            "warning: security: {e}; recovering from the newest trusted base backup {} instead \
+             (replay starts earlier; the target is the same)",
+            manifest.id
+        );
     }
     let info = manifest.cluster.as_ref().ok_or_else(|| Error::Integrity {
         object: crate::repo::manifest_key(&policy.name, &manifest.id),

@@ -97,6 +97,21 @@ pub async fn survey(repo: &Repo) -> Result<Survey> {
     for (key, bytes) in objects {
         match repo.check_signature(&key, &bytes) {
             Ok(()) => survey.trusted += 1,
+            // Vouched for before with other bytes: altered since, and
+            // never vouched for again (a second run must not approve an
+            // edit of what the first one reviewed).
+            Err(_)
+                if repo
+                    .attested
+                    .get(&key)
+                    .is_some_and(|d| *d != digest(&bytes)) =>
+            {
+                survey.refused.push(format!(
+                    "`{key}` was vouched for by an attestation with other content (sha256 {}); \
+                     it has been altered since and is not vouched for again",
+                    repo.attested[&key]
+                ))
+            }
             Err(_) if !crate::signing::is_signed(&bytes) => survey.unsigned.push(Attested {
                 sha256: digest(&bytes),
                 key,

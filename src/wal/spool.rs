@@ -235,6 +235,10 @@ impl Spool {
                 true => self.write_owner(location),
                 false => Ok(()),
             },
+            // Not even the spool's directory can be reached (a file in its
+            // path): nothing was spooled there, and nothing is until an
+            // outage needs it, when creating it fails with the reason.
+            Err(_) if !self.dir.exists() => Ok(()),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
     }
