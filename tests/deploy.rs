@@ -366,3 +366,62 @@ fn the_kubernetes_configmap_passes_drctl_check() {
         text(&out.stderr)
     );
 }
+
+fn drctl(args: &[&str]) -> std::process::Output {
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_drctl")).args(args),
+        b"",
+        Duration::from_secs(30),
+    )
+}
+
+/// Completion scripts for bash, zsh and fish come from the same clap
+/// definitions as the commands: they name every subcommand, and bash's
+/// parses; an unknown shell is refused with the valid ones listed.
+#[test]
+fn shell_completions_name_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = drctl(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for sub in ["backup", "restore", "wal-push", "drill", "completions"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("drctl.bash");
+            std::fs::write(&path, &script).unwrap();
+            run_ok("bash", &["-n", path.to_str().unwrap()], dir.path());
+        }
+    }
+    let out = drctl(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("bash") && stderr.contains("zsh"),
+        "{stderr}"
+    );
+}
+
+/// `drctl man --out DIR` writes a page per command; a directory that cannot
+/// be made is a clear error.
+#[test]
+fn man_pages_are_written_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("man1");
+    let out = drctl(&["man", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let restore = std::fs::read_to_string(out_dir.join("drctl-restore.1")).unwrap();
+    assert!(
+        restore.contains(".TH") && restore.contains("to\\-lsn"),
+        "{restore}"
+    );
+    assert!(out_dir.join("drctl.1").is_file());
+    assert!(out_dir.join("drctl-wal-status.1").is_file() || out_dir.join("drctl-wal.1").is_file());
+
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = drctl(&["man", "--out", blocker.join("man1").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("man1"), "{}", text(&out.stderr));
+}

@@ -148,6 +148,17 @@ pub enum Command {
     Daemon,
     /// Per policy: newest backup and its age against the RPO target, next run, last error.
     Status,
+    /// Print a shell completion script (bash: `drctl completions bash > /etc/bash_completion.d/drctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (drctl.1 and one per subcommand) into a directory.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Delete the backups the retention rules no longer keep (plan printed first).
     Prune {
         /// Only this policy (default: every policy).
@@ -409,6 +420,23 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         }
         Command::Daemon => daemon::daemon(&ctx).await,
         Command::Status => daemon::status(&ctx).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "drctl", &mut out);
+            outln!("{}", String::from_utf8_lossy(&out).trim_end());
+            Ok(())
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(out)
+                .map_err(|e| crate::Error::io(format!("creating {}", out.display()), e))?;
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(cmd, out).map_err(|e| {
+                crate::Error::io(format!("writing man pages into {}", out.display()), e)
+            })?;
+            outln!("man pages written to {}", out.display());
+            Ok(())
+        }
         Command::Prune { policy, dry_run } => prune::prune(&ctx, policy.as_deref(), *dry_run).await,
         Command::Repo { command } => repo::run(&ctx, command).await,
         Command::WalPush { policy, path } => wal::push(&ctx, policy, path).await,
