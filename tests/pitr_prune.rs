@@ -213,3 +213,61 @@ fn keep_last_one_deletes_the_older_base_backup_and_the_wal_before_the_newer_loca
 fn keep_last_one_deletes_the_older_base_backup_and_the_wal_before_the_newer_s3() {
     keep_last_one_deletes_the_older_base_backup_and_the_wal_before_the_newer(true);
 }
+
+/// With signing on, a base backup whose manifest is not trusted (one from
+/// before signing was turned on, or by a key since removed from `trusted`)
+/// may be genuine: prune deletes no WAL while it stands, and says why.
+#[test]
+fn prune_keeps_the_wal_while_an_untrusted_base_backup_may_need_it() {
+    let world = World::new(false, "\n[retention]\nkeep_last = 1\n");
+    let public = world
+        .ws
+        .ok(&["key", "generate", "--signing", "--out", "signing.key"]);
+    let config = std::fs::read_to_string(world.ws.path().join("drctl.toml")).unwrap();
+    world.ws.write(
+        "drctl.toml",
+        &format!(
+            "{config}\n[signing]\nkey_file = \"signing.key\"\ntrusted = [\"{}\"]\n",
+            public.trim()
+        ),
+    );
+    std::fs::remove_file(world.ws.repo_dir().join("repo.json")).unwrap();
+    world.ws.ok(&["init"]);
+    let pg = &world.pg;
+    pg.psql("postgres", "CREATE TABLE t(id int PRIMARY KEY)");
+    let older = world.ws.backup("cluster");
+    pg.psql("postgres", "INSERT INTO t VALUES (1)");
+    world.switch_and_wait();
+    let newer = world.ws.backup("cluster");
+    pg.psql("postgres", "INSERT INTO t VALUES (2)");
+    world.switch_and_wait();
+
+    // The older manifest loses its signature, as an unsigned one from
+    // before signing would look.
+    let path = world
+        .ws
+        .repo_dir()
+        .join(format!("backups/cluster/{older}/manifest.json"));
+    let signed = std::fs::read_to_string(&path).unwrap();
+    let at = signed.rfind("\"signature\"").expect("a signed manifest");
+    let comma = signed[..at].rfind(',').unwrap();
+    let unsigned = format!("{}\n}}\n", &signed[..comma]);
+    serde_json::from_str::<Value>(&unsigned).expect("still a manifest");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, unsigned).unwrap();
+    common::chown_to_pg_owner(&path);
+
+    let archived = world.archived();
+    assert!(!before(&archived, &start_segment(&world, &newer)).is_empty());
+    let out = world.ws.run(&["prune", "cluster", "--json"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let v = json(&stdout);
+    let r = report(&v);
+    assert_eq!(r["wal"]["deleted_files"].as_u64().unwrap_or(0), 0, "{r}");
+    assert!(
+        r["wal"].to_string().contains("not signed by a trusted key"),
+        "{r}"
+    );
+    assert_eq!(world.archived(), archived, "no WAL was deleted");
+}
