@@ -43,8 +43,11 @@ time_both() {
     u+=("$(once unsigned "$@")")
     s+=("$(once signed "$@")")
   done
-  eval "$name[unsigned]=$(printf '%s\n' "${u[@]}" | median)"
-  eval "$name[signed]=$(printf '%s\n' "${s[@]}" | median)"
+  # shellcheck disable=SC2034 # a nameref to the caller's associative array
+  local -n medians=$name
+  medians["unsigned"]=$(printf '%s\n' "${u[@]}" | median)
+  # shellcheck disable=SC2034
+  medians["signed"]=$(printf '%s\n' "${s[@]}" | median)
 }
 
 mkdir -p "$work/data/small"
