@@ -175,6 +175,52 @@ fn a_clean_backup_has_no_warnings_field() {
     assert!(manifest(&ws, "etc", &id).get("warnings").is_none());
 }
 
+/// `restore --dry-run` prints the plan and touches nothing: the directory
+/// is not created; a refusal (an existing file) is still reported.
+#[test]
+fn restore_dry_run_prints_the_plan_and_creates_nothing() {
+    let ws = Workspace::local();
+    let root = ws.path().join("src");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+    policy(&ws, "etc", &root, "");
+    let id = ws.backup("etc");
+    let into = ws.path().join("restored");
+    let out = ws.run(&[
+        "restore",
+        "etc",
+        "--to",
+        "latest",
+        "--into",
+        into.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Restore plan") && stderr.contains(&id) && stderr.contains("dry run"),
+        "{stderr}"
+    );
+    assert!(!into.exists(), "a dry run created {}", into.display());
+
+    let file = ws.path().join("taken.tar");
+    std::fs::write(&file, "mine").unwrap();
+    let out = ws.run(&[
+        "restore",
+        "etc",
+        "--to",
+        "latest",
+        "--output",
+        file.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(
+        !out.status.success(),
+        "an existing file is refused even in a dry run"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}
+
 /// The read position of `pid`'s descriptor open on `file`, if it has one.
 fn read_position(pid: u32, file: &Path) -> Option<u64> {
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {

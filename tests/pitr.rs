@@ -472,6 +472,23 @@ fn a_planted_base_backup_is_named_and_passed_over() {
     common::chown_to_pg_owner(&planted.join("manifest.json"));
 
     let dir = world.ws.path().join("restored");
+    // A dry run prints the plan, warning included, and touches nothing.
+    let out = world.ws.run(&[
+        "restore",
+        "cluster",
+        "--to",
+        "latest",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Restore plan") && stderr.contains("dry run") && stderr.contains(&real_id),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "a dry run created {}", dir.display());
     let (out, server) = world.restore(&dir, &["--to", "latest"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr} ({id})");

@@ -255,6 +255,13 @@ pub async fn restore_cluster(
             errln!("  {k:<17} {v}");
         }
     }
+    if args.dry_run {
+        errln!(
+            "dry run: nothing was restored; {} was not touched",
+            data_dir.display()
+        );
+        return Ok(());
+    }
 
     let objects = vec![&manifest.data];
     let thaw = crate::restore::ThawOptions {

@@ -73,6 +73,10 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation.
     #[arg(long, short)]
     pub yes: bool,
+    /// Print the plan (and any refusal) and stop: nothing is fetched,
+    /// written or held.
+    #[arg(long)]
+    pub dry_run: bool,
     /// After restoring, compare the result (rows, or files) with the backup's fingerprint.
     #[arg(long)]
     pub verify: bool,
@@ -322,6 +326,10 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             "database `{}` on {} is not empty; restore into a new database, or pass --clean to replace it",
             t.dbname, t.describe
         )));
+    }
+    if args.dry_run {
+        errln!("dry run: nothing was restored");
+        return Ok(());
     }
     // An archived backup: without --wait, ask for the retrieval and stop
     // before any question is asked or anything is touched; with it, confirm
