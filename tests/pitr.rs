@@ -431,19 +431,7 @@ fn restore_follows_a_new_timeline_s3() {
 #[test]
 fn a_planted_base_backup_is_named_and_passed_over() {
     let world = World::new(false, "");
-    let public = world
-        .ws
-        .ok(&["key", "generate", "--signing", "--out", "signing.key"]);
-    let config = std::fs::read_to_string(world.ws.path().join("drctl.toml")).unwrap();
-    world.ws.write(
-        "drctl.toml",
-        &format!(
-            "{config}\n[signing]\nkey_file = \"signing.key\"\ntrusted = [\"{}\"]\n",
-            public.trim()
-        ),
-    );
-    std::fs::remove_file(world.ws.repo_dir().join("repo.json")).unwrap();
-    world.ws.ok(&["init"]);
+    world.sign();
     world.create_table();
     let id = world.ws.ok(&["backup", "cluster"]);
     let id = id

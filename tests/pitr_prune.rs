@@ -220,19 +220,7 @@ fn keep_last_one_deletes_the_older_base_backup_and_the_wal_before_the_newer_s3()
 #[test]
 fn prune_keeps_the_wal_while_an_untrusted_base_backup_may_need_it() {
     let world = World::new(false, "\n[retention]\nkeep_last = 1\n");
-    let public = world
-        .ws
-        .ok(&["key", "generate", "--signing", "--out", "signing.key"]);
-    let config = std::fs::read_to_string(world.ws.path().join("drctl.toml")).unwrap();
-    world.ws.write(
-        "drctl.toml",
-        &format!(
-            "{config}\n[signing]\nkey_file = \"signing.key\"\ntrusted = [\"{}\"]\n",
-            public.trim()
-        ),
-    );
-    std::fs::remove_file(world.ws.repo_dir().join("repo.json")).unwrap();
-    world.ws.ok(&["init"]);
+    world.sign();
     let pg = &world.pg;
     pg.psql("postgres", "CREATE TABLE t(id int PRIMARY KEY)");
     let older = world.ws.backup("cluster");

@@ -72,6 +72,24 @@ impl World {
         World { pg, ws, s3 }
     }
 
+    /// Turns signing on (local repository): a signing key, `[signing]` in
+    /// drctl.toml, and `repo.json` written again, signed.
+    pub fn sign(&self) {
+        let public = self
+            .ws
+            .ok(&["key", "generate", "--signing", "--out", "signing.key"]);
+        let config = std::fs::read_to_string(self.ws.path().join("drctl.toml")).unwrap();
+        self.ws.write(
+            "drctl.toml",
+            &format!(
+                "{config}\n[signing]\nkey_file = \"signing.key\"\ntrusted = [\"{}\"]\n",
+                public.trim()
+            ),
+        );
+        std::fs::remove_file(self.ws.repo_dir().join("repo.json")).unwrap();
+        self.ws.ok(&["init"]);
+    }
+
     /// Switches to a new segment and waits until the old one is archived;
     /// returns the old one's name.
     pub fn switch_and_wait(&self) -> String {
