@@ -117,3 +117,35 @@ pub fn major_of(version: &str) -> u32 {
         .and_then(|m| m.parse().ok())
         .unwrap_or(0)
 }
+
+/// How much a child's stdout is read at a time.
+const READ_BYTES: usize = 256 * 1024;
+
+/// Copies a child's stdout into `out` until end of file, handing each chunk
+/// also to `tap` (a parser on its own thread; it only stops early if it
+/// panicked, which its `join` reports) and counting bytes in `counter`.
+/// `on_read` runs after every read (a watchdog's clock).
+///
+/// # Errors
+/// The read's or the write's error.
+pub fn tee(
+    stdout: &mut impl Read,
+    tap: &std::sync::mpsc::SyncSender<bytes::Bytes>,
+    out: &mut dyn std::io::Write,
+    counter: &std::sync::atomic::AtomicU64,
+    mut on_read: impl FnMut(),
+) -> std::io::Result<()> {
+    loop {
+        let mut buf = bytes::BytesMut::zeroed(READ_BYTES);
+        let n = stdout.read(&mut buf)?;
+        on_read();
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        let chunk = buf.freeze();
+        let _ = tap.send(chunk.clone());
+        out.write_all(&chunk)?;
+        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}

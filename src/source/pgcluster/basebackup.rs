@@ -19,7 +19,6 @@ use crate::source::{postgres, process};
 use crate::wal::{Segment, WalName};
 
 /// Bytes read from pg_basebackup at a time.
-const READ_BYTES: usize = 256 * 1024;
 /// Chunks queued for the thread that reads the tar's headers.
 const TAP_CHUNKS: usize = 8;
 /// How often the archive is listed while waiting for the backup's WAL.
@@ -309,21 +308,9 @@ fn stream(
             }
         })
     };
-    let copied: std::io::Result<()> = (|| {
-        loop {
-            let mut buf = bytes::BytesMut::zeroed(READ_BYTES);
-            let n = stdout.read(&mut buf)?;
-            *last_read.lock().expect("clock poisoned") = Instant::now();
-            if n == 0 {
-                return Ok(());
-            }
-            buf.truncate(n);
-            let chunk = buf.freeze();
-            let _ = tx.send(chunk.clone());
-            out.write_all(&chunk)?;
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    })();
+    let copied = crate::source::process::tee(&mut stdout, &tx, out, counter, || {
+        *last_read.lock().expect("clock poisoned") = Instant::now();
+    });
     drop(tx);
     let found = tap_thread.join().expect("the tar reader thread panicked");
     let waited = if let Err(e) = copied {

@@ -3,8 +3,8 @@
 //! thread parses the archive as it passes: for the fingerprint, and in any
 //! case to check that the archive is complete.
 
-use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 
@@ -14,7 +14,6 @@ use crate::repo::manifest::PostgresInfo;
 use crate::source::{Capture, Captured, process};
 
 /// Bytes read from pg_dump at a time.
-const READ_BYTES: usize = 256 * 1024;
 /// pg_dump chunks queued for the fingerprint thread.
 const SCAN_CHUNKS: usize = 8;
 
@@ -49,19 +48,7 @@ fn dump_into(
             .map_err(|e| Error::io("starting the fingerprint thread", e))?;
         (tx, handle)
     };
-    let copied: std::io::Result<()> = (|| loop {
-        let mut buf = bytes::BytesMut::zeroed(READ_BYTES);
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.truncate(n);
-        let chunk = buf.freeze();
-        // The scanner only stops early if it panicked; `join` reports that.
-        let _ = scan_tx.send(chunk.clone());
-        out.write_all(&chunk)?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    })();
+    let copied = crate::source::process::tee(&mut stdout, &scan_tx, out, counter, || {});
     drop(scan_tx);
     if let Err(e) = copied {
         let stderr = child.kill();
