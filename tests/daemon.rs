@@ -70,6 +70,11 @@ impl Daemon {
         http_get(self.port, path)
     }
 
+    fn get_raw(&self, path: &str) -> String {
+        http_raw(self.port, path)
+            .unwrap_or_else(|| panic!("GET {path} got no answer\n{}", self.log()))
+    }
+
     fn get(&self, path: &str) -> (u16, String) {
         self.try_get(path)
             .unwrap_or_else(|| panic!("GET {path} got no answer\n{}", self.log()))
@@ -111,6 +116,14 @@ impl Drop for Daemon {
 
 /// A minimal HTTP/1.1 GET on loopback: status code and body.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let raw = http_raw(port, path)?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The whole response, head and body.
+fn http_raw(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     write!(
@@ -120,9 +133,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    Some(raw)
 }
 
 fn write_config(ws: &Workspace, name: &str, port: u16, extra: &str) {
@@ -300,6 +311,78 @@ fn schedules_fire_on_time_and_logs_metrics_and_health_are_well_formed() {
     assert!(
         !d.log().contains(secret),
         "the identity leaked into the log"
+    );
+}
+
+#[test]
+fn the_status_page_shows_every_policy_and_its_last_error_and_renders_in_chromium() {
+    let ws = Workspace::local();
+    let data = data_dir(&ws);
+    // Both are caught up at start (neither has a backup); `gone` fails.
+    files_policy(&ws, "etc", &[&data], "0 0 3 * * *", "rpo_target = \"1h\"\n");
+    let missing = ws.path().join("not-there");
+    files_policy(&ws, "gone", &[&missing], "0 0 3 * * *", "");
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+    let d = Daemon::start(&ws, "daemon.toml", port);
+    wait_for("both catch-up runs", Duration::from_secs(60), || {
+        let s = d.status();
+        ["etc", "gone"]
+            .iter()
+            .all(|p| s["policies"][p]["backup"]["last_run"].is_object())
+            .then_some(())
+    });
+    let newest = ws.backups("etc");
+    assert_eq!(newest.len(), 1, "{}", d.log());
+    let id = newest[0]["id"].as_str().unwrap().to_string();
+
+    let raw = d.get_raw("/");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    // The browser itself refuses anything from elsewhere.
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; style-src 'unsafe-inline'"),
+        "{head}"
+    );
+    for needle in ["<script", "<link", "src=", "http://", "https://", "url("] {
+        assert!(!body.contains(needle), "{needle} in the page:\n{body}");
+    }
+
+    let dom = common::chromium::dump_dom(&format!("http://127.0.0.1:{port}/"));
+    let row = |policy: &str| -> String {
+        let start = dom
+            .find(&format!("<tr data-policy=\"{policy}\">"))
+            .unwrap_or_else(|| panic!("no row for {policy}:\n{dom}"));
+        dom[start..start + dom[start..].find("</tr>").unwrap()].to_string()
+    };
+    let etc = row("etc");
+    assert!(
+        etc.contains(&id),
+        "the newest backup's id is on the page:\n{etc}"
+    );
+    assert!(etc.contains("met"), "RPO state:\n{etc}");
+    assert!(etc.contains("03:00:00"), "the next run:\n{etc}");
+    assert!(etc.contains("no drills scheduled"), "{etc}");
+    let gone = row("gone");
+    assert!(gone.contains("none yet"), "{gone}");
+    assert!(gone.contains("no target set"), "{gone}");
+    assert!(gone.contains("backup failed"), "{gone}");
+    assert!(
+        gone.contains("not-there"),
+        "the error names the path:\n{gone}"
+    );
+    assert!(
+        dom.contains("Unhealthy."),
+        "the verdict leads the page:\n{dom}"
+    );
+    assert!(
+        dom.contains("last_run:gone"),
+        "the failing check is named:\n{dom}"
     );
 }
 

@@ -1,4 +1,5 @@
-//! `/health`, `/metrics` and `/status` over plain HTTP/1.1. Meant for a
+//! `/` (a status page), `/health`, `/metrics` and `/status` over plain
+//! HTTP/1.1. Meant for a
 //! loopback or private address that a load balancer or Prometheus scrapes;
 //! nothing served reveals data or secrets.
 
@@ -13,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::page;
 use super::state::{self, Shared};
 use crate::storage::Store;
 
@@ -110,9 +112,22 @@ impl Server {
                 let state = state::lock(&self.state);
                 json(StatusCode::OK, &*state)
             }
+            "/" | "/index.html" => {
+                let repo = self.probe().await;
+                let state = state::lock(&self.state);
+                let checks = state::health(&state, repo, now);
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/html; charset=utf-8")
+                    .header("content-security-policy", page::CONTENT_SECURITY_POLICY)
+                    .header("x-content-type-options", "nosniff")
+                    .header("cache-control", "no-store")
+                    .body(Full::new(Bytes::from(page::render(&state, &checks, now))))
+                    .expect("valid response")
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /health, /metrics or /status\n",
+                "not found; try /, /health, /metrics or /status\n",
             ),
         }
     }

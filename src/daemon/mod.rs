@@ -1,5 +1,6 @@
 //! `drctl daemon`: runs every policy's backup and drill schedules until
-//! SIGTERM, serves `/health`, `/metrics` and `/status`, and sends alerts.
+//! SIGTERM, serves a status page (`/`), `/health`, `/metrics` and `/status`,
+//! and sends alerts.
 //!
 //! One task owns the timetable and wakes for the next due run (or the next
 //! RPO check, or a signal); each run is its own task, gated by a semaphore
@@ -8,6 +9,7 @@
 //! who runs (a run that finds the lease held is "skipped", not failed).
 
 pub mod http;
+mod page;
 pub mod state;
 pub mod wal;
 

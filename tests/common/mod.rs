@@ -13,6 +13,7 @@
 //! in one `block_on` call stays usable in the next.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod cluster;
 pub mod workspace;
 
