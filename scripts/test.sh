@@ -45,6 +45,11 @@ command -v jq >/dev/null || missing+=(jq)
 # package) for the alert rules, systemd-analyze for the unit.
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# ... and builds the container image with podman (runc, since crun refuses
+# hybrid cgroups) on a Debian base image made with debootstrap.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 # tests/report.rs loads the HTML report in headless Chromium.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v cc >/dev/null || missing+=(build-essential)
