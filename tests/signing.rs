@@ -676,3 +676,97 @@ fn a_host_without_the_signing_key_refuses_to_write_backups_and_records() {
     ]);
     assert!(out.join("app.conf").exists() || std::fs::read_dir(&out).unwrap().count() > 0);
 }
+
+/// On a versioned bucket, a pruned backup's manifest keeps its versions. A
+/// writer without the signing key adds a version of their own on top (and
+/// deletes it again): the genuine pruned backup is still listed and
+/// restorable, and the planted version is named, with exit 7.
+#[test]
+fn a_planted_version_does_not_hide_a_pruned_backup() {
+    let server = S3Server::start();
+    let bucket = unique_bucket_name("signing-deleted");
+    block_on(server.create_bucket(&bucket, true));
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: server.endpoint(),
+        bucket: bucket.clone(),
+    });
+    sign(&ws, Some((&server, &bucket)));
+    let etc = ws.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    ws.files_policy("etc", &[&etc]);
+    append(&ws, "policies/etc.toml", "\n[retention]\nkeep_last = 1\n");
+    std::fs::write(etc.join("app.conf"), "genuine\n").unwrap();
+    let pruned = ws.backup("etc");
+    std::fs::write(etc.join("app.conf"), "newer\n").unwrap();
+    ws.backup("etc");
+    ws.ok(&["prune", "etc"]);
+
+    let rel = format!("backups/etc/{pruned}/manifest.json");
+    let key = format!("drctl/{rel}");
+    let genuine = block_on(server.list_versions(&bucket, &key))
+        .into_iter()
+        .find(|v| !v.is_delete_marker)
+        .expect("the pruned manifest's version");
+    // The attacker's version: the genuine bytes with the time moved (its
+    // signature no longer matches), written and deleted again.
+    block_on(async {
+        let client = server.client();
+        let bytes = client
+            .get_object()
+            .bucket(&bucket)
+            .key(&key)
+            .version_id(&genuine.version_id)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let forged = text.replacen("\"point_in_time\": \"20", "\"point_in_time\": \"19", 1);
+        assert_ne!(forged, text, "the manifest has a point_in_time to move");
+        server.put_object(&bucket, &key, forged).await;
+        client
+            .delete_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+    });
+
+    let (code, stdout, stderr) = run(&ws, &["list", "--deleted", "etc", "--json"]);
+    assert_eq!(code, Some(EXIT_UNTRUSTED), "{stdout}{stderr}");
+    let rows = json(&stdout)["deleted"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!(rows[0]["id"], pruned.as_str());
+    assert_eq!(rows[0]["manifest_version_id"], genuine.version_id.as_str());
+    assert!(
+        stderr.contains(&rel),
+        "the planted version is named: {stderr}"
+    );
+
+    let into = ws.path().join("restored");
+    let (code, _, stderr) = run(
+        &ws,
+        &[
+            "restore",
+            "etc",
+            "--backup",
+            &pruned,
+            "--into",
+            into.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&rel),
+        "the restore names the planted version: {stderr}"
+    );
+    let restored =
+        std::fs::read_to_string(into.join(etc.strip_prefix("/").unwrap()).join("app.conf"))
+            .unwrap();
+    assert_eq!(restored, "genuine\n");
+}

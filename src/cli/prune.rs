@@ -236,12 +236,17 @@ pub async fn list_deleted(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
     let repo = ctx.repo(&config).await?;
     let protection = repo.store.protection().await?;
     let mut found = Vec::new();
+    let mut untrusted = Vec::new();
     for p in &policies {
-        let (deleted, damaged) = catalog::load_deleted(&repo, &p.name).await?;
-        for (key, reason) in damaged {
+        let deleted = catalog::load_deleted(&repo, &p.name).await?;
+        for (key, reason) in &deleted.damaged {
             errln!("warning: a deleted manifest cannot be read: {key}: {reason}");
         }
-        found.push((p.name.clone(), deleted));
+        for (_, reason) in &deleted.untrusted {
+            errln!("warning: {reason}");
+        }
+        untrusted.extend(deleted.untrusted.into_iter().map(|(k, _)| k));
+        found.push((p.name.clone(), deleted.backups));
     }
     let note = if !protection.applicable {
         Some(format!(
@@ -271,7 +276,7 @@ pub async fn list_deleted(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
             })
             .collect();
         ctx.print_json(&serde_json::json!({ "deleted": rows, "versioning": protection.versioning, "note": note }));
-        return Ok(());
+        return catalog::untrusted_summary(untrusted.iter().map(String::as_str));
     }
     if let Some(n) = &note {
         errln!("note: {n}");
@@ -308,5 +313,5 @@ pub async fn list_deleted(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
             );
         }
     }
-    Ok(())
+    catalog::untrusted_summary(untrusted.iter().map(String::as_str))
 }

@@ -516,7 +516,12 @@ async fn find_pruned(
     not_found: Error,
 ) -> Result<catalog::DeletedBackup> {
     let deleted = match catalog::load_deleted(repo, policy).await {
-        Ok((deleted, _)) => deleted,
+        Ok(deleted) => {
+            for (_, reason) in &deleted.untrusted {
+                errln!("warning: {reason}");
+            }
+            deleted.backups
+        }
         Err(e) => {
             tracing::debug!(error = %e, "Could not list object versions to look for a pruned backup.");
             return Err(not_found);

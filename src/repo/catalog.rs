@@ -327,16 +327,26 @@ pub struct DeletedBackup {
     pub missing: Vec<String>,
 }
 
+/// The pruned backups of a policy, and the manifest versions set aside.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    /// Newest point in time first.
+    pub backups: Vec<DeletedBackup>,
+    /// `(key, reason)`: versions that cannot be read or parsed.
+    pub damaged: Vec<(String, String)>,
+    /// `(key, security warning)`: versions without a trusted signature.
+    /// A planted version never hides a genuine older one of the same key.
+    pub untrusted: Vec<(String, String)>,
+}
+
 /// Reads the deleted backups of a policy from the store's object versions;
-/// a store without versions has none.
+/// a store without versions has none. Of a deleted manifest's versions the
+/// newest trusted one is the backup: someone with write access but not the
+/// signing key can add a version, but not make it the one restored.
 ///
 /// # Errors
-/// Storage errors listing versions; a deleted manifest that cannot be read
-/// is returned in the second list as `(key, reason)`.
-pub async fn load_deleted(
-    repo: &Repo,
-    policy: &str,
-) -> Result<(Vec<DeletedBackup>, Vec<(String, String)>)> {
+/// Storage errors listing versions.
+pub async fn load_deleted(repo: &Repo, policy: &str) -> Result<Deleted> {
     let versions = repo
         .store
         .list_versions(&super::backup_prefix(policy))
@@ -346,27 +356,36 @@ pub async fn load_deleted(
     for v in &versions {
         by_key.entry(v.key.as_str()).or_default().push(v);
     }
-    let mut deleted = Vec::new();
-    let mut damaged = Vec::new();
+    let mut out = Deleted::default();
     for (key, list) in &by_key {
         if !key.ends_with("/manifest.json") || !list.first().is_some_and(|v| v.is_delete_marker) {
             continue;
         }
-        let Some(version) = list.iter().find(|v| !v.is_delete_marker) else {
-            continue;
-        };
-        let mut manifest = match repo.store.get(key, Some(&version.version_id)).await {
-            Ok((bytes, _)) => match parse(repo, policy, key, &bytes) {
-                Ok(m) => m,
-                Err(Rejected::Untrusted(reason) | Rejected::Damaged(reason)) => {
-                    damaged.push((key.to_string(), reason));
-                    continue;
-                }
-            },
-            Err(e) => {
-                damaged.push((key.to_string(), e.to_string()));
-                continue;
+        let mut found = None;
+        for version in list.iter().filter(|v| !v.is_delete_marker) {
+            match repo.store.get(key, Some(&version.version_id)).await {
+                Ok((bytes, _)) => match parse(repo, policy, key, &bytes) {
+                    Ok(m) => {
+                        found = Some((m, *version));
+                        break;
+                    }
+                    Err(Rejected::Untrusted(reason)) => out.untrusted.push((
+                        key.to_string(),
+                        format!("{reason} (version {})", version.version_id),
+                    )),
+                    Err(Rejected::Damaged(reason)) => out.damaged.push((
+                        key.to_string(),
+                        format!("version {}: {reason}", version.version_id),
+                    )),
+                },
+                Err(e) => out.damaged.push((
+                    key.to_string(),
+                    format!("version {}: {e}", version.version_id),
+                )),
             }
+        }
+        let Some((mut manifest, version)) = found else {
+            continue;
         };
         let mut missing = Vec::new();
         let fill = |r: &mut super::manifest::ObjectRecord, missing: &mut Vec<String>| {
@@ -387,20 +406,20 @@ pub async fn load_deleted(
         if let Some(f) = manifest.fingerprint.as_mut() {
             fill(f, &mut missing);
         }
-        deleted.push(DeletedBackup {
+        out.backups.push(DeletedBackup {
             manifest,
             manifest_version_id: version.version_id.clone(),
             deleted_at: list[0].last_modified,
             missing,
         });
     }
-    deleted.sort_by(|a, b| {
+    out.backups.sort_by(|a, b| {
         b.manifest
             .point_in_time
             .cmp(&a.manifest.point_in_time)
             .then(b.manifest.id.cmp(&a.manifest.id))
     });
-    Ok((deleted, damaged))
+    Ok(out)
 }
 
 #[cfg(test)]
