@@ -181,6 +181,9 @@ pub enum Untrusted {
     UnknownKey(String),
     /// The signature does not match these bytes at this key.
     Bad,
+    /// The object's key holds control characters, which drctl never
+    /// writes: a newline would let a key borrow the start of a signed body.
+    ControlInKey,
 }
 
 impl fmt::Display for Untrusted {
@@ -197,6 +200,10 @@ impl fmt::Display for Untrusted {
                 f,
                 "its signature does not match its contents at this key (altered, or copied from elsewhere)"
             ),
+            Untrusted::ControlInKey => write!(
+                f,
+                "its key holds control characters, which drctl never writes"
+            ),
         }
     }
 }
@@ -207,7 +214,27 @@ pub const UNTRUSTED: &str = "security: ";
 
 /// `security: `KEY` ignored: <why>`.
 pub fn untrusted_message(key: &str, why: &Untrusted) -> String {
-    format!("{UNTRUSTED}`{key}` is ignored: {why}")
+    format!("{UNTRUSTED}`{}` is ignored: {why}", printable(key))
+}
+
+/// Text from someone who can write to the repository (an object key, a
+/// claimed public key), made safe for a terminal and a log line: control
+/// characters escaped, at most 200 characters.
+pub fn printable(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn signed_message(object_key: &str, body: &[u8]) -> Vec<u8> {
@@ -288,11 +315,14 @@ pub fn verify(
     object_key: &str,
     stored: &[u8],
 ) -> std::result::Result<Vec<u8>, Untrusted> {
+    if object_key.chars().any(char::is_control) {
+        return Err(Untrusted::ControlInKey);
+    }
     let parts = split(stored).ok_or(Untrusted::Missing)?;
     let public: PublicKey = parts
         .public
         .parse()
-        .map_err(|_| Untrusted::UnknownKey(parts.public.to_string()))?;
+        .map_err(|_| Untrusted::UnknownKey(printable(parts.public)))?;
     if !trusted.contains(&public) {
         return Err(Untrusted::UnknownKey(public.to_string()));
     }
@@ -395,6 +425,24 @@ pub fn unsigned_warning(repo: &crate::repo::Repo) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn text_from_the_repository_is_printable() {
+        assert_eq!(printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(printable(&"x".repeat(500)).chars().count(), 201);
+    }
+
+    #[test]
+    fn a_key_with_a_newline_is_never_trusted() {
+        let key = SecretKey::generate().unwrap();
+        let stored = sign(&key, "backups/p/1/manifest.json", b"{\n  \"a\": 1\n}");
+        let trusted = [key.public()];
+        assert!(verify(&trusted, "backups/p/1/manifest.json", &stored).is_ok());
+        assert!(matches!(
+            verify(&trusted, "backups/p/1/manifest.json\n", &stored),
+            Err(Untrusted::ControlInKey)
+        ));
+    }
     use super::*;
 
     fn key() -> SecretKey {

@@ -244,7 +244,7 @@ impl Catalog {
 /// # Errors
 /// When `keys` is not empty.
 pub fn untrusted_summary<'a>(keys: impl Iterator<Item = &'a str>) -> Result<()> {
-    let keys: Vec<&str> = keys.collect();
+    let keys: Vec<String> = keys.map(crate::signing::printable).collect();
     if keys.is_empty() {
         return Ok(());
     }
