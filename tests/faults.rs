@@ -63,20 +63,6 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(&bytes))
 }
 
-/// Deterministic bytes that zstd cannot shrink (xorshift64*).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Where a workspace's repository lives, to reach past drctl to its objects.
 enum Objects<'a> {
     Local(PathBuf),
@@ -518,7 +504,7 @@ impl Damage {
 fn damage_fixture(ws: &Workspace) -> Vec<(String, String)> {
     let src = ws.path().join("src");
     std::fs::create_dir_all(src.join("conf")).unwrap();
-    std::fs::write(src.join("conf/blob.bin"), noise(600_000, 7)).unwrap();
+    std::fs::write(src.join("conf/blob.bin"), common::noise(600_000, 7)).unwrap();
     std::fs::write(src.join("conf/app.conf"), "listen = 8080\n").unwrap();
     let policies = Damage::ALL.iter().map(|d| d.policy()).chain(["intact"]);
     policies
@@ -1045,7 +1031,7 @@ fn s3_always_throttled_fails_cleanly_after_retries() {
     });
     let src = ws.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("blob.bin"), noise(100_000, 3)).unwrap();
+    std::fs::write(src.join("blob.bin"), common::noise(100_000, 3)).unwrap();
     ws.files_policy("etc", &[&src]);
     let id = ws.backup("etc");
     let keys_before = block_on(s3.list_keys(&bucket, ""));
@@ -1144,7 +1130,7 @@ fn lossy_world(prefix: &str, size: usize) -> (S3Server, String, FaultProxy, Work
     });
     let src = ws.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("blob.bin"), noise(size, 11)).unwrap();
+    std::fs::write(src.join("blob.bin"), common::noise(size, 11)).unwrap();
     ws.files_policy("etc", &[&src]);
     (s3, bucket, proxy, ws)
 }

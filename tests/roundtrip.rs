@@ -614,19 +614,6 @@ fn set_mtime(path: &Path, seconds: i64) {
     );
 }
 
-/// Deterministic bytes that zstd cannot squeeze (xorshift64).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Builds the awkward tree under `root` and returns it as the source saw it.
 fn build_awkward_tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
     use std::os::unix::fs::symlink;
@@ -655,7 +642,7 @@ fn build_awkward_tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
     file("zero-bytes", b"", 0o644);
     file(
         "big.bin",
-        &noise(3 * 1024 * 1024 + 12_345, 0x9e37_79b9_7f4a_7c15),
+        &common::noise(3 * 1024 * 1024 + 12_345, 0x9e37_79b9_7f4a_7c15),
         0o644,
     );
     file("ünï côdé ☃ name.txt", "unicode name\n".as_bytes(), 0o644);

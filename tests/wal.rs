@@ -139,19 +139,6 @@ impl Rig {
     }
 }
 
-/// Deterministic bytes that zstd cannot shrink.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// The segment name in a WAL key.
 fn segment_of(key: &str) -> Option<String> {
     let file = key.rsplit('/').next()?;
@@ -171,7 +158,7 @@ fn the_same_segment_twice_is_one_object_and_other_content_is_refused() {
     let name = "000000010000000000000007";
     let first = dir.path().join("a").join(name);
     std::fs::create_dir_all(first.parent().unwrap()).unwrap();
-    let bytes = noise(3 << 20, 7);
+    let bytes = common::noise(3 << 20, 7);
     std::fs::write(&first, &bytes).unwrap();
 
     for attempt in 1..=2 {
@@ -192,7 +179,7 @@ fn the_same_segment_twice_is_one_object_and_other_content_is_refused() {
 
     let other = dir.path().join("b").join(name);
     std::fs::create_dir_all(other.parent().unwrap()).unwrap();
-    let other_bytes = noise(3 << 20, 8);
+    let other_bytes = common::noise(3 << 20, 8);
     std::fs::write(&other, &other_bytes).unwrap();
     let out = rig.push(&other);
     let code = out.status.code().expect("an exit code, not a signal");
@@ -232,7 +219,7 @@ fn fake_pg_wal(root: &Path, names: &[&str]) -> PathBuf {
     let pg_wal = root.join("pg_wal");
     std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
     for (i, name) in names.iter().enumerate() {
-        std::fs::write(pg_wal.join(name), noise(1 << 20, i as u64 + 100)).unwrap();
+        std::fs::write(pg_wal.join(name), common::noise(1 << 20, i as u64 + 100)).unwrap();
         std::fs::write(
             pg_wal.join("archive_status").join(format!("{name}.ready")),
             "",
@@ -279,7 +266,7 @@ fn look_ahead_stores_ready_segments_and_their_calls_need_no_network() {
 
     // A marker is only trusted for the same content, and other content
     // is refused even while S3 cannot be asked.
-    std::fs::write(pg_wal.join(names[2]), noise(1 << 20, 999)).unwrap();
+    std::fs::write(pg_wal.join(names[2]), common::noise(1 << 20, 999)).unwrap();
     let out = rig.push(&pg_wal.join(names[2]));
     let code = out.status.code().expect("an exit code");
     assert!(
@@ -552,7 +539,7 @@ fn a_push_killed_mid_upload_leaves_no_object_on_s3_and_the_next_push_stores_it()
     let name = "000000010000000000000042";
     let path = dir.path().join(name);
     // Incompressible and over two S3 parts: a multipart upload.
-    let bytes = noise(16 << 20, 42);
+    let bytes = common::noise(16 << 20, 42);
     std::fs::write(&path, &bytes).unwrap();
 
     rig.proxy().hold(S3Op::UploadPart);
@@ -595,7 +582,7 @@ fn a_push_killed_mid_write_leaves_no_object_in_a_local_repository() {
     let dir = tempfile::tempdir().unwrap();
     let name = "000000010000000000000043";
     let path = dir.path().join(name);
-    let bytes = noise(64 << 20, 43);
+    let bytes = common::noise(64 << 20, 43);
     std::fs::write(&path, &bytes).unwrap();
 
     let tmp = rig.ws.repo_dir().join(".tmp");
@@ -650,7 +637,7 @@ fn wal_drain_stores_what_was_spooled_and_a_second_push_is_answered_from_the_spoo
     rig.proxy().set_faults(s3_down());
     for (i, name) in names.iter().enumerate() {
         let path = dir.path().join(name);
-        std::fs::write(&path, noise(1 << 20, i as u64)).unwrap();
+        std::fs::write(&path, common::noise(1 << 20, i as u64)).unwrap();
         let out = rig.push(&path);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
     }
@@ -680,7 +667,10 @@ fn wal_drain_stores_what_was_spooled_and_a_second_push_is_answered_from_the_spoo
         let dest = dir.path().join(format!("fetched-{i}"));
         let (code, stderr) = rig.fetch(name, &dest);
         assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(std::fs::read(&dest).unwrap(), noise(1 << 20, i as u64));
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            common::noise(1 << 20, i as u64)
+        );
     }
 }
 
@@ -703,7 +693,7 @@ fn a_push_the_repository_takes_does_not_need_the_spool_directory() {
     let dir = tempfile::tempdir().unwrap();
     let name = "000000010000000000000041";
     let path = dir.path().join(name);
-    std::fs::write(&path, noise(1 << 20, 41)).unwrap();
+    std::fs::write(&path, common::noise(1 << 20, 41)).unwrap();
     let out = rig.push(&path);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stored: Vec<String> = rig

@@ -23,19 +23,6 @@ const POLICY: &str = "cluster";
 /// Long enough for the worker's idle exit ([`drctl::wal::prefetch::IDLE_EXIT`]).
 const WORKER_WAIT: Duration = Duration::from_secs(60);
 
-/// Deterministic bytes that zstd cannot shrink.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn segment(n: u32) -> String {
     format!("0000000100000000{n:08X}")
 }
@@ -88,7 +75,7 @@ impl Rig {
     }
 
     fn bytes(&self, n: u32) -> Vec<u8> {
-        noise(1 << 20, u64::from(n) + 7)
+        common::noise(1 << 20, u64::from(n) + 7)
     }
 
     fn dir(&self) -> PathBuf {

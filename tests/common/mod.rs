@@ -57,6 +57,21 @@ pub fn drctl() -> Command {
     cmd
 }
 
+/// Deterministic bytes that zstd cannot shrink (xorshift64*), the same for
+/// the same seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// A loopback TCP port that was free a moment ago.
 ///
 /// The port is found by binding port 0; the listener is closed before
