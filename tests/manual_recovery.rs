@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::cluster::World;
 use common::workspace::{Backend, Workspace};
 use common::{Postgres, S3Server, block_on, output_within, s3_env, unique_bucket_name, wait_for};
 use sha2::{Digest, Sha256};
@@ -579,131 +580,6 @@ fn restore_wal_scripts(doc: &str) -> (String, String) {
     (s3.clone(), local.clone())
 }
 
-/// A PostgreSQL 15 archiving with `drctl wal-push` into policy `cluster` of
-/// `ws`, as in tests/pitr.rs: the server and drctl run as the `postgres` OS
-/// user.
-struct Cluster {
-    pg: Postgres,
-    ws: Workspace,
-    /// The bucket, for S3.
-    s3: Option<(S3Server, String)>,
-}
-
-impl Cluster {
-    fn new(on_s3: bool) -> Cluster {
-        let (s3, backend) = if on_s3 {
-            let s3 = S3Server::start();
-            let bucket = unique_bucket_name("manual-pitr");
-            block_on(s3.create_bucket(&bucket, true));
-            let backend = Backend::S3 {
-                endpoint: s3.endpoint(),
-                bucket: bucket.clone(),
-            };
-            (Some((s3, bucket)), backend)
-        } else {
-            (None, Backend::Local)
-        };
-        let mut ws = Workspace::new(backend);
-        ws.hand_to_pg_owner();
-        let archive_command = format!(
-            "env {} {} --config {} wal-push cluster %p",
-            ws.env_words(),
-            env!("CARGO_BIN_EXE_drctl"),
-            ws.path().join("drctl.toml").display()
-        );
-        let pg = Postgres::start_with(&format!(
-            "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n"
-        ));
-        ws.set_env("PGPASSWORD", pg.password());
-        ws.write(
-            "policies/cluster.toml",
-            &format!(
-                "[source]\ntype = \"postgres-cluster\"\nurl = \"{}\"\nwal_wait = \"60s\"\n",
-                pg.url("postgres")
-            ),
-        );
-        common::chown_to_pg_owner(&ws.path().join("policies/cluster.toml"));
-        Cluster { pg, ws, s3 }
-    }
-
-    /// Switches to a new WAL segment and waits until the old one is archived.
-    fn switch_and_wait(&self) {
-        let segment = self
-            .pg
-            .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-        wait_for(
-            &format!("{segment} to be archived"),
-            Duration::from_secs(60),
-            || {
-                let archived = self.pg.psql(
-                    "postgres",
-                    "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-                );
-                (archived.as_str() >= segment.as_str()).then_some(())
-            },
-        );
-    }
-
-    /// Stores `bytes` under `key` (relative to the repository).
-    fn put(&self, key: &str, bytes: Vec<u8>) {
-        match &self.s3 {
-            Some((s3, bucket)) => block_on(s3.put_object(bucket, &format!("drctl/{key}"), bytes)),
-            None => std::fs::write(self.ws.repo_dir().join(key), bytes)
-                .unwrap_or_else(|e| panic!("write {key}: {e}")),
-        }
-    }
-
-    fn get(&self, key: &str) -> Vec<u8> {
-        match &self.s3 {
-            Some((s3, bucket)) => block_on(s3.get_object(bucket, &format!("drctl/{key}"))),
-            None => std::fs::read(self.ws.repo_dir().join(key))
-                .unwrap_or_else(|e| panic!("read {key}: {e}")),
-        }
-    }
-
-    fn delete(&self, key: &str) {
-        match &self.s3 {
-            Some((s3, bucket)) => {
-                block_on(
-                    s3.client()
-                        .delete_object()
-                        .bucket(bucket)
-                        .key(format!("drctl/{key}"))
-                        .send(),
-                )
-                .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
-            }
-            None => std::fs::remove_file(self.ws.repo_dir().join(key))
-                .unwrap_or_else(|e| panic!("remove {key}: {e}")),
-        }
-    }
-
-    /// The keys under `wal/cluster/<tli>/` that start with `name-`.
-    fn wal_keys(&self, tli: &str, name: &str) -> Vec<String> {
-        let prefix = format!("wal/cluster/{tli}/{name}-");
-        match &self.s3 {
-            Some((s3, bucket)) => block_on(s3.list_keys(bucket, &format!("drctl/{prefix}")))
-                .into_iter()
-                .map(|k| k.strip_prefix("drctl/").unwrap_or(&k).to_string())
-                .collect(),
-            None => {
-                let dir = self.ws.repo_dir().join(format!("wal/cluster/{tli}"));
-                let mut keys: Vec<String> = std::fs::read_dir(&dir)
-                    .map(|entries| {
-                        entries
-                            .map(|e| e.expect("dir entry").file_name())
-                            .map(|n| format!("wal/cluster/{tli}/{}", n.to_string_lossy()))
-                            .filter(|k| k.starts_with(&prefix))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                keys.sort();
-                keys
-            }
-        }
-    }
-}
-
 /// Whether the `postgres` OS user can run `program` with `path` as PATH
 /// (PostgreSQL runs `restore_command` as that user).
 fn pg_owner_can_run(program: &str, path: &str) -> bool {
@@ -779,7 +655,7 @@ fn cluster_recovered_to_a_time(on_s3: bool) {
 
     // A base backup, rows 1–3, T, rows 4–6, a second base backup (consistent
     // after T, so not the one to use), all of it archived.
-    let cluster = Cluster::new(on_s3);
+    let cluster = World::new(on_s3, "");
     let pg = &cluster.pg;
     pg.psql(
         "postgres",
@@ -876,7 +752,11 @@ fn cluster_recovered_to_a_time(on_s3: bool) {
     );
     let label = std::fs::read_to_string(data_dir.join("backup_label")).unwrap();
     let seg = start_segment(&label);
-    let keys = cluster.wal_keys(&seg[..8], &seg);
+    let keys: Vec<String> = cluster
+        .keys(&format!("wal/cluster/{}/", &seg[..8]))
+        .into_iter()
+        .filter(|k| k.contains(&format!("/{seg}-")))
+        .collect();
     let [key] = keys.as_slice() else {
         panic!("{seg} should be archived once: {keys:?}")
     };

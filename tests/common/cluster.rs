@@ -145,6 +145,44 @@ impl World {
         keys
     }
 
+    /// Stores `bytes` under `key` (relative to the repository), past drctl.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        match &self.s3 {
+            Some((s3, bucket)) => {
+                block_on(s3.put_object(bucket, &format!("{S3_PREFIX}/{key}"), bytes))
+            }
+            None => std::fs::write(self.ws.repo_dir().join(key), bytes)
+                .unwrap_or_else(|e| panic!("write {key}: {e}")),
+        }
+    }
+
+    /// The stored bytes of `key` (relative to the repository).
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        match &self.s3 {
+            Some((s3, bucket)) => block_on(s3.get_object(bucket, &format!("{S3_PREFIX}/{key}"))),
+            None => std::fs::read(self.ws.repo_dir().join(key))
+                .unwrap_or_else(|e| panic!("read {key}: {e}")),
+        }
+    }
+
+    /// Deletes `key` (relative to the repository), as a lost object would be.
+    pub fn delete(&self, key: &str) {
+        match &self.s3 {
+            Some((s3, bucket)) => {
+                block_on(
+                    s3.client()
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(format!("{S3_PREFIX}/{key}"))
+                        .send(),
+                )
+                .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
+            }
+            None => std::fs::remove_file(self.ws.repo_dir().join(key))
+                .unwrap_or_else(|e| panic!("remove {key}: {e}")),
+        }
+    }
+
     /// The WAL file names archived under policy `cluster`, sorted.
     pub fn archived(&self) -> Vec<String> {
         let mut names: Vec<String> = self
