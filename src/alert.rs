@@ -37,6 +37,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// The snake_case name, as in the webhook body.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::BackupFailed => "backup_failed",
+            Event::RpoBreached => "rpo_breached",
+            Event::DrillFailed => "drill_failed",
+            Event::WalArchiveLagging => "wal_archive_lagging",
+            Event::WalSpoolFilling => "wal_spool_filling",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Event::BackupFailed => "backup failed",
@@ -115,8 +126,8 @@ impl Alerter {
 
     /// Queues `alert` for every webhook; returns at once.
     pub fn send(&self, alert: Alert) {
-        tracing::warn!(
-            event = ?alert.event,
+        tracing::warn!(event = "alert",
+            alert = alert.event.name(),
             policy = %alert.policy,
             summary = %alert.summary,
             "alert"
@@ -124,7 +135,7 @@ impl Alerter {
         if let Some(tx) = &self.tx
             && let Err(e) = tx.try_send(alert)
         {
-            tracing::error!(error = %e, "Alert queue is full or closed; this alert is dropped (see the log line above).");
+            tracing::error!(event = "alert_dropped", error = %e, "alert queue is full or closed; this alert is dropped (see the alert line above)");
         }
     }
 }
@@ -136,7 +147,10 @@ impl Dispatcher {
         if let Some(task) = self.task
             && tokio::time::timeout(FLUSH_TIMEOUT, task).await.is_err()
         {
-            tracing::warn!("Gave up waiting for webhook deliveries at shutdown.");
+            tracing::warn!(
+                event = "alert_flush_timed_out",
+                "gave up waiting for webhook deliveries at shutdown"
+            );
         }
     }
 }
@@ -157,7 +171,7 @@ async fn deliver_all(hooks: Vec<Webhook>, mut rx: mpsc::Receiver<Alert>) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "Cannot build the HTTP client for alerts; alerts are only logged.");
+            tracing::error!(event = "alert_client_failed", error = %e, "cannot build the HTTP client for alerts; alerts are only logged");
             while rx.recv().await.is_some() {}
             return;
         }
@@ -184,7 +198,7 @@ async fn deliver(client: reqwest::Client, n: usize, hook: Webhook, alert: Alert)
         WebhookUrl::Env(var) => match std::env::var(var) {
             Ok(u) => u,
             Err(_) => {
-                tracing::error!(webhook = n, variable = %var, "Webhook URL variable is not set; alert not sent.");
+                tracing::error!(event = "alert_not_sent", webhook = n, variable = %var, "webhook URL variable is not set; alert not sent");
                 return;
             }
         },
@@ -199,12 +213,12 @@ async fn deliver(client: reqwest::Client, n: usize, hook: Webhook, alert: Alert)
         let outcome = client.post(&url).json(&body).send().await;
         let problem = match outcome {
             Ok(r) if r.status().is_success() => {
-                tracing::info!(webhook = n, host = %host, event = ?alert.event, policy = %alert.policy, "alert delivered");
+                tracing::info!(event = "alert_delivered", webhook = n, host = %host, alert = alert.event.name(), policy = %alert.policy, "alert delivered");
                 return;
             }
             // A 4xx other than 429 will not get better by retrying.
             Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                tracing::error!(webhook = n, host = %host, status = %r.status(), "Webhook refused the alert; check its URL and format.");
+                tracing::error!(event = "alert_refused", webhook = n, host = %host, status = %r.status(), "webhook refused the alert; check its URL and format");
                 return;
             }
             Ok(r) => format!("HTTP {}", r.status()),
@@ -214,10 +228,10 @@ async fn deliver(client: reqwest::Client, n: usize, hook: Webhook, alert: Alert)
             Err(_) => "request failed".to_string(),
         };
         if attempt == ATTEMPTS {
-            tracing::error!(webhook = n, host = %host, attempts = ATTEMPTS, problem = %problem, "Giving up on an alert.");
+            tracing::error!(event = "alert_given_up", webhook = n, host = %host, attempts = ATTEMPTS, problem = %problem, "giving up on an alert");
             return;
         }
-        tracing::warn!(webhook = n, host = %host, attempt, problem = %problem, "Alert delivery failed; retrying.");
+        tracing::warn!(event = "alert_retrying", webhook = n, host = %host, attempt, problem = %problem, "alert delivery failed; retrying");
         tokio::time::sleep(wait).await;
         wait *= 2;
     }

@@ -94,7 +94,7 @@ async fn record_failure(
             )))
         });
     if let Err(e) = written {
-        tracing::warn!(policy = %policy.name, run = %id, error = %e, "Cannot write the run record of the failed backup; reports will not count this failure.");
+        tracing::warn!(event = "run_record_not_written", policy = %policy.name, run = %id, error = %e, "Cannot write the run record of the failed backup; reports will not count this failure.");
     }
 }
 
@@ -162,10 +162,10 @@ async fn abort_unfinished_uploads(repo: &Repo, policy: &str, id: &str) {
     match repo.store.abort_uploads(&prefix).await {
         Ok(0) => {}
         Ok(n) => {
-            tracing::info!(policy, backup = %id, uploads = n, "Aborted unfinished uploads left by retried requests.");
+            tracing::info!(event = "upload_cleanup_failed", policy, backup = %id, uploads = n, "Aborted unfinished uploads left by retried requests.");
         }
         Err(e) => {
-            tracing::warn!(policy, backup = %id, error = %e, "Could not look for unfinished uploads of the backup; the bucket's abort-incomplete-uploads rule removes them.");
+            tracing::warn!(event = "upload_cleanup_failed", policy, backup = %id, error = %e, "Could not look for unfinished uploads of the backup; the bucket's abort-incomplete-uploads rule removes them.");
         }
     }
 }
@@ -175,7 +175,7 @@ async fn cleanup(repo: &Repo, policy: &str, id: &str) {
     if let Ok(objects) = repo.store.list(&prefix).await {
         for o in objects {
             if let Err(e) = repo.store.delete(&o.key).await {
-                tracing::warn!(key = %o.key, error = %e, "Could not remove an object of a failed backup; it is ignored without a manifest.");
+                tracing::warn!(event = "leftover_not_removed", key = %o.key, error = %e, "Could not remove an object of a failed backup; it is ignored without a manifest.");
             }
         }
     }

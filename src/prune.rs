@@ -447,6 +447,7 @@ async fn prune_wal(
         }
     }
     tracing::info!(
+        event = "wal_pruned",
         policy = name,
         files = wal.deleted_files,
         bytes = wal.deleted_bytes,
@@ -552,7 +553,7 @@ async fn execute(
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(policy, backup = %id, "Deleted the manifest of a backup the retention rules forget.");
+        tracing::info!(event = "backup_pruned", policy, backup = %id, "Deleted the manifest of a backup the retention rules forget.");
         report.deleted.push(id.clone());
         report.backups[i].outcome = Some("deleted".into());
         let objects = store.list(&repo::backup_dir(policy, &id)).await?;
@@ -580,7 +581,7 @@ async fn execute(
         leftover.outcome = if report.retained.len() > before {
             RETAINED_BY_LOCK.into()
         } else {
-            tracing::info!(policy, backup = %leftover.id, "Removed the objects of a backup that never completed.");
+            tracing::info!(event = "leftover_removed", policy, backup = %leftover.id, "Removed the objects of a backup that never completed.");
             "deleted".into()
         };
     }
@@ -631,7 +632,7 @@ pub async fn measure_clock_skew(repo: &Repo, policy: &str) -> Result<Duration> {
     let meta = repo.store.head(&key, None).await;
     let after = Utc::now();
     if let Err(e) = repo.store.delete(&key).await {
-        tracing::warn!(key = %key, error = %e, "Could not remove the clock probe object.");
+        tracing::warn!(event = "clock_probe_not_removed", key = %key, error = %e, "Could not remove the clock probe object.");
     }
     let meta = meta?;
     Ok(match meta.last_modified {

@@ -366,7 +366,7 @@ impl Signing {
     /// `Key` for an unreadable or malformed key file or an untrusted key.
     pub fn load(config: &crate::config::SigningConfig) -> Result<Signing> {
         if let Some(warning) = config.key_file.as_deref().and_then(key_file_warning) {
-            tracing::warn!("{warning}");
+            tracing::warn!(event = "attestation_warning", "{warning}");
         }
         Signing::load_quietly(config)
     }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -291,11 +292,11 @@ fn schedules_fire_on_time_and_logs_metrics_and_health_are_well_formed() {
     let lines = d.log_lines();
     let started: Vec<_> = lines
         .iter()
-        .filter(|l| l["fields"]["message"] == "job started")
+        .filter(|l| l["fields"]["event"] == "job_started")
         .collect();
     let finished: Vec<_> = lines
         .iter()
-        .filter(|l| l["fields"]["message"] == "job finished")
+        .filter(|l| l["fields"]["event"] == "job_finished")
         .collect();
     assert!(started.len() >= 4, "{}", d.log());
     for l in started.iter().chain(&finished) {
@@ -303,6 +304,7 @@ fn schedules_fire_on_time_and_logs_metrics_and_health_are_well_formed() {
         assert!(l["fields"]["run"].as_str().is_some_and(|r| !r.is_empty()));
     }
     assert!(finished.iter().all(|l| l["fields"]["result"] == "ok"));
+    assert_log_is_well_formed(&d);
     let identity = std::fs::read_to_string(ws.path().join("identity.age")).unwrap();
     let secret = identity
         .lines()
@@ -384,6 +386,92 @@ fn the_status_page_shows_every_policy_and_its_last_error_and_renders_in_chromium
         dom.contains("last_run:gone"),
         "the failing check is named:\n{dom}"
     );
+}
+
+/// Every line a daemon logs names its event in snake_case (the names
+/// docs/operations.md lists), carries no Rust debug formatting, and
+/// PostgreSQL's notices stay at debug: a drill check's `DROP TABLE IF
+/// EXISTS` ("does not exist, skipping") is not an operator's concern.
+fn assert_log_is_well_formed(d: &Daemon) {
+    let documented =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
+    for line in d.log_lines() {
+        let fields = &line["fields"];
+        let event = fields["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a log line without an event: {line}"));
+        assert!(
+            !event.is_empty()
+                && event
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "event {event:?} is not snake_case: {line}"
+        );
+        assert!(
+            documented.contains(&format!("`{event}`")),
+            "event `{event}` is not listed in docs/operations.md"
+        );
+        let text = line.to_string();
+        for debug in ["Some(", "None", "Error {", "kind:"] {
+            assert!(
+                !text.contains(debug),
+                "Rust debug formatting ({debug}) in: {line}"
+            );
+        }
+        let message = fields["message"].as_str().unwrap_or("");
+        assert!(
+            !message.contains("NOTICE") && !message.contains("skipping"),
+            "a PostgreSQL notice above debug: {line}"
+        );
+    }
+}
+
+#[test]
+fn daemon_logs_name_their_events_and_keep_postgresql_notices_at_debug() {
+    let pg = common::Postgres::start();
+    pg.createdb("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 100) g",
+    );
+    let mut ws = Workspace::local();
+    ws.postgres_policy("shop", &pg, "shop");
+    let policy = std::fs::read_to_string(ws.path().join("policies/shop.toml")).unwrap();
+    ws.write(
+        "policies/shop.toml",
+        &format!(
+            "{policy}\n[schedule]\nbackup = \"@yearly\"\n\n[drill]\nschedule = \"*/2 * * * * *\"\nscratch_url = \"{}\"\n\n\
+             [[drill.checks]]\nname = \"tidy\"\nsql = \"DROP TABLE IF EXISTS no_such_table; SELECT 1\"\nexpect = \"1\"\n",
+            pg.url("postgres")
+        ),
+    );
+    let port = free_port();
+    write_config(&ws, "daemon.toml", port, "");
+    let mut d = Daemon::start(&ws, "daemon.toml", port);
+    wait_for("a passed drill", Duration::from_secs(60), || {
+        (d.status()["policies"]["shop"]["drill"]["last_run"]["result"] == "ok").then_some(())
+    });
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        d.log()
+    );
+    let events: BTreeSet<String> = d
+        .log_lines()
+        .iter()
+        .filter_map(|l| l["fields"]["event"].as_str().map(str::to_string))
+        .collect();
+    for e in [
+        "daemon_started",
+        "job_started",
+        "job_finished",
+        "daemon_stopped",
+    ] {
+        assert!(events.contains(e), "no {e} in {events:?}\n{}", d.log());
+    }
+    assert_log_is_well_formed(&d);
 }
 
 #[test]

@@ -158,7 +158,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed on the health/metrics listener");
+                tracing::warn!(event = "http_accept_failed", error = %e, "accept failed on the health/metrics listener");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

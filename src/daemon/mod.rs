@@ -147,8 +147,12 @@ pub async fn run(opts: Options) -> Result<()> {
             .await?,
     );
     match (&repo.signing, &repo.marker_untrusted) {
-        (None, _) => tracing::warn!("{}", crate::signing::unsigned_warning(&repo)),
-        (Some(_), Some(why)) => tracing::error!("{why}"),
+        (None, _) => tracing::warn!(
+            event = "repository_unsigned",
+            "{}",
+            crate::signing::unsigned_warning(&repo)
+        ),
+        (Some(_), Some(why)) => tracing::error!(event = "signing_misconfigured", "{why}"),
         (Some(_), None) => {}
     }
     load_newest(
@@ -169,7 +173,7 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let mut slots = build_slots(&config, &[], Utc::now());
     publish_next_runs(&state, &slots);
-    tracing::info!(
+    tracing::info!(event = "daemon_started",
         policies = config.policies.len(),
         schedules = slots.len(),
         listen = %config.daemon.listen,
@@ -178,6 +182,7 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     if slots.is_empty() {
         tracing::warn!(
+            event = "nothing_scheduled",
             "no policy has a [schedule] backup or a [drill] schedule; the daemon only serves /health, /metrics and /status (add schedules, then send SIGHUP)"
         );
     }
@@ -221,7 +226,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 if let Err(e) = done
                     && e.is_panic()
                 {
-                    tracing::error!(error = %e, "a run panicked (a bug in drctl; please report it); its policy's next runs go ahead");
+                    tracing::error!(event = "job_panicked", error = %e, "a run panicked (a bug in drctl; please report it); its policy's next runs go ahead");
                 }
                 if jobs.is_empty() {
                     release_freed_memory();
@@ -258,7 +263,7 @@ pub async fn run(opts: Options) -> Result<()> {
     drift.abort();
     drop(ctx);
     dispatcher.finish().await;
-    tracing::info!("daemon stopped");
+    tracing::info!(event = "daemon_stopped", "daemon stopped");
     Ok(())
 }
 
@@ -278,7 +283,7 @@ async fn open_repository(
         match Repo::open(store.clone()).await {
             Ok(repo) => return Ok(Some(repo)),
             Err(e) if e.persistence() == crate::error::Persistence::Temporary => {
-                tracing::warn!(
+                tracing::warn!(event = "repository_waiting",
                     repository = %store.location(), error = %e, retry_in_seconds = wait.as_secs(),
                     "repository unreachable at start-up; waiting for it (/health answers 503 meanwhile)"
                 );
@@ -306,7 +311,7 @@ async fn shutdown(
     let grace = std::time::Duration::from_secs(ctx.config.daemon.shutdown_grace_seconds);
     let running = running_jobs(&ctx.state);
     if !running.is_empty() {
-        tracing::info!(
+        tracing::info!(event = "daemon_stopping",
             running = %running.join(", "),
             grace_seconds = grace.as_secs(),
             "stopping: no new runs; waiting for running ones to finish (signal again to abort them now)"
@@ -318,7 +323,7 @@ async fn shutdown(
         _ = int.recv() => false,
     };
     if !drained {
-        tracing::warn!(
+        tracing::warn!(event = "jobs_aborting",
             running = %running_jobs(&ctx.state).join(", "),
             "aborting running jobs: grace period over or signalled again (uploads are aborted, no manifest is written)"
         );
@@ -326,6 +331,7 @@ async fn shutdown(
         let drain = async { while jobs.join_next().await.is_some() {} };
         if tokio::time::timeout(ABORT_WAIT, drain).await.is_err() {
             tracing::error!(
+                event = "jobs_abort_timed_out",
                 "jobs did not stop within {} s of being aborted; exiting anyway. An open multipart upload is removed by the bucket's abort-incomplete-uploads rule, and the lease expires by itself",
                 ABORT_WAIT.as_secs()
             );
@@ -369,18 +375,21 @@ async fn watch_bucket(repo: Arc<Repo>, config: Arc<Config>, state: Shared) {
                     .map(|s| format!("{}: wanted {}, found {}", s.name, s.desired, s.actual))
                     .collect();
                 if reported.as_ref() != Some(&drift) && !drift.is_empty() {
-                    tracing::warn!(drift = %drift.join("; "), "bucket settings differ from drctl.toml; run `drctl repo status`, then `drctl repo apply`");
+                    tracing::warn!(event = "bucket_drift", drift = %drift.join("; "), "bucket settings differ from drctl.toml; run `drctl repo status`, then `drctl repo apply`");
                 }
                 state::lock(&state).bucket_drift = Some(drift.clone());
                 reported = Some(drift);
             }
             Err(e) if e.kind == crate::error::StorageErrorKind::AccessDenied => {
                 tracing::info!(
+                    event = "bucket_drift_unchecked",
                     "not allowed to read the bucket's settings; drift is not checked (docs/iam-policy.md)"
                 );
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "could not read the bucket's settings"),
+            Err(e) => {
+                tracing::warn!(event = "bucket_settings_unreadable", error = %e, "could not read the bucket's settings")
+            }
         }
         tokio::time::sleep(DRIFT_INTERVAL).await;
     }
@@ -526,7 +535,7 @@ async fn load_newest(repo: &Repo, state: &Shared, names: impl Iterator<Item = St
                 }
             }
             Err(e) => {
-                tracing::warn!(policy = %name, error = %e, "could not read the newest backup");
+                tracing::warn!(event = "newest_backup_unreadable", policy = %name, error = %e, "could not read the newest backup");
             }
         }
     }
@@ -542,9 +551,9 @@ fn catch_up(ctx: &JobCtx, slots: &[Slot], jobs: &mut JoinSet<()>) {
             .get(&slot.policy)
             .and_then(|p| p.newest_backup.as_ref().map(|n| n.point_in_time));
         if slot.table.catch_up_due(newest, now) {
-            tracing::info!(
+            tracing::info!(event = "missed_run_catch_up",
                 policy = %slot.policy,
-                newest = ?newest,
+                newest = %newest.map_or_else(|| "none".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 "a scheduled run was missed since the newest backup; running one now"
             );
             trigger(ctx, &slot.policy, JobKind::Backup, jobs);
@@ -561,6 +570,7 @@ fn trigger(ctx: &JobCtx, policy: &str, kind: JobKind, jobs: &mut JoinSet<()>) {
         let k = p.kind_mut(kind);
         if k.running {
             tracing::warn!(
+                event = "run_skipped_overlap",
                 policy,
                 job = kind.as_str(),
                 "the previous run is still going; this one is skipped"
@@ -597,7 +607,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     };
     // Closed at shutdown: a run still queued then never starts.
     let Ok(_permit) = ctx.permits.clone().acquire_owned().await else {
-        tracing::info!(job = kind.as_str(), policy = %policy_name, "not started: the daemon is stopping");
+        tracing::info!(event = "job_not_started", job = kind.as_str(), policy = %policy_name, "not started: the daemon is stopping");
         return;
     };
     if let Some(p) = state::lock(&ctx.state).policies.get_mut(&policy_name) {
@@ -609,7 +619,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     let Some(policy) = ctx.config.policies.iter().find(|p| p.name == policy_name) else {
         return;
     };
-    tracing::info!(job = kind.as_str(), policy = %policy_name, run = %run_id, "job started");
+    tracing::info!(event = "job_started", job = kind.as_str(), policy = %policy_name, run = %run_id, "job started");
     let mut outcome = RunOutcome {
         run_id: run_id.clone(),
         started_at: started,
@@ -632,7 +642,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             match crate::backup::run(&ctx.repo, &ctx.config, policy, &opts).await {
                 Ok(m) => {
                     for w in &m.warnings {
-                        tracing::warn!(policy = %policy_name, backup = %m.id, warning = %w, "The backup could not take everything as it was.");
+                        tracing::warn!(event = "backup_warning", policy = %policy_name, backup = %m.id, warning = %w, "the backup could not take everything as it was");
                     }
                     size = Some(m.objects().map(|o| o.digests.size).sum::<u64>());
                     outcome.id = Some(m.id.clone());
@@ -726,15 +736,15 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     outcome.finished_at = Utc::now();
     let seconds = clock.elapsed().as_secs_f64();
     match outcome.result {
-        "failed" => tracing::error!(
+        "failed" => tracing::error!(event = "job_finished",
             job = kind.as_str(), policy = %policy_name, run = %run_id, result = "failed",
             seconds, error = outcome.error.as_deref().unwrap_or(""), "job finished"
         ),
-        result @ ("skipped" | "aborted") => tracing::info!(
+        result @ ("skipped" | "aborted") => tracing::info!(event = "job_finished",
             job = kind.as_str(), policy = %policy_name, run = %run_id, result,
             seconds, reason = outcome.error.as_deref().unwrap_or(""), "job finished"
         ),
-        _ => tracing::info!(
+        _ => tracing::info!(event = "job_finished",
             job = kind.as_str(), policy = %policy_name, run = %run_id, result = "ok",
             seconds, id = outcome.id.as_deref().unwrap_or(""), bytes = size.unwrap_or(0),
             "job finished"
@@ -772,7 +782,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             drop(state);
             ctx.alerter.send(a);
         } else {
-            tracing::info!(policy = %policy_name, job = kind.as_str(), "still failing; alerted already (again every 6 h)");
+            tracing::info!(event = "job_still_failing", policy = %policy_name, job = kind.as_str(), "still failing; alerted already (again every 6 h)");
         }
     }
 }
@@ -789,7 +799,7 @@ async fn prune_after_backup(
     };
     match crate::prune::prune(&ctx.repo, policy, &opts).await {
         Ok(r) => {
-            tracing::info!(
+            tracing::info!(event = "prune_finished",
                 job = "prune", policy = %policy.name, run = %run_id,
                 kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
                 held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
@@ -800,7 +810,7 @@ async fn prune_after_backup(
             Some(Ok(()))
         }
         Err(Error::Locked { message, .. }) => {
-            tracing::info!(
+            tracing::info!(event = "prune_skipped",
                 job = "prune", policy = %policy.name, run = %run_id, reason = %message,
                 "prune skipped: the policy is busy"
             );
@@ -810,7 +820,7 @@ async fn prune_after_backup(
         // The backup itself succeeded; a failed prune only delays deletions,
         // and shows in /health, /metrics and /status until one succeeds.
         Err(e) => {
-            tracing::error!(
+            tracing::error!(event = "prune_failed",
                 job = "prune", policy = %policy.name, run = %run_id, error = %e,
                 "prune failed; old backups stay until the next run"
             );
@@ -866,7 +876,7 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
             }
             if !overdue {
                 if p.rpo_breached {
-                    tracing::info!(policy = %name, "RPO met again");
+                    tracing::info!(event = "rpo_met", policy = %name, "RPO met again");
                     p.rpo_breached = false;
                 }
                 continue;
@@ -953,7 +963,7 @@ fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
         jobs.spawn(async move {
             let scanned = wal::scan(&ctx.repo, &name, &url, &ctx.config.wal, before, now).await;
             if let Some(e) = &scanned.scan_error {
-                tracing::warn!(policy = %name, error = %e, "could not list the WAL archive");
+                tracing::warn!(event = "wal_scan_failed", policy = %name, error = %e, "could not list the WAL archive");
             }
             let now = Utc::now();
             let mut state = state::lock(&ctx.state);
@@ -1002,7 +1012,7 @@ fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
                         .send(Alert::new(Event::WalArchiveLagging, &name, summary, details));
                 }
                 Some(false) if wal.lagging => {
-                    tracing::info!(policy = %name, "WAL archiving is within the RPO target again");
+                    tracing::info!(event = "wal_archive_caught_up", policy = %name, "WAL archiving is within the RPO target again");
                     wal.lagging = false;
                 }
                 _ => {}
@@ -1037,7 +1047,7 @@ fn spool_episode(policy: &str, wal: &mut state::WalState) -> Option<Alert> {
             ))
         }
         (false, true) => {
-            tracing::info!(policy = %policy, "the WAL spool is below its alert level again");
+            tracing::info!(event = "wal_spool_drained", policy = %policy, "the WAL spool is below its alert level again");
             wal.spool_filling = false;
             None
         }
@@ -1049,7 +1059,7 @@ fn spool_episode(policy: &str, wal: &mut state::WalState) -> Option<Alert> {
 /// running one stays, and the reason is logged and shown in `/status`.
 fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
     let refuse = |why: String| {
-        tracing::error!(config = %path.display(), error = %why, "configuration NOT reloaded; still running the previous one");
+        tracing::error!(event = "config_reload_failed", config = %path.display(), error = %why, "configuration NOT reloaded; still running the previous one");
         state::lock(&ctx.state).last_reload_error = Some(why);
         None
     };
@@ -1065,18 +1075,21 @@ fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
         ));
     }
     if new.daemon.listen != ctx.config.daemon.listen {
-        tracing::warn!(
+        tracing::warn!(event = "restart_needed",
             listen = %ctx.config.daemon.listen,
             "[daemon] listen changed; it takes effect at the next restart"
         );
     }
     if new.daemon.max_concurrent_jobs != ctx.config.daemon.max_concurrent_jobs {
-        tracing::warn!("[daemon] max_concurrent_jobs changed; it takes effect at the next restart");
+        tracing::warn!(
+            event = "restart_needed",
+            "[daemon] max_concurrent_jobs changed; it takes effect at the next restart"
+        );
     }
     let new = Arc::new(new);
     sync_policies(&ctx.state, &new);
     state::lock(&ctx.state).last_reload_error = None;
-    tracing::info!(
+    tracing::info!(event = "config_reloaded",
         config = %path.display(),
         policies = new.policies.len(),
         "configuration reloaded"

@@ -157,7 +157,7 @@ async fn clear_leftovers(
             continue;
         }
         let path = entry.path();
-        tracing::warn!(policy = %policy.name, dir = %path.display(), "Stopping and removing the scratch server an earlier drill left (killed, or kept with --keep).");
+        tracing::warn!(event = "drill_leftover_removed", policy = %policy.name, dir = %path.display(), "Stopping and removing the scratch server an earlier drill left (killed, or kept with --keep).");
         let bin = bin_dir_for(configured_bin, &path);
         recover::stop_immediate(&policy.name, bin.as_deref(), &path).await?;
         std::fs::remove_dir_all(&path).map_err(|e| {
@@ -257,7 +257,7 @@ pub(super) async fn run(
     .await;
     if opts.keep {
         if let Some((port, user)) = &server {
-            tracing::warn!(policy = %policy.name, dir = %dir.display(), port, user = %user,
+            tracing::warn!(event = "drill_server_kept", policy = %policy.name, dir = %dir.display(), port, user = %user,
                 "Kept the drill's scratch server running (--keep): connect with `psql -h DIR -p PORT -U USER`; the policy's next drill stops it and removes the directory.");
         }
         return result;
@@ -279,7 +279,7 @@ pub(super) async fn run(
     match (result, cleaned) {
         (Ok(()), Err(e)) => Err(e),
         (Err(e), Err(c)) => {
-            tracing::error!(policy = %policy.name, dir = %dir.display(), error = %c, "The failed drill's scratch server or directory could not be cleaned up; the next drill tries again.");
+            tracing::error!(event = "drill_cleanup_failed", policy = %policy.name, dir = %dir.display(), error = %c, "The failed drill's scratch server or directory could not be cleaned up; the next drill tries again.");
             Err(e)
         }
         (result, Ok(())) => result,
@@ -487,7 +487,7 @@ async fn recover_and_check(
     {
         // No commit after the random time was archived: the end of the
         // archive is that point, and replaying it all is the honest drill.
-        tracing::info!(policy = %name, "No commit after the drill's target time is archived; replaying to the end of the archive.");
+        tracing::info!(event = "drill_step", policy = %name, "No commit after the drill's target time is archived; replaying to the end of the archive.");
         recover::clear_time_target(dir)?;
         stopped = recover::start_and_watch(name, dir, &start).await;
     }

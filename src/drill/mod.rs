@@ -292,7 +292,7 @@ async fn drill_steps(
                 .databases_with_prefix(&scratch_prefix(&policy.name))
                 .await?
             {
-                tracing::warn!(database = %leftover, "Dropping a scratch database left by an earlier drill.");
+                tracing::warn!(event = "drill_step", database = %leftover, "Dropping a scratch database left by an earlier drill.");
                 admin.drop(&leftover).await?;
             }
             let target_url = crate::source::postgres::with_dbname(scratch_url, &scratch_name);

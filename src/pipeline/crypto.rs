@@ -113,7 +113,7 @@ fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!(
+        tracing::warn!(event = "identity_file_readable",
             path = %path.display(),
             mode = format!("{:04o}", meta.permissions().mode() & 0o7777),
             "The identity file can be read by other users; it decrypts every backup, so run `chmod 600` on it."

@@ -114,7 +114,7 @@ pub async fn newest(repo: &Repo, policy: &str) -> Result<Option<Manifest>> {
         };
         match parse(repo, policy, &key, &bytes) {
             Ok(m) => return Ok(Some(m)),
-            Err(Rejected::Untrusted(why)) => tracing::warn!("{why}"),
+            Err(Rejected::Untrusted(why)) => tracing::warn!(event = "untrusted_object", "{why}"),
             Err(Rejected::Damaged(_)) => {}
         }
     }

@@ -124,6 +124,7 @@ async fn try_acquire(
         // Released by its holder after our create was refused.
         Err(e) if e.is_not_found() => {
             tracing::info!(
+                event = "lease_retry",
                 policy,
                 key,
                 "The lease was released while this job tried to take it; trying again."
@@ -149,6 +150,7 @@ async fn try_acquire(
         _ => {
             if current.is_none() {
                 tracing::warn!(
+                    event = "lease_unreadable",
                     policy,
                     key,
                     "The lease object is not readable JSON; treating it as expired."
@@ -156,6 +158,7 @@ async fn try_acquire(
             }
             let etag = meta.etag.unwrap_or_default();
             tracing::warn!(
+                event = "lease_taken_over",
                 policy,
                 "Taking over the lease of a job that expired or died."
             );
@@ -296,7 +299,7 @@ impl Lease {
                     match store.put(&key, encode(&next), mode).await {
                         Ok(s) => *guard = s.etag,
                         Err(e) => {
-                            tracing::error!(policy = %policy, key = %key, error = %e, "Could not renew the lease; stopping the job.");
+                            tracing::error!(event = "lease_renew_failed", policy = %policy, key = %key, error = %e, "Could not renew the lease; stopping the job.");
                             let _ = lost_tx.send(true);
                             return;
                         }
@@ -334,21 +337,21 @@ impl Lease {
         self.renewer.abort();
         let ours = self.etag.lock().await.clone();
         if *self.lost.borrow() {
-            tracing::warn!(key = %self.key, "The lease was lost; leaving it to whoever holds it now.");
+            tracing::warn!(event = "lease_lost", key = %self.key, "The lease was lost; leaving it to whoever holds it now.");
             return;
         }
         match self.store.head(&self.key, None).await {
             // A store that gives no ETag on HEAD (a local directory) cannot
             // tell; the lease is then deleted as before.
             Ok(meta) if ours.is_some() && meta.etag.is_some() && meta.etag != ours => {
-                tracing::warn!(key = %self.key, "The lease was taken over by another job; leaving it.");
+                tracing::warn!(event = "lease_taken_by_other", key = %self.key, "The lease was taken over by another job; leaving it.");
                 return;
             }
             Err(e) if e.is_not_found() => return,
             _ => {}
         }
         if let Err(e) = self.store.delete(&self.key).await {
-            tracing::warn!(key = %self.key, error = %e, "Could not remove the lease; it expires by itself.");
+            tracing::warn!(event = "lease_not_released", key = %self.key, error = %e, "Could not remove the lease; it expires by itself.");
         }
     }
 }
@@ -447,7 +450,7 @@ pub async fn remove_expired_holds(
         match store.delete(&object.key).await {
             Ok(()) => removed += 1,
             Err(e) => {
-                tracing::warn!(key = %object.key, error = %e, "Could not remove an expired hold; it is ignored anyway.");
+                tracing::warn!(event = "hold_not_removed", key = %object.key, error = %e, "Could not remove an expired hold; it is ignored anyway.");
             }
         }
     }
@@ -473,12 +476,12 @@ pub async fn hold_backup(
                 .await
                 && e.is_not_found()
             {
-                tracing::warn!(policy, backup = %backup_id, "The backup was pruned just now; reading it may fail.");
+                tracing::warn!(event = "hold_not_written", policy, backup = %backup_id, "The backup was pruned just now; reading it may fail.");
             }
             Some(hold)
         }
         Err(e) => {
-            tracing::warn!(policy, backup = %backup_id, error = %e, "Could not write a hold on the backup; a prune running now could remove it.");
+            tracing::warn!(event = "hold_not_written", policy, backup = %backup_id, error = %e, "Could not write a hold on the backup; a prune running now could remove it.");
             None
         }
     }

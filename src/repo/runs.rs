@@ -135,7 +135,7 @@ impl RunRecord {
         let error_sealed = match seal_message(recipients, &error.to_string()) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(policy = %policy, error = %e, "Cannot seal the error message of a failed backup; its run record has only the error class.");
+                tracing::warn!(event = "run_record_unsealed", policy = %policy, error = %e, "Cannot seal the error message of a failed backup; its run record has only the error class.");
                 None
             }
         };

@@ -301,7 +301,7 @@ pub fn write_tar(
             } else {
                 "device"
             };
-            tracing::warn!(path = %path.display(), kind = what, "Skipping a special file.");
+            tracing::warn!(event = "special_file_skipped", path = %path.display(), kind = what, "Skipping a special file.");
             continue;
         }
         print.paths.push(entry);

@@ -297,6 +297,7 @@ async fn stored_by_lost_attempt(
         return None;
     }
     tracing::info!(
+        event = "write_answer_lost",
         key,
         "The answer to a write was lost and its retry refused; the object holds exactly what was sent, so the first attempt stored it."
     );
@@ -777,7 +778,7 @@ impl DownloadState {
                 Ok(None) => return None,
                 Err(e) if self.resumes_left > 0 => {
                     self.resumes_left -= 1;
-                    tracing::warn!(key = %self.key, offset = self.offset, error = %error_chain(&e), "Download interrupted; resuming.");
+                    tracing::warn!(event = "download_resumed", key = %self.key, offset = self.offset, error = %error_chain(&e), "Download interrupted; resuming.");
                     let resumed = self
                         .client
                         .get_object()
@@ -976,7 +977,7 @@ impl S3Upload {
         if size != self.size as i64 || out.e_tag.as_deref() != Some(expected_etag.as_str()) {
             return None;
         }
-        tracing::info!(key = %self.key, "The answer to completing the upload was lost; the object there is the one its parts make, so the first attempt completed it.");
+        tracing::info!(event = "upload_answer_lost", key = %self.key, "The answer to completing the upload was lost; the object there is the one its parts make, so the first attempt completed it.");
         Some(Stored {
             size: self.size,
             etag: out.e_tag,
@@ -1141,7 +1142,7 @@ impl Upload for S3Upload {
             Ok(stored) => Ok(stored),
             Err(e) => {
                 if let Err(abort) = self.abort_now().await {
-                    tracing::warn!(key = %self.key, error = %abort, "Could not abort the multipart upload; the bucket's lifecycle rule removes it.");
+                    tracing::warn!(event = "upload_abort_failed", key = %self.key, error = %abort, "Could not abort the multipart upload; the bucket's lifecycle rule removes it.");
                 }
                 Err(e)
             }

@@ -67,7 +67,7 @@ async fn inspect(policy: &str, pg: &tokio_postgres::Config) -> Result<Server> {
         });
     }
     if !archive_command.contains("wal-push") || !archive_command.contains(policy) {
-        tracing::warn!(policy, server = %target, archive_command = %archive_command, "archive_command does not look like `drctl wal-push` for this policy; the base backup waits for its WAL to reach this policy's archive.");
+        tracing::warn!(event = "archive_command_unexpected", policy, server = %target, archive_command = %archive_command, "archive_command does not look like `drctl wal-push` for this policy; the base backup waits for its WAL to reach this policy's archive.");
     }
     if tablespaces > 0 {
         return Err(Error::Source {

@@ -134,7 +134,7 @@ where
         let client = match connect(db.clone()).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(database = %db, error = %e, "amcheck could not connect to a database of the drill's server.");
+                tracing::error!(event = "drill_database_unreachable", database = %db, error = %e, "amcheck could not connect to a database of the drill's server.");
                 problems.push("a database could not be connected to".to_string());
                 continue;
             }
@@ -144,7 +144,7 @@ where
             .await
         {
             let why = crate::source::postgres::error_text(&e);
-            tracing::error!(database = %db, error = %why, "CREATE EXTENSION amcheck failed on the drill's server.");
+            tracing::error!(event = "amcheck_unavailable", database = %db, error = %why, "CREATE EXTENSION amcheck failed on the drill's server.");
             problems.push(format!("CREATE EXTENSION amcheck failed: {why}"));
             continue;
         }
@@ -167,7 +167,7 @@ where
                 .await
             {
                 corrupt += 1;
-                tracing::error!(database = %db, index = %name, error = %crate::source::postgres::error_text(&e), "bt_index_check found a corrupt index on the drill's server.");
+                tracing::error!(event = "drill_step", database = %db, index = %name, error = %crate::source::postgres::error_text(&e), "bt_index_check found a corrupt index on the drill's server.");
             }
         }
     }

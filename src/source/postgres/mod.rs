@@ -88,7 +88,7 @@ fn password_from_env(config: &tokio_postgres::Config) -> Option<String> {
         use std::os::unix::fs::PermissionsExt;
         // libpq ignores a pgpass file others can read; so do we.
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "Ignoring the password file: its mode must be 0600.");
+            tracing::warn!(event = "pgpass_ignored", path = %path.display(), "Ignoring the password file: its mode must be 0600.");
             return None;
         }
     }
@@ -161,8 +161,25 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
         message: connect_hint(&e),
     })?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "PostgreSQL connection closed.");
+        // Driven by hand rather than awaited: the connection's own future
+        // logs every notice ("extension … already exists, skipping") at
+        // info, which would land in the daemon's log as noise.
+        let mut connection = connection;
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => tracing::debug!(
+                    event = "postgresql_notice",
+                    severity = notice.severity(),
+                    text = notice.message(),
+                    "PostgreSQL notice"
+                ),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(event = "postgresql_connection_closed", error = %e, "PostgreSQL connection closed");
+                    break;
+                }
+                None => break,
+            }
         }
     });
     Ok(client)

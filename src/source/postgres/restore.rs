@@ -148,7 +148,7 @@ pub async fn to_database(
     if outcome.is_err()
         && let Err(drop) = admin.drop(&scratch).await
     {
-        tracing::error!(database = %scratch, error = %drop, "Could not drop the scratch database of a failed restore; drop it by hand.");
+        tracing::error!(event = "scratch_database_not_dropped", database = %scratch, error = %drop, "Could not drop the scratch database of a failed restore; drop it by hand.");
     }
     outcome
 }
@@ -169,7 +169,7 @@ async fn swap_into_place(
     admin.rename(&target.dbname, &old).await?;
     if let Err(e) = admin.rename(scratch, &target.dbname).await {
         if let Err(back) = admin.rename(&old, &target.dbname).await {
-            tracing::error!(database = %old, error = %back, "Could not move the original database back; it is intact under this name.");
+            tracing::error!(event = "database_not_moved_back", database = %old, error = %back, "Could not move the original database back; it is intact under this name.");
         }
         return Err(e);
     }
