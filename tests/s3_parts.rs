@@ -322,7 +322,7 @@ fn memory_stays_flat_while_parts_grow_past_the_budget() {
         let mut stream = store.get_stream("big", None).await.expect("object exists");
         let mut sha = Sha256::new();
         while let Some(chunk) = stream.next().await {
-            sha.update(&chunk.expect("body reads"));
+            sha.update(chunk.expect("body reads"));
         }
         hex::encode(sha.finalize())
     });

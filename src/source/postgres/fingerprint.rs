@@ -172,7 +172,8 @@ pub async fn verify(
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for client in clients.iter().cloned() {
+    for client in &clients {
+        let client = std::sync::Arc::clone(client);
         let (queue, tables, scope) = (queue.clone(), expected_tables.clone(), scope.clone());
         tasks.spawn(async move {
             let mut done = Vec::new();
