@@ -909,6 +909,10 @@ mem_total=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 drctl_rev=$(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$checkout" status --porcelain --untracked-files=no 2>/dev/null) ]] && drctl_rev="$drctl_rev (with uncommitted changes)"
 
+# ratio_line TEXT: prints TEXT unless a ratio in it is missing (a row not
+# measured with BENCH_ROWS).
+ratio_line() { [[ $* == *nan* ]] || echo "$*"; }
+
 # ratio A B COLUMN: median of A / median of B, or n/a.
 ratio() {
   local a b
@@ -964,17 +968,17 @@ report=$work/report.md
     echo
     echo "Ratios of medians (wall, CPU; below 1 means drctl is faster or uses less):"
     echo
-    echo "- backup: drctl local (d) / pg_dump to /dev/null (a): wall $(ratio "$db/d" "$db/a" 1), CPU $(ratio "$db/d" "$db/a" 2)"
-    echo "- backup: drctl local (d) / shell pipeline to a file (b): wall $(ratio "$db/d" "$db/b" 1), CPU $(ratio "$db/d" "$db/b" 2), output size $(awk -v a="${size_of[$db/d]:-0}" -v b="${size_of[$db/b]:-0}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')"
-    echo "- backup: drctl local without fingerprint (d2) / shell pipeline to a file (b): wall $(ratio "$db/d2" "$db/b" 1), CPU $(ratio "$db/d2" "$db/b" 2)"
-    echo "- backup: drctl S3 (e) / shell pipeline to S3 (c): wall $(ratio "$db/e" "$db/c" 1), CPU $(ratio "$db/e" "$db/c" 2)"
-    echo "- restore: drctl local (f5) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/f5" "$db/f2" 1), CPU $(ratio "$db/f5" "$db/f2" 2)"
-    echo "- restore: drctl local (f5) / plain pg_restore from an uncompressed file (f1): wall $(ratio "$db/f5" "$db/f1" 1)"
-    echo "- restore: drctl local (f5) / shell pipeline from a local file (f3): wall $(ratio "$db/f5" "$db/f3" 1), CPU $(ratio "$db/f5" "$db/f3" 2)"
-    echo "- restore: drctl S3 (f6) / shell pipeline from S3 (f4): wall $(ratio "$db/f6" "$db/f4" 1), CPU $(ratio "$db/f6" "$db/f4" 2)"
-    echo "- drill: drctl drill (g) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g" "$db/f2" 1)"
-    echo "- drill: sampled drill (g2) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g2" "$db/f2" 1)"
-    echo "- drill: drctl drill (g) / drctl restore (f5): wall $(ratio "$db/g" "$db/f5" 1); sampled (g2) / f5: wall $(ratio "$db/g2" "$db/f5" 1)"
+    ratio_line "- backup: drctl local (d) / pg_dump to /dev/null (a): wall $(ratio "$db/d" "$db/a" 1), CPU $(ratio "$db/d" "$db/a" 2)"
+    ratio_line "- backup: drctl local (d) / shell pipeline to a file (b): wall $(ratio "$db/d" "$db/b" 1), CPU $(ratio "$db/d" "$db/b" 2), output size $(awk -v a="${size_of[$db/d]:-0}" -v b="${size_of[$db/b]:-0}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')"
+    ratio_line "- backup: drctl local without fingerprint (d2) / shell pipeline to a file (b): wall $(ratio "$db/d2" "$db/b" 1), CPU $(ratio "$db/d2" "$db/b" 2)"
+    ratio_line "- backup: drctl S3 (e) / shell pipeline to S3 (c): wall $(ratio "$db/e" "$db/c" 1), CPU $(ratio "$db/e" "$db/c" 2)"
+    ratio_line "- restore: drctl local (f5) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/f5" "$db/f2" 1), CPU $(ratio "$db/f5" "$db/f2" 2)"
+    ratio_line "- restore: drctl local (f5) / plain pg_restore from an uncompressed file (f1): wall $(ratio "$db/f5" "$db/f1" 1)"
+    ratio_line "- restore: drctl local (f5) / shell pipeline from a local file (f3): wall $(ratio "$db/f5" "$db/f3" 1), CPU $(ratio "$db/f5" "$db/f3" 2)"
+    ratio_line "- restore: drctl S3 (f6) / shell pipeline from S3 (f4): wall $(ratio "$db/f6" "$db/f4" 1), CPU $(ratio "$db/f6" "$db/f4" 2)"
+    ratio_line "- drill: drctl drill (g) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g" "$db/f2" 1)"
+    ratio_line "- drill: sampled drill (g2) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g2" "$db/f2" 1)"
+    ratio_line "- drill: drctl drill (g) / drctl restore (f5): wall $(ratio "$db/g" "$db/f5" 1); sampled (g2) / f5: wall $(ratio "$db/g2" "$db/f5" 1)"
     python3 - "$work/results/$db" <<'PY'
 import glob, json, statistics, sys
 restore, check = [], []
