@@ -13,6 +13,10 @@
 #                BENCH_TIMEOUT (default 7200) seconds any one command may take
 #                S3_VERSIONING (default on)  on: a versioned bucket, as operations.md
 #                                          recommends; off: an unversioned one
+#                BENCH_DBS (default "bench_pgbench bench_random")  databases to build and measure
+#                BENCH_ROWS (default all)  row ids to measure, e.g. "f2 d f5 g g2" for the
+#                                          large case: RUNS=1 WARMUP=0 BENCH_DBS=bench_pgbench
+#                WARMUP (default 1)        0: no warm-up run (large databases)
 #   --pitr only: PITR_RUNS (default 2)     rounds of base backups, in alternating order
 #                PITR_WAL_MB (default 1024) WAL written between the backups and the target
 #                ARCHIVE_SECONDS (default 180) pgbench -c 8 time per archive_command
@@ -48,6 +52,9 @@ PITR_WAL_MB=${PITR_WAL_MB:-1024}
 ARCHIVE_SECONDS=${ARCHIVE_SECONDS:-180}
 RANDOM_MB=${RANDOM_MB:-1024}
 RUNS=${RUNS:-3}
+WARMUP=${WARMUP:-1}
+BENCH_DBS=${BENCH_DBS:-bench_pgbench bench_random}
+BENCH_ROWS=${BENCH_ROWS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-7200}
 S3_VERSIONING=${S3_VERSIONING:-on}
 [[ $S3_VERSIONING == on || $S3_VERSIONING == off ]] || die "S3_VERSIONING must be on or off, not '$S3_VERSIONING'"
@@ -600,18 +607,27 @@ EOF
 fi
 
 # --- data ------------------------------------------------------------------------------------------
-dbs=(bench_pgbench bench_random)
-say "Loading bench_pgbench: pgbench -i -s $SCALE"
-t0=$SECONDS
-psql_ -d postgres -c "CREATE DATABASE bench_pgbench"
-timeout "$BENCH_TIMEOUT" pgbench -i -q -s "$SCALE" bench_pgbench >"$work/logs/pgbench.log" 2>&1 ||
-  { tail -n 20 "$work/logs/pgbench.log" >&2; die "pgbench -i failed"; }
-note "took $((SECONDS - t0)) s"
+read -r -a dbs <<<"$BENCH_DBS"
+for db in "${dbs[@]}"; do
+  [[ $db == bench_pgbench || $db == bench_random ]] || die "BENCH_DBS: unknown database $db"
+done
+has_db() { [[ " ${dbs[*]} " == *" $1 "* ]]; }
+# want ID: whether row ID is measured (BENCH_ROWS empty: every row).
+want() { [[ -z $BENCH_ROWS || " $BENCH_ROWS " == *" $1 "* ]]; }
+if has_db bench_pgbench; then
+  say "Loading bench_pgbench: pgbench -i -s $SCALE"
+  t0=$SECONDS
+  psql_ -d postgres -c "CREATE DATABASE bench_pgbench"
+  timeout "$BENCH_TIMEOUT" pgbench -i -q -s "$SCALE" bench_pgbench >"$work/logs/pgbench.log" 2>&1 ||
+    { tail -n 20 "$work/logs/pgbench.log" >&2; die "pgbench -i failed"; }
+  note "took $((SECONDS - t0)) s"
+fi
 
-say "Loading bench_random: about $RANDOM_MB MB of less compressible rows"
-t0=$SECONDS
-psql_ -d postgres -c "CREATE DATABASE bench_random"
-psql_ -d bench_random <<'SQL'
+if has_db bench_random; then
+  say "Loading bench_random: about $RANDOM_MB MB of less compressible rows"
+  t0=$SECONDS
+  psql_ -d postgres -c "CREATE DATABASE bench_random"
+  psql_ -d bench_random <<'SQL'
 CREATE TABLE bench_random (
   id bigint NOT NULL,
   payload text NOT NULL,
@@ -635,36 +651,37 @@ CREATE FUNCTION bench_fill(lo bigint, hi bigint) RETURNS void LANGUAGE sql AS $$
   FROM generate_series(lo, hi) g
 $$;
 SQL
-# A sample to learn the bytes per row, then the rest in parallel chunks.
-sample=20000
-psql_ -d bench_random -c "SELECT bench_fill(1, $sample)" >/dev/null
-row_bytes=$(psql_ -d bench_random -c "SELECT pg_relation_size('bench_random') / $sample")
-rows=$((RANDOM_MB * 1024 * 1024 / row_bytes))
-((rows > sample)) || rows=$sample
-jobs=$(nproc)
-((jobs > 8)) && jobs=8
-note "~$row_bytes bytes per row: $rows rows, filled by $jobs sessions"
-remaining=$((rows - sample))
-pids=()
-if ((remaining > 0)); then
-  per=$(((remaining + jobs - 1) / jobs))
-  for ((j = 0; j < jobs; j++)); do
-    lo=$((sample + 1 + j * per))
-    hi=$((sample + (j + 1) * per))
-    ((hi > rows)) && hi=$rows
-    ((lo > hi)) && continue
-    psql_ -d bench_random -c "SELECT bench_fill($lo, $hi)" >/dev/null &
-    pids+=($!)
-  done
-fi
-for p in "${pids[@]}"; do wait "$p" || die "filling bench_random failed"; done
-psql_ -d bench_random <<'SQL'
+  # A sample to learn the bytes per row, then the rest in parallel chunks.
+  sample=20000
+  psql_ -d bench_random -c "SELECT bench_fill(1, $sample)" >/dev/null
+  row_bytes=$(psql_ -d bench_random -c "SELECT pg_relation_size('bench_random') / $sample")
+  rows=$((RANDOM_MB * 1024 * 1024 / row_bytes))
+  ((rows > sample)) || rows=$sample
+  jobs=$(nproc)
+  ((jobs > 8)) && jobs=8
+  note "~$row_bytes bytes per row: $rows rows, filled by $jobs sessions"
+  remaining=$((rows - sample))
+  pids=()
+  if ((remaining > 0)); then
+    per=$(((remaining + jobs - 1) / jobs))
+    for ((j = 0; j < jobs; j++)); do
+      lo=$((sample + 1 + j * per))
+      hi=$((sample + (j + 1) * per))
+      ((hi > rows)) && hi=$rows
+      ((lo > hi)) && continue
+      psql_ -d bench_random -c "SELECT bench_fill($lo, $hi)" >/dev/null &
+      pids+=($!)
+    done
+  fi
+  for p in "${pids[@]}"; do wait "$p" || die "filling bench_random failed"; done
+  psql_ -d bench_random <<'SQL'
 DROP FUNCTION bench_fill(bigint, bigint);
 ALTER TABLE bench_random ADD PRIMARY KEY (id);
 CREATE INDEX bench_random_happened_at ON bench_random (happened_at);
 CREATE INDEX bench_random_doc_k ON bench_random ((doc ->> 'k'));
 SQL
-note "took $((SECONDS - t0)) s"
+  note "took $((SECONDS - t0)) s"
+fi
 
 say "VACUUM ANALYZE both databases"
 for db in "${dbs[@]}"; do psql_ -d "$db" -c "VACUUM ANALYZE"; done
@@ -714,7 +731,7 @@ identity_file = "$drctl_identity"
 EOF
 for db in "${dbs[@]}"; do
   # The drill section lets row g time a restore drill of the same backup.
-  printf '[source]\ntype = "postgres"\nurl = "%s"\n\n[drill]\nscratch_url = "%s"\n' "$(pg_url "$db")" "$(pg_url postgres)" >"$work/policies/$db.toml"
+  printf '[source]\ntype = "postgres"\nurl = "%s"\n\n[drill]\nscratch_url = "%s"\nsample_percent = 5\n' "$(pg_url "$db")" "$(pg_url postgres)" >"$work/policies/$db.toml"
   # The same without the fingerprint, to show what the fingerprint costs.
   printf '[source]\ntype = "postgres"\nurl = "%s"\nfingerprint = false\n' "$(pg_url "$db")" >"$work/policies/${db}_nofp.toml"
 done
@@ -745,6 +762,7 @@ order=()
 # wall, user+sys CPU, server CPU, max RSS KiB.
 measure() {
   local db=$1 id=$2 what=$3 prep=$4 cmd=$5
+  want "$id" || return 0
   local res=$work/results/$db/$id tf=$work/results/$db/$id.time log=$work/logs/$db-$id.log
   mkdir -p "$work/results/$db"
   : >"$res"
@@ -755,7 +773,7 @@ measure() {
   [[ -z $prep ]] || printf '    untimed before each run: %s\n' "$prep"
   printf '    $ %s\n' "$cmd"
   local i before after wall user sys rss
-  for ((i = 0; i <= RUNS; i++)); do
+  for ((i = 1 - WARMUP; i <= RUNS; i++)); do
     if [[ -n $prep ]]; then
       timeout -k 10 900 bash -o pipefail -c "$prep" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; die "$db $id: preparing failed: $prep"; }
     fi
@@ -809,61 +827,76 @@ for db in "${dbs[@]}"; do
   measure "$db" a "pg_dump to /dev/null (the input limit)" "" \
     "pg_dump -Fc -Z0 -d $db > /dev/null"
   # The uncompressed dump that pg_restore reads below; its size bounds the others.
-  timeout "$BENCH_TIMEOUT" pg_dump -Fc -Z0 -d "$db" >"$dump"
-  plain=$(stat -c %s "$dump")
-  size_of[$db/a]=$plain
+  if want f1 || want f2 || want f3 || want f4 || want c || want a; then
+    timeout "$BENCH_TIMEOUT" pg_dump -Fc -Z0 -d "$db" >"$dump"
+    plain=$(stat -c %s "$dump")
+    size_of[$db/a]=$plain
+  else
+    plain=0
+  fi
   # aws needs an upper bound to pick part sizes for a stream (above 80 GB).
   expected=$((plain + plain / 100 + 1048576))
 
   measure "$db" b "shell: pg_dump | zstd | age > file" "rm -f $sealed" \
     "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient > $sealed"
-  size_of[$db/b]=$(stat -c %s "$sealed")
+  ! want b || size_of[$db/b]=$(stat -c %s "$sealed")
 
   measure "$db" c "shell: pg_dump | zstd | age | aws s3 cp (moto)" "$work/purge-s3 $s3_key" \
     "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient | aws --endpoint-url $s3 s3 cp --expected-size $expected - s3://$bucket/$s3_key"
-  size_of[$db/c]=$(s3_size "$s3_key")
+  ! want c || size_of[$db/c]=$(s3_size "$s3_key")
 
   # Earlier runs' backups are removed before each run (untimed), so every run
   # starts from the same repository and moto holds one backup at a time.
   measure "$db" d "drctl backup, local directory" "rm -rf $work/repo-local/backups/$db" \
     "$drctl_local backup $db"
-  obj=$(find "$work/repo-local/backups/$db" -name 'data.pgdump.zst.age' -print -quit)
-  size_of[$db/d]=$(stat -c %s "$obj")
+  if want d; then
+    obj=$(find "$work/repo-local/backups/$db" -name 'data.pgdump.zst.age' -print -quit)
+    size_of[$db/d]=$(stat -c %s "$obj")
+  fi
 
   measure "$db" d2 "drctl backup, local directory, fingerprint = false" "rm -rf $work/repo-local/backups/${db}_nofp" \
     "$drctl_local backup ${db}_nofp"
-  obj=$(find "$work/repo-local/backups/${db}_nofp" -name 'data.pgdump.zst.age' -print -quit)
-  size_of[$db/d2]=$(stat -c %s "$obj")
+  if want d2; then
+    obj=$(find "$work/repo-local/backups/${db}_nofp" -name 'data.pgdump.zst.age' -print -quit)
+    size_of[$db/d2]=$(stat -c %s "$obj")
+  fi
 
   measure "$db" e "drctl backup, S3 (moto)" \
     "$work/purge-s3 drctl/backups/$db/" \
     "$drctl_s3 backup $db"
-  key=$(aws_ s3api list-objects-v2 --bucket "$bucket" --prefix "drctl/backups/$db/" \
-    --query "Contents[?ends_with(Key, 'data.pgdump.zst.age')].Key | [0]" --output text)
-  size_of[$db/e]=$(s3_size "$key")
+  if want e; then
+    key=$(aws_ s3api list-objects-v2 --bucket "$bucket" --prefix "drctl/backups/$db/" \
+      --query "Contents[?ends_with(Key, 'data.pgdump.zst.age')].Key | [0]" --output text)
+    size_of[$db/e]=$(s3_size "$key")
+  fi
 
   measure "$db" f1 "pg_restore from the uncompressed dump file (plain flags)" "$recreate_restore_db" \
     "pg_restore -d $restore_db $dump"
-  check_restored "$db" f1
+  ! want f1 || check_restored "$db" f1
   measure "$db" f2 "pg_restore from the uncompressed dump file (drctl's flags)" "$recreate_restore_db" \
     "pg_restore $pg_restore_flags -d $restore_db $dump"
-  check_restored "$db" f2
+  ! want f2 || check_restored "$db" f2
   measure "$db" f3 "shell: age -d | zstd -d | pg_restore (local file)" "$recreate_restore_db" \
     "age -d -i $age_key $sealed | zstd -d | pg_restore $pg_restore_flags -d $restore_db"
-  check_restored "$db" f3
+  ! want f3 || check_restored "$db" f3
   measure "$db" f4 "shell: aws s3 cp | age -d | zstd -d | pg_restore (moto)" "$recreate_restore_db" \
     "aws --endpoint-url $s3 s3 cp s3://$bucket/$s3_key - | age -d -i $age_key | zstd -d | pg_restore $pg_restore_flags -d $restore_db"
-  check_restored "$db" f4
+  ! want f4 || check_restored "$db" f4
   measure "$db" f5 "drctl restore, local directory" "$recreate_restore_db" \
     "$drctl_local restore $db --to latest --target $(pg_url $restore_db) --yes"
-  check_restored "$db" f5
+  ! want f5 || check_restored "$db" f5
   measure "$db" f6 "drctl restore, S3 (moto)" "$recreate_restore_db" \
     "$drctl_s3 restore $db --to latest --target $(pg_url $restore_db) --yes"
-  check_restored "$db" f6
+  ! want f6 || check_restored "$db" f6
   # A restore drill of the same backup: pg_restore into a scratch database,
   # then the fingerprint check; each drill's record gives the split.
   measure "$db" g "drctl drill, local directory (restore, then fingerprint check)" "" \
     "$drctl_local --json drill $db > $work/results/$db/drill-\$(date +%s%N).json"
+  # The same drill as the daemon runs it with `[drill] sample_percent = 5`:
+  # row counts of every table, the rows of 2 of 32 buckets of each large
+  # table (row g's full checks make a full check not due).
+  measure "$db" g2 "drctl drill --scheduled-check, local directory (restore, then sampled check)" "" \
+    "$drctl_local --json drill $db --scheduled-check > $work/results/$db/sampled-\$(date +%s%N).json"
   psql_ -d postgres -c "DROP DATABASE IF EXISTS $restore_db WITH (FORCE)"
   rm -f "$dump" "$sealed"
 done
@@ -875,6 +908,10 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 mem_total=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 drctl_rev=$(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$checkout" status --porcelain --untracked-files=no 2>/dev/null) ]] && drctl_rev="$drctl_rev (with uncommitted changes)"
+
+# ratio_line TEXT: prints TEXT unless a ratio in it is missing (a row not
+# measured with BENCH_ROWS).
+ratio_line() { [[ $* == *nan* ]] || echo "$*"; }
 
 # ratio A B COLUMN: median of A / median of B, or n/a.
 ratio() {
@@ -888,7 +925,7 @@ report=$work/report.md
 {
   echo "# drctl benchmark"
   echo
-  echo "Produced by \`scripts/bench.sh $SCALE\` (RANDOM_MB=$RANDOM_MB RUNS=$RUNS), $started_at to $ended_at."
+  echo "Produced by \`scripts/bench.sh $SCALE\` (RANDOM_MB=$RANDOM_MB RUNS=$RUNS WARMUP=$WARMUP BENCH_DBS=\"$BENCH_DBS\" BENCH_ROWS=\"$BENCH_ROWS\"), $started_at to $ended_at."
   echo
   echo "- Machine: $(nproc) CPUs ($cpu_model), $mem_total memory, Linux $(uname -r)"
   echo "- Load average at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -896,13 +933,17 @@ report=$work/report.md
   echo "- $(zstd --version | sed 's/^\*\*\* //; s/ \*\*\*$//'), age $(age --version), $(aws --version 2>&1 | cut -d' ' -f1), moto $(python3 -c 'import moto; print(moto.__version__)')"
   echo "- drctl $("$drctl_bin" --version | cut -d' ' -f2) at $drctl_rev, \`cargo build --release\`"
   echo "- SCALE=$SCALE (pgbench), RANDOM_MB=$RANDOM_MB, RUNS=$RUNS"
-  echo "- Databases: bench_pgbench (\`pgbench -i -s $SCALE\`) ${db_size[bench_pgbench]} bytes (${db_pretty[bench_pgbench]}); bench_random (one table of random base64 text, jsonb, numeric, timestamptz; primary key and 2 indexes) ${db_size[bench_random]} bytes (${db_pretty[bench_random]}), by pg_database_size after VACUUM ANALYZE"
+  echo "- Databases: bench_pgbench (\`pgbench -i -s $SCALE\`) ${db_size[bench_pgbench]:-} bytes (${db_pretty[bench_pgbench]:-}); bench_random (one table of random base64 text, jsonb, numeric, timestamptz; primary key and 2 indexes) ${db_size[bench_random]:-} bytes (${db_pretty[bench_random]:-}), by pg_database_size after VACUUM ANALYZE"
   echo "- PostgreSQL 15 on 127.0.0.1 with: \`$(printf '%s; ' "${pg_settings[@]:0:9}" | sed 's/; $//')\`. fsync=off is not crash safe; fine for a throwaway cluster, and the same for every row."
   echo "- S3 is moto $(python3 -c 'import moto; print(moto.__version__)') on 127.0.0.1 (bucket versioning $S3_VERSIONING), a Python server: the S3 rows measure moto at least as much as the client."
   echo
   echo "How it is measured:"
   echo
-  echo "- Each command runs once to warm up (the OS page cache is warm), then $RUNS times; the table shows medians."
+  if ((WARMUP)); then
+    echo "- Each command runs once to warm up (the OS page cache is warm), then $RUNS times; the table shows medians."
+  else
+    echo "- No warm-up run (WARMUP=0); each command runs $RUNS times; the table shows medians. Rows measured: ${BENCH_ROWS:-all}."
+  fi
   echo "- Each run is \`/usr/bin/time -f '%e %U %S %M' bash -o pipefail -c 'COMMAND'\`, with the environment \`PATH=$pg_bin:\$PATH PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres PGPASSWORD=(random) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1\`. Untimed preparation before each run: restores go into a freshly created empty database \`$restore_db\`; drctl backups start from a repository without earlier backups of the policy."
   echo "- **CPU s** is user+sys of the command and every child process (pg_dump, zstd, age, aws, or the pg_dump/pg_restore drctl starts). **Server CPU s** is the CPU time of the PostgreSQL backends that served the command (measured from the postmaster's reaped-children times); it is not in CPU s."
   echo "- **Max RSS** is GNU time's %M: the largest single process of the tree, not the sum. For a shell pipeline it is the biggest of pg_dump, zstd, age and aws; for drctl it is drctl or its pg_dump/pg_restore, whichever is larger. PostgreSQL and moto are not included."
@@ -927,15 +968,17 @@ report=$work/report.md
     echo
     echo "Ratios of medians (wall, CPU; below 1 means drctl is faster or uses less):"
     echo
-    echo "- backup: drctl local (d) / pg_dump to /dev/null (a): wall $(ratio "$db/d" "$db/a" 1), CPU $(ratio "$db/d" "$db/a" 2)"
-    echo "- backup: drctl local (d) / shell pipeline to a file (b): wall $(ratio "$db/d" "$db/b" 1), CPU $(ratio "$db/d" "$db/b" 2), output size $(awk -v a="${size_of[$db/d]}" -v b="${size_of[$db/b]}" 'BEGIN { printf "%.3f", a / b }')"
-    echo "- backup: drctl local without fingerprint (d2) / shell pipeline to a file (b): wall $(ratio "$db/d2" "$db/b" 1), CPU $(ratio "$db/d2" "$db/b" 2)"
-    echo "- backup: drctl S3 (e) / shell pipeline to S3 (c): wall $(ratio "$db/e" "$db/c" 1), CPU $(ratio "$db/e" "$db/c" 2)"
-    echo "- restore: drctl local (f5) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/f5" "$db/f2" 1), CPU $(ratio "$db/f5" "$db/f2" 2)"
-    echo "- restore: drctl local (f5) / plain pg_restore from an uncompressed file (f1): wall $(ratio "$db/f5" "$db/f1" 1)"
-    echo "- restore: drctl local (f5) / shell pipeline from a local file (f3): wall $(ratio "$db/f5" "$db/f3" 1), CPU $(ratio "$db/f5" "$db/f3" 2)"
-    echo "- restore: drctl S3 (f6) / shell pipeline from S3 (f4): wall $(ratio "$db/f6" "$db/f4" 1), CPU $(ratio "$db/f6" "$db/f4" 2)"
-    echo "- drill: drctl drill (g) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g" "$db/f2" 1)"
+    ratio_line "- backup: drctl local (d) / pg_dump to /dev/null (a): wall $(ratio "$db/d" "$db/a" 1), CPU $(ratio "$db/d" "$db/a" 2)"
+    ratio_line "- backup: drctl local (d) / shell pipeline to a file (b): wall $(ratio "$db/d" "$db/b" 1), CPU $(ratio "$db/d" "$db/b" 2), output size $(awk -v a="${size_of[$db/d]:-0}" -v b="${size_of[$db/b]:-0}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')"
+    ratio_line "- backup: drctl local without fingerprint (d2) / shell pipeline to a file (b): wall $(ratio "$db/d2" "$db/b" 1), CPU $(ratio "$db/d2" "$db/b" 2)"
+    ratio_line "- backup: drctl S3 (e) / shell pipeline to S3 (c): wall $(ratio "$db/e" "$db/c" 1), CPU $(ratio "$db/e" "$db/c" 2)"
+    ratio_line "- restore: drctl local (f5) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/f5" "$db/f2" 1), CPU $(ratio "$db/f5" "$db/f2" 2)"
+    ratio_line "- restore: drctl local (f5) / plain pg_restore from an uncompressed file (f1): wall $(ratio "$db/f5" "$db/f1" 1)"
+    ratio_line "- restore: drctl local (f5) / shell pipeline from a local file (f3): wall $(ratio "$db/f5" "$db/f3" 1), CPU $(ratio "$db/f5" "$db/f3" 2)"
+    ratio_line "- restore: drctl S3 (f6) / shell pipeline from S3 (f4): wall $(ratio "$db/f6" "$db/f4" 1), CPU $(ratio "$db/f6" "$db/f4" 2)"
+    ratio_line "- drill: drctl drill (g) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g" "$db/f2" 1)"
+    ratio_line "- drill: sampled drill (g2) / pg_restore from an uncompressed file, same flags (f2): wall $(ratio "$db/g2" "$db/f2" 1)"
+    ratio_line "- drill: drctl drill (g) / drctl restore (f5): wall $(ratio "$db/g" "$db/f5" 1); sampled (g2) / f5: wall $(ratio "$db/g2" "$db/f5" 1)"
     python3 - "$work/results/$db" <<'PY'
 import glob, json, statistics, sys
 restore, check = [], []
@@ -946,6 +989,18 @@ for path in glob.glob(sys.argv[1] + "/drill-*.json"):
 if restore:
     r, c = statistics.median(restore), statistics.median(check)
     print(f"- drill (g), from its records (median of {len(restore)} drills): restore {r:.2f} s, fingerprint check {c:.2f} s; the check adds {100 * c / r:.0f} % to the restore")
+restore, check, share = [], [], []
+for path in glob.glob(sys.argv[1] + "/sampled-*.json"):
+    d = json.load(open(path))["drills"][0]
+    steps = {s["name"]: s["seconds"] for s in d["steps"]}
+    restore.append(steps["fetch, decrypt, decompress and pg_restore"])
+    check.append(steps["verify fingerprint"])
+    if d.get("sample"):
+        share.append(100 * d["sample"]["rows_hashed"] / max(d["sample"]["rows_total"], 1))
+if restore:
+    r, c = statistics.median(restore), statistics.median(check)
+    hashed = f"{statistics.median(share):.1f} % of rows hashed" if share else "no sample taken (a full check was due)"
+    print(f"- sampled drill (g2), from its records (median of {len(restore)} drills): restore {r:.2f} s, sampled check {c:.2f} s ({hashed}, every row counted); the check adds {100 * c / r:.0f} % to the restore")
 PY
     echo
     echo "Commands, exactly as timed:"

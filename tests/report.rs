@@ -75,6 +75,7 @@ fn record(started: DateTime<Utc>, passed: bool, rto: f64, backup: &Value) -> Dri
             detail: "every path's content, mode and link target matched".into(),
         }],
         recovery: None,
+        sample: None,
         previous_sha256: None,
     }
 }

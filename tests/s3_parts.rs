@@ -224,3 +224,126 @@ fn an_s3_failure_mid_spill_leaves_no_object_and_no_spill_file() {
         "spill files removed"
     );
 }
+
+/// Peak memory of one upload whose parts grow far past the part budget, as
+/// those of a backup past 60 GiB do (48 MiB parts from 42 GB stored). Part
+/// sizes double every 4 parts here instead of every 1,000, so 256 MiB
+/// reach 48 MiB parts, 2.7 times the 18 MiB budget. The upload runs in a
+/// child process of its own, so that its peak RSS is not other tests'.
+#[test]
+fn memory_stays_flat_while_parts_grow_past_the_budget() {
+    const LEN: usize = 256 * MIB;
+    const CHILD: &str = "DRCTL_TEST_GROWING_PARTS";
+    if let Ok(target) = std::env::var(CHILD) {
+        let (endpoint, bucket) = target.split_once(' ').expect("endpoint and bucket");
+        let spill = tempfile::tempdir().unwrap();
+        let store = S3Store::from_client(common::s3_client(endpoint), bucket, "repo", endpoint)
+            .with_part_memory(PART_MEMORY_BYTES, spill.path().join("parts"))
+            .with_parts_per_size_step(4);
+        let (size, sha) = block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            // The stream is generated as it is sent, never held whole.
+            let producer = tokio::spawn(async move {
+                let mut sha = Sha256::new();
+                let mut sent = 0;
+                let mut seed = 0u64;
+                while sent < LEN {
+                    let chunk = synthetic(seed, (256 * 1024).min(LEN - sent));
+                    seed += 1;
+                    sent += chunk.len();
+                    sha.update(&chunk);
+                    if tx.send(Bytes::from(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = done_tx.send(());
+                hex::encode(sha.finalize())
+            });
+            let stored = upload_stream(&store, "big", rx, done_rx)
+                .await
+                .expect("the upload completes");
+            (stored.size, producer.await.unwrap())
+        });
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM");
+        println!("GROWING-PARTS size={size} sha256={sha} peak_kib={hwm}");
+        return;
+    }
+
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("growing");
+    block_on(s3.create_bucket(&bucket, false));
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "memory_stays_flat_while_parts_grow_past_the_budget",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, format!("{} {bucket}", s3.endpoint()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("GROWING-PARTS ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}"));
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("size"), LEN.to_string());
+    let peak_mib = field("peak_kib").parse::<u64>().unwrap() / 1024;
+    assert!(
+        peak_mib < 64,
+        "peak RSS {peak_mib} MiB while parts grew to 48 MiB: memory grows with the part size"
+    );
+
+    // The object is the stream, and it was sent in parts that grew.
+    let store = store(
+        &s3.endpoint(),
+        &bucket,
+        PART_MEMORY_BYTES,
+        Path::new("/nonexistent"),
+    );
+    let sha = block_on(async {
+        let mut stream = store.get_stream("big", None).await.expect("object exists");
+        let mut sha = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            sha.update(chunk.expect("body reads"));
+        }
+        hex::encode(sha.finalize())
+    });
+    assert_eq!(sha, field("sha256"), "the object differs from the stream");
+    // A multipart ETag ends in the number of parts: 4 each of 6, 12 and 24
+    // MiB, then 48 and 40 MiB make 14 (6 MiB parts throughout would be 43).
+    let head = block_on(
+        s3.client()
+            .head_object()
+            .bucket(&bucket)
+            .key("repo/big")
+            .send(),
+    )
+    .expect("head the object");
+    let etag = head
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        etag.ends_with("-14"),
+        "ETag {etag}: expected 14 growing parts"
+    );
+}

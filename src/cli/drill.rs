@@ -22,6 +22,11 @@ pub struct DrillArgs {
     /// Leave the scratch database or directory in place afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Check as a scheduled drill does: with `[drill] sample_percent`, a
+    /// sample of rows unless a full check is due. Without it a drill by
+    /// hand checks every row.
+    #[arg(long)]
+    pub scheduled_check: bool,
 }
 
 fn seconds(s: Option<f64>) -> String {
@@ -77,6 +82,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
         meter,
         skip_if_busy: false,
         config_path: config.path.clone(),
+        allow_sample: args.scheduled_check,
     };
     let mut records = Vec::new();
     let mut untrusted = Vec::new();

@@ -483,6 +483,7 @@ async fn restore_into(
                 &pg_restore::DbRestoreOptions {
                     clean: args.clean,
                     verify: args.verify,
+                    scope: Default::default(),
                     pg_restore_args: args.pg_restore_args.clone(),
                 },
                 received,

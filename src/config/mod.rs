@@ -274,6 +274,13 @@ pub struct Drill {
     pub random: bool,
     pub rto_target: Option<Duration>,
     pub rpo_target: Option<Duration>,
+    /// Scheduled drills of a `postgres` policy hash this share of each
+    /// large table's rows (rounded up to whole 1/32 buckets) instead of all
+    /// of them, and count every row; `None`: always a full check.
+    pub sample_percent: Option<f64>,
+    /// With `sample_percent`: a scheduled drill checks in full when the
+    /// newest passed full check is older than this (default 7 days).
+    pub full_check_every: Duration,
     pub checks: Vec<DrillCheck>,
 }
 
@@ -1172,6 +1179,27 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
             },
             rto_target: cx.duration(&d.rto_target, "rto_target"),
             rpo_target: cx.duration(&d.rpo_target, "rpo_target"),
+            sample_percent: d.sample_percent.as_ref().and_then(|p| {
+                let v = *p.get_ref();
+                if !(v > 0.0 && v <= 100.0) {
+                    cx.err(
+                        p,
+                        format!("`sample_percent` = {v}: give a share of rows above 0 and at most 100, e.g. 5"),
+                    );
+                    return None;
+                }
+                if !matches!(source, SourceConfig::Postgres { .. }) {
+                    cx.err(
+                        p,
+                        "`sample_percent` is for `postgres` policies: other drills always check everything",
+                    );
+                    return None;
+                }
+                Some(v)
+            }),
+            full_check_every: cx
+                .duration(&d.full_check_every, "full_check_every")
+                .unwrap_or_else(|| Duration::days(7)),
             checks: d
                 .checks
                 .iter()

@@ -143,6 +143,8 @@ pub struct RawDrill {
     pub choose: Option<Spanned<String>>,
     pub rto_target: Option<Spanned<String>>,
     pub rpo_target: Option<Spanned<String>>,
+    pub sample_percent: Option<Spanned<f64>>,
+    pub full_check_every: Option<Spanned<String>>,
     #[serde(default)]
     pub checks: Vec<RawCheck>,
 }

@@ -695,6 +695,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                 },
                 skip_if_busy: true,
                 config_path: ctx.config.path.clone(),
+                allow_sample: true,
             };
             match crate::drill::run(&ctx.repo, policy, &opts).await {
                 Ok(record) => {

@@ -8,6 +8,7 @@ pub mod record;
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
+use crate::source::postgres::fingerprint::Scope;
 use crate::storage::PutMode;
 use record::{DrillRecord, StoredRecord, record_sha256};
 
@@ -93,6 +94,9 @@ pub struct DrillOptions {
     /// The configuration file, for the `restore_command` of a cluster
     /// drill's server (`drctl --config … wal-fetch`).
     pub config_path: std::path::PathBuf,
+    /// Use the policy's sampled check (`[drill] sample_percent`) unless a
+    /// full check is due. Scheduled drills set it.
+    pub allow_sample: bool,
 }
 
 /// Prefix of every scratch database a drill of `policy` creates; a leftover
@@ -150,6 +154,7 @@ pub async fn run(
         },
         checks: Vec::new(),
         recovery: None,
+        sample: None,
         previous_sha256: None,
     };
     // One drill per policy at a time, across hosts, so that dropping an
@@ -302,9 +307,11 @@ async fn drill_steps(
                 dbname: scratch_name.clone(),
                 existing_objects: None,
             };
+            let scope = check_scope(repo, policy, drill, opts).await?;
             let restore_opts = crate::source::postgres::restore::DbRestoreOptions {
                 clean: false,
                 verify: true,
+                scope: scope.clone(),
                 pg_restore_args: Vec::new(),
             };
             let restored = crate::source::postgres::restore::to_database(
@@ -334,17 +341,46 @@ async fn drill_steps(
                 ok: true,
             });
             record.rto.measured_seconds = Some(clock.elapsed().as_secs_f64());
+            let sampled = match (&scope, &restored.verified) {
+                (Scope::Sample(buckets), Some(v)) if v.tables_sampled > 0 => Some(record::Sample {
+                    percent: drill.sample_percent.unwrap_or_default(),
+                    buckets: buckets.clone(),
+                    of_buckets: crate::source::postgres::sample::BUCKETS,
+                    tables_sampled: v.tables_sampled,
+                    tables_full: v.tables_full,
+                    rows_hashed: v.rows_hashed,
+                    rows_total: restored.rows,
+                }),
+                _ => None,
+            };
             record.checks.push(record::Check {
-                name: "fingerprint".into(),
+                name: if sampled.is_some() {
+                    "fingerprint-sample".into()
+                } else {
+                    "fingerprint".into()
+                },
                 ok: restored.diffs.is_some(),
-                detail: match restored.diffs {
-                    Some(_) => format!(
+                detail: match (&restored.diffs, &sampled) {
+                    (Some(_), Some(s)) => format!(
+                        "SAMPLE: row counts of all {} tables ({} rows) matched; {} of {} rows hashed \
+                         ({} of {} buckets of {} large tables, {} small tables whole) matched the backup",
+                        restored.tables,
+                        restored.rows,
+                        s.rows_hashed,
+                        restored.rows,
+                        s.buckets.len(),
+                        s.of_buckets,
+                        s.tables_sampled,
+                        s.tables_full
+                    ),
+                    (Some(_), None) => format!(
                         "{} tables, {} rows matched the backup",
                         restored.tables, restored.rows
                     ),
-                    None => "the backup has no fingerprint (fingerprint = false)".into(),
+                    (None, _) => "the backup has no fingerprint (fingerprint = false)".into(),
                 },
             });
+            record.sample = sampled;
             let t = std::time::Instant::now();
             let checks = run_checks(&target_url, &drill.checks).await;
             let all_ok = checks.iter().all(|c| c.ok);
@@ -396,6 +432,52 @@ async fn drill_steps(
         }
     }
     Ok(())
+}
+
+/// The fingerprint check a drill runs: in full unless the caller allows a
+/// sample, the policy sets `sample_percent`, and a passed full check of the
+/// policy is newer than `full_check_every`.
+///
+/// # Errors
+/// Storage errors from reading the policy's drill records.
+async fn check_scope(
+    repo: &Repo,
+    policy: &crate::config::Policy,
+    drill: &crate::config::Drill,
+    opts: &DrillOptions,
+) -> Result<Scope> {
+    let Some(percent) = drill.sample_percent.filter(|_| opts.allow_sample) else {
+        return Ok(Scope::Full);
+    };
+    let since = chrono::Utc::now() - drill.full_check_every;
+    let records = load_records(repo, &policy.name).await?;
+    let full_recently = records
+        .iter()
+        .filter_map(|r| r.record.as_ref().ok())
+        .any(|r| {
+            r.passed
+                && r.started_at >= since
+                && r.checks.iter().any(|c| c.name == "fingerprint" && c.ok)
+        });
+    if !full_recently {
+        tracing::info!(policy = %policy.name, "A full fingerprint check is due; this drill checks every row.");
+        return Ok(Scope::Full);
+    }
+    Ok(Scope::Sample(sample_buckets(percent)))
+}
+
+/// A random set of buckets covering at least `percent` of them.
+pub fn sample_buckets(percent: f64) -> Vec<usize> {
+    use crate::source::postgres::sample::BUCKETS;
+    let want = ((percent / 100.0 * BUCKETS as f64).ceil() as usize).clamp(1, BUCKETS);
+    let mut all: Vec<usize> = (0..BUCKETS).collect();
+    for i in 0..want {
+        let j = rand::random_range(i..BUCKETS);
+        all.swap(i, j);
+    }
+    let mut chosen = all[..want].to_vec();
+    chosen.sort_unstable();
+    chosen
 }
 
 /// Runs each `[[drill.checks]]` query on the restored database and compares
@@ -476,6 +558,19 @@ mod tests {
 
     /// Regression: ids with whole seconds and a random suffix sorted two
     /// drills of the same second at random, linking the chain backwards.
+    #[test]
+    fn a_sample_covers_at_least_the_share_asked_for() {
+        assert_eq!(sample_buckets(1.0).len(), 1);
+        assert_eq!(sample_buckets(5.0).len(), 2);
+        assert_eq!(sample_buckets(100.0).len(), 32);
+        let b = sample_buckets(50.0);
+        assert_eq!(b.len(), 16);
+        assert!(
+            b.windows(2).all(|w| w[0] < w[1]),
+            "distinct and sorted: {b:?}"
+        );
+    }
+
     #[test]
     fn record_ids_sort_in_start_order_within_a_second() {
         let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();

@@ -39,6 +39,11 @@ pub struct DrillRecord {
     /// written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// Present when the fingerprint check read only a sample of the rows
+    /// (its check is then named `fingerprint-sample`, never `fingerprint`).
+    /// Absent for a full check and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Sample>,
     /// sha256 (hex) of the exact bytes of the policy's previous record, or
     /// `None` for the first record of the policy.
     pub previous_sha256: Option<String>,
@@ -74,6 +79,25 @@ pub struct Check {
     /// What was found, e.g. "42 tables, 1200000 rows matched" or the query
     /// result against the expected value.
     pub detail: String,
+}
+
+/// What a sampled fingerprint check covered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// `[drill] sample_percent` as configured.
+    pub percent: f64,
+    /// The buckets whose rows were hashed, out of `of_buckets`; chosen at
+    /// random for each drill.
+    pub buckets: Vec<usize>,
+    pub of_buckets: usize,
+    /// Large tables of which only those buckets were hashed; every table's
+    /// row count was checked.
+    pub tables_sampled: usize,
+    /// Tables read whole (small ones, and any without buckets).
+    pub tables_full: usize,
+    pub rows_hashed: u64,
+    /// Rows in the backup, all of which were counted.
+    pub rows_total: u64,
 }
 
 /// What a cluster drill asked recovery for and what it got.
@@ -211,6 +235,7 @@ mod tests {
             rpo: Objective::default(),
             checks: vec![],
             recovery: None,
+            sample: None,
             previous_sha256: previous,
         }
     }

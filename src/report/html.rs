@@ -516,7 +516,7 @@ fn policy(h: &mut String, r: &Report, p: &PolicyReport) {
         for x in &d.series {
             let _ = writeln!(
                 h,
-                "<tr><td class=\"when\">{}</td><td class=\"mono\">{}</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td></tr>",
+                "<tr><td class=\"when\">{}</td><td class=\"mono\">{}</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 esc(&fmt_time(x.started_at)),
                 esc(&x.restored_text().unwrap_or_else(|| "—".into())),
                 if x.passed {
@@ -530,8 +530,7 @@ fn policy(h: &mut String, r: &Report, p: &PolicyReport) {
                     .unwrap_or_default(),
                 esc(&x.rto_seconds.map_or("—".to_string(), fmt_seconds)),
                 esc(&x.rpo_seconds.map_or("—".to_string(), fmt_seconds)),
-                x.checks_passed,
-                x.checks_total
+                esc(&x.checks_text(" / "))
             );
         }
         h.push_str("</tbody>\n</table>\n");

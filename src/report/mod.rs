@@ -318,6 +318,9 @@ pub struct DrillSummary {
     /// taken at backup time (a check named `fingerprint`, `files`, or
     /// `backup_manifest` for a cluster's base backup).
     pub data_verified: usize,
+    /// Passed drills whose fingerprint check read only a sample of rows
+    /// (`fingerprint-sample`); not counted in `data_verified`.
+    pub data_sampled: usize,
     pub rto_target_seconds: Option<f64>,
     /// Passed drills with a measured RTO: the sample the statistics use.
     pub rto_samples: usize,
@@ -348,9 +351,27 @@ pub struct DrillPoint {
     /// A `postgres-cluster` drill's target and where recovery stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<crate::drill::record::Recovery>,
+    /// Set when the fingerprint check read a sample of rows, not all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<crate::drill::record::Sample>,
 }
 
 impl DrillPoint {
+    /// The checks cell: passed of total, and "sampled" when the data check
+    /// read a sample of rows, so it is never read as a full check.
+    pub fn checks_text(&self, separator: &str) -> String {
+        format!(
+            "{}{separator}{}{}",
+            self.checks_passed,
+            self.checks_total,
+            if self.sample.is_some() {
+                " (sampled)"
+            } else {
+                ""
+            }
+        )
+    }
+
     /// What the drill restored, for the tables: the backup, and for a
     /// cluster drill the target and where replay stopped.
     pub fn restored_text(&self) -> Option<String> {
@@ -770,6 +791,7 @@ fn drill_summary(
                     checks_total: r.checks.len(),
                     failure: r.failure.clone(),
                     recovery: r.recovery.clone(),
+                    sample: r.sample.clone(),
                 });
             }
             Err(_) => {
@@ -804,6 +826,10 @@ fn drill_summary(
             })
         })
         .count();
+    let data_sampled = series
+        .iter()
+        .filter(|d| d.passed && d.sample.is_some())
+        .count();
     let run = series.len();
     let passed = series.iter().filter(|d| d.passed).count();
     let mut samples: Vec<f64> = series
@@ -826,6 +852,7 @@ fn drill_summary(
             last: series.last().map(|d| d.started_at),
             latest_passed: series.last().map(|d| d.passed),
             data_verified,
+            data_sampled,
             rto_target_seconds: target,
             rto_samples: samples.len(),
             rto_median_seconds: median(&samples),

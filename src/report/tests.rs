@@ -87,6 +87,7 @@ fn drill(policy: &str, at: DateTime<Utc>, passed: bool, rto: Option<f64>) -> Dri
             },
         ],
         recovery: None,
+        sample: None,
         previous_sha256: None,
     }
 }

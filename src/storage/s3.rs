@@ -58,7 +58,12 @@ fn data_tagging() -> String {
 
 /// Size of part `n` (1-based).
 pub fn part_size(n: usize) -> usize {
-    let step = (n.saturating_sub(1) / PARTS_PER_SIZE_STEP).min(20);
+    part_size_stepped(n, PARTS_PER_SIZE_STEP)
+}
+
+/// Size of part `n` when sizes double every `parts_per_step` parts.
+fn part_size_stepped(n: usize, parts_per_step: usize) -> usize {
+    let step = (n.saturating_sub(1) / parts_per_step.max(1)).min(20);
     (FIRST_PART_BYTES << step).min(MAX_PART_BYTES)
 }
 
@@ -69,6 +74,8 @@ pub struct S3Store {
     endpoint: String,
     prefix: String,
     budget: PartBudget,
+    /// Part sizes double every this many parts ([`PARTS_PER_SIZE_STEP`]).
+    parts_per_step: usize,
 }
 
 impl S3Store {
@@ -134,6 +141,7 @@ impl S3Store {
                 .unwrap_or_else(|| "(AWS, from the region)".into()),
             prefix: prefix.clone(),
             budget: PartBudget::new(PART_MEMORY_BYTES, parts::default_spill_dir()),
+            parts_per_step: PARTS_PER_SIZE_STEP,
         })
     }
 
@@ -145,6 +153,7 @@ impl S3Store {
             endpoint: endpoint.to_string(),
             prefix: prefix.to_string(),
             budget: PartBudget::new(PART_MEMORY_BYTES, parts::default_spill_dir()),
+            parts_per_step: PARTS_PER_SIZE_STEP,
         }
     }
 
@@ -153,6 +162,14 @@ impl S3Store {
     /// send every part from a spill file.
     pub fn with_part_memory(mut self, memory_bytes: usize, spill_dir: PathBuf) -> S3Store {
         self.budget = PartBudget::new(memory_bytes, spill_dir);
+        self
+    }
+
+    /// The same store with part sizes doubling every `parts` parts instead
+    /// of every [`PARTS_PER_SIZE_STEP`]: tests reach the large parts of a
+    /// multi-terabyte object with a few hundred MiB.
+    pub fn with_parts_per_size_step(mut self, parts: usize) -> S3Store {
+        self.parts_per_step = parts.max(1);
         self
     }
 
@@ -526,6 +543,7 @@ impl Store for S3Store {
             key: key.to_string(),
             location: self.location(),
             budget: self.budget.clone(),
+            parts_per_step: self.parts_per_step,
             upload_id: None,
             filling: None,
             first: None,
@@ -830,6 +848,7 @@ struct S3Upload {
     key: String,
     location: String,
     budget: PartBudget,
+    parts_per_step: usize,
     upload_id: Option<String>,
     /// The part being assembled: its number, its full size, its bytes.
     filling: Option<(usize, usize, PartBody)>,
@@ -1065,7 +1084,7 @@ impl Upload for S3Upload {
                 None => {
                     let number = self.next_part;
                     self.next_part += 1;
-                    let size = part_size(number);
+                    let size = part_size_stepped(number, self.parts_per_step);
                     let body = self
                         .budget
                         .start(size)

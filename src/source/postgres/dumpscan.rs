@@ -40,6 +40,8 @@ use std::io;
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
+use super::sample::{self, Buckets};
+
 /// Archive versions this scanner reads: 1.12 (pg_dump 11) to 1.16 (pg_dump 17).
 const SUPPORTED_MINOR_VERSIONS: std::ops::RangeInclusive<u8> = 12..=16;
 /// Archive version that added `tableam` to TOC entries (pg_dump 12).
@@ -88,6 +90,11 @@ pub struct TableData {
     pub rows: u64,
     /// wrapping sum of xxh3_64 of each row line (without its trailing newline), as u64
     pub hash: u64,
+    /// Per-bucket rows and hash sums for the sampled check (see
+    /// [`super::sample`]); absent for small tables, for tables without a
+    /// column list, and in fingerprints written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Buckets>,
 }
 
 /// The fingerprint of all large objects in the archive.
@@ -312,6 +319,12 @@ struct CopyLines {
     /// The first two bytes of the unfinished line.
     partial_head: [u8; 2],
     partial: Xxh3Default,
+    /// Rows by sample bucket; `None` once a first field was too long to
+    /// buffer (the table is then always checked whole).
+    buckets: Option<Buckets>,
+    /// The first field of the unfinished line, until its tab is seen.
+    partial_field: Vec<u8>,
+    partial_field_done: bool,
 }
 
 impl CopyLines {
@@ -323,6 +336,9 @@ impl CopyLines {
             partial_len: 0,
             partial_head: [0; 2],
             partial: Xxh3Default::new(),
+            buckets: Some(Buckets::default()),
+            partial_field: Vec::new(),
+            partial_field_done: false,
         }
     }
 
@@ -332,6 +348,9 @@ impl CopyLines {
         self.ended = false;
         self.partial_len = 0;
         self.partial.reset();
+        self.buckets = Some(Buckets::default());
+        self.partial_field = Vec::new();
+        self.partial_field_done = false;
     }
 
     /// Feeds a piece of the COPY stream. Fails on a row after the end marker.
@@ -361,7 +380,11 @@ impl CopyLines {
                 self.ended = true;
             } else {
                 rows += 1;
-                hash = hash.wrapping_add(xxh3_64(line));
+                let h = xxh3_64(line);
+                hash = hash.wrapping_add(h);
+                if let Some(buckets) = &mut self.buckets {
+                    buckets.add(sample::bucket_of_field(sample::first_field(line)), h);
+                }
             }
             data = &data[at + 1..];
         }
@@ -383,6 +406,15 @@ impl CopyLines {
         }
         self.partial.update(piece);
         self.partial_len += piece.len() as u64;
+        if !self.partial_field_done && self.buckets.is_some() {
+            let field = sample::first_field(piece);
+            self.partial_field_done = field.len() < piece.len();
+            self.partial_field.extend_from_slice(field);
+            if self.partial_field.len() > sample::MAX_FIELD_BYTES {
+                self.buckets = None;
+                self.partial_field = Vec::new();
+            }
+        }
     }
 
     fn finish_partial(&mut self) -> Result<(), &'static str> {
@@ -395,39 +427,24 @@ impl CopyLines {
             self.ended = true;
         } else {
             self.rows += 1;
-            self.hash = self.hash.wrapping_add(self.partial.digest());
+            let h = self.partial.digest();
+            self.hash = self.hash.wrapping_add(h);
+            if let Some(buckets) = &mut self.buckets {
+                buckets.add(sample::bucket_of_field(&self.partial_field), h);
+            }
         }
         self.partial.reset();
         self.partial_len = 0;
+        self.partial_field.clear();
+        self.partial_field_done = false;
         Ok(())
     }
 }
 
-/// Position of the first `\n`. Scans 32-byte blocks without early exit so
-/// the compiler can vectorise the comparison.
+/// Position of the first `\n` (SIMD through memchr).
 #[inline]
 fn find_newline(haystack: &[u8]) -> Option<usize> {
-    const BLOCK: usize = 32;
-    let mut blocks = haystack.chunks_exact(BLOCK);
-    let mut offset = 0;
-    for block in &mut blocks {
-        let block: &[u8; BLOCK] = block.try_into().expect("chunks_exact yields whole blocks");
-        if block
-            .iter()
-            .fold(false, |found, &byte| found | (byte == b'\n'))
-        {
-            return block
-                .iter()
-                .position(|&byte| byte == b'\n')
-                .map(|at| offset + at);
-        }
-        offset += BLOCK;
-    }
-    blocks
-        .remainder()
-        .iter()
-        .position(|&byte| byte == b'\n')
-        .map(|at| offset + at)
+    memchr::memchr(b'\n', haystack)
 }
 
 /// The parenthesised column list of a pg_dump COPY statement
@@ -1064,6 +1081,7 @@ impl DumpScanner {
                     columns,
                     rows: 0,
                     hash: 0,
+                    buckets: None,
                 },
                 copy,
             });
@@ -1142,6 +1160,15 @@ impl DumpScanner {
                 let table = &mut self.tables[index].data;
                 table.rows = self.lines.rows;
                 table.hash = self.lines.hash;
+                table.buckets = match self.lines.buckets.take() {
+                    Some(b)
+                        if table.rows >= sample::MIN_ROWS
+                            && sample::first_column(&table.columns).is_some() =>
+                    {
+                        Some(b)
+                    }
+                    _ => None,
+                };
                 Step::BlockType
             }
             Block::LargeObjects => {
@@ -1274,6 +1301,7 @@ mod tests {
             columns: columns.into(),
             rows,
             hash,
+            buckets: None,
         }
     }
 

@@ -10,13 +10,18 @@
 //! and hashed the same way; equal fingerprints show the database holds the
 //! rows that were backed up, not merely that a file decrypted.
 //!
+//! A check reads the tables over several connections sharing one exported
+//! snapshot, largest first. A sampled check (scheduled drills, see
+//! [`super::sample`]) counts every table's rows but hashes only the rows
+//! of a few random buckets of each large table.
+//!
 //! It names tables, so it is stored only sealed.
 
 use futures::StreamExt;
 use tokio_postgres::Client;
 
 use super::dumpscan::{DumpPrint, LargeObjects, TableData, large_object_hash, row_hash};
-use super::{error_text, quote_ident};
+use super::{error_text, quote_ident, sample};
 use crate::error::{Error, Result};
 
 /// Output settings COPY text depends on, pinned to what pg_dump sets itself
@@ -29,68 +34,293 @@ pub fn table_name(t: &TableData) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table))
 }
 
-/// Reads every table the fingerprint names from `client`'s database and
-/// returns one line per difference (empty when they match). Run it inside a
-/// repeatable-read transaction so the tables are read at one instant.
+/// Most connections a check opens; each is one server backend reading one
+/// table at a time.
+pub const MAX_CHECK_CONNECTIONS: usize = 4;
+
+/// How much of the data a check reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every row of every table.
+    #[default]
+    Full,
+    /// Every table's row count, and the rows of these sample buckets (see
+    /// [`super::sample`]) of each table that recorded buckets; tables
+    /// without buckets are read whole.
+    Sample(Vec<usize>),
+}
+
+/// What a check found and covered.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    /// One line per difference (empty when the data matched).
+    pub problems: Vec<String>,
+    /// Tables whose rows were all read and hashed.
+    pub tables_full: usize,
+    /// Tables of which only the sample buckets were hashed (their row count
+    /// was still checked).
+    pub tables_sampled: usize,
+    /// Rows hashed and compared.
+    pub rows_hashed: u64,
+}
+
+/// Connections worth opening: one per core (each table's COPY costs the
+/// server about as much as drctl's hashing), at most
+/// [`MAX_CHECK_CONNECTIONS`].
+pub fn default_connections() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_CHECK_CONNECTIONS)
+}
+
+struct Job {
+    /// Index into the fingerprint's tables.
+    index: usize,
+    name: String,
+}
+
+enum Outcome {
+    Missing,
+    Read {
+        /// Rows counted (whole table) and rows and hash of what was hashed.
+        count: u64,
+        hashed_rows: u64,
+        hash: u64,
+        sampled: Option<(u64, u64)>,
+    },
+}
+
+/// Reads every table the fingerprint names from the database at `pg` and
+/// compares it with `expected`: largest tables first, over up to
+/// `connections` connections that share one snapshot (exported by the
+/// first), so the tables are read at one instant.
 ///
 /// # Errors
-/// `Database` when a query fails for a reason other than a missing table.
-pub async fn verify(client: &Client, target: &str, expected: &DumpPrint) -> Result<Vec<String>> {
+/// `Database` when a connection or a query fails for a reason other than a
+/// missing table.
+pub async fn verify(
+    pg: &tokio_postgres::Config,
+    target: &str,
+    expected: &DumpPrint,
+    scope: &Scope,
+    connections: usize,
+) -> Result<Verified> {
     let db = |what: String| {
+        let target = target.to_string();
         move |e: tokio_postgres::Error| Error::Database {
-            target: target.to_string(),
+            target,
             message: format!("{what}: {}", error_text(&e)),
         }
     };
-    client
-        .batch_execute(STABLE_OUTPUT)
+    let leader = super::connect(pg).await?;
+    leader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {STABLE_OUTPUT}"
+        ))
         .await
         .map_err(db("fingerprint settings".into()))?;
-    let mut problems = Vec::new();
-    for t in &expected.tables {
-        let name = table_name(t);
-        let exists = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .map_err(db(format!("looking up {name}")))?
-            .get::<_, bool>(0);
-        if !exists {
-            problems.push(format!("table {name} is missing"));
-            continue;
-        }
-        let (rows, hash) = copy_hash(client, &format!("COPY {name} {} TO STDOUT", t.columns))
-            .await
-            .map_err(db(format!("reading {name}")))?;
-        if rows != t.rows {
-            problems.push(format!("table {name}: {rows} rows, expected {}", t.rows));
-        } else if hash != t.hash {
-            problems.push(format!("table {name}: row contents differ ({rows} rows)"));
+    let names: Vec<String> = expected.tables.iter().map(table_name).collect();
+    // Existence and size in one round trip; the largest tables start first
+    // so that one big table does not start last and run alone.
+    let rows = leader
+        .query(
+            "SELECT to_regclass(n) IS NOT NULL, coalesce(pg_relation_size(to_regclass(n)), 0) \
+             FROM unnest($1::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i",
+            &[&names],
+        )
+        .await
+        .map_err(db("looking up the tables".into()))?;
+    let mut outcomes: Vec<Option<Outcome>> = (0..names.len()).map(|_| None).collect();
+    let mut jobs = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        if row.get::<_, bool>(0) {
+            jobs.push((row.get::<_, i64>(1), index));
+        } else {
+            outcomes[index] = Some(Outcome::Missing);
         }
     }
-    let actual_lo = large_objects(client)
+    jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let queue: std::collections::VecDeque<Job> = jobs
+        .into_iter()
+        .map(|(_, index)| Job {
+            index,
+            name: names[index].clone(),
+        })
+        .collect();
+    let workers = connections
+        .clamp(1, MAX_CHECK_CONNECTIONS)
+        .min(queue.len().max(1));
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    let expected_tables = std::sync::Arc::new(expected.tables.clone());
+    let leader = std::sync::Arc::new(leader);
+    let mut clients = vec![leader.clone()];
+    if workers > 1 {
+        let snapshot: String = leader
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(db("exporting the check's snapshot".into()))?
+            .get(0);
+        for _ in 1..workers {
+            let c = super::connect(pg).await?;
+            c.batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+                 SET TRANSACTION SNAPSHOT '{snapshot}'; {STABLE_OUTPUT}"
+            ))
+            .await
+            .map_err(db("joining the check's snapshot".into()))?;
+            clients.push(std::sync::Arc::new(c));
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in &clients {
+        let client = std::sync::Arc::clone(client);
+        let (queue, tables, scope) = (queue.clone(), expected_tables.clone(), scope.clone());
+        tasks.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let Some(job) = queue.lock().expect("check queue poisoned").pop_front() else {
+                    break;
+                };
+                let t = &tables[job.index];
+                let outcome = read_table(&client, &job.name, t, &scope)
+                    .await
+                    .map_err(|e| (job.name.clone(), e))?;
+                done.push((job.index, outcome));
+            }
+            Ok::<_, (String, tokio_postgres::Error)>(done)
+        });
+    }
+    let mut failed = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("a check worker panicked") {
+            Ok(done) => {
+                for (index, outcome) in done {
+                    outcomes[index] = Some(outcome);
+                }
+            }
+            Err((name, e)) => {
+                // Stop the others: their reads would be wasted.
+                queue.lock().expect("check queue poisoned").clear();
+                failed.get_or_insert_with(|| db(format!("reading {name}"))(e));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut verified = Verified::default();
+    for ((t, name), outcome) in expected.tables.iter().zip(&names).zip(outcomes) {
+        match outcome.expect("every table was read or found missing") {
+            Outcome::Missing => verified.problems.push(format!("table {name} is missing")),
+            Outcome::Read {
+                count,
+                hashed_rows,
+                hash,
+                sampled,
+            } => {
+                verified.rows_hashed += hashed_rows;
+                if sampled.is_some() {
+                    verified.tables_sampled += 1;
+                } else {
+                    verified.tables_full += 1;
+                }
+                let want = sampled.unwrap_or((t.rows, t.hash));
+                if count != t.rows {
+                    verified
+                        .problems
+                        .push(format!("table {name}: {count} rows, expected {}", t.rows));
+                } else if (hashed_rows, hash) != want {
+                    verified.problems.push(match sampled {
+                        Some(_) => format!(
+                            "table {name}: row contents differ in the sample ({hashed_rows} rows read, {} expected)",
+                            want.0
+                        ),
+                        None => format!("table {name}: row contents differ ({count} rows)"),
+                    });
+                }
+            }
+        }
+    }
+    let actual_lo = large_objects(&leader)
         .await
         .map_err(db("reading large objects".into()))?;
     match (&expected.large_objects, &actual_lo) {
-        (Some(e), Some(a)) if e.count != a.count => problems.push(format!(
+        (Some(e), Some(a)) if e.count != a.count => verified.problems.push(format!(
             "large objects: {} found, {} expected",
             a.count, e.count
         )),
-        (Some(e), Some(a)) if e.hash != a.hash => problems.push(format!(
+        (Some(e), Some(a)) if e.hash != a.hash => verified.problems.push(format!(
             "large objects: contents differ ({} objects)",
             a.count
         )),
-        (Some(e), None) => {
-            problems.push(format!("large objects: none found, {} expected", e.count))
-        }
-        (None, Some(a)) => {
-            problems.push(format!("large objects: {} found, none expected", a.count))
-        }
+        (Some(e), None) => verified
+            .problems
+            .push(format!("large objects: none found, {} expected", e.count)),
+        (None, Some(a)) => verified
+            .problems
+            .push(format!("large objects: {} found, none expected", a.count)),
         _ => {}
     }
-    Ok(problems)
+    for c in &clients {
+        let _ = c.batch_execute("COMMIT").await;
+    }
+    Ok(verified)
 }
 
-/// Streams a COPY and hashes its rows as [`super::dumpscan`] does.
+/// Reads one table: whole, or (for a sample, when the table recorded
+/// buckets) its row count and the rows of the chosen buckets.
+async fn read_table(
+    client: &Client,
+    name: &str,
+    t: &TableData,
+    scope: &Scope,
+) -> Result<Outcome, tokio_postgres::Error> {
+    let sample = match (scope, &t.buckets, sample::first_column(&t.columns)) {
+        (Scope::Sample(chosen), Some(buckets), Some(first)) => {
+            buckets.sum(chosen).map(|want| (chosen, first, want))
+        }
+        _ => None,
+    };
+    let Some((chosen, first, want)) = sample else {
+        let (rows, hash) =
+            copy_hash(client, &format!("COPY {name} {} TO STDOUT", t.columns)).await?;
+        return Ok(Outcome::Read {
+            count: rows,
+            hashed_rows: rows,
+            hash,
+            sampled: None,
+        });
+    };
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+        .await?
+        .get(0);
+    let list = chosen
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let columns = t
+        .columns
+        .strip_prefix('(')
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or(&t.columns);
+    let sql = format!(
+        "COPY (SELECT {columns} FROM {name} WHERE {} IN ({list})) TO STDOUT",
+        sample::bucket_sql(first)
+    );
+    let (rows, hash) = copy_hash(client, &sql).await?;
+    Ok(Outcome::Read {
+        count: count as u64,
+        hashed_rows: rows,
+        hash,
+        sampled: Some(want),
+    })
+}
+
+/// Streams a COPY and hashes its rows as [`super::dumpscan`] does. The
+/// server sends one row per message, so a row is hashed in place; the
+/// carry buffer only holds a row split across messages.
 async fn copy_hash(client: &Client, sql: &str) -> Result<(u64, u64), tokio_postgres::Error> {
     let stream = client.copy_out(sql).await?;
     futures::pin_mut!(stream);
@@ -100,7 +330,7 @@ async fn copy_hash(client: &Client, sql: &str) -> Result<(u64, u64), tokio_postg
         let chunk = chunk?;
         let mut data: &[u8] = &chunk;
         if !carry.is_empty() {
-            match data.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', data) {
                 Some(i) => {
                     carry.extend_from_slice(&data[..i]);
                     rows += 1;
@@ -114,7 +344,7 @@ async fn copy_hash(client: &Client, sql: &str) -> Result<(u64, u64), tokio_postg
                 }
             }
         }
-        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', data) {
             rows += 1;
             hash = hash.wrapping_add(row_hash(&data[..i]));
             data = &data[i + 1..];

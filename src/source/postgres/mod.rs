@@ -6,6 +6,7 @@ pub mod dump;
 pub mod dumpscan;
 pub mod fingerprint;
 pub mod restore;
+pub mod sample;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -19,6 +19,8 @@ pub struct DbRestoreOptions {
     pub clean: bool,
     /// Compare the restored database with the backup's fingerprint.
     pub verify: bool,
+    /// With `verify`: the whole data, or a sample (scheduled drills).
+    pub scope: fingerprint::Scope,
     pub pg_restore_args: Vec<String>,
 }
 
@@ -35,6 +37,8 @@ pub struct DbRestored {
     /// Tables and rows the fingerprint covered.
     pub tables: usize,
     pub rows: u64,
+    /// What the check read: tables whole or sampled, rows hashed.
+    pub verified: Option<fingerprint::Verified>,
 }
 
 /// What a restore into a database found and will do.
@@ -259,20 +263,19 @@ async fn restore_into_scratch(
         object: record.key.clone(),
         reason: format!("not a fingerprint: {e}"),
     })?;
-    let client = postgres::connect(&pg).await?;
     let describe = postgres::describe(&pg);
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await
-        .map_err(|e| Error::Database {
-            target: describe.clone(),
-            message: postgres::error_text(&e),
-        })?;
-    let diffs = fingerprint::verify(&client, &describe, &expected).await?;
-    let _ = client.batch_execute("COMMIT").await;
+    let verified = fingerprint::verify(
+        &pg,
+        &describe,
+        &expected,
+        &opts.scope,
+        fingerprint::default_connections(),
+    )
+    .await?;
     done.verify_seconds = verify_started.elapsed().as_secs_f64();
     done.tables = expected.tables.len();
     done.rows = expected.tables.iter().map(|t| t.rows).sum();
-    done.diffs = Some(diffs);
+    done.diffs = Some(verified.problems.clone());
+    done.verified = Some(verified);
     Ok(done)
 }
