@@ -609,3 +609,71 @@ fn a_copy_under_faults_is_complete_or_absent_and_a_rerun_completes_it() {
     assert_eq!(list_ids(&ws, &["--repo", "dr"])[0], newest);
     ws.ok(&["verify", "--repo", "dr"]);
 }
+
+#[test]
+fn each_repository_is_pruned_by_its_own_retention() {
+    let ws = Workspace::local();
+    let src = files_policy(&ws, 20_000);
+    append(&ws, "policies/etc.toml", "\n[retention]\nkeep_last = 1\n");
+    append(
+        &ws,
+        "drctl.toml",
+        "\n[[copies]]\nname = \"long\"\nurl = \"file://long\"\n[copies.retention]\nkeep_last = 3\n\n[[copies]]\nname = \"same\"\nurl = \"file://same\"\n",
+    );
+    let mut made = Vec::new();
+    for n in 0..3u64 {
+        std::fs::write(src.join("blob.bin"), noise(20_000, n + 1)).unwrap();
+        made.insert(0, ws.backup("etc"));
+    }
+    // The copy that keeps what the policy keeps gets only that.
+    let report = json(&ws.ok(&["copy", "--json"]));
+    let same = report["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["copy"] == "same")
+        .unwrap();
+    let actions: Vec<&str> = same["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["copied", "not kept", "not kept"], "{report:#}");
+    assert_eq!(list_ids(&ws, &["--repo", "long"]), made);
+
+    ws.ok(&["prune"]);
+    assert_eq!(list_ids(&ws, &[]), made[..1]);
+    assert_eq!(
+        list_ids(&ws, &["--repo", "long"]),
+        made,
+        "the long copy keeps 3"
+    );
+    assert_eq!(list_ids(&ws, &["--repo", "same"]), made[..1]);
+
+    std::fs::write(src.join("blob.bin"), noise(20_000, 9)).unwrap();
+    made.insert(0, ws.backup("etc"));
+    ws.ok(&["copy"]);
+    // A dry run of one copy plans and deletes nothing.
+    let plan = json(&ws.ok(&["prune", "--repo", "long", "--dry-run", "--json"]));
+    assert_eq!(
+        plan["reports"].as_array().map(Vec::len),
+        Some(1),
+        "{plan:#}"
+    );
+    assert_eq!(list_ids(&ws, &["--repo", "long"]).len(), 4);
+    ws.ok(&["prune"]);
+    assert_eq!(list_ids(&ws, &[]), made[..1]);
+    assert_eq!(list_ids(&ws, &["--repo", "long"]), made[..3]);
+    assert_eq!(list_ids(&ws, &["--repo", "same"]), made[..1]);
+    // What prune removed from a copy is not copied back.
+    let again = json(&ws.ok(&["copy", "--json"]));
+    assert!(
+        again["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["bytes"] == 0),
+        "{again:#}"
+    );
+}
