@@ -34,6 +34,8 @@ pub enum Event {
     DrillFailed,
     WalArchiveLagging,
     WalSpoolFilling,
+    /// A copy into a `[[copies]]` repository after a backup failed.
+    CopyFailed,
 }
 
 impl Event {
@@ -44,6 +46,7 @@ impl Event {
             Event::DrillFailed => "restore drill failed",
             Event::WalArchiveLagging => "WAL archiving lagging",
             Event::WalSpoolFilling => "WAL spool filling",
+            Event::CopyFailed => "copy to a second repository failed",
         }
     }
 }

@@ -677,3 +677,109 @@ fn each_repository_is_pruned_by_its_own_retention() {
         "{again:#}"
     );
 }
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The value of a sample of `/metrics` whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn the_daemon_copies_each_new_backup_and_a_failed_copy_never_fails_the_backup() {
+    let ws = Workspace::local();
+    let src = ws.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.conf"), "listen = 80\n").unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!(
+            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n[schedule]\nbackup = \"*/2 * * * * *\"\nrpo_target = \"1h\"\n",
+            src.display()
+        ),
+    );
+    // `broken` holds something else: every copy there is refused.
+    ws.write("broken/notes.txt", "not a repository\n");
+    let port = common::free_port();
+    let base = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    ws.write(
+        "daemon.toml",
+        &format!(
+            "{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n\n\
+             [[copies]]\nname = \"dr\"\nurl = \"file://copy\"\nafter_backup = true\n[copies.retention]\nkeep_last = 2\n\n\
+             [[copies]]\nname = \"broken\"\nurl = \"file://broken\"\nafter_backup = true\n"
+        ),
+    );
+    let mut child = ws
+        .cmd_with_config("daemon.toml", &["daemon"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = common::wait_for(
+        "three backups, each copied to dr",
+        std::time::Duration::from_secs(60),
+        || {
+            let (_, body) = http_get(port, "/metrics")?;
+            let ok = sample(&body, "drctl_backup_successes_total{policy=\"etc\"}")? >= 3.0
+                && sample(
+                    &body,
+                    "drctl_copy_failures_total{policy=\"etc\",repository=\"broken\"}",
+                )? >= 3.0
+                && sample(
+                    &body,
+                    "drctl_copy_newest_backup_timestamp_seconds{policy=\"etc\",repository=\"dr\"}",
+                )
+                .is_some();
+            ok.then_some(body)
+        },
+    );
+    let (code, health) = http_get(port, "/health").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        sample(&metrics, "drctl_backup_failures_total{policy=\"etc\"}") == Some(0.0),
+        "a failed copy is not a failed backup:\n{metrics}"
+    );
+    let lag = sample(
+        &metrics,
+        "drctl_copy_lag_seconds{policy=\"etc\",repository=\"dr\"}",
+    )
+    .unwrap();
+    assert!(lag < 3600.0, "{metrics}");
+    assert_eq!(code, 503, "{health}");
+    let health = json(&health);
+    let checks = health["checks"].to_string();
+    assert!(
+        checks.contains("copy:etc:broken") && checks.contains("not a drctl repository"),
+        "{health:#}"
+    );
+    assert_eq!(tree(&ws.path().join("broken")), ["notes.txt"]);
+    // The copy holds the newest backups, by its retention.
+    let daemon_config = std::fs::read_to_string(ws.path().join("daemon.toml")).unwrap();
+    ws.write("drctl.toml", &daemon_config);
+    let copied = list_ids(&ws, &["--repo", "dr"]);
+    assert!(!copied.is_empty() && copied.len() <= 2, "{copied:?}");
+    let status = json(&ws.ok(&["status", "--json"]));
+    let copies = status["policies"][0]["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{status:#}");
+}
