@@ -783,3 +783,52 @@ fn the_daemon_copies_each_new_backup_and_a_failed_copy_never_fails_the_backup() 
     let copies = status["policies"][0]["copies"].as_array().unwrap();
     assert_eq!(copies.len(), 2, "{status:#}");
 }
+
+#[test]
+fn a_cluster_copy_holds_base_backups_and_their_wal_and_recovers_from_it() {
+    let world = common::cluster::World::new(false, "");
+    let pg = &world.pg;
+    pg.psql("postgres", "CREATE TABLE t(id int)");
+    pg.psql("postgres", "INSERT INTO t VALUES (1), (2)");
+    let id = world.ws.backup("cluster");
+    pg.psql("postgres", "INSERT INTO t VALUES (3)");
+    world.switch_and_wait();
+    append(
+        &world.ws,
+        "drctl.toml",
+        "\n[[copies]]\nname = \"dr\"\nurl = \"file://copy\"\n",
+    );
+    let report = json(&world.ws.ok(&["copy", "--json"]));
+    assert!(
+        report["reports"][0]["wal_copied"].as_u64().unwrap() >= 2,
+        "{report:#}"
+    );
+    let wal_before = report["reports"][0]["wal_copied"].as_u64().unwrap();
+    // New WAL only, on the next run.
+    pg.psql("postgres", "INSERT INTO t VALUES (4)");
+    world.switch_and_wait();
+    let again = json(&world.ws.ok(&["copy", "--json"]));
+    assert_eq!(again["reports"][0]["wal_copied"], 1, "{again:#}");
+    assert_eq!(
+        again["reports"][0]["wal_present"].as_u64().unwrap(),
+        wal_before,
+        "{again:#}"
+    );
+    let listed = json(&world.ws.ok(&["list", "cluster", "--json", "--repo", "dr"]));
+    assert_eq!(ids(&listed), [id]);
+
+    // The primary is gone: recovery fetches WAL from the copy too.
+    std::fs::rename(world.ws.repo_dir(), world.ws.path().join("lost")).unwrap();
+    let dir = world.ws.path().join("restored");
+    let (out, server) = world.restore(&dir, &["--to", "latest", "--from", "dr"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        common::cluster::text(&out.stdout),
+        common::cluster::text(&out.stderr)
+    );
+    assert_eq!(
+        server.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3,4"
+    );
+}
