@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
@@ -269,7 +269,13 @@ pub async fn copy_policy(
                     crate::progress::bytes(size),
                     copy.name
                 ));
-                report.bytes += copy_backup(source, dest, m, opts).await?;
+                // A prune of the primary must not delete it mid-copy.
+                let hold = crate::repo::lease::hold_backup(source, name, &m.id, "copy").await;
+                let copied = copy_backup(source, dest, m, opts).await;
+                if let Some(h) = hold {
+                    h.release().await;
+                }
+                report.bytes += copied?;
                 "copied"
             };
             report.backups.push(BackupCopy {
@@ -399,23 +405,13 @@ pub async fn copy_object(
     let mut upload = dst.create_upload(key).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
-    let mut part = BytesMut::with_capacity(upload.next_part_size());
+    let mut parts = crate::storage::Parts::new(upload.as_ref());
     let streamed: Result<()> = async {
         while let Some(chunk) = stream.next().await {
-            let mut chunk = chunk?;
+            let chunk = chunk?;
             hasher.update(&chunk);
             total += chunk.len() as u64;
-            while !chunk.is_empty() {
-                let take = (upload.next_part_size() - part.len()).min(chunk.len());
-                part.extend_from_slice(&chunk.split_to(take));
-                if part.len() >= upload.next_part_size() {
-                    let full = std::mem::replace(
-                        &mut part,
-                        BytesMut::with_capacity(upload.next_part_size()),
-                    );
-                    upload.put_part(full.freeze()).await?;
-                }
-            }
+            parts.push(upload.as_mut(), chunk).await?;
         }
         let sha = hex::encode(hasher.clone().finalize());
         if let Some((size, digest)) = expect
@@ -428,9 +424,7 @@ pub async fn copy_object(
                 ),
             });
         }
-        if !part.is_empty() || total == 0 {
-            upload.put_part(std::mem::take(&mut part).freeze()).await?;
-        }
+        parts.finish(upload.as_mut()).await?;
         Ok(())
     }
     .await;

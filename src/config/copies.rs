@@ -202,3 +202,100 @@ fn same_place(a: &RepositoryConfig, b: &RepositoryConfig) -> bool {
 fn normalise(p: &Path) -> std::path::PathBuf {
     p.components().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ConfigError;
+
+    fn parse_copies(extra: &str) -> (Vec<CopyConfig>, Vec<ConfigError>) {
+        let text = format!(
+            "[repository]\nurl = \"file:///srv/primary\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n{extra}"
+        );
+        let mut errors = Vec::new();
+        let config = super::super::parse_config(
+            Path::new("drctl.toml"),
+            &text,
+            Path::new("/etc/drctl"),
+            &mut errors,
+        );
+        (config.map(|c| c.copies).unwrap_or_default(), errors)
+    }
+
+    #[test]
+    fn a_bare_path_is_a_local_directory_relative_to_the_configuration() {
+        let (copies, errors) = parse_copies("[[copies]]\nname = \"disk\"\nurl = \"offsite\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            copies[0].repository,
+            RepositoryConfig::Local {
+                path: "/etc/drctl/offsite".into()
+            }
+        );
+        assert!(!copies[0].after_backup);
+        assert_eq!(copies[0].retention, None);
+    }
+
+    #[test]
+    fn s3_copies_carry_their_own_endpoint_credentials_and_retention() {
+        let (copies, errors) = parse_copies(
+            "[[copies]]\nname = \"eu\"\nurl = \"s3://dr-bucket/drctl/\"\nendpoint = \"https://s3.eu.example\"\nregion = \"eu-west-1\"\nprofile = \"dr\"\nafter_backup = true\n[copies.retention]\nkeep_daily = 30\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = &copies[0];
+        assert_eq!(
+            c.repository,
+            RepositoryConfig::S3 {
+                bucket: "dr-bucket".into(),
+                prefix: "drctl".into(),
+                endpoint: Some("https://s3.eu.example".into()),
+                region: Some("eu-west-1".into()),
+                path_style: false,
+                credentials: Some(S3Credentials::Profile("dr".into())),
+            }
+        );
+        assert!(c.after_backup);
+        assert_eq!(c.retention.as_ref().and_then(|r| r.keep_daily), Some(30));
+    }
+
+    #[test]
+    fn bad_copies_are_named_with_their_line() {
+        for (extra, expected) in [
+            (
+                "[[copies]]\nname = \"a\"\nurl = \"file:///x\"\n[[copies]]\nname = \"a\"\nurl = \"file:///y\"\n",
+                ":9: a second copy named `a`",
+            ),
+            (
+                "[[copies]]\nname = \"self\"\nurl = \"/srv/primary\"\n",
+                ":7: copy `self` is the primary repository itself",
+            ),
+            (
+                "[[copies]]\nname = \"a\"\nurl = \"file:///x\"\n[[copies]]\nname = \"b\"\nurl = \"file:///x\"\n",
+                "is the same place as copy `a`",
+            ),
+            (
+                "[[copies]]\nname = \"l\"\nurl = \"file:///x\"\nprofile = \"p\"\n",
+                "apply only to an s3:// url",
+            ),
+            (
+                "[[copies]]\nname = \"k\"\nurl = \"s3://bucket-k\"\nsecret_access_key_env = \"S\"\n",
+                "go together",
+            ),
+            (
+                "[[copies]]\nname = \"u\"\nurl = \"ftp://x\"\n",
+                "expected s3://BUCKET/PREFIX or file:///PATH",
+            ),
+            (
+                "[[copies]]\nname = \"r\"\nurl = \"file:///x\"\n[copies.retention]\nkeep_dayly = 3\n",
+                "did you mean `keep_daily`",
+            ),
+        ] {
+            let (_, errors) = parse_copies(extra);
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert!(
+                text.iter().any(|e| e.contains(expected)),
+                "{extra}: expected `{expected}` in {text:?}"
+            );
+        }
+    }
+}

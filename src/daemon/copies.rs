@@ -229,3 +229,35 @@ pub(super) fn metrics(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn newest(t: DateTime<Utc>) -> NewestBackup {
+        NewestBackup {
+            id: "x".into(),
+            point_in_time: t,
+        }
+    }
+
+    #[test]
+    fn the_lag_is_how_far_the_copy_is_behind_the_primary() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let primary = newest(now - Duration::hours(1));
+        let mut c = CopyState::default();
+        assert_eq!(c.lag(None, now), Duration::zero(), "nothing to copy");
+        assert_eq!(
+            c.lag(Some(&primary), now),
+            Duration::hours(1),
+            "an empty copy"
+        );
+        c.newest_backup = Some(newest(now - Duration::hours(25)));
+        assert_eq!(c.lag(Some(&primary), now), Duration::hours(24));
+        c.newest_backup = Some(newest(now - Duration::hours(1)));
+        assert_eq!(c.lag(Some(&primary), now), Duration::zero());
+        // A copy that keeps one the primary pruned is not "ahead".
+        c.newest_backup = Some(newest(now));
+        assert_eq!(c.lag(Some(&primary), now), Duration::zero());
+    }
+}
