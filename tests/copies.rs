@@ -166,6 +166,18 @@ fn a_local_copy_holds_every_backup_and_restores_when_the_primary_is_gone() {
         "the copy's marker is the primary's"
     );
 
+    // The report shows the copy beside the primary.
+    let report = json(&ws.ok(&["report", "--json"]));
+    let copy = &report["policies"][0]["copies"][0];
+    assert_eq!(copy["name"], "dr", "{report:#}");
+    assert_eq!(copy["newest_backup"], second.as_str(), "{report:#}");
+    assert_eq!(copy["lag_seconds"], 0.0, "{report:#}");
+    let markdown = ws.ok(&["report", "--format", "md"]);
+    assert!(
+        markdown.contains("- **Copy:** dr (file://") && markdown.contains("up to date"),
+        "{markdown}"
+    );
+
     // A second run copies nothing.
     let again = json(&ws.ok(&["copy", "--json"]));
     assert_eq!(again["reports"][0]["bytes"], 0, "{again:#}");

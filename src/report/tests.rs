@@ -139,6 +139,7 @@ fn policy(name: &str, kind: &str) -> PolicyInput {
         damaged_manifests: vec![],
         records: vec![],
         runs: vec![],
+        copies: vec![],
     }
 }
 
