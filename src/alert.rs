@@ -34,6 +34,8 @@ pub enum Event {
     DrillFailed,
     WalArchiveLagging,
     WalSpoolFilling,
+    /// A copy into a `[[copies]]` repository after a backup failed.
+    CopyFailed,
 }
 
 impl Event {
@@ -45,6 +47,7 @@ impl Event {
             Event::DrillFailed => "drill_failed",
             Event::WalArchiveLagging => "wal_archive_lagging",
             Event::WalSpoolFilling => "wal_spool_filling",
+            Event::CopyFailed => "copy_failed",
         }
     }
 
@@ -55,6 +58,7 @@ impl Event {
             Event::DrillFailed => "restore drill failed",
             Event::WalArchiveLagging => "WAL archiving lagging",
             Event::WalSpoolFilling => "WAL spool filling",
+            Event::CopyFailed => "copy to a second repository failed",
         }
     }
 }

@@ -26,6 +26,8 @@
 //! - [`backup`] and [`restore`]: the jobs that join them.
 //! - [`wal`]: continuous WAL archiving for `postgres-cluster` policies
 //!   (`wal-push` and `wal-fetch`, PostgreSQL's archive and restore commands).
+//! - [`copy`]: copies of backups, WAL and records, as stored, into the
+//!   second repositories of `[[copies]]`, checked there by SHA-256.
 //! - [`drill`]: restore drills and their hash-chained records.
 //! - [`retention`] (pure: which backups the rules keep) and [`prune`] (applies
 //!   it to the store under the policy's lease, sparing held backups).
@@ -42,6 +44,7 @@ pub mod backup;
 pub mod bucket;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod daemon;
 pub mod drill;
 pub mod error;

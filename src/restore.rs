@@ -257,6 +257,19 @@ pub async fn verify(
                 }
             }
         }
+        if identities.is_none() && repo.copy_name.is_some() {
+            // A copy is checked against the manifest's digest of the
+            // stored bytes, which needs no identity: one byte that differs
+            // from what was copied shows here.
+            match crate::copy::stored_digest(repo.store.as_ref(), &record.key).await {
+                Ok((_, sha)) if sha != record.digests.sha256 => problems.push(format!(
+                    "`{object}`: stored bytes have SHA-256 {sha}, manifest says {}",
+                    record.digests.sha256
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         if let Some(ids) = identities {
             let r = stream_object(repo, ids, record, Meter::default(), |r| {
                 std::io::copy(r, &mut std::io::sink()).map_err(|e| Error::Integrity {

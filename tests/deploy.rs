@@ -130,7 +130,9 @@ fn every_metric_the_rules_name_is_exported_by_a_running_daemon() {
     let port = free_port();
     world.ws.write(
         "daemon.toml",
-        &format!("{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n"),
+        &format!(
+            "{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n\n[[copies]]\nname = \"dr\"\nurl = \"file://copy\"\nafter_backup = true\n"
+        ),
     );
     world.ws.hand_to_pg_owner();
     let mut child = world
@@ -147,6 +149,7 @@ fn every_metric_the_rules_name_is_exported_by_a_running_daemon() {
         "drctl_drill_last_passed{",
         "drctl_backup_last_size_bytes{",
         "drctl_bucket_drift_settings",
+        "drctl_copy_newest_backup_timestamp_seconds{",
     ];
     let metrics = wait_for("the daemon's /metrics", Duration::from_secs(60), || {
         let body = http_get(port, "/metrics")?;

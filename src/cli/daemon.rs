@@ -39,6 +39,21 @@ struct PolicyStatus {
     running: Option<bool>,
     last_run: Option<serde_json::Value>,
     last_error: Option<String>,
+    /// Per `[[copies]]`: the newest backup there and how far it is behind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    copies: Vec<CopyStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct CopyStatus {
+    copy: String,
+    newest_backup: Option<String>,
+    newest_point_in_time: Option<chrono::DateTime<Utc>>,
+    /// The primary's newest point in time minus the copy's (with nothing
+    /// in the copy, the primary's newest backup's age).
+    lag_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,8 +91,39 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         daemon_reachable: daemon.is_some(),
         policies: Vec::new(),
     };
+    let mut copies = Vec::new();
+    for c in &config.copies {
+        copies.push((
+            c,
+            crate::copy::open_copy(c, repo.signing.clone())
+                .await
+                .map_err(|e| e.to_string()),
+        ));
+    }
     for p in &config.policies {
         let newest = catalog::newest(&repo, &p.name).await?;
+        let mut copy_rows = Vec::new();
+        for (c, opened) in &copies {
+            let found = match opened {
+                Ok(r) => catalog::newest(r, &p.name).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            let there = found.as_ref().ok().cloned().flatten();
+            copy_rows.push(CopyStatus {
+                copy: c.name.clone(),
+                newest_backup: there.as_ref().map(|m| m.id.clone()),
+                newest_point_in_time: there.as_ref().map(|m| m.point_in_time),
+                lag_seconds: match (&newest, &there, &found) {
+                    (_, _, Err(_)) => None,
+                    (None, _, _) => Some(0),
+                    (Some(n), Some(t), _) => {
+                        Some((n.point_in_time - t.point_in_time).num_seconds().max(0))
+                    }
+                    (Some(n), None, _) => Some((now - n.point_in_time).num_seconds().max(0)),
+                },
+                error: found.err(),
+            });
+        }
         let target = p.schedule.as_ref().and_then(|s| s.rpo_target);
         let age = newest.as_ref().map(|m| now - m.point_in_time);
         // A cluster's data-loss window is its WAL archive's, not its base
@@ -137,6 +183,7 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
                 .filter(|r| r.get("result").and_then(|v| v.as_str()) == Some("failed"))
                 .and_then(|r| r.get("error")?.as_str().map(str::to_string)),
             last_run,
+            copies: copy_rows,
         });
     }
     let unhealthy: Vec<&str> = out
@@ -228,5 +275,21 @@ fn print_table(s: &Status) {
             next,
             last
         );
+        for c in &p.copies {
+            outln!(
+                "  copy {:<15} {:<26} {}",
+                c.copy,
+                c.newest_backup.as_deref().unwrap_or("none"),
+                match (&c.error, c.lag_seconds) {
+                    (Some(e), _) => format!("UNREADABLE: {e}"),
+                    (None, Some(0)) => "up to date".to_string(),
+                    (None, Some(l)) => format!(
+                        "{} behind the primary",
+                        human_duration(chrono::Duration::seconds(l))
+                    ),
+                    (None, None) => "-".to_string(),
+                }
+            );
+        }
     }
 }

@@ -181,6 +181,7 @@ pub fn check(ctx: &Ctx) -> Result<()> {
             "repository": config.repository.describe(),
             "signing": signing,
             "policies": config.policies.iter().map(|p| serde_json::json!({"name": p.name, "kind": p.source.kind(), "file": p.file})).collect::<Vec<_>>(),
+            "copies": config.copies.iter().map(|c| serde_json::json!({"name": c.name, "url": c.repository.describe(), "after_backup": c.after_backup, "retention": c.retention.as_ref().map(crate::retention::describe)})).collect::<Vec<_>>(),
             "warnings": warnings,
         }));
     } else {
@@ -203,6 +204,21 @@ pub fn check(ctx: &Ctx) -> Result<()> {
                 p.name,
                 p.source.kind(),
                 p.file.display()
+            );
+        }
+        for c in &config.copies {
+            outln!(
+                "copy {}: {}{}; retention: {}",
+                c.name,
+                c.repository.describe(),
+                if c.after_backup {
+                    ", after every backup"
+                } else {
+                    ""
+                },
+                c.retention
+                    .as_ref()
+                    .map_or_else(|| "each policy's".to_string(), crate::retention::describe)
             );
         }
         for w in warnings {
@@ -391,6 +407,8 @@ pub async fn verify(ctx: &Ctx, policy: Option<&str>, read_data: bool) -> Result<
             if reports.len() == 1 { "" } else { "s" },
             if read_data {
                 " (every byte read)"
+            } else if repo.copy_name.is_some() {
+                " (stored bytes' SHA-256; --read-data also decrypts)"
             } else {
                 " (sizes only; --read-data reads every byte)"
             },

@@ -26,6 +26,7 @@ macro_rules! errp {
 }
 
 mod backup;
+mod copy;
 mod daemon;
 mod drill;
 mod inspect;
@@ -74,6 +75,18 @@ pub struct Cli {
     /// No progress display.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// Read from this copy (`[[copies]] name`) instead of the primary
+    /// repository: list, restore, drill, drills, verify, report, prune,
+    /// wal status and wal-fetch.
+    #[arg(
+        long = "repo",
+        visible_alias = "from",
+        global = true,
+        env = "DRCTL_REPO",
+        value_name = "COPY"
+    )]
+    pub repo: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -159,6 +172,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Copy backups the copies lack (`[[copies]]`), as stored, verified by
+    /// SHA-256 at the destination; the manifest last.
+    Copy(copy::CopyArgs),
     /// Delete the backups the retention rules no longer keep (plan printed first).
     Prune {
         /// Only this policy (default: every policy).
@@ -339,9 +355,14 @@ impl Ctx {
     /// stderr, when its objects cannot be trusted: unsigned mode, or a
     /// `repo.json` without a trusted signature.
     async fn repo(&self, config: &Config) -> crate::Result<Repo> {
-        let store = crate::storage::open(&config.repository).await?;
         let signing = crate::signing::for_config(config)?;
-        let repo = Repo::open(store).await?.with_signing(signing).await?;
+        let repo = match &self.cli.repo {
+            Some(name) => crate::copy::open_copy(config.copy(name)?, signing).await?,
+            None => {
+                let store = crate::storage::open(&config.repository).await?;
+                Repo::open(store).await?.with_signing(signing).await?
+            }
+        };
         for warning in &repo.attestation_warnings {
             errln!("warning: {warning}");
         }
@@ -385,6 +406,9 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         spawn_signal_watch(cancel.clone());
     }
     let ctx = Ctx { cli, cancel };
+    if let Some(name) = &ctx.cli.repo {
+        copy::refuse_repo_flag(&ctx.cli.command, name)?;
+    }
     match &ctx.cli.command {
         Command::Key {
             command:
@@ -437,6 +461,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
             outln!("man pages written to {}", out.display());
             Ok(())
         }
+        Command::Copy(args) => copy::copy(&ctx, args).await,
         Command::Prune { policy, dry_run } => prune::prune(&ctx, policy.as_deref(), *dry_run).await,
         Command::Repo { command } => repo::run(&ctx, command).await,
         Command::WalPush { policy, path } => wal::push(&ctx, policy, path).await,

@@ -15,8 +15,30 @@ use crate::retention::Action;
 pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()> {
     let config = ctx.config()?;
     let policies = selected(&config, policy)?;
-    let repo = ctx.repo(&config).await?;
     let json = ctx.cli.json;
+    // Each repository by its own rules: the primary by the policies', a
+    // copy by its `[[copies]] retention` when it has one. Without --repo,
+    // the primary and then every copy that has been written.
+    let mut targets = Vec::new();
+    let mut unreachable_copies = Vec::new();
+    match &ctx.cli.repo {
+        Some(name) => targets.push((ctx.repo(&config).await?, Some(config.copy(name)?))),
+        None => {
+            targets.push((ctx.repo(&config).await?, None));
+            for c in &config.copies {
+                match crate::copy::open_copy(c, crate::signing::for_config(&config)?).await {
+                    Ok(r) => targets.push((r, Some(c))),
+                    Err(Error::Usage(_)) => {} // never copied to: nothing to prune
+                    Err(e) => {
+                        if !json {
+                            errln!("copy {}: prune FAILED: {e}", c.name);
+                        }
+                        unreachable_copies.push((format!("copy {}", c.name), e));
+                    }
+                }
+            }
+        }
+    }
     let opts = PruneOptions {
         dry_run,
         on_plan: (!json).then(|| Arc::new(print_plan) as job::PlanCallback),
@@ -24,24 +46,31 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
         ..PruneOptions::default()
     };
     let mut reports = Vec::new();
-    let mut errors = Vec::new();
-    for p in &policies {
-        match job::prune(&repo, p, &opts).await {
-            Ok(report) => {
-                if !json {
-                    print_outcome(&report);
-                }
-                reports.push(report);
+    let mut errors = unreachable_copies;
+    for (repo, copy) in &targets {
+        for p in &policies {
+            let mut p = (*p).clone();
+            if let Some(c) = copy {
+                p.retention = c.retention_for(&p).clone();
             }
-            Err(e) => {
-                let stop = matches!(e, Error::Interrupted(_));
-                // With one policy the error line from main says it all.
-                if !json && policies.len() > 1 {
-                    errln!("{}: prune FAILED: {e}", p.name);
+            let p = &p;
+            match job::prune(repo, p, &opts).await {
+                Ok(report) => {
+                    if !json {
+                        print_outcome(&report);
+                    }
+                    reports.push(report);
                 }
-                errors.push((p.name.clone(), e));
-                if stop {
-                    break;
+                Err(e) => {
+                    let stop = matches!(e, Error::Interrupted(_));
+                    // With one policy the error line from main says it all.
+                    if !json && policies.len() > 1 {
+                        errln!("{}: prune FAILED: {e}", p.name);
+                    }
+                    errors.push((p.name.clone(), e));
+                    if stop {
+                        break;
+                    }
                 }
             }
         }

@@ -141,6 +141,7 @@ pub async fn restore_cluster(
             .identity
             .as_deref()
             .or(config.identity_file.as_deref()),
+        repo.copy_name.as_deref(),
         &policy.name,
     )?;
     let settings = Settings {

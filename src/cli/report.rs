@@ -80,6 +80,15 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
         tracing::warn!(error = %e, "Cannot read the bucket's versioning and Object Lock settings; the report says so.");
         e.to_string()
     });
+    // Copies are read only for the primary's report: a report of a copy
+    // (`--repo`) is about that copy alone.
+    let mut copies = Vec::new();
+    if ctx.cli.repo.is_none() {
+        for c in &config.copies {
+            let opened = crate::copy::open_copy(c, repo.signing.clone()).await;
+            copies.push((c, opened));
+        }
+    }
     let mut policies = Vec::new();
     // (key, warning) of every object set aside for its signature: the
     // report is built from the rest, and the exit status says so.
@@ -109,7 +118,21 @@ pub async fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
                 .into_iter()
                 .map(|r| (r.key, r.record.unwrap_err())),
         );
-        policies.push(PolicyInput::new(p, catalog, records, runs));
+        let mut input = PolicyInput::new(p, catalog, records, runs);
+        for (c, opened) in &copies {
+            let newest = match opened {
+                Ok(r) => catalog::newest(r, &p.name).await.map_err(|e| e.to_string()),
+                // Never copied to: it holds nothing yet.
+                Err(Error::Usage(_)) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
+            input.copies.push(crate::report::CopyInput {
+                name: c.name.clone(),
+                location: c.repository.describe(),
+                newest,
+            });
+        }
+        policies.push(input);
     }
     let input = ReportInput {
         since,

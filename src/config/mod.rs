@@ -3,6 +3,7 @@
 //! module validates it once into the model that everything else uses, with
 //! errors that carry the file and line.
 
+mod copies;
 mod raw;
 
 use std::path::{Path, PathBuf};
@@ -31,7 +32,11 @@ pub struct Config {
     pub wal: WalConfig,
     /// `[signing]`; `None` for an unsigned repository.
     pub signing: Option<SigningConfig>,
+    /// `[[copies]]`: second repositories backups are copied into.
+    pub copies: Vec<CopyConfig>,
 }
+
+pub use copies::{CopyConfig, S3Credentials};
 
 /// `[signing]`: the key this host signs with, if it writes, and the public
 /// keys every reader accepts. Pinned here, never read from the bucket.
@@ -95,6 +100,9 @@ pub enum RepositoryConfig {
         endpoint: Option<String>,
         region: Option<String>,
         path_style: bool,
+        /// Credentials other than the standard chain's (a copy in another
+        /// account); `None`: the environment, profile or instance role.
+        credentials: Option<S3Credentials>,
     },
     Local {
         path: PathBuf,
@@ -654,6 +662,7 @@ fn parse_config(
             trusted,
         }
     });
+    let copies = copies::parse(&mut cx, &raw.copies, repository.as_ref(), base);
     Some(Config {
         path: path.to_path_buf(),
         repository: repository?,
@@ -666,6 +675,7 @@ fn parse_config(
         alerts,
         wal,
         signing,
+        copies,
     })
 }
 
@@ -750,6 +760,7 @@ fn parse_repository(
             endpoint: raw.endpoint.as_ref().map(|e| e.get_ref().clone()),
             region: raw.region.clone(),
             path_style: raw.path_style,
+            credentials: None,
         })
     } else if let Some(rest) = url.strip_prefix("file://") {
         if rest.is_empty() {
@@ -765,6 +776,18 @@ fn parse_repository(
             format!("`url` = \"{url}\": expected s3://BUCKET/PREFIX or file:///PATH"),
         );
         None
+    }
+}
+
+fn parse_retention(cx: &mut Ctx, r: &raw::RawRetention) -> Retention {
+    Retention {
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+        keep_within: cx.duration(&r.keep_within, "keep_within"),
     }
 }
 
@@ -1136,15 +1159,7 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
             rpo_target: cx.duration(&s.rpo_target, "rpo_target"),
         }
     });
-    let retention = raw.retention.as_ref().map(|r| Retention {
-        keep_last: r.keep_last,
-        keep_hourly: r.keep_hourly,
-        keep_daily: r.keep_daily,
-        keep_weekly: r.keep_weekly,
-        keep_monthly: r.keep_monthly,
-        keep_yearly: r.keep_yearly,
-        keep_within: cx.duration(&r.keep_within, "keep_within"),
-    });
+    let retention = raw.retention.as_ref().map(|r| parse_retention(&mut cx, r));
     let drill = raw.drill.as_ref().map(|d| {
         if let (Some(u), SourceConfig::Postgres { url, .. }) = (&d.scratch_url, &source)
             && u.get_ref() == url

@@ -16,9 +16,11 @@ pub struct RawConfig {
     pub alerts: Option<RawAlerts>,
     pub wal: Option<RawWal>,
     pub signing: Option<RawSigning>,
+    #[serde(default)]
+    pub copies: Vec<RawCopy>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRepository {
     pub url: Spanned<String>,
@@ -162,4 +164,22 @@ pub struct RawCheck {
 pub struct RawSigning {
     pub key_file: Option<String>,
     pub trusted: Spanned<Vec<Spanned<String>>>,
+}
+
+/// `[[copies]]`: a second repository that backups are copied into.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCopy {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    pub profile: Option<Spanned<String>>,
+    pub access_key_id_env: Option<Spanned<String>>,
+    pub secret_access_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub after_backup: bool,
+    pub retention: Option<RawRetention>,
 }

@@ -8,6 +8,7 @@
 //! previous one is still going, and across hosts the policy's lease decides
 //! who runs (a run that finds the lease held is "skipped", not failed).
 
+pub mod copies;
 pub mod http;
 mod page;
 pub mod state;
@@ -161,6 +162,11 @@ pub async fn run(opts: Options) -> Result<()> {
         config.policies.iter().map(|p| p.name.clone()),
     )
     .await;
+    tokio::spawn(copies::load_newest(
+        repo.clone(),
+        config.clone(),
+        state.clone(),
+    ));
     let (alerter, mut dispatcher) = Alerter::start(config.alerts.clone());
     let mut ctx = JobCtx {
         repo,
@@ -655,6 +661,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                     if crate::retention::has_rules(&policy.retention) {
                         prune = prune_after_backup(&ctx, policy, &run_id).await;
                     }
+                    copies::after_backup(&ctx, policy, &run_id).await;
                 }
                 Err(Error::Locked { message, .. }) => {
                     outcome.result = "skipped";

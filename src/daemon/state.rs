@@ -197,6 +197,9 @@ pub struct PolicyState {
     /// For a `postgres-cluster` policy: its WAL archiving.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalState>,
+    /// Per `[[copies]]` name: the newest backup there and the last copy.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies: BTreeMap<String, super::copies::CopyState>,
     /// When the repository was last read to confirm a breach.
     #[serde(skip)]
     pub confirmed_at: Option<DateTime<Utc>>,
@@ -330,6 +333,24 @@ pub fn health(
         }
         if let Some(spool) = p.wal.as_ref().and_then(|w| w.spool.as_ref()) {
             checks.insert(format!("wal_spool:{name}"), spool_check(spool));
+        }
+        for (copy, c) in &p.copies {
+            checks.insert(
+                format!("copy:{name}:{copy}"),
+                match &c.last_error {
+                    Some(e) => Check {
+                        ok: false,
+                        detail: format!("the last copy failed: {e}"),
+                    },
+                    None => Check {
+                        ok: true,
+                        detail: format!(
+                            "{} behind the primary",
+                            crate::timespec::human_duration(c.lag(p.newest_backup.as_ref(), now))
+                        ),
+                    },
+                },
+            );
         }
         let mut failed: Vec<String> = std::iter::once(("backup", Some(&p.backup)))
             .chain(std::iter::once(("drill", p.drill.as_ref())))
@@ -726,6 +747,7 @@ pub fn metrics(state: &DaemonState, now: DateTime<Utc>) -> String {
             }
         }
     }
+    super::copies::metrics(&mut registry, state, now);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

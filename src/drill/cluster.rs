@@ -444,6 +444,7 @@ async fn recover_and_check(
         restore_command: recover::wal_fetch_command(
             &opts.config_path,
             opts.identity_file.as_deref(),
+            repo.copy_name.as_deref(),
             name,
         )?,
         target: target.clone(),

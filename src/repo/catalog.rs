@@ -34,9 +34,17 @@ enum Rejected {
 fn parse(repo: &Repo, policy: &str, key: &str, bytes: &[u8]) -> Result<Manifest, Rejected> {
     repo.check_signature(key, bytes)
         .map_err(Rejected::Untrusted)?;
-    let m = serde_json::from_slice::<Manifest>(bytes)
+    let mut m = serde_json::from_slice::<Manifest>(bytes)
         .map_err(|e| Rejected::Damaged(format!("not a valid manifest: {e}")))?;
     m.check_location(policy, key).map_err(Rejected::Damaged)?;
+    if repo.copy_name.is_some() {
+        // A copy's manifest is the primary's, bytes and signature; the
+        // version ids in it name versions in the primary's bucket.
+        m.data.version_id = None;
+        if let Some(f) = &mut m.fingerprint {
+            f.version_id = None;
+        }
+    }
     Ok(m)
 }
 

@@ -113,6 +113,9 @@ pub struct Repo {
     pub signing: Option<Arc<crate::signing::Signing>>,
     /// Why `repo.json` is not trusted, when signing is on and it is not.
     pub marker_untrusted: Option<String>,
+    /// The `[[copies]]` name when this is a copy, not the primary. Version
+    /// ids in a copy's manifests are the primary's, so readers ignore them.
+    pub copy_name: Option<String>,
     marker_bytes: Bytes,
     /// Unsigned objects a trusted attestation vouches for: key → sha256.
     attested: std::collections::HashMap<String, String>,
@@ -152,6 +155,7 @@ impl Repo {
             marker,
             signing: None,
             marker_untrusted: None,
+            copy_name: None,
             marker_bytes: bytes,
             attested: std::collections::HashMap::new(),
             attestation_warnings: Vec::new(),
@@ -174,6 +178,22 @@ impl Repo {
         (self.attested, self.attestation_warnings) = attest::load(&self).await?;
         self.marker_untrusted = self.check_signature(MARKER_KEY, &self.marker_bytes).err();
         Ok(self)
+    }
+
+    /// This repository's marker over another store that has none yet, with
+    /// nothing written: what a dry run of a first copy plans against.
+    pub fn unwritten_twin(&self, store: Arc<dyn Store>) -> Repo {
+        Repo {
+            store,
+            attested: std::collections::HashMap::new(),
+            attestation_warnings: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// `repo.json` exactly as stored: a copy's marker is these bytes.
+    pub fn marker_bytes(&self) -> &Bytes {
+        &self.marker_bytes
     }
 
     /// Whether the marker carries a signature, checked or not.

@@ -409,6 +409,9 @@ fn policy(h: &mut String, r: &Report, p: &PolicyReport) {
     let _ = writeln!(h, "<dt>RPO</dt><dd>{}</dd>", esc(&rpo_sentence(b)));
     let _ = writeln!(h, "<dt>Drills</dt><dd>{}</dd>", esc(&drills_sentence(d)));
     let _ = writeln!(h, "<dt>RTO</dt><dd>{}</dd>", esc(&rto_sentence(d)));
+    for c in &p.copies {
+        let _ = writeln!(h, "<dt>Copy</dt><dd>{}</dd>", esc(&super::copy_sentence(c)));
+    }
     let _ = writeln!(
         h,
         "<dt>Stored size</dt><dd>{}</dd>",

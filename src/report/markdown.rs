@@ -254,6 +254,9 @@ fn policy(m: &mut String, p: &PolicyReport) {
         );
     }
     let _ = writeln!(m, "- **Drill records:** {}", chain_sentence(&p.chain));
+    for c in &p.copies {
+        let _ = writeln!(m, "- **Copy:** {}", super::copy_sentence(c));
+    }
     m.push('\n');
     if !p.notes.is_empty() {
         for n in &p.notes {

@@ -75,6 +75,52 @@ pub struct PolicyInput {
     /// Every run record (failed backup attempt) of the policy, as
     /// [`crate::repo::runs::load`] returns them.
     pub runs: Vec<StoredRun>,
+    /// The policy's newest backup in each `[[copies]]` repository.
+    pub copies: Vec<CopyInput>,
+}
+
+/// What one copy (second repository) holds of a policy.
+#[derive(Debug, Clone)]
+pub struct CopyInput {
+    pub name: String,
+    pub location: String,
+    /// The newest backup there, or why the copy could not be read.
+    pub newest: Result<Option<Manifest>, String>,
+}
+
+/// A copy in the report: its newest backup and how far it is behind the
+/// primary's newest (by point in time).
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyView {
+    pub name: String,
+    pub location: String,
+    pub newest_backup: Option<String>,
+    pub newest_point_in_time: Option<DateTime<Utc>>,
+    /// The primary's newest point in time minus the copy's; `None` when
+    /// the copy holds none or could not be read.
+    pub lag_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One sentence per copy, for the rendered reports.
+pub fn copy_sentence(c: &CopyView) -> String {
+    match (&c.error, &c.newest_backup, c.lag_seconds) {
+        (Some(e), _, _) => format!("{} ({}): could not be read: {e}", c.name, c.location),
+        (None, None, _) => format!("{} ({}): no backup of this policy", c.name, c.location),
+        (None, Some(id), Some(l)) if l <= 0.0 => {
+            format!(
+                "{} ({}): newest backup {id}, up to date",
+                c.name, c.location
+            )
+        }
+        (None, Some(id), lag) => format!(
+            "{} ({}): newest backup {id}, {} behind the primary",
+            c.name,
+            c.location,
+            lag.map_or("-".to_string(), fmt_seconds)
+        ),
+    }
 }
 
 impl PolicyInput {
@@ -111,6 +157,7 @@ impl PolicyInput {
             damaged_manifests: catalog.damaged,
             records,
             runs,
+            copies: Vec::new(),
         }
     }
 }
@@ -216,6 +263,9 @@ pub struct PolicyReport {
     pub chain: ChainReport,
     /// Things a reader must know to read the figures right, in sentences.
     pub notes: Vec<String>,
+    /// Second repositories (`[[copies]]`): the newest backup in each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -622,9 +672,33 @@ fn build_policy(
             drills,
             chain,
             notes,
+            copies: copy_views(p),
         },
         evidence,
     )
+}
+
+fn copy_views(p: &PolicyInput) -> Vec<CopyView> {
+    let primary = p.backups.iter().map(|m| m.point_in_time).max();
+    p.copies
+        .iter()
+        .map(|c| {
+            let newest = c.newest.as_ref().ok().and_then(Option::as_ref);
+            CopyView {
+                name: c.name.clone(),
+                location: c.location.clone(),
+                newest_backup: newest.map(|m| m.id.clone()),
+                newest_point_in_time: newest.map(|m| m.point_in_time),
+                lag_seconds: match (primary, newest) {
+                    (Some(p), Some(m)) => {
+                        Some(((p - m.point_in_time).num_milliseconds() as f64 / 1000.0).max(0.0))
+                    }
+                    _ => None,
+                },
+                error: c.newest.as_ref().err().cloned(),
+            }
+        })
+        .collect()
 }
 
 fn backup_summary(p: &PolicyInput, since: DateTime<Utc>, until: DateTime<Utc>) -> BackupSummary {

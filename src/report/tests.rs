@@ -140,6 +140,7 @@ fn policy(name: &str, kind: &str) -> PolicyInput {
         damaged_manifests: vec![],
         records: vec![],
         runs: vec![],
+        copies: vec![],
     }
 }
 

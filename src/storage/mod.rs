@@ -183,21 +183,10 @@ pub async fn upload_stream(
     done: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<Stored, StorageError> {
     let mut upload = store.create_upload(key).await?;
-    let mut part = BytesMut::with_capacity(upload.next_part_size());
+    let mut parts = Parts::new(upload.as_ref());
     let result: Result<(), StorageError> = async {
-        while let Some(mut chunk) = chunks.recv().await {
-            while !chunk.is_empty() {
-                let want = upload.next_part_size() - part.len();
-                let take = want.min(chunk.len());
-                part.extend_from_slice(&chunk.split_to(take));
-                if part.len() >= upload.next_part_size() {
-                    let full = std::mem::replace(
-                        &mut part,
-                        BytesMut::with_capacity(upload.next_part_size()),
-                    );
-                    upload.put_part(full.freeze()).await?;
-                }
-            }
+        while let Some(chunk) = chunks.recv().await {
+            parts.push(upload.as_mut(), chunk).await?;
         }
         Ok(())
     }
@@ -218,13 +207,59 @@ pub async fn upload_stream(
             "the data stream ended early; upload aborted",
         ));
     }
-    if !part.is_empty()
-        && let Err(e) = upload.put_part(part.freeze()).await
-    {
+    if let Err(e) = parts.finish(upload.as_mut()).await {
         let _ = upload.abort().await;
         return Err(e);
     }
     upload.complete().await
+}
+
+/// Cuts a stream of chunks of any size into the parts an [`Upload`] asks
+/// for, holding at most one part.
+pub struct Parts {
+    part: BytesMut,
+}
+
+impl Parts {
+    pub fn new(upload: &dyn Upload) -> Parts {
+        Parts {
+            part: BytesMut::with_capacity(upload.next_part_size()),
+        }
+    }
+
+    /// Adds a chunk, handing each part that fills up to the upload.
+    ///
+    /// # Errors
+    /// The upload's.
+    pub async fn push(
+        &mut self,
+        upload: &mut dyn Upload,
+        mut chunk: Bytes,
+    ) -> Result<(), StorageError> {
+        while !chunk.is_empty() {
+            let take = (upload.next_part_size() - self.part.len()).min(chunk.len());
+            self.part.extend_from_slice(&chunk.split_to(take));
+            if self.part.len() >= upload.next_part_size() {
+                let full = std::mem::replace(
+                    &mut self.part,
+                    BytesMut::with_capacity(upload.next_part_size()),
+                );
+                upload.put_part(full.freeze()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands over the last, shorter part, if there is one.
+    ///
+    /// # Errors
+    /// The upload's.
+    pub async fn finish(self, upload: &mut dyn Upload) -> Result<(), StorageError> {
+        if self.part.is_empty() {
+            return Ok(());
+        }
+        upload.put_part(self.part.freeze()).await
+    }
 }
 
 /// Writes a small backup data object (a fingerprint) the way large ones are

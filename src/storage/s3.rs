@@ -90,6 +90,7 @@ impl S3Store {
             endpoint,
             region,
             path_style,
+            credentials,
         } = config
         else {
             unreachable!("S3Store::connect called with a non-S3 configuration");
@@ -106,6 +107,33 @@ impl S3Store {
                 .or_else(aws_config::profile::ProfileFileRegionProvider::new())
                 .or_else(aws_config::Region::new("us-east-1")),
             ),
+        };
+        loader = match credentials {
+            None => loader,
+            Some(crate::config::S3Credentials::Profile(p)) => loader.profile_name(p),
+            Some(crate::config::S3Credentials::Env {
+                access_key_id,
+                secret_access_key,
+            }) => {
+                let read = |var: &str| {
+                    std::env::var(var).map_err(|_| {
+                        StorageError::new(
+                            "connect",
+                            config.describe(),
+                            "",
+                            crate::error::StorageErrorKind::AccessDenied,
+                            format!("the environment variable `{var}` named in drctl.toml is not set; set it to the copy's credentials"),
+                        )
+                    })
+                };
+                loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    read(access_key_id)?,
+                    read(secret_access_key)?,
+                    None,
+                    None,
+                    "drctl.toml",
+                ))
+            }
         };
         let shared = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)

@@ -445,11 +445,17 @@ pub fn shell_quote(word: &str) -> String {
 
 /// The `restore_command` that fetches from `policy`'s archive: this drctl
 /// executable with absolute paths to the configuration and, when one was
-/// given, the identity (the server runs it from the data directory).
+/// given, the identity (the server runs it from the data directory), and
+/// `--repo COPY` when recovering from a copy.
 ///
 /// # Errors
 /// I/O errors finding the executable, the configuration or the identity.
-pub fn wal_fetch_command(config: &Path, identity: Option<&Path>, policy: &str) -> Result<String> {
+pub fn wal_fetch_command(
+    config: &Path,
+    identity: Option<&Path>,
+    copy: Option<&str>,
+    policy: &str,
+) -> Result<String> {
     let absolute = |path: &Path, what: &str| {
         std::fs::canonicalize(path)
             .map_err(|e| Error::io(format!("finding the {what} {}", path.display()), e))
@@ -465,6 +471,10 @@ pub fn wal_fetch_command(config: &Path, identity: Option<&Path>, policy: &str) -
         command.push(shell_quote(
             &absolute(id, "identity file")?.display().to_string(),
         ));
+    }
+    if let Some(copy) = copy {
+        command.push("--repo".into());
+        command.push(shell_quote(copy));
     }
     command.extend([
         "wal-fetch".into(),
