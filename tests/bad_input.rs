@@ -250,6 +250,8 @@ fn bad_restore_times_are_refused_and_restore_nothing() {
         .as_str()
         .unwrap()
         .to_string();
+    // Messages print times as `2026-11-30 17:44:00 UTC`.
+    let first = first[..16].replace('T', " ");
 
     let cases: [(&str, &[&str]); 3] = [
         (
@@ -259,7 +261,7 @@ fn bad_restore_times_are_refused_and_restore_nothing() {
         (&future, &["in the future"]),
         (
             "2000-01-01T00:00:00Z",
-            &["2000-01-01", "the first one is from", &first[..16]],
+            &["2000-01-01", "the first one is from", &first],
         ),
     ];
     for (to, expected) in cases {
@@ -794,6 +796,115 @@ fn uninitialised_repository_says_to_run_init() {
         "drctl wrote into a repository that is not initialised"
     );
     assert!(!ws.path().join("out").exists());
+}
+
+/// A repository on a volume that did not mount: "run `drctl init`" would
+/// create an empty repository on the disk beneath the mount point. drctl
+/// says what is missing and that the parent looks like an unmounted volume.
+#[test]
+fn a_repository_under_an_empty_unmounted_directory_is_named_as_such() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    std::fs::create_dir(ws.path().join("backupvol")).unwrap();
+    ws.write(
+        "drctl.toml",
+        &repo_toml(&ws, "url = \"file://backupvol/drctl\"\n"),
+    );
+    for args in [&["list"][..], &["backup", "etc"][..], &["verify"][..]] {
+        let err = ws.fails(args, 2);
+        assert_mentions(&err, "not initialised");
+        assert_mentions(&err, "backupvol/drctl does not exist");
+        assert_mentions(
+            &err,
+            "backupvol is an empty directory with nothing mounted on it",
+        );
+        assert_mentions(&err, "mount it");
+        assert!(!err.contains("run `drctl init`"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(ws.path().join("backupvol"))
+            .unwrap()
+            .count(),
+        0,
+        "drctl wrote under the unmounted volume"
+    );
+    // `init` is what the operator asked for, so it goes ahead, with a warning.
+    let out = ws.run(&["init"]);
+    let err = expect_exit(&out, 0, "init under an empty directory");
+    assert_mentions(
+        &err,
+        "backupvol is an empty directory with nothing mounted on it",
+    );
+    ws.write("drctl.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
+
+/// A repository whose repo.json was lost still holds backups: `init` there
+/// would start a second history over them, so it refuses (on a local
+/// directory and on an S3 prefix), and every other command says not to run it.
+#[test]
+fn init_refuses_a_place_that_holds_backups_without_repo_json() {
+    let s3 = S3Server::start();
+    let (s3_ws, bucket) = s3_workspace(&s3);
+    let local_ws = Workspace::local();
+    for (ws, on_s3) in [(&local_ws, false), (&s3_ws, true)] {
+        let id = files_backup(ws);
+        let marker = match on_s3 {
+            false => {
+                let path = ws.repo_dir().join("repo.json");
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                bytes
+            }
+            true => block_on(async {
+                let client = s3.client();
+                let got = client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key("drctl/repo.json")
+                    .send()
+                    .await
+                    .unwrap();
+                let bytes = got.body.collect().await.unwrap().into_bytes().to_vec();
+                client
+                    .delete_object()
+                    .bucket(&bucket)
+                    .key("drctl/repo.json")
+                    .send()
+                    .await
+                    .unwrap();
+                bytes
+            }),
+        };
+        let err = ws.fails(&["list"], 2);
+        assert_mentions(&err, "no repo.json");
+        assert_mentions(&err, &format!("backups/etc/{id}/"));
+        assert_mentions(&err, "do not run `drctl init` here");
+
+        let err = ws.fails(&["init"], 3);
+        assert_mentions(&err, "but no repo.json");
+        assert_mentions(&err, "does not create a repository over them");
+        assert_mentions(&err, &format!("backups/etc/{id}/"));
+        // Nothing was written: still no repo.json.
+        let err = ws.fails(&["list"], 2);
+        assert_mentions(&err, "no repo.json");
+
+        match on_s3 {
+            false => std::fs::write(ws.repo_dir().join("repo.json"), &marker).unwrap(),
+            true => block_on(async {
+                s3.client()
+                    .put_object()
+                    .bucket(&bucket)
+                    .key("drctl/repo.json")
+                    .body(marker.into())
+                    .send()
+                    .await
+                    .unwrap();
+            }),
+        }
+        assert_intact(ws, "etc", &[id]);
+    }
 }
 
 /// A `.drctl-partial` name beside the destination is never written through

@@ -182,3 +182,135 @@ fn a_closed_stdout_ends_quietly() {
     assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
     assert_eq!(complaints(&r.stderr), "");
 }
+
+/// Two backups of `etc` a second or more apart, listed in New York time
+/// (UTC-5, so the local date and clock differ from UTC's): `(older id,
+/// newer id, the older one's row of `list`)`.
+fn two_backups_in_new_york() -> (Workspace, String, String, Vec<String>) {
+    let (mut ws, older) = etc();
+    std::thread::sleep(Duration::from_millis(1100));
+    let newer = ws.backup("etc");
+    ws.set_env("TZ", "America/New_York");
+    let listing = ws.ok(&["list", "etc"]);
+    assert!(listing.contains("LOCAL (New_York)"), "{listing}");
+    let row: Vec<String> = listing
+        .lines()
+        .find(|l| l.contains(&older))
+        .unwrap_or_else(|| panic!("no row for {older}:\n{listing}"))
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    (ws, older, newer, row)
+}
+
+/// The plan's value for `key`, from `restore --dry-run`'s stderr.
+fn plan_line<'a>(stderr: &'a str, key: &str) -> &'a str {
+    stderr
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no `{key}` in the plan:\n{stderr}"))
+        .trim()
+}
+
+/// `list` showed UTC while `--to "YYYY-MM-DD HH:MM"` was read as local time,
+/// so a time pasted from `list` picked another backup or was "in the
+/// future". Now the UTC column carries its `Z`, the local clock stands
+/// beside it, and either one pasted picks the backup on that row; the plan
+/// says how a local time was read.
+#[test]
+fn a_time_pasted_from_either_list_column_picks_that_backup() {
+    let (ws, older, newer, row) = two_backups_in_new_york();
+    // ID, UTC, local date, local clock, …
+    let (utc, local) = (row[1].clone(), format!("{} {}", row[2], row[3]));
+    assert!(utc.ends_with('Z'), "{row:?}");
+    for pasted in [utc.as_str(), local.as_str(), row[3].as_str()] {
+        let out = ws.run(&[
+            "restore",
+            "etc",
+            "--to",
+            pasted,
+            "--into",
+            "out",
+            "--dry-run",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "--to {pasted}:\n{stderr}");
+        assert_eq!(
+            plan_line(&stderr, "backup"),
+            older,
+            "--to {pasted}:\n{stderr}"
+        );
+        // The plan names what the target could not reach, and what it is.
+        let next = plan_line(&stderr, "next backup");
+        assert!(next.starts_with(&newer), "{stderr}");
+        assert!(
+            plan_line(&stderr, "restores").contains("snapshot"),
+            "{stderr}"
+        );
+        let point = plan_line(&stderr, "point in time");
+        assert!(
+            point.contains("America/New_York") && point.contains(&row[3]),
+            "{stderr}"
+        );
+        let target = plan_line(&stderr, "target time");
+        if pasted.ends_with('Z') {
+            assert!(!target.contains("read as"), "{stderr}");
+        } else {
+            assert!(
+                target.contains(&format!("`{pasted}` read as"))
+                    && target.contains("America/New_York (UTC-05:00) = ")
+                    && target.contains(&format!(
+                        "{} UTC",
+                        utc.replace('T', " ").trim_end_matches('Z')
+                    )),
+                "{stderr}"
+            );
+        }
+    }
+    assert!(!ws.path().join("out").exists());
+}
+
+/// A bare date is its local midnight, echoed as read; times in messages
+/// are to the second.
+#[test]
+fn a_bare_date_is_read_as_local_midnight_and_times_have_no_fractions() {
+    let (ws, _older, _newer, row) = two_backups_in_new_york();
+    let err = ws.fails(
+        &[
+            "restore",
+            "etc",
+            "--to",
+            &row[2],
+            "--into",
+            "out",
+            "--dry-run",
+        ],
+        2,
+    );
+    assert!(
+        err.contains(&format!(
+            "`{}` read as {} 00:00:00 America/New_York (UTC-05:00) = ",
+            row[2], row[2]
+        )),
+        "{err}"
+    );
+    assert!(err.contains("no backup of `etc` is at or before"), "{err}");
+    let err = ws.fails(
+        &[
+            "restore",
+            "etc",
+            "--to",
+            "2099-01-01 10:00",
+            "--into",
+            "out",
+        ],
+        2,
+    );
+    let now = err
+        .split("now is ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"));
+    // `2026-11-30 17:44:00 UTC)`: no fraction of a second, no offset.
+    assert_eq!(&now[19..24], " UTC)", "{err}");
+    assert!(!ws.path().join("out").exists());
+}

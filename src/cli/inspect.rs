@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::crypto;
 use crate::progress::bytes;
 use crate::repo::{Repo, catalog};
+use crate::timespec::LocalZone;
 
 /// Writes a new secret key file: mode 0600, refused if anything is there.
 fn write_key_file(out: &Path, text: &str, what: &str) -> Result<()> {
@@ -88,6 +89,11 @@ pub fn signing_key_public(ctx: &Ctx, file: &Path) -> Result<()> {
 pub async fn init(ctx: &Ctx) -> Result<()> {
     let config = ctx.config()?;
     if let RepositoryConfig::Local { path } = &config.repository {
+        if let Some(hint) = crate::repo::unmounted_hint(path) {
+            errln!(
+                "warning: {hint}; if a backup volume belongs there, it is not mounted and this repository is being created on the disk beneath it"
+            );
+        }
         std::fs::create_dir_all(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     }
@@ -117,8 +123,6 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
     }
     if let Some(why) = &repo.marker_untrusted {
         errln!("warning: {why}");
-    } else if repo.signing.is_none() {
-        errln!("warning: {}", crate::signing::unsigned_warning(&repo));
     }
     Ok(())
 }
@@ -272,6 +276,22 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         );
         return refuse_untrusted(&catalogs);
     }
+    // `restore --to` reads a time without an offset as local time, so the
+    // local clock is shown beside UTC (which carries its `Z`) wherever the
+    // two differ: a time pasted from either column picks the backup it shows.
+    let zone = match LocalZone::from_env() {
+        Ok(z) => Some(z),
+        Err(why) => {
+            errln!("warning: {why}; local times are not shown");
+            None
+        }
+    };
+    let local = zone.filter(|z| {
+        catalogs
+            .iter()
+            .flat_map(|(_, c)| &c.backups)
+            .any(|m| z.offset_seconds(m.point_in_time) != 0)
+    });
     for (name, c) in &catalogs {
         outln!(
             "{name}: {} backup{}",
@@ -280,9 +300,13 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         );
         if !c.backups.is_empty() {
             outln!(
-                "  {:<27} {:<20} {:>10} {:>10} {:>9}",
+                "  {:<27} {:<20} {}{:>10} {:>10} {:>9}",
                 "ID",
                 "POINT IN TIME (UTC)",
+                local.map_or(String::new(), |z| format!(
+                    "{:<20} ",
+                    local_header(&z.name())
+                )),
                 "STORED",
                 "DATA",
                 "DURATION"
@@ -290,9 +314,14 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         }
         for m in &c.backups {
             outln!(
-                "  {:<27} {:<20} {:>10} {:>10} {:>8.1}s",
+                "  {:<27} {:<20} {}{:>10} {:>10} {:>8.1}s",
                 m.id,
-                m.point_in_time.format("%Y-%m-%d %H:%M:%S"),
+                // With its `Z`, so that pasted into `--to` it is read as UTC.
+                m.point_in_time.format("%Y-%m-%dT%H:%M:%SZ"),
+                local.map_or(String::new(), |z| format!(
+                    "{:<20} ",
+                    z.clock(m.point_in_time)
+                )),
                 bytes(m.data.digests.size),
                 bytes(m.data.digests.plaintext_size),
                 m.duration_seconds()
@@ -303,6 +332,22 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         }
     }
     refuse_untrusted(&catalogs)
+}
+
+/// The local-time column's header, cut to its width: a long zone name
+/// keeps its last part (`LOCAL (Indianapolis)`).
+fn local_header(zone: &str) -> String {
+    let full = format!("LOCAL ({zone})");
+    if full.len() <= 20 {
+        return full;
+    }
+    let last = zone.rsplit('/').next().unwrap_or(zone);
+    let short = format!("LOCAL ({last})");
+    if short.len() <= 20 {
+        short
+    } else {
+        "LOCAL TIME".into()
+    }
 }
 
 /// Names every manifest set aside for its signature, one warning line

@@ -336,8 +336,9 @@ impl Ctx {
     }
 
     /// Opens the repository with `[signing]` applied, and says once, on
-    /// stderr, when its objects cannot be trusted: unsigned mode, or a
-    /// `repo.json` without a trusted signature.
+    /// stderr, when its objects cannot be trusted: a `repo.json` without a
+    /// trusted signature, or unsigned mode where that informs (see
+    /// [`Ctx::warns_unsigned`]).
     async fn repo(&self, config: &Config) -> crate::Result<Repo> {
         let store = crate::storage::open(&config.repository).await?;
         let signing = crate::signing::for_config(config)?;
@@ -347,10 +348,26 @@ impl Ctx {
         }
         if let Some(why) = &repo.marker_untrusted {
             errln!("warning: {why}");
-        } else if repo.signing.is_none() && !self.cli.quiet {
+        } else if repo.signing.is_none() && !self.cli.quiet && self.warns_unsigned(&repo) {
             errln!("warning: {}", crate::signing::unsigned_warning(&repo));
         }
         Ok(repo)
+    }
+
+    /// Unsigned mode is a deliberate, documented default, so saying so on
+    /// every command (a new user's `init`, `backup`, `list`) teaches people
+    /// to skip warnings. It is said where it informs: `check` and `status`,
+    /// which describe the set-up; and the commands that act on a manifest
+    /// they trust (`restore`, `verify`, `drill`) when the repository's
+    /// repo.json is signed, i.e. some host signs and this one cannot check.
+    fn warns_unsigned(&self, repo: &Repo) -> bool {
+        match &self.cli.command {
+            Command::Check | Command::Status => true,
+            Command::Restore(_) | Command::Verify { .. } | Command::Drill(_) => {
+                repo.marker_is_signed()
+            }
+            _ => false,
+        }
     }
 
     fn identities(&self, config: &Config) -> crate::Result<Vec<age::x25519::Identity>> {

@@ -131,15 +131,22 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         )));
     }
     let now = Utc::now();
+    let mut read_as = None;
     let (spec, target_time) = match &args.to {
         Some(to) => {
-            let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime {
-                input: to.clone(),
-                reason,
-            })?;
+            let reading =
+                timespec::read_timespec_local(to, now).map_err(|reason| Error::InvalidTime {
+                    input: to.clone(),
+                    reason,
+                })?;
+            read_as = reading.local;
+            let spec = reading.spec;
             let t = timespec::resolve(&spec, now).map_err(|reason| Error::InvalidTime {
                 input: to.clone(),
-                reason,
+                reason: match &read_as {
+                    Some(read) => format!("{read}, and {reason}"),
+                    None => reason,
+                },
             })?;
             (Some(spec), Some(t))
         }
@@ -208,7 +215,14 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         },
         (None, Some(t)) => {
             pruned = None;
-            let s = catalog.select(&policy.name, t)?;
+            let s = catalog
+                .select(&policy.name, t)
+                .map_err(|e| match (e, &read_as) {
+                    (Error::NoBackup(why), Some(read)) => {
+                        Error::NoBackup(format!("{why} ({read})"))
+                    }
+                    (e, _) => e,
+                })?;
             (s.backup, Some(s.gap))
         }
         (None, None) => unreachable!("clap requires --to or --backup"),
@@ -219,18 +233,45 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     }
 
     // The plan, before anything is touched.
+    let zone = timespec::LocalZone::from_env().unwrap_or(timespec::LocalZone::System);
     let mut plan = vec![("policy", policy.name.clone())];
     if let (Some(spec), Some(t)) = (&spec, target_time) {
-        let asked = match spec {
-            TimeSpec::Latest => "latest".to_string(),
-            _ => format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S")),
+        let asked = match (spec, &read_as) {
+            (TimeSpec::Latest, _) => "latest".to_string(),
+            (_, Some(read)) => read.clone(),
+            _ => zone.beside_utc(t),
         };
         plan.push(("target time", asked));
     }
     plan.push(("backup", manifest.id.clone()));
+    plan.push(("point in time", zone.beside_utc(manifest.point_in_time)));
+    if target_time.is_some() && args.backup.is_none() {
+        // What else the target could have reached: an operator who sees
+        // the next backup is minutes after the target may pick that instead.
+        let chosen = catalog.backups.iter().position(|b| b.id == manifest.id);
+        let after = chosen
+            .and_then(|i| i.checked_sub(1))
+            .map(|i| &catalog.backups[i])
+            .map_or_else(
+                || "none after the target time".to_string(),
+                |b| {
+                    format!(
+                        "{} at {} (after the target time, so not chosen)",
+                        b.id,
+                        zone.beside_utc(b.point_in_time)
+                    )
+                },
+            );
+        plan.push(("next backup", after));
+    }
     plan.push((
-        "point in time",
-        format!("{} UTC", manifest.point_in_time.format("%Y-%m-%d %H:%M:%S")),
+        "restores",
+        match policy.source {
+            SourceConfig::Files { .. } => {
+                "a snapshot of the files at its point in time (no replay to the target time)".to_string()
+            }
+            _ => "a pg_dump snapshot at its point in time, not a replay to the target time (that needs a postgres-cluster policy with WAL archiving)".to_string(),
+        },
     ));
     if let Some(g) = gap {
         if matches!(spec, Some(TimeSpec::Latest)) {
@@ -257,7 +298,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             format!(
                 "this backup was pruned{}; it is read from manifest version {} and the object versions it records",
                 p.deleted_at
-                    .map(|t| format!(" on {} UTC", t.format("%Y-%m-%d %H:%M:%S")))
+                    .map(|t| format!(" on {} UTC", t.format(timespec::SECONDS)))
                     .unwrap_or_default(),
                 p.manifest_version_id
             ),
