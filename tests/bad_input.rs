@@ -493,7 +493,10 @@ fn missing_or_wrong_identity_is_refused_and_target_untouched() {
         args.extend(destination);
         let err = ws.fails(&args, 2);
         assert_mentions(&err, "matches none of the backup's recipients");
-        assert_mentions(&err, &format!("backups/shop/{id}/data.pgdump.zst.age"));
+        // Named before anything is fetched: the backup and the recipients
+        // it needs.
+        assert_mentions(&err, &format!("backup {id} of `shop`"));
+        assert_mentions(&err, &ws.recipient);
         assert!(!database_exists(&pg, "shop_restored"));
         assert!(!output.exists(), "an output file was written");
         assert!(!ws.path().join("shop.dump.drctl-partial").exists());
@@ -519,6 +522,57 @@ fn verify_with_the_wrong_identity_names_the_recipients_not_damage() {
         text(&out.stdout)
     );
     assert_intact(&ws, "shop", &[id]);
+}
+
+/// A wrong key is a key problem everywhere (exit 2, the recipients the
+/// backup needs named), found before anything is fetched: in a restore's
+/// dry run, and in a drill, which records the failed drill first.
+#[test]
+fn a_wrong_key_is_named_before_a_restore_or_in_a_drill() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let scratch = ws.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let policy = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!(
+            "{policy}\n[drill]\nscratch_dir = \"{}\"\n",
+            scratch.display()
+        ),
+    );
+    ws.ok(&["key", "generate", "--out", "other.age"]);
+
+    let err = ws.fails(
+        &[
+            "--identity",
+            "other.age",
+            "restore",
+            "etc",
+            "--to",
+            "latest",
+            "--into",
+            "out",
+            "--dry-run",
+        ],
+        2,
+    );
+    assert_mentions(&err, "matches none of the backup's recipients");
+    assert_mentions(&err, &ws.recipient);
+    assert_mentions(&err, "not damaged");
+    assert!(!err.contains("Restore plan"), "{err}");
+    assert!(!ws.path().join("out").exists());
+
+    let out = ws.run(&["--identity", "other.age", "drill", "etc"]);
+    let err = expect_exit(&out, 2, "a drill with another key");
+    assert_mentions(&err, "matches none of the backup's recipients");
+    assert_mentions(&err, &ws.recipient);
+    assert_mentions(&err, &id);
+    let drills: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["drills", "etc", "--json"])).unwrap();
+    assert_eq!(drills["drills"][0]["record"]["passed"], false, "{drills}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    assert_intact(&ws, "etc", &[id]);
 }
 
 /// An identity others can read is used, with a warning; one protected by

@@ -136,6 +136,7 @@ pub async fn restore_cluster(
             manifest.id
         );
     }
+    crate::restore::check_identity(&identities, manifest)?;
     let info = manifest.cluster.as_ref().ok_or_else(|| Error::Integrity {
         object: crate::repo::manifest_key(&policy.name, &manifest.id),
         reason: "a backup of a postgres-cluster policy without its cluster details".into(),

@@ -231,6 +231,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     if args.verify {
         check_verifiable(manifest, &destination)?;
     }
+    job::check_identity(&identities, manifest)?;
 
     // The plan, before anything is touched.
     let zone = timespec::LocalZone::from_env().unwrap_or(timespec::LocalZone::System);

@@ -261,6 +261,7 @@ async fn drill_steps(
     }
 
     let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;
+    crate::restore::check_identity(&identities, manifest)?;
     match &policy.source {
         SourceConfig::Postgres {
             url: source_url, ..
