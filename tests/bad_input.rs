@@ -852,6 +852,67 @@ fn uninitialised_repository_says_to_run_init() {
     assert!(!ws.path().join("out").exists());
 }
 
+/// `check` said ok with the repository missing and the database down: it
+/// now tries the repository, each source and the identity, lists every
+/// failure at once, and `--offline` keeps the files-only check.
+#[test]
+fn check_tries_the_repository_the_database_and_the_key() {
+    let (mut pg, ws, id) = shop();
+    let out = ws.ok(&["check"]);
+    assert_mentions(&out, "ok      repository: file://");
+    assert_mentions(&out, "readable and writable");
+    assert_mentions(&out, "ok      source shop:");
+    assert_mentions(&out, "pg_dump 15.");
+    assert_mentions(&out, "ok      identity:");
+
+    pg.stop();
+    ws.ok(&["key", "generate", "--out", "other.age"]);
+    std::fs::rename(ws.repo_dir(), ws.path().join("repo.moved")).unwrap();
+    let out = ws.run(&["--identity", "other.age", "check"]);
+    // The first failure (the repository) sets the exit code; every one is listed.
+    let err = expect_exit(&out, 2, "check with nothing in place");
+    let stdout = text(&out.stdout);
+    assert_mentions(&stdout, "FAILED  repository:");
+    assert_mentions(&stdout, "not initialised");
+    assert_mentions(&stdout, "FAILED  source shop:");
+    assert_mentions(&stdout, "cannot connect");
+    assert_mentions(&stdout, "FAILED  identity:");
+    assert_mentions(&stdout, "not in `encryption.recipients`");
+    assert_mentions(&err, "not initialised");
+    std::fs::rename(ws.path().join("repo.moved"), ws.repo_dir()).unwrap();
+
+    // Only the database down: unavailable, 5.
+    let out = ws.run(&["check"]);
+    expect_exit(&out, 5, "check with the database down");
+    assert_mentions(&text(&out.stdout), "FAILED  source shop:");
+    // The files alone are fine.
+    let out = ws.ok(&["check", "--offline"]);
+    assert!(
+        !out.contains("FAILED") && !out.contains("ok      repository"),
+        "{out}"
+    );
+
+    pg.start_again();
+    let v: serde_json::Value = serde_json::from_str(&ws.ok(&["check", "--json"])).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{v}"
+    );
+    // The write probe leaves nothing behind.
+    let stray: Vec<_> = std::fs::read_dir(ws.repo_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("check-"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert_intact(&ws, "shop", &[id]);
+}
+
 /// A repository on a volume that did not mount: "run `drctl init`" would
 /// create an empty repository on the disk beneath the mount point. drctl
 /// says what is missing and that the parent looks like an unmounted volume.

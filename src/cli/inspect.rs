@@ -127,7 +127,7 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-pub fn check(ctx: &Ctx) -> Result<()> {
+pub async fn check(ctx: &Ctx, offline: bool) -> Result<()> {
     let config = ctx.config()?;
     let mut warnings = Vec::new();
     match (&ctx.cli.identity, &config.identity_file) {
@@ -178,9 +178,16 @@ pub fn check(ctx: &Ctx) -> Result<()> {
             ));
         }
     }
+    let probes = match offline {
+        true => Vec::new(),
+        false => super::check::run(ctx, &config).await,
+    };
+    let failed = probes.iter().filter(|p| !p.ok).count();
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({
-            "ok": true,
+            "ok": failed == 0,
+            "offline": offline,
+            "checks": probes,
             "config": config.path,
             "repository": config.repository.describe(),
             "signing": signing,
@@ -209,11 +216,23 @@ pub fn check(ctx: &Ctx) -> Result<()> {
                 p.file.display()
             );
         }
+        for p in &probes {
+            match p.ok {
+                true => outln!("ok      {}: {}", p.name, p.detail),
+                false => outln!("FAILED  {}: {}", p.name, p.detail),
+            }
+        }
         for w in warnings {
             errln!("warning: {w}");
         }
     }
-    Ok(())
+    // Every probe is reported above; the first failure is the error and
+    // decides the exit code (5 for something unreachable, 2 for a key or a
+    // repository that is not initialised).
+    match probes.into_iter().find_map(|p| p.error) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn selected<'a>(

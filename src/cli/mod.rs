@@ -26,6 +26,7 @@ macro_rules! errp {
 }
 
 mod backup;
+mod check;
 mod daemon;
 mod drill;
 mod inspect;
@@ -94,8 +95,16 @@ pub enum Command {
     },
     /// Create the repository named in the configuration (safe to repeat).
     Init,
-    /// Validate drctl.toml and every policy; errors carry file and line.
-    Check,
+    /// Validate drctl.toml and every policy (errors carry file and line),
+    /// then try what backups and restores need: the repository read and
+    /// written, each source reached with a suitable pg_dump, each drill's
+    /// scratch server or directory, the identity against the recipients.
+    Check {
+        /// Only validate the files; reach nothing (e.g. on a build machine
+        /// or for a configuration meant for another host).
+        #[arg(long)]
+        offline: bool,
+    },
     /// With `[signing]` turned on for an existing repository: vouch for its
     /// unsigned manifests, records, marks and repo.json in one signed
     /// attestation (verify them first: whatever is there now is trusted).
@@ -360,9 +369,11 @@ impl Ctx {
     /// which describe the set-up; and the commands that act on a manifest
     /// they trust (`restore`, `verify`, `drill`) when the repository's
     /// repo.json is signed, i.e. some host signs and this one cannot check.
+    /// `check` says it in its own report.
     fn warns_unsigned(&self, repo: &Repo) -> bool {
         match &self.cli.command {
-            Command::Check | Command::Status => true,
+            // `check` says it itself, among the rest of the set-up.
+            Command::Status => true,
             Command::Restore(_) | Command::Verify { .. } | Command::Drill(_) => {
                 repo.marker_is_signed()
             }
@@ -417,7 +428,7 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
             command: KeyCommand::Public { file },
         } => inspect::signing_key_public(&ctx, file),
         Command::Init => inspect::init(&ctx).await,
-        Command::Check => inspect::check(&ctx),
+        Command::Check { offline } => inspect::check(&ctx, *offline).await,
         Command::Sign { dry_run, .. } => sign::sign_existing(&ctx, *dry_run).await,
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
         Command::List {
