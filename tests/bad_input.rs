@@ -913,6 +913,66 @@ fn check_tries_the_repository_the_database_and_the_key() {
     assert_intact(&ws, "shop", &[id]);
 }
 
+/// `list --since/--last` narrow the listing; `forget POLICY ID` deletes one
+/// backup, only with confirmation, never the newest good one, and an
+/// unknown id deletes nothing.
+#[test]
+fn list_since_and_last_and_forget_one_backup() {
+    let ws = Workspace::local();
+    let mut all = vec![files_backup(&ws)];
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        all.insert(0, ws.backup("etc"));
+    }
+    assert_eq!(ids(&ws, "etc"), all);
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["list", "etc", "--json"];
+        a.extend(args);
+        let v: serde_json::Value = serde_json::from_str(&ws.ok(&a)).unwrap();
+        v["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&["--last", "2"]), all[..2]);
+    let second = ws.backups("etc")[1]["point_in_time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = format!("{}Z", &second[..19]);
+    assert_eq!(listed(&["--since", &second]), all[..2]);
+    assert_eq!(listed(&["--since", "1h", "--last", "1"]), all[..1]);
+    let err = ws.fails(&["list", "--since", "soon"], 2);
+    assert_mentions(&err, "--since");
+
+    let oldest = all[2].clone();
+    let err = ws.fails(&["forget", "etc", &oldest], 3);
+    assert_mentions(&err, "needs confirmation");
+    assert_mentions(&err, "--yes");
+    let err = ws.fails(&["forget", "etc", &all[0], "--yes"], 3);
+    assert_mentions(&err, "newest good backup");
+    let err = ws.fails(&["forget", "etc", "20991231T000000Z", "--yes"], 2);
+    assert_mentions(&err, "20991231T000000Z");
+    let out = ws.ok(&["forget", "etc", &oldest, "--dry-run"]);
+    assert_mentions(&out, "nothing was deleted");
+    assert_eq!(
+        ids(&ws, "etc"),
+        all,
+        "a refused or dry-run forget deleted something"
+    );
+
+    ws.ok(&["forget", "etc", &oldest, "--yes"]);
+    let dir = ws.repo_dir().join(format!("backups/etc/{oldest}"));
+    assert!(
+        !dir.exists() || dir_listing(&dir).iter().all(|(n, _)| n.ends_with('/')),
+        "the forgotten backup's objects are still there: {:?}",
+        dir_listing(&dir)
+    );
+    assert_intact(&ws, "etc", &all[..2]);
+}
+
 /// A repository on a volume that did not mount: "run `drctl init`" would
 /// create an empty repository on the disk beneath the mount point. drctl
 /// says what is missing and that the parent looks like an unmounted volume.

@@ -257,13 +257,39 @@ struct ListRow<'a> {
     host: &'a str,
 }
 
-pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
+pub async fn list(
+    ctx: &Ctx,
+    policy: Option<&str>,
+    since: Option<&str>,
+    last: Option<usize>,
+) -> Result<()> {
     let config = ctx.config()?;
     let policies = selected(&config, policy)?;
+    let since = match since {
+        Some(input) => {
+            let invalid = |reason: String| Error::InvalidTime {
+                input: input.to_string(),
+                reason: format!("--since: {reason}"),
+            };
+            let now = chrono::Utc::now();
+            let spec = crate::timespec::read_timespec_local(input, now).map_err(invalid)?;
+            Some(crate::timespec::resolve(&spec.spec, now).map_err(invalid)?)
+        }
+        None => None,
+    };
     let repo = ctx.repo(&config).await?;
     let mut catalogs = Vec::new();
     for p in &policies {
-        catalogs.push((p.name.clone(), catalog::load(&repo, &p.name).await?));
+        let mut c = catalog::load(&repo, &p.name).await?;
+        // Compared to the second, as `list` shows them and `--to` picks.
+        if let Some(t) = since {
+            c.backups
+                .retain(|m| chrono::SubsecRound::trunc_subsecs(m.point_in_time, 0) >= t);
+        }
+        if let Some(n) = last {
+            c.backups.truncate(n);
+        }
+        catalogs.push((p.name.clone(), c));
     }
     if ctx.cli.json {
         let rows: Vec<ListRow> = catalogs

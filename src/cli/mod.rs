@@ -131,8 +131,30 @@ pub enum Command {
         policy: Option<String>,
         /// Backups pruned on a versioned bucket that can still be restored
         /// with `restore --backup ID` (their manifest carries a delete marker).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["since", "last"])]
         deleted: bool,
+        /// Only backups at or after this time: a duration ago (`24h`, `7d`)
+        /// or any time `restore --to` takes.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only the newest N backups of each policy.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+    },
+    /// Delete one backup, whatever the retention rules say: under the
+    /// policy's lease, never one a restore or drill holds, never the newest
+    /// good backup; the plan is printed and confirmed first (`--yes`).
+    Forget {
+        /// The backup's policy.
+        policy: String,
+        /// The backup's id (or a unique prefix).
+        id: String,
+        /// Print the plan and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Restore a backup chosen by time (or id).
     Restore(Box<restore::RestoreArgs>),
@@ -434,11 +456,20 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::List {
             policy,
             deleted: false,
-        } => inspect::list(&ctx, policy.as_deref()).await,
+            since,
+            last,
+        } => inspect::list(&ctx, policy.as_deref(), since.as_deref(), *last).await,
         Command::List {
             policy,
             deleted: true,
+            ..
         } => prune::list_deleted(&ctx, policy.as_deref()).await,
+        Command::Forget {
+            policy,
+            id,
+            dry_run,
+            yes,
+        } => prune::forget(&ctx, policy, id, *dry_run, *yes).await,
         Command::Restore(args) => restore::restore(&ctx, args).await,
         Command::Drill(args) => drill::drill(&ctx, args).await,
         Command::Drills { policy } => drill::drills(&ctx, policy.as_deref()).await,
