@@ -973,6 +973,49 @@ fn list_since_and_last_and_forget_one_backup() {
     assert_intact(&ws, "etc", &all[..2]);
 }
 
+/// `[drill]` and `[schedule]` could both set an RPO target, and `status`
+/// read one while `report` read the other. A policy has one: a conflict is
+/// refused with both lines, and a target set only under `[drill]` is the
+/// one `status` and the report judge by.
+#[test]
+fn one_rpo_target_per_policy_and_a_conflict_is_refused() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[schedule]\nrpo_target = \"24h\"\n[drill]\nrpo_target = \"26h\"\n"),
+    );
+    for args in [&["check"][..], &["status"][..], &["report"][..]] {
+        let err = ws.fails(args, 2);
+        assert_mentions(&err, "policies/etc.toml:7");
+        assert_mentions(
+            &err,
+            "disagrees with `[schedule] rpo_target` = \"24h\" (line 5)",
+        );
+    }
+    // The same value twice is one target.
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[schedule]\nrpo_target = \"24h\"\n[drill]\nrpo_target = \"24h\"\n"),
+    );
+    ws.ok(&["check", "--offline"]);
+    // Only under [drill]: status judges by it (it said "no target").
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[drill]\nrpo_target = \"26h\"\n"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&ws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(v["policies"][0]["rpo_target_seconds"], 26 * 3600, "{v}");
+    assert_eq!(v["policies"][0]["rpo"], "ok", "{v}");
+    let report: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["report", "--format", "json"])).unwrap();
+    let text = report.to_string();
+    assert!(text.contains("93600"), "the report's RPO target: {text}");
+    ws.write("policies/etc.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
+
 /// A repository on a volume that did not mount: "run `drctl init`" would
 /// create an empty repository on the disk beneath the mount point. drctl
 /// says what is missing and that the parent looks like an unmounted volume.

@@ -171,7 +171,7 @@ pub async fn check(ctx: &Ctx, offline: bool) -> Result<()> {
     }
     for p in &config.policies {
         let scheduled = p.schedule.as_ref().is_some_and(|s| s.backup.is_some());
-        if p.schedule.as_ref().is_some_and(|s| s.rpo_target.is_some()) && !scheduled {
+        if p.rpo_target().is_some() && !scheduled {
             warnings.push(format!(
                 "policy {} has an rpo_target but no [schedule] backup; the daemon will report it late unless backups come from elsewhere",
                 p.name

@@ -196,6 +196,23 @@ pub struct Policy {
     pub drill: Option<Drill>,
 }
 
+impl Policy {
+    /// The policy's one RPO target, and the setting it comes from:
+    /// `[schedule] rpo_target`, else `[drill] rpo_target` (both may be set
+    /// only to the same value; the configuration refuses a conflict).
+    /// Status, the daemon, its alerts and metrics, drills and the report
+    /// all read it here, so they cannot disagree.
+    pub fn rpo_target(&self) -> Option<(Duration, &'static str)> {
+        let schedule = self.schedule.as_ref().and_then(|s| s.rpo_target);
+        let drill = self.drill.as_ref().and_then(|d| d.rpo_target);
+        match (schedule, drill) {
+            (Some(t), _) => Some((t, "[schedule] rpo_target")),
+            (None, Some(t)) => Some((t, "[drill] rpo_target")),
+            (None, None) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Postgres {
@@ -1183,6 +1200,26 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
                 .collect(),
         }
     });
+    if let (Some(rs), Some(rd)) = (
+        raw.schedule.as_ref().and_then(|s| s.rpo_target.as_ref()),
+        raw.drill.as_ref().and_then(|d| d.rpo_target.as_ref()),
+    ) && let (Some(a), Some(b)) = (
+        schedule.as_ref().and_then(|s| s.rpo_target),
+        drill.as_ref().and_then(|d| d.rpo_target),
+    ) && a != b
+    {
+        let line = line_of(cx.text, rs.span().start);
+        cx.err(
+            rd,
+            format!(
+                "`[drill] rpo_target` = \"{}\" disagrees with `[schedule] rpo_target` = \"{}\" (line {line}); \
+                 a policy has one RPO target, used by status, the daemon's alerts, drills and the report: \
+                 set it once, in [schedule]",
+                rd.get_ref(),
+                rs.get_ref()
+            ),
+        );
+    }
     if errors.len() > before {
         return None;
     }

@@ -88,12 +88,9 @@ impl PolicyInput {
         runs: Vec<StoredRun>,
     ) -> PolicyInput {
         let seconds = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
-        let drill_rpo = policy.drill.as_ref().and_then(|d| d.rpo_target);
-        let schedule_rpo = policy.schedule.as_ref().and_then(|s| s.rpo_target);
-        let (rpo_target_seconds, rpo_target_from) = match (drill_rpo, schedule_rpo) {
-            (Some(d), _) => (Some(seconds(d)), Some("[drill] rpo_target".to_string())),
-            (None, Some(d)) => (Some(seconds(d)), Some("[schedule] rpo_target".to_string())),
-            (None, None) => (None, None),
+        let (rpo_target_seconds, rpo_target_from) = match policy.rpo_target() {
+            Some((d, from)) => (Some(seconds(d)), Some(from.to_string())),
+            None => (None, None),
         };
         PolicyInput {
             name: policy.name.clone(),
