@@ -198,6 +198,9 @@ pub struct Totals {
     pub drills_failed: usize,
     /// Every policy's chain of drill records is intact.
     pub chains_intact: bool,
+    /// Drill records over every chain: with none, "intact" says nothing,
+    /// and the report shows it grey, not as a pass.
+    pub drill_records: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -441,6 +444,7 @@ pub fn build(input: &ReportInput) -> Report {
         drills_passed: policies.iter().map(|p| p.drills.passed).sum(),
         drills_failed: policies.iter().map(|p| p.drills.failed).sum(),
         chains_intact: policies.iter().all(|p| p.chain.ok),
+        drill_records: policies.iter().map(|p| p.chain.records).sum(),
     };
     let lifecycle = lifecycle_view(&input.lifecycle);
     let limitations = limitations(&policies, &protection);
@@ -1165,7 +1169,9 @@ pub(crate) fn rto_sentence(d: &DrillSummary) -> String {
 }
 
 pub(crate) fn chain_sentence(c: &ChainReport) -> String {
-    if c.ok {
+    if c.ok && c.records == 0 {
+        "no drill records, so no chain to check".to_string()
+    } else if c.ok {
         format!("{} record{}, chain intact", c.records, plural(c.records))
     } else {
         format!(
