@@ -181,6 +181,32 @@ fn unknown_policy_key_suggests_the_right_one() {
     assert_intact(&ws, "shop", &[id]);
 }
 
+/// A wrong type named no key ("invalid type: string \"7\", expected u32")
+/// and hid every later problem of the file; each is now listed, by key.
+#[test]
+fn every_wrong_type_in_a_policy_is_listed_with_its_key() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[retention]\nkeep_last = -1\nkeep_daily = \"7\"\n"),
+    );
+    for args in [&["check"][..], &["backup", "etc"][..]] {
+        let err = ws.fails(args, 2);
+        assert_mentions(
+            &err,
+            "policies/etc.toml:5: `retention.keep_last` must be a non-negative integer, not -1",
+        );
+        assert_mentions(
+            &err,
+            "policies/etc.toml:6: `retention.keep_daily` must be a non-negative integer, not the string \"7\"",
+        );
+    }
+    ws.write("policies/etc.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
+
 #[test]
 fn password_in_policy_url_is_refused_without_showing_it() {
     let (pg, ws, id) = shop();
