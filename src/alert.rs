@@ -37,6 +37,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// The snake_case name, as in the webhook body and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::BackupFailed => "backup_failed",
+            Event::RpoBreached => "rpo_breached",
+            Event::DrillFailed => "drill_failed",
+            Event::WalArchiveLagging => "wal_archive_lagging",
+            Event::WalSpoolFilling => "wal_spool_filling",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Event::BackupFailed => "backup failed",
@@ -116,7 +127,8 @@ impl Alerter {
     /// Queues `alert` for every webhook; returns at once.
     pub fn send(&self, alert: Alert) {
         tracing::warn!(
-            event = ?alert.event,
+            event = "alert_raised",
+            alert = alert.event.as_str(),
             policy = %alert.policy,
             summary = %alert.summary,
             "alert"
@@ -199,7 +211,7 @@ async fn deliver(client: reqwest::Client, n: usize, hook: Webhook, alert: Alert)
         let outcome = client.post(&url).json(&body).send().await;
         let problem = match outcome {
             Ok(r) if r.status().is_success() => {
-                tracing::info!(webhook = n, host = %host, event = ?alert.event, policy = %alert.policy, "alert delivered");
+                tracing::info!(event = "alert_delivered", webhook = n, host = %host, alert = alert.event.as_str(), policy = %alert.policy, "alert delivered");
                 return;
             }
             // A 4xx other than 429 will not get better by retrying.

@@ -292,6 +292,43 @@ fn schedules_fire_on_time_and_logs_metrics_and_health_are_well_formed() {
         assert!(l["fields"]["run"].as_str().is_some_and(|r| !r.is_empty()));
     }
     assert!(finished.iter().all(|l| l["fields"]["result"] == "ok"));
+    // Events carry the snake_case names docs/operations.md lists, and no
+    // value is Rust's debug formatting.
+    let events: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["event"].as_str())
+        .collect();
+    for wanted in [
+        "daemon_started",
+        "job_started",
+        "job_finished",
+        "daemon_stopped",
+    ] {
+        assert!(events.contains(&wanted), "no `{wanted}` in:\n{}", d.log());
+    }
+    assert!(
+        started
+            .iter()
+            .all(|l| l["fields"]["event"] == "job_started")
+            && finished
+                .iter()
+                .all(|l| l["fields"]["event"] == "job_finished"),
+        "{}",
+        d.log()
+    );
+    for e in &events {
+        assert!(
+            e.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "event `{e}` is not snake_case"
+        );
+    }
+    for debug in ["Some(", "None", "Ok(", "Err("] {
+        assert!(
+            !d.log().contains(debug),
+            "debug formatting `{debug}` in:\n{}",
+            d.log()
+        );
+    }
     let identity = std::fs::read_to_string(ws.path().join("identity.age")).unwrap();
     let secret = identity
         .lines()

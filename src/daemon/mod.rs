@@ -168,6 +168,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut slots = build_slots(&config, &[], Utc::now());
     publish_next_runs(&state, &slots);
     tracing::info!(
+        event = "daemon_started",
         policies = config.policies.len(),
         schedules = slots.len(),
         listen = %config.daemon.listen,
@@ -219,7 +220,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 if let Err(e) = done
                     && e.is_panic()
                 {
-                    tracing::error!(error = %e, "a run panicked (a bug in drctl; please report it); its policy's next runs go ahead");
+                    tracing::error!(event = "job_panicked", error = %e, "a run panicked (a bug in drctl; please report it); its policy's next runs go ahead");
                 }
                 if jobs.is_empty() {
                     release_freed_memory();
@@ -256,7 +257,7 @@ pub async fn run(opts: Options) -> Result<()> {
     drift.abort();
     drop(ctx);
     dispatcher.finish().await;
-    tracing::info!("daemon stopped");
+    tracing::info!(event = "daemon_stopped", "daemon stopped");
     Ok(())
 }
 
@@ -305,6 +306,7 @@ async fn shutdown(
     let running = running_jobs(&ctx.state);
     if !running.is_empty() {
         tracing::info!(
+            event = "daemon_stopping",
             running = %running.join(", "),
             grace_seconds = grace.as_secs(),
             "stopping: no new runs; waiting for running ones to finish (signal again to abort them now)"
@@ -317,6 +319,7 @@ async fn shutdown(
     };
     if !drained {
         tracing::warn!(
+            event = "jobs_aborted",
             running = %running_jobs(&ctx.state).join(", "),
             "aborting running jobs: grace period over or signalled again (uploads are aborted, no manifest is written)"
         );
@@ -367,7 +370,7 @@ async fn watch_bucket(repo: Arc<Repo>, config: Arc<Config>, state: Shared) {
                     .map(|s| format!("{}: wanted {}, found {}", s.name, s.desired, s.actual))
                     .collect();
                 if reported.as_ref() != Some(&drift) && !drift.is_empty() {
-                    tracing::warn!(drift = %drift.join("; "), "bucket settings differ from drctl.toml; run `drctl repo status`, then `drctl repo apply`");
+                    tracing::warn!(event = "bucket_drift", drift = %drift.join("; "), "bucket settings differ from drctl.toml; run `drctl repo status`, then `drctl repo apply`");
                 }
                 state::lock(&state).bucket_drift = Some(drift.clone());
                 reported = Some(drift);
@@ -541,8 +544,9 @@ fn catch_up(ctx: &JobCtx, slots: &[Slot], jobs: &mut JoinSet<()>) {
             .and_then(|p| p.newest_backup.as_ref().map(|n| n.point_in_time));
         if slot.table.catch_up_due(newest, now) {
             tracing::info!(
+                event = "catch_up_started",
                 policy = %slot.policy,
-                newest = ?newest,
+                newest = %newest.map_or_else(|| "none".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 "a scheduled run was missed since the newest backup; running one now"
             );
             trigger(ctx, &slot.policy, JobKind::Backup, jobs);
@@ -595,7 +599,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     };
     // Closed at shutdown: a run still queued then never starts.
     let Ok(_permit) = ctx.permits.clone().acquire_owned().await else {
-        tracing::info!(job = kind.as_str(), policy = %policy_name, "not started: the daemon is stopping");
+        tracing::info!(event = "job_not_started", job = kind.as_str(), policy = %policy_name, "not started: the daemon is stopping");
         return;
     };
     if let Some(p) = state::lock(&ctx.state).policies.get_mut(&policy_name) {
@@ -607,7 +611,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     let Some(policy) = ctx.config.policies.iter().find(|p| p.name == policy_name) else {
         return;
     };
-    tracing::info!(job = kind.as_str(), policy = %policy_name, run = %run_id, "job started");
+    tracing::info!(event = "job_started", job = kind.as_str(), policy = %policy_name, run = %run_id, "job started");
     let mut outcome = RunOutcome {
         run_id: run_id.clone(),
         started_at: started,
@@ -725,15 +729,15 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
     let seconds = clock.elapsed().as_secs_f64();
     match outcome.result {
         "failed" => tracing::error!(
-            job = kind.as_str(), policy = %policy_name, run = %run_id, result = "failed",
+            event = "job_finished", job = kind.as_str(), policy = %policy_name, run = %run_id, result = "failed",
             seconds, error = outcome.error.as_deref().unwrap_or(""), "job finished"
         ),
         result @ ("skipped" | "aborted") => tracing::info!(
-            job = kind.as_str(), policy = %policy_name, run = %run_id, result,
+            event = "job_finished", job = kind.as_str(), policy = %policy_name, run = %run_id, result,
             seconds, reason = outcome.error.as_deref().unwrap_or(""), "job finished"
         ),
         _ => tracing::info!(
-            job = kind.as_str(), policy = %policy_name, run = %run_id, result = "ok",
+            event = "job_finished", job = kind.as_str(), policy = %policy_name, run = %run_id, result = "ok",
             seconds, id = outcome.id.as_deref().unwrap_or(""), bytes = size.unwrap_or(0),
             "job finished"
         ),
@@ -770,7 +774,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
             drop(state);
             ctx.alerter.send(a);
         } else {
-            tracing::info!(policy = %policy_name, job = kind.as_str(), "still failing; alerted already (again every 6 h)");
+            tracing::info!(event = "alert_suppressed", policy = %policy_name, job = kind.as_str(), "still failing; alerted already (again every 6 h)");
         }
     }
 }
@@ -788,7 +792,7 @@ async fn prune_after_backup(
     match crate::prune::prune(&ctx.repo, policy, &opts).await {
         Ok(r) => {
             tracing::info!(
-                job = "prune", policy = %policy.name, run = %run_id,
+                event = "prune_finished", job = "prune", policy = %policy.name, run = %run_id,
                 kept = r.backups.len() - r.deleted.len(), deleted = r.deleted.len(),
                 held = r.held.len(), retained = r.retained.len(), leftovers = r.leftovers.len(),
                 damaged = r.damaged.len(),
@@ -799,7 +803,7 @@ async fn prune_after_backup(
         }
         Err(Error::Locked { message, .. }) => {
             tracing::info!(
-                job = "prune", policy = %policy.name, run = %run_id, reason = %message,
+                event = "prune_skipped", job = "prune", policy = %policy.name, run = %run_id, reason = %message,
                 "prune skipped: the policy is busy"
             );
             None
@@ -809,7 +813,7 @@ async fn prune_after_backup(
         // and shows in /health, /metrics and /status until one succeeds.
         Err(e) => {
             tracing::error!(
-                job = "prune", policy = %policy.name, run = %run_id, error = %e,
+                event = "prune_failed", job = "prune", policy = %policy.name, run = %run_id, error = %e,
                 "prune failed; old backups stay until the next run"
             );
             Some(Err(e.to_string()))
@@ -864,7 +868,7 @@ fn check_rpo(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
             }
             if !overdue {
                 if p.rpo_breached {
-                    tracing::info!(policy = %name, "RPO met again");
+                    tracing::info!(event = "rpo_recovered", policy = %name, "RPO met again");
                     p.rpo_breached = false;
                 }
                 continue;
@@ -1000,7 +1004,7 @@ fn check_wal(ctx: &JobCtx, now: DateTime<Utc>, jobs: &mut JoinSet<()>) {
                         .send(Alert::new(Event::WalArchiveLagging, &name, summary, details));
                 }
                 Some(false) if wal.lagging => {
-                    tracing::info!(policy = %name, "WAL archiving is within the RPO target again");
+                    tracing::info!(event = "wal_archive_recovered", policy = %name, "WAL archiving is within the RPO target again");
                     wal.lagging = false;
                 }
                 _ => {}
@@ -1035,7 +1039,7 @@ fn spool_episode(policy: &str, wal: &mut state::WalState) -> Option<Alert> {
             ))
         }
         (false, true) => {
-            tracing::info!(policy = %policy, "the WAL spool is below its alert level again");
+            tracing::info!(event = "wal_spool_recovered", policy = %policy, "the WAL spool is below its alert level again");
             wal.spool_filling = false;
             None
         }
@@ -1047,7 +1051,7 @@ fn spool_episode(policy: &str, wal: &mut state::WalState) -> Option<Alert> {
 /// running one stays, and the reason is logged and shown in `/status`.
 fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
     let refuse = |why: String| {
-        tracing::error!(config = %path.display(), error = %why, "configuration NOT reloaded; still running the previous one");
+        tracing::error!(event = "config_reload_failed", config = %path.display(), error = %why, "configuration NOT reloaded; still running the previous one");
         state::lock(&ctx.state).last_reload_error = Some(why);
         None
     };
@@ -1075,6 +1079,7 @@ fn reload(ctx: &JobCtx, path: &std::path::Path) -> Option<Arc<Config>> {
     sync_policies(&ctx.state, &new);
     state::lock(&ctx.state).last_reload_error = None;
     tracing::info!(
+        event = "config_reloaded",
         config = %path.display(),
         policies = new.policies.len(),
         "configuration reloaded"

@@ -160,9 +160,26 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
         target: target.clone(),
         message: connect_hint(&e),
     })?;
+    // Driven by hand so that notices (a `DROP … IF EXISTS` that found
+    // nothing, pg_restore's chatter) go to debug: left to itself the
+    // connection logs them at info, and they crowd the daemon's log.
+    let mut connection = connection;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "PostgreSQL connection closed.");
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => tracing::debug!(
+                    event = "postgres_notice",
+                    severity = n.severity(),
+                    notice = n.message(),
+                    "PostgreSQL notice."
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "PostgreSQL connection closed.");
+                    break;
+                }
+            }
         }
     });
     Ok(client)
