@@ -314,3 +314,55 @@ fn a_bare_date_is_read_as_local_midnight_and_times_have_no_fractions() {
     assert_eq!(&now[19..24], " UTC)", "{err}");
     assert!(!ws.path().join("out").exists());
 }
+
+/// Under `--json` a script gets the error as one JSON object on stderr
+/// (with the exit code's name), and the restore plan's keys are snake_case.
+#[test]
+fn under_json_errors_and_plans_are_json_with_snake_case_keys() {
+    let (ws, id) = etc();
+    let out = ws.run(&["list", "nosuch", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the error is not JSON ({e}): {stderr}"));
+    assert_eq!(v["error"]["kind"], "bad_input", "{v}");
+    assert_eq!(v["error"]["exit_code"], 2, "{v}");
+    assert_eq!(v["error"]["temporary"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no policy named `nosuch`")),
+        "{v}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+
+    let out = ws.run(&[
+        "restore",
+        "etc",
+        "--to",
+        "latest",
+        "--into",
+        "out",
+        "--dry-run",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let plan: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| panic!("no JSON plan on stderr: {stderr}"));
+    let keys: Vec<&String> = plan["plan"]
+        .as_object()
+        .expect("a plan object")
+        .keys()
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')),
+        "{keys:?}"
+    );
+    assert_eq!(plan["plan"]["backup"], id.as_str());
+    assert!(plan["plan"]["point_in_time"].is_string(), "{plan}");
+}

@@ -325,6 +325,21 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// The snake_case name scripts read in `--json` errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "ok",
+            ExitCode::Failed => "failed",
+            ExitCode::BadInput => "bad_input",
+            ExitCode::Refused => "refused",
+            ExitCode::Integrity => "integrity",
+            ExitCode::Unavailable => "unavailable",
+            ExitCode::Unverifiable => "unverifiable",
+            ExitCode::Untrusted => "untrusted",
+            ExitCode::StopRecovery => "stop_recovery",
+        }
+    }
+
     pub fn of(e: &Error) -> ExitCode {
         match e {
             Error::Config(_)

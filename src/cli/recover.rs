@@ -261,7 +261,7 @@ pub async fn restore_cluster(
     if ctx.cli.json {
         errln!(
             "{}",
-            serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })
+            serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.replace([' ', '-'], "_"), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })
         );
     } else {
         errln!("Restore plan:");

@@ -353,7 +353,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         }
     };
     if ctx.cli.json {
-        errln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
+        errln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.replace([' ', '-'], "_"), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
     } else {
         errln!("Restore plan:");
         for (k, v) in &plan {
