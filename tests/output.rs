@@ -203,13 +203,23 @@ fn two_backups_in_new_york() -> (Workspace, String, String, Vec<String>) {
     (ws, older, newer, row)
 }
 
-/// The plan's value for `key`, from `restore --dry-run`'s stderr.
-fn plan_line<'a>(stderr: &'a str, key: &str) -> &'a str {
-    stderr
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no `{key}` in the plan:\n{stderr}"))
-        .trim()
+/// The plan's value for `key`, from `restore --dry-run`'s stderr, with the
+/// lines a long value wraps onto (indented under it) joined again.
+fn plan_line(stderr: &str, key: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(key))
+        .unwrap_or_else(|| panic!("no `{key}` in the plan:\n{stderr}"));
+    let mut value = lines[at].trim_start()[key.len()..].trim().to_string();
+    for more in lines[at + 1..]
+        .iter()
+        .take_while(|l| l.starts_with(&" ".repeat(20)))
+    {
+        value.push(' ');
+        value.push_str(more.trim());
+    }
+    value
 }
 
 /// `list` showed UTC while `--to "YYYY-MM-DD HH:MM"` was read as local time,
@@ -240,6 +250,10 @@ fn a_time_pasted_from_either_list_column_picks_that_backup() {
             older,
             "--to {pasted}:\n{stderr}"
         );
+        // On-call terminals are often 80 columns: long values wrap.
+        for line in stderr.lines() {
+            assert!(line.chars().count() <= 80, "wider than 80 columns: {line}");
+        }
         // The plan names what the target could not reach, and what it is.
         let next = plan_line(&stderr, "next backup");
         assert!(next.starts_with(&newer), "{stderr}");
@@ -250,7 +264,7 @@ fn a_time_pasted_from_either_list_column_picks_that_backup() {
         let point = plan_line(&stderr, "point in time");
         assert!(
             point.contains("America/New_York") && point.contains(&row[3]),
-            "{stderr}"
+            "{point:?} {row:?}\n{stderr}"
         );
         let target = plan_line(&stderr, "target time");
         if pasted.ends_with('Z') {

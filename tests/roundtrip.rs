@@ -858,10 +858,15 @@ fn to_selection(kind: Kind) {
         window.contains("before the target time"),
         "the data-loss window is relative to the target time: {window}"
     );
+    // The next backup is named as the one the target did not reach; the
+    // one after it is not.
     assert!(
-        !plan.contains(&ids[1]) && !plan.contains(&ids[2]),
-        "only the chosen backup is named:\n{plan}"
+        plan.lines()
+            .any(|l| l.trim_start().starts_with("next backup") && l.contains(&ids[1])),
+        "the plan names the next backup {}:\n{plan}",
+        ids[1]
     );
+    assert!(!plan.contains(&ids[2]), "{plan}");
 
     // An id prefix, unique by its time part.
     let prefix = &ids[1][..ids[1].len() - 4];

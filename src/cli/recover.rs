@@ -266,7 +266,7 @@ pub async fn restore_cluster(
     } else {
         errln!("Restore plan:");
         for (k, v) in &plan {
-            errln!("  {k:<17} {v}");
+            errln!("{}", super::restore::plan_line(k, v));
         }
     }
     if args.dry_run {

@@ -357,7 +357,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     } else {
         errln!("Restore plan:");
         for (k, v) in &plan {
-            errln!("  {k:<17} {v}");
+            errln!("{}", plan_line(k, v));
         }
     }
     if let Destination::Database(t) = &destination
@@ -427,10 +427,15 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         if args.wait {
             job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
         }
-        let progress = Progress::start(
+        let progress = Progress::start_finishing(
             &format!("restore {}", policy.name),
             Some(manifest.data.digests.size),
             ctx.progress(),
+            match destination {
+                Destination::Database(_) => "pg_restore is building indexes",
+                Destination::Directory(_) => "writing the last files",
+                Destination::File(_) | Destination::Stdout => "flushing the output",
+            },
         );
         let received = crate::progress::Meter {
             bytes: progress.counter.clone(),
@@ -585,6 +590,55 @@ async fn find_pruned(
         n => Err(Error::NoBackup(format!(
             "`{id}` matches {n} pruned backups of `{policy}`; give more of the id (`drctl list --deleted {policy}` shows them)"
         ))),
+    }
+}
+
+/// Terminals and on-call laptops are often 80 columns wide.
+const PLAN_WIDTH: usize = 80;
+
+/// One line of a plan, `  key               value`, with a long value
+/// wrapped at word boundaries under itself so that every line fits
+/// [`PLAN_WIDTH`] (a single word longer than that, a path, stays whole).
+pub(super) fn plan_line(key: &str, value: &str) -> String {
+    let indent = 20;
+    let mut out = format!("  {key:<17} ");
+    let mut width = out.chars().count();
+    let mut first = true;
+    for word in value.split(' ') {
+        let len = word.chars().count();
+        if !first && width + 1 + len > PLAN_WIDTH {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            width = indent;
+        } else if !first {
+            out.push(' ');
+            width += 1;
+        }
+        out.push_str(word);
+        width += len;
+        first = false;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plan_lines_fit_80_columns_and_wrap_under_the_value() {
+        let line = super::plan_line(
+            "next backup",
+            "20261201T002939Z-900fc6ec at 2026-12-01 00:29:39 UTC (2026-11-30 19:29:39 America/New_York) (after the target time, so not chosen)",
+        );
+        assert!(line.lines().all(|l| l.chars().count() <= 80), "{line}");
+        assert!(
+            line.starts_with("  next backup       20261201T002939Z-900fc6ec at"),
+            "{line}"
+        );
+        assert!(
+            line.lines().skip(1).all(|l| l.starts_with(&" ".repeat(20))),
+            "{line}"
+        );
+        assert_eq!(super::plan_line("policy", "etc"), "  policy            etc");
     }
 }
 
