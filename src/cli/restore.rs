@@ -621,27 +621,6 @@ pub(super) fn plan_line(key: &str, value: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn plan_lines_fit_80_columns_and_wrap_under_the_value() {
-        let line = super::plan_line(
-            "next backup",
-            "20261201T002939Z-900fc6ec at 2026-12-01 00:29:39 UTC (2026-11-30 19:29:39 America/New_York) (after the target time, so not chosen)",
-        );
-        assert!(line.lines().all(|l| l.chars().count() <= 80), "{line}");
-        assert!(
-            line.starts_with("  next backup       20261201T002939Z-900fc6ec at"),
-            "{line}"
-        );
-        assert!(
-            line.lines().skip(1).all(|l| l.starts_with(&" ".repeat(20))),
-            "{line}"
-        );
-        assert_eq!(super::plan_line("policy", "etc"), "  policy            etc");
-    }
-}
-
 fn confirm() -> Result<()> {
     ask("restoring into a database")
 }
@@ -664,5 +643,26 @@ pub(super) fn ask(what: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Refused("not confirmed; nothing was changed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plan_lines_fit_80_columns_and_wrap_under_the_value() {
+        let line = super::plan_line(
+            "next backup",
+            "20261201T002939Z-900fc6ec at 2026-12-01 00:29:39 UTC (2026-11-30 19:29:39 America/New_York) (after the target time, so not chosen)",
+        );
+        assert!(line.lines().all(|l| l.chars().count() <= 80), "{line}");
+        assert!(
+            line.starts_with("  next backup       20261201T002939Z-900fc6ec at"),
+            "{line}"
+        );
+        assert!(
+            line.lines().skip(1).all(|l| l.starts_with(&" ".repeat(20))),
+            "{line}"
+        );
+        assert_eq!(super::plan_line("policy", "etc"), "  policy            etc");
     }
 }

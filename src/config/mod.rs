@@ -547,7 +547,7 @@ fn name_the_key(text: &str, line: usize, message: &str) -> Option<String> {
     };
     let found = found
         .strip_prefix("integer ")
-        .map(|n| format!("{}", n.trim_matches('`')))
+        .map(|n| n.trim_matches('`').to_string())
         .unwrap_or_else(|| format!("the {found}"));
     Some(format!("`{full}` must be {expected}, not {found}"))
 }
