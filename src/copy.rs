@@ -116,7 +116,7 @@ pub async fn open_copy(
     let store = crate::storage::open(&copy.repository).await?;
     let mut repo = match Repo::open(store).await {
         Ok(r) => r,
-        Err(Error::NotInitialised { location }) => {
+        Err(Error::NotInitialised { location, .. }) => {
             return Err(Error::Usage(format!(
                 "copy `{}` ({location}) holds no repository yet (no repo.json); run `drctl copy --to {}` first",
                 copy.name, copy.name
@@ -142,7 +142,7 @@ pub async fn open_destination(primary: &Repo, copy: &CopyConfig, create: bool) -
     let store = crate::storage::open(&copy.repository).await?;
     let dest = match Repo::open(store.clone()).await {
         Ok(dest) => dest,
-        Err(Error::NotInitialised { location }) => {
+        Err(Error::NotInitialised { location, .. }) => {
             let present = store.list("").await?;
             if let Some(first) = present.first() {
                 return Err(Error::Refused(format!(

@@ -90,8 +90,10 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] StorageError),
 
-    #[error("repository at {location} is not initialised (no repo.json); run `drctl init` first")]
-    NotInitialised { location: String },
+    /// No `repo.json`; `detail` says what is there instead (nothing, a
+    /// missing or unmounted directory, or backups without their marker).
+    #[error("repository at {location} is not initialised (no repo.json): {detail}")]
+    NotInitialised { location: String, detail: String },
 
     #[error("object `{object}` failed its integrity check: {reason}")]
     Integrity { object: String, reason: String },

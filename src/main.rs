@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime starts");
+    let json = cli.json;
     let result = runtime.block_on(drctl::cli::run(cli));
     let undelivered = drctl::cli::stdio::finish();
     match (result, undelivered) {
@@ -49,8 +50,21 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(ExitCode::Failed as u8)
         }
         (Err(e), _) => {
-            drctl::cli::stdio::err(format_args!("error: {e}\n"));
-            std::process::ExitCode::from(ExitCode::of(&e) as u8)
+            let code = ExitCode::of(&e);
+            if json {
+                // One object on one line, so that a script reading stderr
+                // under --json gets the reason without parsing prose.
+                let error = serde_json::json!({ "error": {
+                    "message": e.to_string(),
+                    "kind": code.name(),
+                    "exit_code": code as u8,
+                    "temporary": e.persistence() == drctl::error::Persistence::Temporary,
+                }});
+                drctl::cli::stdio::err(format_args!("{error}\n"));
+            } else {
+                drctl::cli::stdio::err(format_args!("error: {e}\n"));
+            }
+            std::process::ExitCode::from(code as u8)
         }
     }
 }

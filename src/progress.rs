@@ -31,6 +31,17 @@ impl Progress {
     /// A display for `label`; `total` bytes when known. Hidden unless stderr
     /// is a terminal and `enabled`.
     pub fn start(label: &str, total: Option<u64>, enabled: bool) -> Progress {
+        Progress::start_finishing(label, total, enabled, "finishing")
+    }
+
+    /// [`Progress::start`], saying `finishing` once every byte is read: a
+    /// full bar that stays while pg_restore builds indexes looks hung.
+    pub fn start_finishing(
+        label: &str,
+        total: Option<u64>,
+        enabled: bool,
+        finishing: &str,
+    ) -> Progress {
         let counter = Arc::new(AtomicU64::new(0));
         if !enabled || !std::io::stderr().is_terminal() {
             return Progress {
@@ -41,8 +52,10 @@ impl Progress {
         }
         let bar = match total {
             Some(t) => ProgressBar::new(t).with_style(
+                // `wide_bar` takes what the terminal has left, so the line
+                // fits an 80-column terminal instead of wrapping every tick.
                 ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -56,9 +69,8 @@ impl Progress {
         };
         bar.set_message(label.to_string());
         let (c, b) = (counter.clone(), bar.clone());
-        let finishing = format!(
-            "{label}: all data read; waiting for the destination to finish (pg_restore builds indexes last)"
-        );
+        // Short: it replaces the label on the bar's line.
+        let finishing = format!("{label}: all read; {finishing}");
         let ticker = tokio::spawn(async move {
             let mut said = false;
             loop {

@@ -58,6 +58,10 @@ pub struct PruneOptions {
     /// Set to stop between deletions (each backup goes whole or not at all:
     /// manifest, then its objects).
     pub cancel: Arc<AtomicBool>,
+    /// `drctl forget`: delete only this backup (an id or unique prefix),
+    /// whatever the rules say, under the same lease, holds and newest-good
+    /// invariant; no WAL, leftovers or records are touched.
+    pub only: Option<String>,
 }
 
 impl Default for PruneOptions {
@@ -67,6 +71,7 @@ impl Default for PruneOptions {
             leftover_min_age: Duration::hours(LEFTOVER_MIN_AGE_HOURS),
             on_plan: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            only: None,
         }
     }
 }
@@ -235,6 +240,9 @@ pub async fn prune(repo: &Repo, policy: &Policy, opts: &PruneOptions) -> Result<
     let result = async {
         let mut report = plan(repo, policy, opts, Some(skew)).await?;
         execute(repo, &policy.name, &mut report, &lost, &opts.cancel).await?;
+        if opts.only.is_some() {
+            return Ok(report);
+        }
         if report.wal.as_ref().is_some_and(|w| w.files > 0) {
             report.wal = Some(prune_wal(repo, policy, &mut report, &lost, &opts.cancel).await?);
         }
@@ -272,7 +280,19 @@ async fn plan(
         .iter()
         .map(|m| (m.id.clone(), m.point_in_time))
         .collect();
-    let decisions = retention::select(&input, &policy.retention, tz);
+    let mut decisions = retention::select(&input, &policy.retention, tz);
+    let only = match &opts.only {
+        Some(id) => Some(cat.find(&policy.name, id)?.id.clone()),
+        None => None,
+    };
+    if let Some(id) = &only {
+        for d in &mut decisions {
+            d.reasons = match &d.id == id {
+                true => Vec::new(),
+                false => vec!["not named by forget".into()],
+            };
+        }
+    }
     let holds = lease::list_holds(repo.store.as_ref(), &policy.name, now).await?;
     let newest = cat.backups.first().map(|m| m.id.clone());
 
@@ -312,8 +332,27 @@ async fn plan(
         })
         .collect();
 
-    let leftovers = find_leftovers(repo, &policy.name, now, opts.leftover_min_age).await?;
-    let wal = if matches!(policy.source, SourceConfig::PostgresCluster { .. }) {
+    if let Some(id) = &only
+        && let Some(b) = backups
+            .iter()
+            .find(|b| &b.id == id && b.action == Action::Keep)
+    {
+        return Err(Error::Refused(format!(
+            "backup {id} of `{}` is not forgotten: it is kept ({}); nothing was deleted{}",
+            policy.name,
+            b.reasons.join(", "),
+            if b.reasons.iter().any(|r| r == "newest good backup") {
+                " (the newest good backup is never deleted: take a newer one first)"
+            } else {
+                " (try again once the restore or drill is done)"
+            }
+        )));
+    }
+    let leftovers = match only {
+        Some(_) => Vec::new(),
+        None => find_leftovers(repo, &policy.name, now, opts.leftover_min_age).await?,
+    };
+    let wal = if only.is_none() && matches!(policy.source, SourceConfig::PostgresCluster { .. }) {
         let kept: BTreeSet<&str> = backups
             .iter()
             .filter(|b| b.action == Action::Keep)

@@ -198,6 +198,39 @@ pub struct VerifyReport {
     pub archived: Vec<String>,
 }
 
+/// Refuses, before anything is fetched or written, an identity that is not
+/// one of the backup's recipients: age would only say "no matching key"
+/// after the download has begun, and a wrong key is not damage.
+///
+/// # Errors
+/// `Key` naming the backup, the identity's public keys and the recipients
+/// it needs. A manifest without recorded recipients passes (age decides).
+pub fn check_identity(identities: &[age::x25519::Identity], manifest: &Manifest) -> Result<()> {
+    if manifest.recipients.is_empty() {
+        return Ok(());
+    }
+    let have: Vec<String> = identities
+        .iter()
+        .map(|i| i.to_public().to_string())
+        .collect();
+    if have.iter().any(|h| manifest.recipients.contains(h)) {
+        return Ok(());
+    }
+    Err(Error::Key(format!(
+        "the identity file matches none of the backup's recipients: backup {} of `{}` is encrypted to {}, \
+         and the identity given is for {}; use the identity file of one of those recipients \
+         (--identity or `encryption.identity_file`). The backup itself is not damaged",
+        manifest.id,
+        manifest.policy,
+        manifest.recipients.join(", "),
+        if have.is_empty() {
+            "no key".to_string()
+        } else {
+            have.join(", ")
+        }
+    )))
+}
+
 /// Checks a backup's objects: present and of the recorded size, and with
 /// `read_data` every byte authenticated and both digests matched.
 ///
@@ -210,6 +243,9 @@ pub async fn verify(
     identities: Option<&[age::x25519::Identity]>,
     manifest: &Manifest,
 ) -> Result<VerifyReport> {
+    if let Some(ids) = identities {
+        check_identity(ids, manifest)?;
+    }
     let mut problems = Vec::new();
     let mut archived = Vec::new();
     for record in manifest.objects() {

@@ -72,12 +72,33 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 /// # Errors
 /// Returns a sentence saying which forms are accepted.
 pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, String> {
+    parse_timespec_at(input, tz, Utc::now())
+}
+
+/// [`parse_timespec`] with the current time given: a bare `HH:MM` is the
+/// latest such time at or before `now` (today, else yesterday), as someone
+/// on call means "restore to 18:44".
+///
+/// # Errors
+/// Returns a sentence saying which forms are accepted.
+pub fn parse_timespec_at<Tz: TimeZone>(
+    input: &str,
+    tz: &Tz,
+    now: DateTime<Utc>,
+) -> Result<TimeSpec, String> {
     let s = input.trim();
     if s.eq_ignore_ascii_case("latest") || s.eq_ignore_ascii_case("now") {
         return Ok(TimeSpec::Latest);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(TimeSpec::At(t.with_timezone(&Utc)));
+    }
+    // As drctl's own plans and messages print UTC: `2026-11-30 17:44:00 UTC`.
+    if let Some(naive) = s
+        .strip_suffix(" UTC")
+        .and_then(|t| parse_local_form(t.trim_end()))
+    {
+        return Ok(TimeSpec::At(naive.and_utc()));
     }
     // What PostgreSQL prints and people paste: a space instead of `T`,
     // fractional seconds, and an offset of hours only (`+01`).
@@ -90,7 +111,16 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
             return Ok(TimeSpec::At(t.with_timezone(&Utc)));
         }
     }
-    if let Some(naive) = parse_local_form(s) {
+    let today = now.with_timezone(tz).date_naive();
+    let naive = match (parse_local_form(s), parse_local_short(s, today)) {
+        (Some(n), _) => Some(n),
+        // A bare time still to come today means yesterday's.
+        (None, Some(n)) if s.contains(':') && earliest_in(tz, &n).is_some_and(|t| t > now) => {
+            Some(n - Duration::days(1))
+        }
+        (None, short) => short,
+    };
+    if let Some(naive) = naive {
         return match tz.from_local_datetime(&naive) {
             LocalResult::Single(t) => Ok(TimeSpec::At(t.with_timezone(&Utc))),
             LocalResult::Ambiguous(a, b) => Err(format!(
@@ -111,9 +141,27 @@ pub fn parse_timespec<Tz: TimeZone>(input: &str, tz: &Tz) -> Result<TimeSpec, St
     }
     Err(
         "expected `latest`, an RFC 3339 time (2026-11-26T14:30:00Z), \
-         `YYYY-MM-DD HH:MM[:SS]` in local time, or a duration ago such as 2h or 3d"
+         `YYYY-MM-DD HH:MM[:SS]`, a date (`YYYY-MM-DD`, its midnight) or `HH:MM` \
+         (the latest such time today or yesterday) in local time, or a duration ago such as 2h or 3d"
             .into(),
     )
+}
+
+fn earliest_in<Tz: TimeZone>(tz: &Tz, naive: &NaiveDateTime) -> Option<DateTime<Utc>> {
+    tz.from_local_datetime(naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A bare date (its midnight) or a bare `HH:MM[:SS]` on `today`.
+fn parse_local_short(s: &str, today: chrono::NaiveDate) -> Option<NaiveDateTime> {
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return date.and_hms_opt(0, 0, 0);
+    }
+    ["%H:%M:%S", "%H:%M"]
+        .iter()
+        .find_map(|fmt| chrono::NaiveTime::parse_from_str(s, fmt).ok())
+        .map(|time| today.and_time(time))
 }
 
 /// The forms of `--to` that are read in a time zone.
@@ -134,15 +182,54 @@ fn parse_local_form(s: &str) -> Option<NaiveDateTime> {
 /// # Errors
 /// As [`parse_timespec`]; and for a local time, a `TZ` that names no zone.
 pub fn parse_timespec_local(input: &str) -> Result<TimeSpec, String> {
-    if parse_local_form(input.trim()).is_none() {
-        // No local time in it: the zone does not matter.
-        return parse_timespec(input, &Utc);
-    }
-    match LocalZone::from_env()? {
-        LocalZone::System => parse_timespec(input, &Local),
-        LocalZone::Named(tz) => parse_timespec(input, &tz),
-    }
+    read_timespec_local(input, Utc::now()).map(|r| r.spec)
 }
+
+/// A `--to` as it was read: the spec and, when it was a local time, the
+/// sentence that says how, for the plan to echo (`18:44 read as
+/// 2026-11-30 18:44:00 Europe/Berlin (UTC+01:00) = 2026-11-30 17:44:00 UTC`):
+/// a time pasted from another zone's screen must not silently pick the
+/// wrong backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub spec: TimeSpec,
+    pub local: Option<String>,
+}
+
+/// [`parse_timespec_local`], saying how a local time was read.
+///
+/// # Errors
+/// As [`parse_timespec_local`].
+pub fn read_timespec_local(input: &str, now: DateTime<Utc>) -> Result<Reading, String> {
+    let s = input.trim();
+    if parse_local_form(s)
+        .or_else(|| parse_local_short(s, now.date_naive()))
+        .is_none()
+    {
+        // No local time in it: the zone does not matter.
+        return Ok(Reading {
+            spec: parse_timespec_at(input, &Utc, now)?,
+            local: None,
+        });
+    }
+    let zone = LocalZone::from_env()?;
+    let spec = match zone {
+        LocalZone::System => parse_timespec_at(input, &Local, now)?,
+        LocalZone::Named(tz) => parse_timespec_at(input, &tz, now)?,
+    };
+    let local = match &spec {
+        TimeSpec::At(t) => Some(format!(
+            "`{s}` read as {} = {} UTC",
+            zone.describe(*t),
+            t.format(SECONDS)
+        )),
+        _ => None,
+    };
+    Ok(Reading { spec, local })
+}
+
+/// How times are printed for people: to the second, no fraction.
+pub const SECONDS: &str = "%Y-%m-%d %H:%M:%S";
 
 /// The zone that local times are read in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +296,75 @@ impl LocalZone {
              set TZ to a zone name such as Europe/Berlin or UTC, unset it to use the system's zone, \
              or give the time with an offset (2026-11-26T14:30:00+01:00)"
         ))
+    }
+
+    /// The zone's name: the IANA name when known (`TZ`, `/etc/timezone`,
+    /// the `/etc/localtime` link), else `local time`.
+    pub fn name(self) -> String {
+        match self {
+            LocalZone::Named(tz) => tz.name().to_string(),
+            LocalZone::System => std::env::var("TZ")
+                .ok()
+                .map(|v| v.trim_start_matches(':').to_string())
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/timezone")
+                        .ok()
+                        .map(|t| t.trim().to_string())
+                })
+                .or_else(|| {
+                    let link = std::fs::read_link("/etc/localtime").ok()?;
+                    let link = link.to_string_lossy();
+                    Some(link.split_once("zoneinfo/")?.1.to_string())
+                })
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "local time".into()),
+        }
+    }
+
+    /// The offset from UTC at `t`, in seconds east.
+    pub fn offset_seconds(self, t: DateTime<Utc>) -> i32 {
+        use chrono::Offset;
+        match self {
+            LocalZone::System => t.with_timezone(&Local).offset().fix().local_minus_utc(),
+            LocalZone::Named(tz) => t.with_timezone(&tz).offset().fix().local_minus_utc(),
+        }
+    }
+
+    /// `t` on this zone's clock, to the second.
+    pub fn clock(self, t: DateTime<Utc>) -> String {
+        match self {
+            LocalZone::System => t.with_timezone(&Local).format(SECONDS).to_string(),
+            LocalZone::Named(tz) => t.with_timezone(&tz).format(SECONDS).to_string(),
+        }
+    }
+
+    /// `2026-11-30 18:44:00 Europe/Berlin (UTC+01:00)`.
+    pub fn describe(self, t: DateTime<Utc>) -> String {
+        let off = self.offset_seconds(t);
+        format!(
+            "{} {} (UTC{}{:02}:{:02})",
+            self.clock(t),
+            self.name(),
+            if off < 0 { '-' } else { '+' },
+            off.abs() / 3600,
+            off.abs() / 60 % 60
+        )
+    }
+
+    /// `2026-11-30 17:44:00 UTC (18:44:00 Europe/Berlin)`, or only the UTC
+    /// time where this zone's clock shows the same.
+    pub fn beside_utc(self, t: DateTime<Utc>) -> String {
+        let utc = format!("{} UTC", t.format(SECONDS));
+        if self.offset_seconds(t) == 0 {
+            return utc;
+        }
+        let clock = self.clock(t);
+        let same_day = clock.get(..10) == Some(&utc[..10]);
+        format!(
+            "{utc} ({} {})",
+            if same_day { &clock[11..] } else { &clock[..] },
+            self.name()
+        )
     }
 
     /// The earliest instant a local date and time names in this zone.
@@ -330,9 +486,9 @@ pub fn resolve(spec: &TimeSpec, now: DateTime<Utc>) -> Result<DateTime<Utc>, Str
         TimeSpec::Latest => Ok(now),
         TimeSpec::Ago(d) => Ok(now - *d),
         TimeSpec::At(t) if *t > now + Duration::seconds(5) => Err(format!(
-            "{} is in the future (now is {}); did you mean another date or offset?",
-            t.to_rfc3339(),
-            now.to_rfc3339()
+            "{} UTC is in the future (now is {} UTC); did you mean another date or offset?",
+            t.format(SECONDS),
+            now.format(SECONDS)
         )),
         TimeSpec::At(t) => Ok(*t),
     }
@@ -465,6 +621,52 @@ mod tests {
         assert_eq!(
             berlin.earliest(&naive),
             Some(Utc.with_ymd_and_hms(2026, 7, 1, 10, 0, 0).unwrap())
+        );
+    }
+
+    /// `list` shows UTC; people paste a date or just the clock time.
+    #[test]
+    fn a_bare_date_is_midnight_and_a_bare_time_the_latest_past_one() {
+        let tz = FixedOffset::east_opt(3600).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 17, 0, 0).unwrap();
+        let at = |s: &str| parse_timespec_at(s, &tz, now).unwrap();
+        assert_eq!(
+            at("2026-11-29"),
+            TimeSpec::At(Utc.with_ymd_and_hms(2026, 11, 28, 23, 0, 0).unwrap())
+        );
+        // 18:00 local is 17:00 UTC: now, so today.
+        assert_eq!(
+            at("18:00"),
+            TimeSpec::At(Utc.with_ymd_and_hms(2026, 11, 30, 17, 0, 0).unwrap())
+        );
+        // 18:44 local is still to come today: yesterday's.
+        assert_eq!(
+            at("18:44"),
+            TimeSpec::At(Utc.with_ymd_and_hms(2026, 11, 29, 17, 44, 0).unwrap())
+        );
+        assert_eq!(
+            at("09:15:30"),
+            TimeSpec::At(Utc.with_ymd_and_hms(2026, 11, 30, 8, 15, 30).unwrap())
+        );
+        assert!(parse_timespec_at("25:00", &tz, now).is_err());
+        assert_eq!(
+            at("2026-11-30 16:00:00 UTC"),
+            TimeSpec::At(Utc.with_ymd_and_hms(2026, 11, 30, 16, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_named_zone_describes_a_time_with_its_name_and_offset() {
+        let berlin = LocalZone::resolve(Some("Europe/Berlin")).unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 11, 30, 17, 44, 0).unwrap();
+        assert_eq!(
+            berlin.describe(t),
+            "2026-11-30 18:44:00 Europe/Berlin (UTC+01:00)"
+        );
+        let ny = LocalZone::resolve(Some("America/New_York")).unwrap();
+        assert_eq!(
+            ny.describe(t),
+            "2026-11-30 12:44:00 America/New_York (UTC-05:00)"
         );
     }
 

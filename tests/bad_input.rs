@@ -181,6 +181,32 @@ fn unknown_policy_key_suggests_the_right_one() {
     assert_intact(&ws, "shop", &[id]);
 }
 
+/// A wrong type named no key ("invalid type: string \"7\", expected u32")
+/// and hid every later problem of the file; each is now listed, by key.
+#[test]
+fn every_wrong_type_in_a_policy_is_listed_with_its_key() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[retention]\nkeep_last = -1\nkeep_daily = \"7\"\n"),
+    );
+    for args in [&["check"][..], &["backup", "etc"][..]] {
+        let err = ws.fails(args, 2);
+        assert_mentions(
+            &err,
+            "policies/etc.toml:5: `retention.keep_last` must be a non-negative integer, not -1",
+        );
+        assert_mentions(
+            &err,
+            "policies/etc.toml:6: `retention.keep_daily` must be a non-negative integer, not the string \"7\"",
+        );
+    }
+    ws.write("policies/etc.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
+
 #[test]
 fn password_in_policy_url_is_refused_without_showing_it() {
     let (pg, ws, id) = shop();
@@ -250,6 +276,8 @@ fn bad_restore_times_are_refused_and_restore_nothing() {
         .as_str()
         .unwrap()
         .to_string();
+    // Messages print times as `2026-11-30 17:44:00 UTC`.
+    let first = first[..16].replace('T', " ");
 
     let cases: [(&str, &[&str]); 3] = [
         (
@@ -259,7 +287,7 @@ fn bad_restore_times_are_refused_and_restore_nothing() {
         (&future, &["in the future"]),
         (
             "2000-01-01T00:00:00Z",
-            &["2000-01-01", "the first one is from", &first[..16]],
+            &["2000-01-01", "the first one is from", &first],
         ),
     ];
     for (to, expected) in cases {
@@ -491,7 +519,10 @@ fn missing_or_wrong_identity_is_refused_and_target_untouched() {
         args.extend(destination);
         let err = ws.fails(&args, 2);
         assert_mentions(&err, "matches none of the backup's recipients");
-        assert_mentions(&err, &format!("backups/shop/{id}/data.pgdump.zst.age"));
+        // Named before anything is fetched: the backup and the recipients
+        // it needs.
+        assert_mentions(&err, &format!("backup {id} of `shop`"));
+        assert_mentions(&err, &ws.recipient);
         assert!(!database_exists(&pg, "shop_restored"));
         assert!(!output.exists(), "an output file was written");
         assert!(!ws.path().join("shop.dump.drctl-partial").exists());
@@ -517,6 +548,57 @@ fn verify_with_the_wrong_identity_names_the_recipients_not_damage() {
         text(&out.stdout)
     );
     assert_intact(&ws, "shop", &[id]);
+}
+
+/// A wrong key is a key problem everywhere (exit 2, the recipients the
+/// backup needs named), found before anything is fetched: in a restore's
+/// dry run, and in a drill, which records the failed drill first.
+#[test]
+fn a_wrong_key_is_named_before_a_restore_or_in_a_drill() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let scratch = ws.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let policy = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!(
+            "{policy}\n[drill]\nscratch_dir = \"{}\"\n",
+            scratch.display()
+        ),
+    );
+    ws.ok(&["key", "generate", "--out", "other.age"]);
+
+    let err = ws.fails(
+        &[
+            "--identity",
+            "other.age",
+            "restore",
+            "etc",
+            "--to",
+            "latest",
+            "--into",
+            "out",
+            "--dry-run",
+        ],
+        2,
+    );
+    assert_mentions(&err, "matches none of the backup's recipients");
+    assert_mentions(&err, &ws.recipient);
+    assert_mentions(&err, "not damaged");
+    assert!(!err.contains("Restore plan"), "{err}");
+    assert!(!ws.path().join("out").exists());
+
+    let out = ws.run(&["--identity", "other.age", "drill", "etc"]);
+    let err = expect_exit(&out, 2, "a drill with another key");
+    assert_mentions(&err, "matches none of the backup's recipients");
+    assert_mentions(&err, &ws.recipient);
+    assert_mentions(&err, &id);
+    let drills: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["drills", "etc", "--json"])).unwrap();
+    assert_eq!(drills["drills"][0]["record"]["passed"], false, "{drills}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    assert_intact(&ws, "etc", &[id]);
 }
 
 /// An identity others can read is used, with a warning; one protected by
@@ -794,6 +876,279 @@ fn uninitialised_repository_says_to_run_init() {
         "drctl wrote into a repository that is not initialised"
     );
     assert!(!ws.path().join("out").exists());
+}
+
+/// `check` said ok with the repository missing and the database down: it
+/// now tries the repository, each source and the identity, lists every
+/// failure at once, and `--offline` keeps the files-only check.
+#[test]
+fn check_tries_the_repository_the_database_and_the_key() {
+    let (mut pg, ws, id) = shop();
+    let out = ws.ok(&["check"]);
+    assert_mentions(&out, "ok      repository: file://");
+    assert_mentions(&out, "readable and writable");
+    assert_mentions(&out, "ok      source shop:");
+    assert_mentions(&out, "pg_dump 15.");
+    assert_mentions(&out, "ok      identity:");
+
+    pg.stop();
+    ws.ok(&["key", "generate", "--out", "other.age"]);
+    std::fs::rename(ws.repo_dir(), ws.path().join("repo.moved")).unwrap();
+    let out = ws.run(&["--identity", "other.age", "check"]);
+    // The first failure (the repository) sets the exit code; every one is listed.
+    let err = expect_exit(&out, 2, "check with nothing in place");
+    let stdout = text(&out.stdout);
+    assert_mentions(&stdout, "FAILED  repository:");
+    assert_mentions(&stdout, "not initialised");
+    assert_mentions(&stdout, "FAILED  source shop:");
+    assert_mentions(&stdout, "cannot connect");
+    assert_mentions(&stdout, "FAILED  identity:");
+    assert_mentions(&stdout, "not in `encryption.recipients`");
+    assert_mentions(&err, "not initialised");
+    std::fs::rename(ws.path().join("repo.moved"), ws.repo_dir()).unwrap();
+
+    // Only the database down: unavailable, 5.
+    let out = ws.run(&["check"]);
+    expect_exit(&out, 5, "check with the database down");
+    assert_mentions(&text(&out.stdout), "FAILED  source shop:");
+    // The files alone are fine.
+    let out = ws.ok(&["check", "--offline"]);
+    assert!(
+        !out.contains("FAILED") && !out.contains("ok      repository"),
+        "{out}"
+    );
+
+    pg.start_again();
+    let v: serde_json::Value = serde_json::from_str(&ws.ok(&["check", "--json"])).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{v}"
+    );
+    // The write probe leaves nothing behind.
+    let stray: Vec<_> = std::fs::read_dir(ws.repo_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("check-"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert_intact(&ws, "shop", &[id]);
+}
+
+/// `list --since/--last` narrow the listing; `forget POLICY ID` deletes one
+/// backup, only with confirmation, never the newest good one, and an
+/// unknown id deletes nothing.
+#[test]
+fn list_since_and_last_and_forget_one_backup() {
+    let ws = Workspace::local();
+    let mut all = vec![files_backup(&ws)];
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        all.insert(0, ws.backup("etc"));
+    }
+    assert_eq!(ids(&ws, "etc"), all);
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["list", "etc", "--json"];
+        a.extend(args);
+        let v: serde_json::Value = serde_json::from_str(&ws.ok(&a)).unwrap();
+        v["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&["--last", "2"]), all[..2]);
+    let second = ws.backups("etc")[1]["point_in_time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = format!("{}Z", &second[..19]);
+    assert_eq!(listed(&["--since", &second]), all[..2]);
+    assert_eq!(listed(&["--since", "1h", "--last", "1"]), all[..1]);
+    let err = ws.fails(&["list", "--since", "soon"], 2);
+    assert_mentions(&err, "--since");
+
+    let oldest = all[2].clone();
+    let err = ws.fails(&["forget", "etc", &oldest], 3);
+    assert_mentions(&err, "needs confirmation");
+    assert_mentions(&err, "--yes");
+    let err = ws.fails(&["forget", "etc", &all[0], "--yes"], 3);
+    assert_mentions(&err, "newest good backup");
+    let err = ws.fails(&["forget", "etc", "20991231T000000Z", "--yes"], 2);
+    assert_mentions(&err, "20991231T000000Z");
+    let out = ws.ok(&["forget", "etc", &oldest, "--dry-run"]);
+    assert_mentions(&out, "nothing was deleted");
+    assert_eq!(
+        ids(&ws, "etc"),
+        all,
+        "a refused or dry-run forget deleted something"
+    );
+
+    ws.ok(&["forget", "etc", &oldest, "--yes"]);
+    let dir = ws.repo_dir().join(format!("backups/etc/{oldest}"));
+    assert!(
+        !dir.exists() || dir_listing(&dir).iter().all(|(n, _)| n.ends_with('/')),
+        "the forgotten backup's objects are still there: {:?}",
+        dir_listing(&dir)
+    );
+    assert_intact(&ws, "etc", &all[..2]);
+}
+
+/// `[drill]` and `[schedule]` could both set an RPO target, and `status`
+/// read one while `report` read the other. A policy has one: a conflict is
+/// refused with both lines, and a target set only under `[drill]` is the
+/// one `status` and the report judge by.
+#[test]
+fn one_rpo_target_per_policy_and_a_conflict_is_refused() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("policies/etc.toml")).unwrap();
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[schedule]\nrpo_target = \"24h\"\n[drill]\nrpo_target = \"26h\"\n"),
+    );
+    for args in [&["check"][..], &["status"][..], &["report"][..]] {
+        let err = ws.fails(args, 2);
+        assert_mentions(&err, "policies/etc.toml:7");
+        assert_mentions(
+            &err,
+            "disagrees with `[schedule] rpo_target` = \"24h\" (line 5)",
+        );
+    }
+    // The same value twice is one target.
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[schedule]\nrpo_target = \"24h\"\n[drill]\nrpo_target = \"24h\"\n"),
+    );
+    ws.ok(&["check", "--offline"]);
+    // Only under [drill]: status judges by it (it said "no target").
+    ws.write(
+        "policies/etc.toml",
+        &format!("{good}[drill]\nrpo_target = \"26h\"\n"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&ws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(v["policies"][0]["rpo_target_seconds"], 26 * 3600, "{v}");
+    assert_eq!(v["policies"][0]["rpo"], "ok", "{v}");
+    let report: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["report", "--format", "json"])).unwrap();
+    let text = report.to_string();
+    assert!(text.contains("93600"), "the report's RPO target: {text}");
+    ws.write("policies/etc.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
+
+/// A repository on a volume that did not mount: "run `drctl init`" would
+/// create an empty repository on the disk beneath the mount point. drctl
+/// says what is missing and that the parent looks like an unmounted volume.
+#[test]
+fn a_repository_under_an_empty_unmounted_directory_is_named_as_such() {
+    let ws = Workspace::local();
+    let id = files_backup(&ws);
+    let good = std::fs::read_to_string(ws.path().join("drctl.toml")).unwrap();
+    std::fs::create_dir(ws.path().join("backupvol")).unwrap();
+    ws.write(
+        "drctl.toml",
+        &repo_toml(&ws, "url = \"file://backupvol/drctl\"\n"),
+    );
+    for args in [&["list"][..], &["backup", "etc"][..], &["verify"][..]] {
+        let err = ws.fails(args, 2);
+        assert_mentions(&err, "not initialised");
+        assert_mentions(&err, "backupvol/drctl does not exist");
+        assert_mentions(
+            &err,
+            "backupvol is an empty directory with nothing mounted on it",
+        );
+        assert_mentions(&err, "mount it");
+        assert!(!err.contains("run `drctl init`"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(ws.path().join("backupvol"))
+            .unwrap()
+            .count(),
+        0,
+        "drctl wrote under the unmounted volume"
+    );
+    // `init` is what the operator asked for, so it goes ahead, with a warning.
+    let out = ws.run(&["init"]);
+    let err = expect_exit(&out, 0, "init under an empty directory");
+    assert_mentions(
+        &err,
+        "backupvol is an empty directory with nothing mounted on it",
+    );
+    ws.write("drctl.toml", &good);
+    assert_intact(&ws, "etc", &[id]);
+}
+
+/// A repository whose repo.json was lost still holds backups: `init` there
+/// would start a second history over them, so it refuses (on a local
+/// directory and on an S3 prefix), and every other command says not to run it.
+#[test]
+fn init_refuses_a_place_that_holds_backups_without_repo_json() {
+    let s3 = S3Server::start();
+    let (s3_ws, bucket) = s3_workspace(&s3);
+    let local_ws = Workspace::local();
+    for (ws, on_s3) in [(&local_ws, false), (&s3_ws, true)] {
+        let id = files_backup(ws);
+        let marker = match on_s3 {
+            false => {
+                let path = ws.repo_dir().join("repo.json");
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                bytes
+            }
+            true => block_on(async {
+                let client = s3.client();
+                let got = client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key("drctl/repo.json")
+                    .send()
+                    .await
+                    .unwrap();
+                let bytes = got.body.collect().await.unwrap().into_bytes().to_vec();
+                client
+                    .delete_object()
+                    .bucket(&bucket)
+                    .key("drctl/repo.json")
+                    .send()
+                    .await
+                    .unwrap();
+                bytes
+            }),
+        };
+        let err = ws.fails(&["list"], 2);
+        assert_mentions(&err, "no repo.json");
+        assert_mentions(&err, &format!("backups/etc/{id}/"));
+        assert_mentions(&err, "do not run `drctl init` here");
+
+        let err = ws.fails(&["init"], 3);
+        assert_mentions(&err, "but no repo.json");
+        assert_mentions(&err, "does not create a repository over them");
+        assert_mentions(&err, &format!("backups/etc/{id}/"));
+        // Nothing was written: still no repo.json.
+        let err = ws.fails(&["list"], 2);
+        assert_mentions(&err, "no repo.json");
+
+        match on_s3 {
+            false => std::fs::write(ws.repo_dir().join("repo.json"), &marker).unwrap(),
+            true => block_on(async {
+                s3.client()
+                    .put_object()
+                    .bucket(&bucket)
+                    .key("drctl/repo.json")
+                    .body(marker.into())
+                    .send()
+                    .await
+                    .unwrap();
+            }),
+        }
+        assert_intact(ws, "etc", &[id]);
+    }
 }
 
 /// A `.drctl-partial` name beside the destination is never written through

@@ -96,7 +96,7 @@ fn example_config_and_policies_pass_check() {
     let text = std::fs::read_to_string(repo_root().join("drctl.toml.example"))
         .expect("read drctl.toml.example");
     let dir = setup(&text);
-    let (code, stdout, stderr) = run_drctl(dir.path(), &["check"]);
+    let (code, stdout, stderr) = run_drctl(dir.path(), &["check", "--offline"]);
     assert_eq!(
         code,
         Some(0),
@@ -114,7 +114,7 @@ fn example_config_and_policies_pass_check() {
     }
     assert!(!stderr.contains("error"), "{stderr}");
 
-    let (code, stdout, stderr) = run_drctl(dir.path(), &["check", "--json"]);
+    let (code, stdout, stderr) = run_drctl(dir.path(), &["check", "--offline", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("check --json is JSON");
     let mut names: Vec<&str> = v["policies"]
@@ -140,7 +140,7 @@ fn example_placeholder_key_is_refused_with_its_line() {
         .position(|l| l.contains(PLACEHOLDER))
         .expect("placeholder line")
         + 1;
-    let (code, _, stderr) = run_drctl(dir.path(), &["check"]);
+    let (code, _, stderr) = run_drctl(dir.path(), &["check", "--offline"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!("drctl.toml:{line}:"))
@@ -165,7 +165,7 @@ fn example_config_with_commented_settings_enabled_passes_check() {
         "expected a commented S3 url, [lifecycle] and [daemon] in the example:\n{s3}"
     );
     let dir = setup(&s3);
-    let (code, stdout, stderr) = run_drctl(dir.path(), &["check"]);
+    let (code, stdout, stderr) = run_drctl(dir.path(), &["check", "--offline"]);
     assert_eq!(
         code,
         Some(0),

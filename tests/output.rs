@@ -182,3 +182,201 @@ fn a_closed_stdout_ends_quietly() {
     assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
     assert_eq!(complaints(&r.stderr), "");
 }
+
+/// Two backups of `etc` a second or more apart, listed in New York time
+/// (UTC-5, so the local date and clock differ from UTC's): `(older id,
+/// newer id, the older one's row of `list`)`.
+fn two_backups_in_new_york() -> (Workspace, String, String, Vec<String>) {
+    let (mut ws, older) = etc();
+    std::thread::sleep(Duration::from_millis(1100));
+    let newer = ws.backup("etc");
+    ws.set_env("TZ", "America/New_York");
+    let listing = ws.ok(&["list", "etc"]);
+    assert!(listing.contains("LOCAL (New_York)"), "{listing}");
+    let row: Vec<String> = listing
+        .lines()
+        .find(|l| l.contains(&older))
+        .unwrap_or_else(|| panic!("no row for {older}:\n{listing}"))
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    (ws, older, newer, row)
+}
+
+/// The plan's value for `key`, from `restore --dry-run`'s stderr, with the
+/// lines a long value wraps onto (indented under it) joined again.
+fn plan_line(stderr: &str, key: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(key))
+        .unwrap_or_else(|| panic!("no `{key}` in the plan:\n{stderr}"));
+    let mut value = lines[at].trim_start()[key.len()..].trim().to_string();
+    for more in lines[at + 1..]
+        .iter()
+        .take_while(|l| l.starts_with(&" ".repeat(20)))
+    {
+        value.push(' ');
+        value.push_str(more.trim());
+    }
+    value
+}
+
+/// `list` showed UTC while `--to "YYYY-MM-DD HH:MM"` was read as local time,
+/// so a time pasted from `list` picked another backup or was "in the
+/// future". Now the UTC column carries its `Z`, the local clock stands
+/// beside it, and either one pasted picks the backup on that row; the plan
+/// says how a local time was read.
+#[test]
+fn a_time_pasted_from_either_list_column_picks_that_backup() {
+    let (ws, older, newer, row) = two_backups_in_new_york();
+    // ID, UTC, local date, local clock, …
+    let (utc, local) = (row[1].clone(), format!("{} {}", row[2], row[3]));
+    assert!(utc.ends_with('Z'), "{row:?}");
+    for pasted in [utc.as_str(), local.as_str(), row[3].as_str()] {
+        let out = ws.run(&[
+            "restore",
+            "etc",
+            "--to",
+            pasted,
+            "--into",
+            "out",
+            "--dry-run",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "--to {pasted}:\n{stderr}");
+        assert_eq!(
+            plan_line(&stderr, "backup"),
+            older,
+            "--to {pasted}:\n{stderr}"
+        );
+        // On-call terminals are often 80 columns: long values wrap.
+        for line in stderr.lines() {
+            assert!(line.chars().count() <= 80, "wider than 80 columns: {line}");
+        }
+        // The plan names what the target could not reach, and what it is.
+        let next = plan_line(&stderr, "next backup");
+        assert!(next.starts_with(&newer), "{stderr}");
+        assert!(
+            plan_line(&stderr, "restores").contains("snapshot"),
+            "{stderr}"
+        );
+        let point = plan_line(&stderr, "point in time");
+        assert!(
+            point.contains("America/New_York") && point.contains(&row[3]),
+            "{point:?} {row:?}\n{stderr}"
+        );
+        let target = plan_line(&stderr, "target time");
+        if pasted.ends_with('Z') {
+            assert!(!target.contains("read as"), "{stderr}");
+        } else {
+            assert!(
+                target.contains(&format!("`{pasted}` read as"))
+                    && target.contains("America/New_York (UTC-05:00) = ")
+                    && target.contains(&format!(
+                        "{} UTC",
+                        utc.replace('T', " ").trim_end_matches('Z')
+                    )),
+                "{stderr}"
+            );
+        }
+    }
+    assert!(!ws.path().join("out").exists());
+}
+
+/// A bare date is its local midnight, echoed as read; times in messages
+/// are to the second.
+#[test]
+fn a_bare_date_is_read_as_local_midnight_and_times_have_no_fractions() {
+    let (ws, _older, _newer, row) = two_backups_in_new_york();
+    let err = ws.fails(
+        &[
+            "restore",
+            "etc",
+            "--to",
+            &row[2],
+            "--into",
+            "out",
+            "--dry-run",
+        ],
+        2,
+    );
+    assert!(
+        err.contains(&format!(
+            "`{}` read as {} 00:00:00 America/New_York (UTC-05:00) = ",
+            row[2], row[2]
+        )),
+        "{err}"
+    );
+    assert!(err.contains("no backup of `etc` is at or before"), "{err}");
+    let err = ws.fails(
+        &[
+            "restore",
+            "etc",
+            "--to",
+            "2099-01-01 10:00",
+            "--into",
+            "out",
+        ],
+        2,
+    );
+    let now = err
+        .split("now is ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"));
+    // `2026-11-30 17:44:00 UTC)`: no fraction of a second, no offset.
+    assert_eq!(&now[19..24], " UTC)", "{err}");
+    assert!(!ws.path().join("out").exists());
+}
+
+/// Under `--json` a script gets the error as one JSON object on stderr
+/// (with the exit code's name), and the restore plan's keys are snake_case.
+#[test]
+fn under_json_errors_and_plans_are_json_with_snake_case_keys() {
+    let (ws, id) = etc();
+    let out = ws.run(&["list", "nosuch", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the error is not JSON ({e}): {stderr}"));
+    assert_eq!(v["error"]["kind"], "bad_input", "{v}");
+    assert_eq!(v["error"]["exit_code"], 2, "{v}");
+    assert_eq!(v["error"]["temporary"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no policy named `nosuch`")),
+        "{v}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+
+    let out = ws.run(&[
+        "restore",
+        "etc",
+        "--to",
+        "latest",
+        "--into",
+        "out",
+        "--dry-run",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let plan: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| panic!("no JSON plan on stderr: {stderr}"));
+    let keys: Vec<&String> = plan["plan"]
+        .as_object()
+        .expect("a plan object")
+        .keys()
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')),
+        "{keys:?}"
+    );
+    assert_eq!(plan["plan"]["backup"], id.as_str());
+    assert!(plan["plan"]["point_in_time"].is_string(), "{plan}");
+}

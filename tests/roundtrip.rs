@@ -794,13 +794,15 @@ fn to_selection(kind: Kind) {
         p1 < p2 && p2 < p3,
         "points in time increase: {p1} {p2} {p3}"
     );
-    // The next whole second after the first backup: after it, and before the
-    // second, which came at least 1.1 s later.
-    let between = p1
-        .duration_trunc(chrono::Duration::seconds(1))
-        .expect("trunc")
-        + chrono::Duration::seconds(1);
-    assert!(p1 < between && between < p2, "{p1} < {between} < {p2}");
+    // The first backup's point in time as `list` shows it, to the second:
+    // it picks that backup (times are compared to the second), and the
+    // second backup, at least 1.1 s later, shows a later second.
+    let second = |t: DateTime<Utc>| {
+        t.duration_trunc(chrono::Duration::seconds(1))
+            .expect("trunc")
+    };
+    let between = second(p1);
+    assert!(between < second(p2), "{p1} {between} {p2}");
     let between_text = between.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
     let state = |db: &str| {
@@ -845,10 +847,15 @@ fn to_selection(kind: Kind) {
         window.contains("before the target time"),
         "the data-loss window is relative to the target time: {window}"
     );
+    // The next backup is named as the one the target did not reach; the
+    // one after it is not.
     assert!(
-        !plan.contains(&ids[1]) && !plan.contains(&ids[2]),
-        "only the chosen backup is named:\n{plan}"
+        plan.lines()
+            .any(|l| l.trim_start().starts_with("next backup") && l.contains(&ids[1])),
+        "the plan names the next backup {}:\n{plan}",
+        ids[1]
     );
+    assert!(!plan.contains(&ids[2]), "{plan}");
 
     // An id prefix, unique by its time part.
     let prefix = &ids[1][..ids[1].len() - 4];

@@ -429,17 +429,33 @@ fn a_drill_record_rewritten_with_a_recomputed_chain_is_caught_by_report() {
     );
 }
 
+/// Unsigned mode is the documented default: `check` and `status` say so,
+/// and the commands of a new user's first ten minutes do not repeat it on
+/// every run (a warning on every command teaches people to skip warnings).
 #[test]
-fn an_unsigned_repository_works_with_a_warning() {
+fn an_unsigned_repository_works_and_check_and_status_warn() {
     let ws = Workspace::local();
     let etc = ws.path().join("etc");
     std::fs::create_dir(&etc).unwrap();
     std::fs::write(etc.join("a"), "a").unwrap();
     ws.files_policy("etc", &[&etc]);
     let id = ws.backup("etc");
-    let (code, stdout, stderr) = run(&ws, &["list", "etc"]);
+    for args in [
+        &["init"][..],
+        &["backup", "etc"][..],
+        &["list", "etc"][..],
+        &["verify", "--read-data"][..],
+        &["restore", "etc", "--to", "latest", "--into", "out"][..],
+    ] {
+        let (code, stdout, stderr) = run(&ws, args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("unsigned mode"), "{args:?}: {stderr}");
+        if args[0] == "list" {
+            assert!(stdout.contains(&id), "{stdout}");
+        }
+    }
+    let (code, _stdout, stderr) = run(&ws, &["status"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains(&id), "{stdout}");
     assert!(stderr.contains("warning: unsigned mode"), "{stderr}");
     let (code, stdout, stderr) = run(&ws, &["check"]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -769,4 +785,52 @@ fn a_planted_version_does_not_hide_a_pruned_backup() {
         std::fs::read_to_string(into.join(etc.strip_prefix("/").unwrap()).join("app.conf"))
             .unwrap();
     assert_eq!(restored, "genuine\n");
+}
+
+/// A host without `[signing]` reading a repository whose repo.json is
+/// signed cannot tell a planted backup from a real one: the commands that
+/// act on a manifest say so; the others stay quiet.
+#[test]
+fn a_host_without_signing_is_warned_when_the_repository_is_signed() {
+    let ws = Workspace::local();
+    sign(&ws, None);
+    let etc = ws.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("a"), "a").unwrap();
+    ws.files_policy("etc", &[&etc]);
+    ws.backup("etc");
+    attacker_config(
+        &ws,
+        &format!(
+            "[source]\ntype = \"files\"\npaths = [\"{}\"]\n",
+            etc.display()
+        ),
+        None,
+    );
+    std::fs::rename(
+        ws.path().join("attacker-policies/shop.toml"),
+        ws.path().join("attacker-policies/etc.toml"),
+    )
+    .unwrap();
+    for (args, warns) in [
+        (&["verify"][..], true),
+        (
+            &["restore", "etc", "--to", "latest", "--into", "out2"][..],
+            true,
+        ),
+        (&["list"][..], false),
+    ] {
+        let out = common::output_within(
+            &mut ws.cmd_with_config("attacker.toml", args),
+            b"",
+            common::workspace::COMMAND_TIMEOUT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.contains("its repo.json is signed, but drctl.toml has no [signing]"),
+            warns,
+            "{args:?}: {stderr}"
+        );
+    }
 }

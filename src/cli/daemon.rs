@@ -124,7 +124,7 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
                 error: found.err(),
             });
         }
-        let target = p.schedule.as_ref().and_then(|s| s.rpo_target);
+        let target = p.rpo_target().map(|(t, _)| t);
         let age = newest.as_ref().map(|m| now - m.point_in_time);
         // A cluster's data-loss window is its WAL archive's, not its base
         // backups' age (a weekly base backup is not a week of loss).

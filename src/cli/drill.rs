@@ -155,10 +155,15 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
     let failed: Vec<_> = records.iter().filter(|r| !r.passed).collect();
     match failed.first() {
         None => crate::repo::catalog::untrusted_summary(untrusted.iter().map(String::as_str)),
-        Some(r) => Err(Error::DrillFailed {
-            policy: r.policy.clone(),
-            reason: r.failure.clone().unwrap_or_else(|| "see the record".into()),
-        }),
+        // A wrong key exits as a key error everywhere (2), here after the
+        // failed drill was recorded: it is the restore that failed.
+        Some(r) => match r.failure.as_deref().and_then(|f| f.strip_prefix("key: ")) {
+            Some(why) => Err(Error::Key(format!("drill of `{}`: {why}", r.policy))),
+            None => Err(Error::DrillFailed {
+                policy: r.policy.clone(),
+                reason: r.failure.clone().unwrap_or_else(|| "see the record".into()),
+            }),
+        },
     }
 }
 

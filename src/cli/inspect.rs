@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::crypto;
 use crate::progress::bytes;
 use crate::repo::{Repo, catalog};
+use crate::timespec::LocalZone;
 
 /// Writes a new secret key file: mode 0600, refused if anything is there.
 fn write_key_file(out: &Path, text: &str, what: &str) -> Result<()> {
@@ -88,6 +89,11 @@ pub fn signing_key_public(ctx: &Ctx, file: &Path) -> Result<()> {
 pub async fn init(ctx: &Ctx) -> Result<()> {
     let config = ctx.config()?;
     if let RepositoryConfig::Local { path } = &config.repository {
+        if let Some(hint) = crate::repo::unmounted_hint(path) {
+            errln!(
+                "warning: {hint}; if a backup volume belongs there, it is not mounted and this repository is being created on the disk beneath it"
+            );
+        }
         std::fs::create_dir_all(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     }
@@ -117,13 +123,11 @@ pub async fn init(ctx: &Ctx) -> Result<()> {
     }
     if let Some(why) = &repo.marker_untrusted {
         errln!("warning: {why}");
-    } else if repo.signing.is_none() {
-        errln!("warning: {}", crate::signing::unsigned_warning(&repo));
     }
     Ok(())
 }
 
-pub fn check(ctx: &Ctx) -> Result<()> {
+pub async fn check(ctx: &Ctx, offline: bool) -> Result<()> {
     let config = ctx.config()?;
     let mut warnings = Vec::new();
     match (&ctx.cli.identity, &config.identity_file) {
@@ -167,16 +171,23 @@ pub fn check(ctx: &Ctx) -> Result<()> {
     }
     for p in &config.policies {
         let scheduled = p.schedule.as_ref().is_some_and(|s| s.backup.is_some());
-        if p.schedule.as_ref().is_some_and(|s| s.rpo_target.is_some()) && !scheduled {
+        if p.rpo_target().is_some() && !scheduled {
             warnings.push(format!(
                 "policy {} has an rpo_target but no [schedule] backup; the daemon will report it late unless backups come from elsewhere",
                 p.name
             ));
         }
     }
+    let probes = match offline {
+        true => Vec::new(),
+        false => super::check::run(ctx, &config).await,
+    };
+    let failed = probes.iter().filter(|p| !p.ok).count();
     if ctx.cli.json {
         ctx.print_json(&serde_json::json!({
-            "ok": true,
+            "ok": failed == 0,
+            "offline": offline,
+            "checks": probes,
             "config": config.path,
             "repository": config.repository.describe(),
             "signing": signing,
@@ -221,11 +232,23 @@ pub fn check(ctx: &Ctx) -> Result<()> {
                     .map_or_else(|| "each policy's".to_string(), crate::retention::describe)
             );
         }
+        for p in &probes {
+            match p.ok {
+                true => outln!("ok      {}: {}", p.name, p.detail),
+                false => outln!("FAILED  {}: {}", p.name, p.detail),
+            }
+        }
         for w in warnings {
             errln!("warning: {w}");
         }
     }
-    Ok(())
+    // Every probe is reported above; the first failure is the error and
+    // decides the exit code (5 for something unreachable, 2 for a key or a
+    // repository that is not initialised).
+    match probes.into_iter().find_map(|p| p.error) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn selected<'a>(
@@ -250,13 +273,39 @@ struct ListRow<'a> {
     host: &'a str,
 }
 
-pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
+pub async fn list(
+    ctx: &Ctx,
+    policy: Option<&str>,
+    since: Option<&str>,
+    last: Option<usize>,
+) -> Result<()> {
     let config = ctx.config()?;
     let policies = selected(&config, policy)?;
+    let since = match since {
+        Some(input) => {
+            let invalid = |reason: String| Error::InvalidTime {
+                input: input.to_string(),
+                reason: format!("--since: {reason}"),
+            };
+            let now = chrono::Utc::now();
+            let spec = crate::timespec::read_timespec_local(input, now).map_err(invalid)?;
+            Some(crate::timespec::resolve(&spec.spec, now).map_err(invalid)?)
+        }
+        None => None,
+    };
     let repo = ctx.repo(&config).await?;
     let mut catalogs = Vec::new();
     for p in &policies {
-        catalogs.push((p.name.clone(), catalog::load(&repo, &p.name).await?));
+        let mut c = catalog::load(&repo, &p.name).await?;
+        // Compared to the second, as `list` shows them and `--to` picks.
+        if let Some(t) = since {
+            c.backups
+                .retain(|m| chrono::SubsecRound::trunc_subsecs(m.point_in_time, 0) >= t);
+        }
+        if let Some(n) = last {
+            c.backups.truncate(n);
+        }
+        catalogs.push((p.name.clone(), c));
     }
     if ctx.cli.json {
         let rows: Vec<ListRow> = catalogs
@@ -288,6 +337,22 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         );
         return refuse_untrusted(&catalogs);
     }
+    // `restore --to` reads a time without an offset as local time, so the
+    // local clock is shown beside UTC (which carries its `Z`) wherever the
+    // two differ: a time pasted from either column picks the backup it shows.
+    let zone = match LocalZone::from_env() {
+        Ok(z) => Some(z),
+        Err(why) => {
+            errln!("warning: {why}; local times are not shown");
+            None
+        }
+    };
+    let local = zone.filter(|z| {
+        catalogs
+            .iter()
+            .flat_map(|(_, c)| &c.backups)
+            .any(|m| z.offset_seconds(m.point_in_time) != 0)
+    });
     for (name, c) in &catalogs {
         outln!(
             "{name}: {} backup{}",
@@ -296,9 +361,13 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         );
         if !c.backups.is_empty() {
             outln!(
-                "  {:<27} {:<20} {:>10} {:>10} {:>9}",
+                "  {:<27} {:<20} {}{:>10} {:>10} {:>9}",
                 "ID",
                 "POINT IN TIME (UTC)",
+                local.map_or(String::new(), |z| format!(
+                    "{:<20} ",
+                    local_header(&z.name())
+                )),
                 "STORED",
                 "DATA",
                 "DURATION"
@@ -306,9 +375,14 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         }
         for m in &c.backups {
             outln!(
-                "  {:<27} {:<20} {:>10} {:>10} {:>8.1}s",
+                "  {:<27} {:<20} {}{:>10} {:>10} {:>8.1}s",
                 m.id,
-                m.point_in_time.format("%Y-%m-%d %H:%M:%S"),
+                // With its `Z`, so that pasted into `--to` it is read as UTC.
+                m.point_in_time.format("%Y-%m-%dT%H:%M:%SZ"),
+                local.map_or(String::new(), |z| format!(
+                    "{:<20} ",
+                    z.clock(m.point_in_time)
+                )),
                 bytes(m.data.digests.size),
                 bytes(m.data.digests.plaintext_size),
                 m.duration_seconds()
@@ -319,6 +393,22 @@ pub async fn list(ctx: &Ctx, policy: Option<&str>) -> Result<()> {
         }
     }
     refuse_untrusted(&catalogs)
+}
+
+/// The local-time column's header, cut to its width: a long zone name
+/// keeps its last part (`LOCAL (Indianapolis)`).
+fn local_header(zone: &str) -> String {
+    let full = format!("LOCAL ({zone})");
+    if full.len() <= 20 {
+        return full;
+    }
+    let last = zone.rsplit('/').next().unwrap_or(zone);
+    let short = format!("LOCAL ({last})");
+    if short.len() <= 20 {
+        short
+    } else {
+        "LOCAL TIME".into()
+    }
 }
 
 /// Names every manifest set aside for its signature, one warning line

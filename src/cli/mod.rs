@@ -26,6 +26,7 @@ macro_rules! errp {
 }
 
 mod backup;
+mod check;
 mod copy;
 mod daemon;
 mod drill;
@@ -107,8 +108,16 @@ pub enum Command {
     },
     /// Create the repository named in the configuration (safe to repeat).
     Init,
-    /// Validate drctl.toml and every policy; errors carry file and line.
-    Check,
+    /// Validate drctl.toml and every policy (errors carry file and line),
+    /// then try what backups and restores need: the repository read and
+    /// written, each source reached with a suitable pg_dump, each drill's
+    /// scratch server or directory, the identity against the recipients.
+    Check {
+        /// Only validate the files; reach nothing (e.g. on a build machine
+        /// or for a configuration meant for another host).
+        #[arg(long)]
+        offline: bool,
+    },
     /// With `[signing]` turned on for an existing repository: vouch for its
     /// unsigned manifests, records, marks and repo.json in one signed
     /// attestation (verify them first: whatever is there now is trusted).
@@ -135,8 +144,30 @@ pub enum Command {
         policy: Option<String>,
         /// Backups pruned on a versioned bucket that can still be restored
         /// with `restore --backup ID` (their manifest carries a delete marker).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["since", "last"])]
         deleted: bool,
+        /// Only backups at or after this time: a duration ago (`24h`, `7d`)
+        /// or any time `restore --to` takes.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only the newest N backups of each policy.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+    },
+    /// Delete one backup, whatever the retention rules say: under the
+    /// policy's lease, never one a restore or drill holds, never the newest
+    /// good backup; the plan is printed and confirmed first (`--yes`).
+    Forget {
+        /// The backup's policy.
+        policy: String,
+        /// The backup's id (or a unique prefix).
+        id: String,
+        /// Print the plan and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Restore a backup chosen by time (or id).
     Restore(Box<restore::RestoreArgs>),
@@ -310,6 +341,21 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// The snake_case name scripts read in `--json` errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "ok",
+            ExitCode::Failed => "failed",
+            ExitCode::BadInput => "bad_input",
+            ExitCode::Refused => "refused",
+            ExitCode::Integrity => "integrity",
+            ExitCode::Unavailable => "unavailable",
+            ExitCode::Unverifiable => "unverifiable",
+            ExitCode::Untrusted => "untrusted",
+            ExitCode::StopRecovery => "stop_recovery",
+        }
+    }
+
     pub fn of(e: &Error) -> ExitCode {
         match e {
             Error::Config(_)
@@ -352,8 +398,9 @@ impl Ctx {
     }
 
     /// Opens the repository with `[signing]` applied, and says once, on
-    /// stderr, when its objects cannot be trusted: unsigned mode, or a
-    /// `repo.json` without a trusted signature.
+    /// stderr, when its objects cannot be trusted: a `repo.json` without a
+    /// trusted signature, or unsigned mode where that informs (see
+    /// [`Ctx::warns_unsigned`]).
     async fn repo(&self, config: &Config) -> crate::Result<Repo> {
         let signing = crate::signing::for_config(config)?;
         let repo = match &self.cli.repo {
@@ -368,10 +415,28 @@ impl Ctx {
         }
         if let Some(why) = &repo.marker_untrusted {
             errln!("warning: {why}");
-        } else if repo.signing.is_none() && !self.cli.quiet {
+        } else if repo.signing.is_none() && !self.cli.quiet && self.warns_unsigned(&repo) {
             errln!("warning: {}", crate::signing::unsigned_warning(&repo));
         }
         Ok(repo)
+    }
+
+    /// Unsigned mode is a deliberate, documented default, so saying so on
+    /// every command (a new user's `init`, `backup`, `list`) teaches people
+    /// to skip warnings. It is said where it informs: `check` and `status`,
+    /// which describe the set-up; and the commands that act on a manifest
+    /// they trust (`restore`, `verify`, `drill`) when the repository's
+    /// repo.json is signed, i.e. some host signs and this one cannot check.
+    /// `check` says it in its own report.
+    fn warns_unsigned(&self, repo: &Repo) -> bool {
+        match &self.cli.command {
+            // `check` says it itself, among the rest of the set-up.
+            Command::Status => true,
+            Command::Restore(_) | Command::Verify { .. } | Command::Drill(_) => {
+                repo.marker_is_signed()
+            }
+            _ => false,
+        }
     }
 
     fn identities(&self, config: &Config) -> crate::Result<Vec<age::x25519::Identity>> {
@@ -424,17 +489,26 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
             command: KeyCommand::Public { file },
         } => inspect::signing_key_public(&ctx, file),
         Command::Init => inspect::init(&ctx).await,
-        Command::Check => inspect::check(&ctx),
+        Command::Check { offline } => inspect::check(&ctx, *offline).await,
         Command::Sign { dry_run, .. } => sign::sign_existing(&ctx, *dry_run).await,
         Command::Backup { policy, all } => backup::backup(&ctx, policy.as_deref(), *all).await,
         Command::List {
             policy,
             deleted: false,
-        } => inspect::list(&ctx, policy.as_deref()).await,
+            since,
+            last,
+        } => inspect::list(&ctx, policy.as_deref(), since.as_deref(), *last).await,
         Command::List {
             policy,
             deleted: true,
+            ..
         } => prune::list_deleted(&ctx, policy.as_deref()).await,
+        Command::Forget {
+            policy,
+            id,
+            dry_run,
+            yes,
+        } => prune::forget(&ctx, policy, id, *dry_run, *yes).await,
         Command::Restore(args) => restore::restore(&ctx, args).await,
         Command::Drill(args) => drill::drill(&ctx, args).await,
         Command::Drills { policy } => drill::drills(&ctx, policy.as_deref()).await,

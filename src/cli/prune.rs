@@ -97,6 +97,40 @@ pub async fn prune(ctx: &Ctx, policy: Option<&str>, dry_run: bool) -> Result<()>
     }
 }
 
+/// `forget POLICY ID`: prune's machinery for one backup, so that the
+/// lease, the holds of restores and drills and the newest-good invariant
+/// apply as they do to prune. The plan is printed, then confirmed.
+pub async fn forget(ctx: &Ctx, policy: &str, id: &str, dry_run: bool, yes: bool) -> Result<()> {
+    let config = ctx.config()?;
+    let policy = config.policy(policy)?;
+    let repo = ctx.repo(&config).await?;
+    let json = ctx.cli.json;
+    let mut opts = PruneOptions {
+        dry_run: true,
+        on_plan: (!json).then(|| Arc::new(print_plan) as job::PlanCallback),
+        cancel: ctx.cancel.clone(),
+        only: Some(id.to_string()),
+        ..PruneOptions::default()
+    };
+    let plan = job::prune(&repo, policy, &opts).await?;
+    let report = if dry_run {
+        plan
+    } else {
+        if !yes {
+            super::restore::ask(&format!("deleting backup {id} of `{}`", policy.name))?;
+        }
+        opts.dry_run = false;
+        opts.on_plan = None;
+        job::prune(&repo, policy, &opts).await?
+    };
+    if json {
+        ctx.print_json(&serde_json::json!({ "dry_run": dry_run, "reports": [&report] }));
+    } else {
+        print_outcome(&report);
+    }
+    Ok(())
+}
+
 fn print_plan(r: &PruneReport) {
     outln!(
         "Prune plan for {} ({}) in {}{}:",

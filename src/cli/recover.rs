@@ -15,23 +15,34 @@ use crate::repo::catalog;
 use crate::source::pgcluster::recover::{self, Settings, Start, Target};
 use crate::timespec::{self, TimeSpec};
 
-/// Reads the target from the flags; `--backup ID` alone is its consistent point.
-fn target(args: &RestoreArgs) -> Result<Option<Target>> {
+/// Reads the target from the flags; `--backup ID` alone is its consistent
+/// point. A local `--to` also says how it was read, for the plan.
+fn target(args: &RestoreArgs) -> Result<(Option<Target>, Option<String>)> {
     if let Some(to) = &args.to {
-        let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime {
-            input: to.clone(),
-            reason,
-        })?;
-        return Ok(Some(match spec {
+        let reading =
+            timespec::read_timespec_local(to, Utc::now()).map_err(|reason| Error::InvalidTime {
+                input: to.clone(),
+                reason,
+            })?;
+        let target = match reading.spec {
             TimeSpec::Latest => Target::Latest,
             spec => Target::Time(timespec::resolve(&spec, Utc::now()).map_err(|reason| {
                 Error::InvalidTime {
                     input: to.clone(),
-                    reason,
+                    reason: match &reading.local {
+                        Some(read) => format!("{read}, and {reason}"),
+                        None => reason,
+                    },
                 }
             })?),
-        }));
+        };
+        return Ok((Some(target), reading.local));
     }
+    Ok((target_other(args)?, None))
+}
+
+/// The targets that are not times.
+fn target_other(args: &RestoreArgs) -> Result<Option<Target>> {
     if let Some(lsn) = &args.to_lsn {
         return Ok(Some(Target::Lsn(
             lsn.parse()
@@ -88,7 +99,7 @@ pub async fn restore_cluster(
                 .into(),
         ));
     }
-    let wanted = target(args)?;
+    let (wanted, read_as) = target(args)?;
     crate::restore::check_empty_dir(data_dir)?;
     let identities = ctx.identities(config)?;
     let repo = ctx.repo(config).await?;
@@ -125,6 +136,7 @@ pub async fn restore_cluster(
             manifest.id
         );
     }
+    crate::restore::check_identity(&identities, manifest)?;
     let info = manifest.cluster.as_ref().ok_or_else(|| Error::Integrity {
         object: crate::repo::manifest_key(&policy.name, &manifest.id),
         reason: "a backup of a postgres-cluster policy without its cluster details".into(),
@@ -155,6 +167,7 @@ pub async fn restore_cluster(
     let mut plan: Vec<(&str, String)> = vec![
         ("policy", policy.name.clone()),
         ("target", target.describe()),
+        ("target time", read_as.unwrap_or_default()),
         (
             "base backup",
             format!(
@@ -168,6 +181,7 @@ pub async fn restore_cluster(
         ("WAL to replay", recover::segment_count_text(&wal)),
         ("timelines", wal.path.describe()),
     ];
+    plan.retain(|(_, v)| !v.is_empty());
     if let Target::Name(n) = &target {
         plan.push((
             "restore point",
@@ -248,12 +262,12 @@ pub async fn restore_cluster(
     if ctx.cli.json {
         errln!(
             "{}",
-            serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })
+            serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.replace([' ', '-'], "_"), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })
         );
     } else {
         errln!("Restore plan:");
         for (k, v) in &plan {
-            errln!("  {k:<17} {v}");
+            errln!("{}", super::restore::plan_line(k, v));
         }
     }
     if args.dry_run {

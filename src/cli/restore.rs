@@ -131,15 +131,22 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         )));
     }
     let now = Utc::now();
+    let mut read_as = None;
     let (spec, target_time) = match &args.to {
         Some(to) => {
-            let spec = timespec::parse_timespec_local(to).map_err(|reason| Error::InvalidTime {
-                input: to.clone(),
-                reason,
-            })?;
+            let reading =
+                timespec::read_timespec_local(to, now).map_err(|reason| Error::InvalidTime {
+                    input: to.clone(),
+                    reason,
+                })?;
+            read_as = reading.local;
+            let spec = reading.spec;
             let t = timespec::resolve(&spec, now).map_err(|reason| Error::InvalidTime {
                 input: to.clone(),
-                reason,
+                reason: match &read_as {
+                    Some(read) => format!("{read}, and {reason}"),
+                    None => reason,
+                },
             })?;
             (Some(spec), Some(t))
         }
@@ -208,7 +215,14 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         },
         (None, Some(t)) => {
             pruned = None;
-            let s = catalog.select(&policy.name, t)?;
+            let s = catalog
+                .select(&policy.name, t)
+                .map_err(|e| match (e, &read_as) {
+                    (Error::NoBackup(why), Some(read)) => {
+                        Error::NoBackup(format!("{why} ({read})"))
+                    }
+                    (e, _) => e,
+                })?;
             (s.backup, Some(s.gap))
         }
         (None, None) => unreachable!("clap requires --to or --backup"),
@@ -217,20 +231,48 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     if args.verify {
         check_verifiable(manifest, &destination)?;
     }
+    job::check_identity(&identities, manifest)?;
 
     // The plan, before anything is touched.
+    let zone = timespec::LocalZone::from_env().unwrap_or(timespec::LocalZone::System);
     let mut plan = vec![("policy", policy.name.clone())];
     if let (Some(spec), Some(t)) = (&spec, target_time) {
-        let asked = match spec {
-            TimeSpec::Latest => "latest".to_string(),
-            _ => format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S")),
+        let asked = match (spec, &read_as) {
+            (TimeSpec::Latest, _) => "latest".to_string(),
+            (_, Some(read)) => read.clone(),
+            _ => zone.beside_utc(t),
         };
         plan.push(("target time", asked));
     }
     plan.push(("backup", manifest.id.clone()));
+    plan.push(("point in time", zone.beside_utc(manifest.point_in_time)));
+    if target_time.is_some() && args.backup.is_none() {
+        // What else the target could have reached: an operator who sees
+        // the next backup is minutes after the target may pick that instead.
+        let chosen = catalog.backups.iter().position(|b| b.id == manifest.id);
+        let after = chosen
+            .and_then(|i| i.checked_sub(1))
+            .map(|i| &catalog.backups[i])
+            .map_or_else(
+                || "none after the target time".to_string(),
+                |b| {
+                    format!(
+                        "{} at {} (after the target time, so not chosen)",
+                        b.id,
+                        zone.beside_utc(b.point_in_time)
+                    )
+                },
+            );
+        plan.push(("next backup", after));
+    }
     plan.push((
-        "point in time",
-        format!("{} UTC", manifest.point_in_time.format("%Y-%m-%d %H:%M:%S")),
+        "restores",
+        match policy.source {
+            SourceConfig::Files { .. } => {
+                "a snapshot of the files at its point in time (no replay to the target time)".to_string()
+            }
+            _ => "a pg_dump snapshot at its point in time, not a replay to the target time (that needs a postgres-cluster policy with WAL archiving)".to_string(),
+        },
     ));
     if let Some(g) = gap {
         if matches!(spec, Some(TimeSpec::Latest)) {
@@ -257,7 +299,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
             format!(
                 "this backup was pruned{}; it is read from manifest version {} and the object versions it records",
                 p.deleted_at
-                    .map(|t| format!(" on {} UTC", t.format("%Y-%m-%d %H:%M:%S")))
+                    .map(|t| format!(" on {} UTC", t.format(timespec::SECONDS)))
                     .unwrap_or_default(),
                 p.manifest_version_id
             ),
@@ -311,11 +353,11 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         }
     };
     if ctx.cli.json {
-        errln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
+        errln!("{}", serde_json::to_string(&serde_json::json!({ "plan": plan.iter().map(|(k, v)| (k.replace([' ', '-'], "_"), v.clone())).collect::<std::collections::BTreeMap<_, _>>() })).expect("plan serialises"));
     } else {
         errln!("Restore plan:");
         for (k, v) in &plan {
-            errln!("  {k:<17} {v}");
+            errln!("{}", plan_line(k, v));
         }
     }
     if let Destination::Database(t) = &destination
@@ -385,10 +427,15 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         if args.wait {
             job::thaw(&repo, manifest, &needed, &thaw, &mut report).await?;
         }
-        let progress = Progress::start(
+        let progress = Progress::start_finishing(
             &format!("restore {}", policy.name),
             Some(manifest.data.digests.size),
             ctx.progress(),
+            match destination {
+                Destination::Database(_) => "pg_restore is building indexes",
+                Destination::Directory(_) => "writing the last files",
+                Destination::File(_) | Destination::Stdout => "flushing the output",
+            },
         );
         let received = crate::progress::Meter {
             bytes: progress.counter.clone(),
@@ -552,6 +599,34 @@ async fn find_pruned(
     }
 }
 
+/// Terminals and on-call laptops are often 80 columns wide.
+const PLAN_WIDTH: usize = 80;
+
+/// One line of a plan, `  key               value`, with a long value
+/// wrapped at word boundaries under itself so that every line fits
+/// [`PLAN_WIDTH`] (a single word longer than that, a path, stays whole).
+pub(super) fn plan_line(key: &str, value: &str) -> String {
+    let indent = 20;
+    let mut out = format!("  {key:<17} ");
+    let mut width = out.chars().count();
+    let mut first = true;
+    for word in value.split(' ') {
+        let len = word.chars().count();
+        if !first && width + 1 + len > PLAN_WIDTH {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            width = indent;
+        } else if !first {
+            out.push(' ');
+            width += 1;
+        }
+        out.push_str(word);
+        width += len;
+        first = false;
+    }
+    out
+}
+
 fn confirm() -> Result<()> {
     ask("restoring into a database")
 }
@@ -574,5 +649,26 @@ pub(super) fn ask(what: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Refused("not confirmed; nothing was changed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plan_lines_fit_80_columns_and_wrap_under_the_value() {
+        let line = super::plan_line(
+            "next backup",
+            "20261201T002939Z-900fc6ec at 2026-12-01 00:29:39 UTC (2026-11-30 19:29:39 America/New_York) (after the target time, so not chosen)",
+        );
+        assert!(line.lines().all(|l| l.chars().count() <= 80), "{line}");
+        assert!(
+            line.starts_with("  next backup       20261201T002939Z-900fc6ec at"),
+            "{line}"
+        );
+        assert!(
+            line.lines().skip(1).all(|l| l.starts_with(&" ".repeat(20))),
+            "{line}"
+        );
+        assert_eq!(super::plan_line("policy", "etc"), "  policy            etc");
     }
 }

@@ -292,7 +292,7 @@ pub async fn status(ctx: &Ctx, policy: &str) -> Result<()> {
         .iter()
         .filter_map(|t| t.newest_archived_at)
         .max();
-    let rpo = policy.schedule.as_ref().and_then(|s| s.rpo_target);
+    let rpo = policy.rpo_target().map(|(t, _)| t);
     let gap_lines = wal.gap_lines(&policy.name, &catalog.backups);
     let mut problems = crate::wal::status::problems(&policy.name, &gap_lines, newest_at, rpo, now);
     let spool = crate::wal::spool::usage(

@@ -204,6 +204,23 @@ pub struct Policy {
     pub drill: Option<Drill>,
 }
 
+impl Policy {
+    /// The policy's one RPO target, and the setting it comes from:
+    /// `[schedule] rpo_target`, else `[drill] rpo_target` (both may be set
+    /// only to the same value; the configuration refuses a conflict).
+    /// Status, the daemon, its alerts and metrics, drills and the report
+    /// all read it here, so they cannot disagree.
+    pub fn rpo_target(&self) -> Option<(Duration, &'static str)> {
+        let schedule = self.schedule.as_ref().and_then(|s| s.rpo_target);
+        let drill = self.drill.as_ref().and_then(|d| d.rpo_target);
+        match (schedule, drill) {
+            (Some(t), _) => Some((t, "[schedule] rpo_target")),
+            (None, Some(t)) => Some((t, "[drill] rpo_target")),
+            (None, None) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Postgres {
@@ -424,17 +441,130 @@ impl Ctx<'_> {
     }
 }
 
-fn toml_error(path: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map(|s| line_of(text, s.start));
     let mut message = e.message().trim().to_string();
     if let Some(hint) = suggest_field(&message) {
         message.push_str(&format!("; did you mean `{hint}`?"));
+    }
+    if let Some(better) = line.and_then(|l| name_the_key(text, l, &message)) {
+        message = better;
     }
     ConfigError {
         path: path.to_path_buf(),
         line,
         message,
     }
+}
+
+/// Most problems a file can have, listed at once. serde stops at the first
+/// type error or unknown key, so each such line is set aside (commented
+/// out, so that line numbers stay) and the file read again, up to
+/// [`MAX_LISTED_ERRORS`]. The checks after parsing (cron, durations,
+/// names) list their problems together in the next run.
+fn read_listing_errors<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let before = errors.len();
+    let parsed = read_setting_aside(path, text, errors);
+    // In line order, as a reader goes through the file.
+    errors[before..].sort_by_key(|e| e.line);
+    // The checks after parsing would then report what was set aside as
+    // missing ("a files source needs paths"), which is not the problem.
+    parsed.filter(|_| errors.len() == before)
+}
+
+fn read_setting_aside<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let mut current = text.to_string();
+    let mut set_aside = std::collections::BTreeSet::new();
+    for _ in 0..MAX_LISTED_ERRORS {
+        let e = match toml::from_str::<T>(&current) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let message = e.message();
+        let data = [
+            "invalid type",
+            "invalid value",
+            "unknown field",
+            "unknown variant",
+            "invalid length",
+        ]
+        .iter()
+        .any(|p| message.starts_with(p));
+        if !set_aside.is_empty() && !data {
+            // A consequence of a line set aside (a required key now
+            // missing, an array cut in two), not a problem of the file.
+            return None;
+        }
+        errors.push(toml_error(path, &current, &e));
+        let line = e.span().map(|s| line_of(&current, s.start));
+        match line {
+            Some(l) if data && set_aside.insert(l) => {
+                current = current
+                    .split('\n')
+                    .enumerate()
+                    .map(|(i, s)| {
+                        if i + 1 == l {
+                            format!("#{s}")
+                        } else {
+                            s.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Beyond this many problems in one file, the rest wait for the next run.
+const MAX_LISTED_ERRORS: usize = 20;
+
+/// serde's "invalid type: string \"7\", expected u32" names no key; the
+/// line does: "`retention.keep_daily` must be a non-negative integer, not
+/// the string \"7\"".
+fn name_the_key(text: &str, line: usize, message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (found, expected) = rest.rsplit_once(", expected ")?;
+    let lines: Vec<&str> = text.split('\n').collect();
+    let key = lines.get(line.checked_sub(1)?)?.split_once('=')?.0.trim();
+    let key = key.trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let full = match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
+        "a sequence" => "an array",
+        "a boolean" => "true or false",
+        other => other,
+    };
+    let found = found
+        .strip_prefix("integer ")
+        .map(|n| n.trim_matches('`').to_string())
+        .unwrap_or_else(|| format!("the {found}"));
+    Some(format!("`{full}` must be {expected}, not {found}"))
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`", the closest
@@ -470,13 +600,7 @@ fn parse_config(
     base: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Config> {
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            errors.push(toml_error(path, text, e));
-            return None;
-        }
-    };
+    let raw: RawConfig = read_listing_errors(path, text, errors)?;
     let mut cx = Ctx { path, text, errors };
     let repository = parse_repository(&mut cx, &raw.repository, base);
 
@@ -1093,14 +1217,8 @@ pub fn valid_policy_name(name: &str) -> bool {
 
 /// Parses one policy file.
 pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<Policy> {
-    let raw: RawPolicy = match toml::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            errors.push(toml_error(path, text, e));
-            return None;
-        }
-    };
     let before = errors.len();
+    let raw: RawPolicy = read_listing_errors(path, text, errors)?;
     let mut cx = Ctx { path, text, errors };
     let stem = path
         .file_stem()
@@ -1226,6 +1344,26 @@ pub fn parse_policy(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> O
                 .collect(),
         }
     });
+    if let (Some(rs), Some(rd)) = (
+        raw.schedule.as_ref().and_then(|s| s.rpo_target.as_ref()),
+        raw.drill.as_ref().and_then(|d| d.rpo_target.as_ref()),
+    ) && let (Some(a), Some(b)) = (
+        schedule.as_ref().and_then(|s| s.rpo_target),
+        drill.as_ref().and_then(|d| d.rpo_target),
+    ) && a != b
+    {
+        let line = line_of(cx.text, rs.span().start);
+        cx.err(
+            rd,
+            format!(
+                "`[drill] rpo_target` = \"{}\" disagrees with `[schedule] rpo_target` = \"{}\" (line {line}); \
+                 a policy has one RPO target, used by status, the daemon's alerts, drills and the report: \
+                 set it once, in [schedule]",
+                rd.get_ref(),
+                rs.get_ref()
+            ),
+        );
+    }
     if errors.len() > before {
         return None;
     }
@@ -1394,6 +1532,39 @@ mod tests {
             "{errs:?}"
         );
         assert!(!errs[0].contains("secret"), "{errs:?}");
+    }
+
+    /// serde stops at the first wrong type and names no key; every problem
+    /// of a file is listed, each naming its key.
+    #[test]
+    fn wrong_types_name_their_keys_and_are_listed_with_the_rest() {
+        let errs = policy_errors(
+            "[source]\ntype = \"files\"\npaths = [\"/etc\"]\n[retention]\nkeep_last = -1\nkeep_daily = \"7\"\nkeep_dayly = 3\n",
+        );
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].contains(":5:")
+                && errs[0].contains("`retention.keep_last` must be a non-negative integer, not -1"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains(":6:")
+                && errs[1].contains(
+                    "`retention.keep_daily` must be a non-negative integer, not the string \"7\""
+                ),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].contains(":7:") && errs[2].contains("did you mean `keep_daily`?"),
+            "{errs:?}"
+        );
+        let errs = policy_errors("[source]\ntype = \"files\"\npaths = \"/etc\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(":3:")
+                && errs[0].contains("`source.paths` must be an array, not the string"),
+            "{errs:?}"
+        );
     }
 
     #[test]

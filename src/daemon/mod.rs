@@ -513,7 +513,7 @@ fn longest_gap(t: &Timetable, from: DateTime<Utc>) -> Option<Duration> {
 }
 
 fn rpo_target(p: &Policy) -> Option<Duration> {
-    p.schedule.as_ref().and_then(|s| s.rpo_target)
+    p.rpo_target().map(|(t, _)| t)
 }
 
 async fn load_newest(repo: &Repo, state: &Shared, names: impl Iterator<Item = String>) {

@@ -146,11 +146,8 @@ pub async fn run(
         rpo: record::Objective {
             measured_seconds: None,
             target_seconds: policy
-                .drill
-                .as_ref()
-                .and_then(|d| d.rpo_target)
-                .or(policy.schedule.as_ref().and_then(|s| s.rpo_target))
-                .map(|d| d.num_milliseconds() as f64 / 1000.0),
+                .rpo_target()
+                .map(|(d, _)| d.num_milliseconds() as f64 / 1000.0),
         },
         checks: Vec::new(),
         recovery: None,
@@ -266,6 +263,7 @@ async fn drill_steps(
     }
 
     let identities = crate::pipeline::crypto::read_identities(opts.identity_file.as_deref())?;
+    crate::restore::check_identity(&identities, manifest)?;
     match &policy.source {
         SourceConfig::Postgres {
             url: source_url, ..

@@ -146,20 +146,21 @@ pub fn select<'a>(
     backups: &'a [Manifest],
     target: DateTime<Utc>,
 ) -> Result<Selection<'a>> {
-    if let Some(b) = backups.iter().find(|b| b.point_in_time <= target) {
+    // Points in time are shown to the second, and a time copied from
+    // `list` must pick the backup on that line, not the one before it.
+    let shown = |t: DateTime<Utc>| chrono::SubsecRound::trunc_subsecs(t, 0);
+    if let Some(b) = backups.iter().find(|b| shown(b.point_in_time) <= target) {
         return Ok(Selection {
             backup: b,
-            gap: target - b.point_in_time,
+            gap: (target - b.point_in_time).max(Duration::zero()),
         });
     }
     Err(Error::NoBackup(match backups.last() {
         None => format!("policy `{policy}` has no backups yet; run `drctl backup {policy}` first"),
         Some(first) => format!(
-            "no backup of `{policy}` is at or before {}; the first one is from {}",
-            target.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            first
-                .point_in_time
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            "no backup of `{policy}` is at or before {} UTC; the first one is from {} UTC",
+            target.format(crate::timespec::SECONDS),
+            first.point_in_time.format(crate::timespec::SECONDS)
         ),
     }))
 }
@@ -481,9 +482,14 @@ mod tests {
         assert_eq!(select("p", &backups, t(12)).unwrap().backup.id, "c");
         let err = select("p", &backups, t(3)).unwrap_err().to_string();
         assert!(
-            err.contains("the first one is from 2026-11-26T04:00:00Z"),
+            err.contains("the first one is from 2026-11-26 04:00:00 UTC"),
             "{err}"
         );
+        // A time copied from `list`, which shows whole seconds.
+        let precise = t(8) + Duration::milliseconds(700);
+        let backups = vec![m("b", precise), m("a", t(4))];
+        let s = select("p", &backups, t(8)).unwrap();
+        assert_eq!((s.backup.id.as_str(), s.gap), ("b", Duration::zero()));
         let err = select("p", &[], t(3)).unwrap_err().to_string();
         assert!(err.contains("no backups yet"), "{err}");
     }

@@ -130,15 +130,16 @@ impl Repo {
     /// `NotInitialised` when there is no marker, a storage error when the
     /// store cannot be reached, and a refusal for a newer format.
     pub async fn open(store: Arc<dyn Store>) -> Result<Repo> {
-        let (bytes, _) = store.get(MARKER_KEY, None).await.map_err(|e| {
-            if e.kind == StorageErrorKind::NotFound && !e.detail.contains("bucket") {
-                Error::NotInitialised {
+        let (bytes, _) = match store.get(MARKER_KEY, None).await {
+            Ok(found) => found,
+            Err(e) if e.kind == StorageErrorKind::NotFound && !e.detail.contains("bucket") => {
+                return Err(Error::NotInitialised {
                     location: store.location(),
-                }
-            } else {
-                Error::Storage(e)
+                    detail: missing_marker(store.as_ref()).await,
+                });
             }
-        })?;
+            Err(e) => return Err(Error::Storage(e)),
+        };
         let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
             object: format!("{}/{MARKER_KEY}", store.location()),
             reason: format!("not a drctl repository marker: {e}"),
@@ -272,6 +273,25 @@ impl Repo {
             recipients: recipients.to_vec(),
         };
         let mut body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+        // Backups without a marker are a repository that lost its
+        // repo.json (or a wrong prefix): a new marker over them would hide
+        // the problem and start a second history beside theirs.
+        if let Err(e) = store.head(MARKER_KEY, None).await
+            && e.kind == StorageErrorKind::NotFound
+        {
+            let mut orphans = store.list("backups/").await?;
+            orphans.extend(store.list("wal/").await?);
+            if let Some(first) = orphans.first() {
+                return Err(Error::Refused(format!(
+                    "{} holds {} backup or WAL objects (e.g. {}) but no repo.json; drctl init does not create a \
+                     repository over them. If the repository lost its repo.json, restore it from a copy (or \
+                     recover by hand, docs/manual-recovery.md); if this is the wrong place, fix [repository]",
+                    store.location(),
+                    orphans.len(),
+                    first.key
+                )));
+            }
+        }
         if let Some(key) = signing.and_then(|s| s.key.as_ref()) {
             body = crate::signing::sign(key, MARKER_KEY, &body);
         }
@@ -284,6 +304,87 @@ impl Repo {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// What stands where `repo.json` should be. "Run `drctl init`" is the
+/// right advice only for a place meant to hold a new repository: on a
+/// volume that did not mount, or a repository whose marker was lost, it
+/// would create an empty repository over the missing one.
+async fn missing_marker(store: &dyn Store) -> String {
+    let objects = store.list("").await.unwrap_or_default();
+    let backups = objects
+        .iter()
+        .filter(|o| o.key.starts_with("backups/") || o.key.starts_with("wal/"))
+        .count();
+    if backups > 0 {
+        return format!(
+            "it holds {backups} backup or WAL objects (e.g. {}) but no repo.json, so repo.json was deleted \
+             or this is not where drctl created it; do not run `drctl init` here (docs/manual-recovery.md \
+             restores without it); point [repository] at the right place or restore repo.json from a copy",
+            objects
+                .iter()
+                .find(|o| o.key.starts_with("backups/") || o.key.starts_with("wal/"))
+                .map_or("", |o| o.key.as_str())
+        );
+    }
+    let Some(root) = store.local_root() else {
+        return "the prefix is empty; if this is where a new repository should be, run `drctl init`"
+            .into();
+    };
+    let what = if root.is_dir() {
+        format!("directory {} is empty", root.display())
+    } else {
+        format!("directory {} does not exist", root.display())
+    };
+    match unmounted_hint(root) {
+        Some(hint) => format!(
+            "{what}, and {hint}: if the backup volume should be mounted there, mount it \
+             (`findmnt`, /etc/fstab) and try again; `drctl init` now would create a new, empty repository \
+             in place of the one on that volume"
+        ),
+        None => format!("{what}; if this is where a new repository should be, run `drctl init`"),
+    }
+}
+
+/// Why the repository directory looks like it sits on a volume that is not
+/// mounted: it, or its parent, is an empty directory that nothing is
+/// mounted on (same device as its own parent).
+pub fn unmounted_hint(root: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::path::absolute(root).ok()?;
+    let parent = root.parent()?;
+    let empty_unmounted = |dir: &std::path::Path| -> bool {
+        let Some(up) = dir.parent() else {
+            return false;
+        };
+        let (Ok(meta), Ok(up_meta)) = (std::fs::metadata(dir), std::fs::metadata(up)) else {
+            return false;
+        };
+        meta.is_dir()
+            && meta.dev() == up_meta.dev()
+            && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+    };
+    let in_fstab = |dir: &std::path::Path| {
+        std::fs::read_to_string("/etc/fstab").is_ok_and(|t| {
+            t.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.split_whitespace().nth(1) == Some(&*dir.to_string_lossy()))
+        })
+    };
+    for dir in [root.as_path(), parent] {
+        if in_fstab(dir) && empty_unmounted(dir) {
+            return Some(format!(
+                "{} is a mount point in /etc/fstab with nothing mounted on it",
+                dir.display()
+            ));
+        }
+    }
+    (!root.exists() && empty_unmounted(parent)).then(|| {
+        format!(
+            "its parent {} is an empty directory with nothing mounted on it",
+            parent.display()
+        )
+    })
 }
 
 fn no_signing_key(what: &str) -> Error {

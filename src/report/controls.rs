@@ -32,6 +32,7 @@ struct Facts<'a> {
     rto_missed: Vec<String>,
     rto_met: Vec<String>,
     broken_chains: Vec<&'a str>,
+    without_records: Vec<&'a str>,
     unverified_backups: Vec<&'a str>,
 }
 
@@ -118,6 +119,7 @@ fn facts(policies: &[PolicyReport]) -> Facts<'_> {
             })
             .collect(),
         broken_chains: names(|p| !p.chain.ok),
+        without_records: names(|p| p.chain.records == 0),
         unverified_backups: names(|p| p.backups.taken > 0 && p.drills.data_verified == 0),
     }
 }
@@ -127,11 +129,17 @@ fn list(names: &[&str]) -> String {
 }
 
 impl Facts<'_> {
-    /// Backups exist for every policy and no RPO target was missed.
+    /// Backups exist for every policy, every policy has an RPO target and
+    /// met it, and no backup attempt failed: a policy without a target has
+    /// nothing to be judged against, and a failed attempt is a gap.
     fn backup_coverage(&self) -> Coverage {
         if self.backups == 0 {
             Coverage::NotShown
-        } else if self.without_backups.is_empty() && self.rpo_missed.is_empty() {
+        } else if self.without_backups.is_empty()
+            && self.rpo_missed.is_empty()
+            && self.without_rpo_target.is_empty()
+            && self.backups_failed == 0
+        {
             Coverage::Shown
         } else {
             Coverage::Partial
@@ -289,9 +297,16 @@ impl Facts<'_> {
     }
 
     fn chain(&self) -> String {
-        if self.broken_chains.is_empty() {
+        if self.without_records.len() == self.policies {
+            "There are no drill records, so there is no chain of records to check.".to_string()
+        } else if self.broken_chains.is_empty() && self.without_records.is_empty() {
             "The drill records of every policy form an intact hash chain (see the evidence appendix)."
                 .to_string()
+        } else if self.broken_chains.is_empty() {
+            format!(
+                "The drill records form an intact hash chain where there are any (see the evidence appendix); no records for: {}.",
+                list(&self.without_records)
+            )
         } else {
             format!(
                 "The chain of drill records is BROKEN for: {}. Records were edited or removed; the drill figures for these policies cannot be relied on until that is explained.",

@@ -207,7 +207,9 @@ pub fn render_html(r: &Report) -> String {
 fn summary(h: &mut String, r: &Report) {
     h.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n");
     let t = &r.totals;
-    let chains = if t.chains_intact {
+    let chains = if t.chains_intact && t.drill_records == 0 {
+        badge("na", "none")
+    } else if t.chains_intact {
         badge("ok", "chain intact")
     } else {
         badge("bad", "chain BROKEN")
@@ -259,7 +261,9 @@ fn summary(h: &mut String, r: &Report) {
             drills,
             esc(&rto),
             met_badge(d.rto_met, d.rto_target_seconds.is_some()),
-            if p.chain.ok {
+            if p.chain.ok && p.chain.records == 0 {
+                badge("na", "no records")
+            } else if p.chain.ok {
                 badge("ok", &format!("{} intact", p.chain.records))
             } else {
                 badge("bad", "BROKEN")
@@ -578,7 +582,9 @@ fn appendix(h: &mut String, r: &Report) {
     let _ = writeln!(
         h,
         "<p>Each drill record carries the sha256 of the policy's previous record. Checked over every record in the repository, not only the period's: {}</p>",
-        if r.evidence.chains_intact {
+        if r.evidence.chains.iter().all(|c| c.records == 0) {
+            badge("na", "no drill records")
+        } else if r.evidence.chains_intact {
             badge("ok", "every chain intact")
         } else {
             badge("bad", "BROKEN")
@@ -586,7 +592,9 @@ fn appendix(h: &mut String, r: &Report) {
     );
     h.push_str("<table>\n<thead><tr><th>Policy</th><th class=\"num\">Records</th><th>Result</th></tr></thead>\n<tbody>\n");
     for c in &r.evidence.chains {
-        let result = if c.ok {
+        let result = if c.ok && c.records == 0 {
+            badge("na", "no records")
+        } else if c.ok {
             badge("ok", "intact")
         } else {
             let items: Vec<String> = c

@@ -37,7 +37,9 @@ pub fn render_markdown(r: &Report) -> String {
     // Summary.
     let t = &r.totals;
     let _ = writeln!(m, "## Summary\n");
-    let chains = if t.chains_intact {
+    let chains = if t.chains_intact && t.drill_records == 0 {
+        "none"
+    } else if t.chains_intact {
         "every chain intact"
     } else {
         "chain BROKEN"
@@ -178,7 +180,9 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(
         m,
         "Each drill record carries the sha256 of the policy's previous record; checked over every record in the repository, not only the period's. Result: **{}**.\n",
-        if r.evidence.chains_intact {
+        if r.evidence.chains.iter().all(|c| c.records == 0) {
+            "no drill records"
+        } else if r.evidence.chains_intact {
             "every chain intact"
         } else {
             "BROKEN"

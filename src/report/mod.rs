@@ -134,12 +134,9 @@ impl PolicyInput {
         runs: Vec<StoredRun>,
     ) -> PolicyInput {
         let seconds = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
-        let drill_rpo = policy.drill.as_ref().and_then(|d| d.rpo_target);
-        let schedule_rpo = policy.schedule.as_ref().and_then(|s| s.rpo_target);
-        let (rpo_target_seconds, rpo_target_from) = match (drill_rpo, schedule_rpo) {
-            (Some(d), _) => (Some(seconds(d)), Some("[drill] rpo_target".to_string())),
-            (None, Some(d)) => (Some(seconds(d)), Some("[schedule] rpo_target".to_string())),
-            (None, None) => (None, None),
+        let (rpo_target_seconds, rpo_target_from) = match policy.rpo_target() {
+            Some((d, from)) => (Some(seconds(d)), Some(from.to_string())),
+            None => (None, None),
         };
         PolicyInput {
             name: policy.name.clone(),
@@ -248,6 +245,9 @@ pub struct Totals {
     pub drills_failed: usize,
     /// Every policy's chain of drill records is intact.
     pub chains_intact: bool,
+    /// Drill records over every chain: with none, "intact" says nothing,
+    /// and the report shows it grey, not as a pass.
+    pub drill_records: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -515,6 +515,7 @@ pub fn build(input: &ReportInput) -> Report {
         drills_passed: policies.iter().map(|p| p.drills.passed).sum(),
         drills_failed: policies.iter().map(|p| p.drills.failed).sum(),
         chains_intact: policies.iter().all(|p| p.chain.ok),
+        drill_records: policies.iter().map(|p| p.chain.records).sum(),
     };
     let lifecycle = lifecycle_view(&input.lifecycle);
     let limitations = limitations(&policies, &protection);
@@ -1269,7 +1270,9 @@ pub(crate) fn rto_sentence(d: &DrillSummary) -> String {
 }
 
 pub(crate) fn chain_sentence(c: &ChainReport) -> String {
-    if c.ok {
+    if c.ok && c.records == 0 {
+        "no drill records, so no chain to check".to_string()
+    } else if c.ok {
         format!("{} record{}, chain intact", c.records, plural(c.records))
     } else {
         format!(

@@ -538,3 +538,33 @@ fn markdown_snapshot() {
 fn json_snapshot() {
     insta::assert_snapshot!(render_json(&build(&input())));
 }
+
+/// A report must not overstate: the backups of a policy without an RPO
+/// target, or with failed attempts, do not evidence the backup control,
+/// and no drill records is grey ("no records"), not a green "0 intact".
+#[test]
+fn a_control_is_not_evidenced_without_a_target_or_with_failures() {
+    let mut only = input();
+    only.policies.retain(|p| p.name == "nginx-config");
+    let coverage = |input: &ReportInput| {
+        let r = build(input);
+        r.controls
+            .iter()
+            .find(|c| c.id == "soc2-a1.2")
+            .unwrap()
+            .coverage
+    };
+    assert_eq!(coverage(&only), Coverage::Partial, "no RPO target");
+    only.policies[0].rpo_target_seconds = Some(7.0 * 86400.0);
+    assert_eq!(coverage(&only), Coverage::Shown, "a target, met");
+    only.policies[0].runs = vec![failed_run("nginx-config", t(24, 1), "storage")];
+    assert_eq!(coverage(&only), Coverage::Partial, "a failed attempt");
+
+    let r = build(&only);
+    let html = render_html(&r);
+    assert!(!html.contains("0 intact"), "{html}");
+    assert!(html.contains("badge na\">no records"), "{html}");
+    let md = render_markdown(&r);
+    assert!(!md.contains("chain intact"), "{md}");
+    assert!(md.contains("no drill records"), "{md}");
+}

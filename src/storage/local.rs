@@ -141,6 +141,10 @@ impl Store for LocalStore {
         format!("file://{}", self.root.display())
     }
 
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Stored, StorageError> {
         let root = self.root.clone();
         let dest = self.path(key);

@@ -127,6 +127,12 @@ pub trait Store: Send + Sync + 'static {
     fn bucket(&self) -> Option<&dyn BucketAdmin> {
         None
     }
+
+    /// The directory of a local repository, for messages about the disk
+    /// under it (an unmounted volume); `None` for a bucket.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// One version of an object, or a delete marker, in a versioned store.
