@@ -19,6 +19,10 @@ pub struct Meter {
     pub bytes: Arc<AtomicU64>,
     /// Set to ask the job to stop; it cleans up and fails with `Interrupted`.
     pub cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// A restore counts the data it hands on (decrypted, decompressed)
+    /// rather than the stored bytes it fetches: the bar's total is then the
+    /// size people know their database or files by.
+    pub count_plaintext: bool,
 }
 
 pub struct Progress {

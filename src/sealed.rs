@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -98,13 +98,24 @@ where
     let obj = object.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<(T, Digests)> {
         let cancel = meter.cancel.clone();
-        let mut reader = ChannelReader::new(rx, meter.bytes);
+        let (stored_counter, plaintext_counter) = if meter.count_plaintext {
+            (Arc::new(AtomicU64::new(0)), Some(meter.bytes))
+        } else {
+            (meter.bytes, None)
+        };
+        let mut reader = ChannelReader::new(rx, stored_counter);
         let outcome = (|| {
             let mut opener = Opener::new(&identities, &mut reader).map_err(|e| match e {
                 crypto::OpenError::NoMatchingKey => Error::Key(format!("the identity file does not decrypt `{obj}`: it matches none of the backup's recipients")),
                 other => Error::Integrity { object: obj.clone(), reason: other.to_string() },
             })?;
-            let value = consume(&mut opener)?;
+            let value = match plaintext_counter {
+                Some(counter) => consume(&mut Counted {
+                    inner: &mut opener,
+                    counter,
+                })?,
+                None => consume(&mut opener)?,
+            };
             let digests = opener.finish().map_err(|e| Error::Integrity {
                 object: obj.clone(),
                 reason: e.to_string(),
@@ -124,6 +135,20 @@ where
     let result = worker.await.expect("restore worker panicked");
     pump.abort();
     result
+}
+
+/// A reader that adds what passes through to a progress counter.
+struct Counted<'a, R: Read> {
+    inner: &'a mut R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 pub(crate) fn fetch_error(e: StorageError, object: &str) -> Error {

@@ -438,7 +438,7 @@ fn bad_copy_settings_and_destinations_are_refused_with_nothing_changed() {
             "{good}\n[[copies]]\nname = \"eu\"\nurl = \"s3://dr-bucket/drctl\"\nendpoint = \"http://127.0.0.1:1\"\nafter_backup = true\n[copies.retention]\nkeep_daily = 90\n"
         ),
     );
-    let checked = json(&ws.ok(&["check", "--json"]));
+    let checked = json(&ws.ok(&["check", "--offline", "--json"]));
     assert_eq!(checked["copies"][1]["name"], "eu", "{checked:#}");
     assert_eq!(
         checked["copies"][1]["retention"], "keep_daily 90",

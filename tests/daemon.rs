@@ -939,6 +939,32 @@ fn alerts_reach_generic_and_slack_webhooks_with_retries() {
             .contains("gone")
     );
     assert_eq!(by_name("late")["rpo"], "breached");
+    // Where `status --json` and the daemon's /status say the same thing,
+    // they say it in the same shape.
+    let from_daemon = d.status();
+    for name in ["broken", "late"] {
+        let (cli, daemon) = (by_name(name), &from_daemon["policies"][name]);
+        assert_eq!(
+            cli["rpo_target_seconds"], daemon["rpo_target_seconds"],
+            "{name}"
+        );
+        assert_eq!(
+            cli["backup"]["schedule"], daemon["backup"]["schedule"],
+            "{name}"
+        );
+        assert_eq!(
+            cli["backup"]["next_run"].is_string(),
+            daemon["backup"]["next_run"].is_string(),
+            "{name}"
+        );
+        assert_eq!(
+            cli["backup"]["last_run"], daemon["backup"]["last_run"],
+            "{name}"
+        );
+        if daemon["newest_backup"].is_object() {
+            assert_eq!(cli["newest_backup"], daemon["newest_backup"], "{name}");
+        }
+    }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken") && err.contains("late"), "{err}");
     d.signal(libc::SIGTERM);
@@ -1525,6 +1551,6 @@ fn a_filling_wal_spool_shows_in_metrics_and_health_and_alerts_once() {
     let pg = &status["policies"][0];
     assert_eq!(pg["newest_backup"], serde_json::Value::Null, "{status}");
     assert_eq!(pg["rpo"], "ok", "{status}");
-    assert_eq!(pg["wal_last_archived"], names[1], "{status}");
-    assert!(pg["wal_lag_seconds"].as_i64().unwrap() < 120, "{status}");
+    assert_eq!(pg["wal"]["last_archived"], names[1], "{status}");
+    assert!(pg["wal"]["lag_seconds"].as_i64().unwrap() < 120, "{status}");
 }

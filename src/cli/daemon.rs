@@ -18,26 +18,22 @@ pub async fn daemon(ctx: &Ctx) -> Result<()> {
 }
 
 #[derive(Debug, Serialize)]
+/// One policy, in the shapes of the daemon's `/status` where the two say
+/// the same thing (`newest_backup`, `rpo_target_seconds`, `backup`,
+/// `wal`), so a script reads either the same way.
 struct PolicyStatus {
     policy: String,
     kind: &'static str,
-    newest_backup: Option<String>,
-    newest_point_in_time: Option<chrono::DateTime<Utc>>,
-    newest_age_seconds: Option<i64>,
     rpo_target_seconds: Option<i64>,
+    newest_backup: Option<NewestBackup>,
+    newest_age_seconds: Option<i64>,
+    /// `ok`, `breached`, `no backup` (`no WAL` for a cluster), or `no target`.
+    rpo: &'static str,
+    backup: BackupStatus,
     /// `postgres-cluster`: the newest WAL segment in the repository and how
     /// long ago it was stored, which is what the RPO is judged by.
     #[serde(skip_serializing_if = "Option::is_none")]
-    wal_last_archived: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wal_lag_seconds: Option<i64>,
-    /// `ok`, `breached`, `no backup` (`no WAL` for a cluster), or `no target`.
-    rpo: &'static str,
-    schedule: Option<String>,
-    next_run: Option<chrono::DateTime<Utc>>,
-    /// From the daemon's `/status`, when it answers.
-    running: Option<bool>,
-    last_run: Option<serde_json::Value>,
+    wal: Option<WalStatus>,
     last_error: Option<String>,
     /// Per `[[copies]]`: the newest backup there and how far it is behind.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -45,10 +41,40 @@ struct PolicyStatus {
 }
 
 #[derive(Debug, Serialize)]
+struct NewestBackup {
+    id: String,
+    point_in_time: chrono::DateTime<Utc>,
+}
+
+impl NewestBackup {
+    fn of(m: &crate::repo::manifest::Manifest) -> NewestBackup {
+        NewestBackup {
+            id: m.id.clone(),
+            point_in_time: m.point_in_time,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct BackupStatus {
+    schedule: Option<String>,
+    next_run: Option<chrono::DateTime<Utc>>,
+    /// From the daemon's `/status`, when it answers.
+    running: Option<bool>,
+    last_run: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct WalStatus {
+    last_archived: Option<String>,
+    last_archived_at: Option<chrono::DateTime<Utc>>,
+    lag_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
 struct CopyStatus {
     copy: String,
-    newest_backup: Option<String>,
-    newest_point_in_time: Option<chrono::DateTime<Utc>>,
+    newest_backup: Option<NewestBackup>,
     /// The primary's newest point in time minus the copy's (with nothing
     /// in the copy, the primary's newest backup's age).
     lag_seconds: Option<i64>,
@@ -111,8 +137,7 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
             let there = found.as_ref().ok().cloned().flatten();
             copy_rows.push(CopyStatus {
                 copy: c.name.clone(),
-                newest_backup: there.as_ref().map(|m| m.id.clone()),
-                newest_point_in_time: there.as_ref().map(|m| m.point_in_time),
+                newest_backup: there.as_ref().map(NewestBackup::of),
                 lag_seconds: match (&newest, &there, &found) {
                     (_, _, Err(_)) => None,
                     (None, _, _) => Some(0),
@@ -147,10 +172,13 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
             (None, Some(t), Some(a)) if a <= t => "ok",
             (None, Some(_), Some(_)) => "breached",
         };
-        let (wal_last_archived, wal_lag_seconds) = match wal.flatten() {
-            Some((name, at)) => (Some(name), Some((now - at).num_seconds().max(0))),
-            None => (None, None),
-        };
+        let wal = wal.map(|last| WalStatus {
+            lag_seconds: last
+                .as_ref()
+                .map(|(_, at)| (now - *at).num_seconds().max(0)),
+            last_archived_at: last.as_ref().map(|(_, at)| *at),
+            last_archived: last.map(|(name, _)| name),
+        });
         let schedule = p.schedule.as_ref().and_then(|s| s.backup.clone());
         let next_run = p.schedule.as_ref().and_then(|s| {
             Timetable::new(s.backup.as_deref()?, s.timezone)
@@ -166,23 +194,23 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         out.policies.push(PolicyStatus {
             policy: p.name.clone(),
             kind: p.source.kind(),
-            newest_backup: newest.as_ref().map(|m| m.id.clone()),
-            newest_point_in_time: newest.as_ref().map(|m| m.point_in_time),
+            newest_backup: newest.as_ref().map(NewestBackup::of),
             newest_age_seconds: age.map(|a| a.num_seconds()),
             rpo_target_seconds: target.map(|t| t.num_seconds()),
-            wal_last_archived,
-            wal_lag_seconds,
+            wal,
             rpo,
-            schedule,
-            next_run,
-            running: from_daemon
-                .as_ref()
-                .and_then(|b| b.get("running")?.as_bool()),
             last_error: last_run
                 .as_ref()
                 .filter(|r| r.get("result").and_then(|v| v.as_str()) == Some("failed"))
                 .and_then(|r| r.get("error")?.as_str().map(str::to_string)),
-            last_run,
+            backup: BackupStatus {
+                schedule,
+                next_run,
+                running: from_daemon
+                    .as_ref()
+                    .and_then(|b| b.get("running")?.as_bool()),
+                last_run,
+            },
             copies: copy_rows,
         });
     }
@@ -237,7 +265,8 @@ fn print_table(s: &Status) {
         let age = p
             .newest_age_seconds
             .map_or("-".into(), |a| human_duration(chrono::Duration::seconds(a)));
-        let rpo = match (p.rpo, p.rpo_target_seconds, p.wal_lag_seconds) {
+        let wal_lag = p.wal.as_ref().and_then(|w| w.lag_seconds);
+        let rpo = match (p.rpo, p.rpo_target_seconds, wal_lag) {
             (r, Some(t), Some(lag)) => format!(
                 "{r} (WAL {} / {})",
                 human_duration(chrono::Duration::seconds(lag)),
@@ -248,14 +277,14 @@ fn print_table(s: &Status) {
             }
             (r, None, _) => r.to_string(),
         };
-        let next = p.next_run.map_or("not scheduled".into(), |t| {
+        let next = p.backup.next_run.map_or("not scheduled".into(), |t| {
             format!(
                 "{} (in {})",
                 t.format("%Y-%m-%d %H:%M:%SZ"),
                 human_duration(t - now)
             )
         });
-        let last = match (&p.running, &p.last_run, &p.last_error) {
+        let last = match (&p.backup.running, &p.backup.last_run, &p.last_error) {
             (Some(true), _, _) => "running".to_string(),
             (_, _, Some(e)) => format!("FAILED: {e}"),
             (_, Some(r), None) => r
@@ -269,7 +298,7 @@ fn print_table(s: &Status) {
             "{:<20} {:<9} {:<26} {:>9}  {:<18} {:<34} {}",
             p.policy,
             p.kind,
-            p.newest_backup.as_deref().unwrap_or("none"),
+            p.newest_backup.as_ref().map_or("none", |b| b.id.as_str()),
             age,
             rpo,
             next,
@@ -279,7 +308,7 @@ fn print_table(s: &Status) {
             outln!(
                 "  copy {:<15} {:<26} {}",
                 c.copy,
-                c.newest_backup.as_deref().unwrap_or("none"),
+                c.newest_backup.as_ref().map_or("none", |b| b.id.as_str()),
                 match (&c.error, c.lag_seconds) {
                     (Some(e), _) => format!("UNREADABLE: {e}"),
                     (None, Some(0)) => "up to date".to_string(),

@@ -74,6 +74,7 @@ pub async fn drill(ctx: &Ctx, args: &DrillArgs) -> Result<()> {
     let meter = crate::progress::Meter {
         bytes: Default::default(),
         cancel: ctx.cancel.clone(),
+        count_plaintext: false,
     };
     let mut opts = DrillOptions {
         choice: Choice::Newest,

@@ -294,7 +294,7 @@ pub async fn restore_cluster(
         recover::prepare_data_dir(data_dir)?;
         let progress = Progress::start(
             &format!("restore {}", policy.name),
-            Some(manifest.data.digests.size),
+            Some(manifest.data.digests.plaintext_size),
             ctx.progress(),
         );
         let started = std::time::Instant::now();
@@ -306,6 +306,7 @@ pub async fn restore_cluster(
             Meter {
                 bytes: progress.counter.clone(),
                 cancel: ctx.cancel.clone(),
+                count_plaintext: true,
             },
             move |r| recover::unpack(r, &dir),
         )

@@ -429,7 +429,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         }
         let progress = Progress::start_finishing(
             &format!("restore {}", policy.name),
-            Some(manifest.data.digests.size),
+            Some(manifest.data.digests.plaintext_size),
             ctx.progress(),
             match destination {
                 Destination::Database(_) => "pg_restore is building indexes",
@@ -440,6 +440,7 @@ pub async fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
         let received = crate::progress::Meter {
             bytes: progress.counter.clone(),
             cancel: ctx.cancel.clone(),
+            count_plaintext: true,
         };
         let started = std::time::Instant::now();
         let diffs = restore_into(&repo, &identities, manifest, &destination, args, received).await;

@@ -699,6 +699,7 @@ async fn run_job(ctx: JobCtx, policy_name: String, kind: JobKind) {
                 meter: crate::progress::Meter {
                     bytes: Default::default(),
                     cancel: ctx.abort.clone(),
+                    count_plaintext: false,
                 },
                 skip_if_busy: true,
                 config_path: ctx.config.path.clone(),
