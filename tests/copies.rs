@@ -26,26 +26,12 @@ fn append(ws: &Workspace, rel: &str, text: &str) {
     ws.write(rel, &format!("{old}{text}"));
 }
 
-/// Bytes that do not compress, so object sizes are what was written.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A files policy `etc` over `<ws>/src` holding `blob.bin` of `size` bytes,
 /// with a drill that unpacks into `<ws>/scratch`.
 fn files_policy(ws: &Workspace, size: usize) -> PathBuf {
     let src = ws.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("blob.bin"), noise(size, 7)).unwrap();
+    std::fs::write(src.join("blob.bin"), common::noise(size, 7)).unwrap();
     ws.write(
         "policies/etc.toml",
         &format!(
@@ -116,7 +102,7 @@ fn a_local_copy_holds_every_backup_and_restores_when_the_primary_is_gone() {
     let ws = Workspace::local();
     let src = files_policy(&ws, 300_000);
     let first = ws.backup("etc");
-    std::fs::write(src.join("blob.bin"), noise(200_000, 9)).unwrap();
+    std::fs::write(src.join("blob.bin"), common::noise(200_000, 9)).unwrap();
     let second = ws.backup("etc");
     ws.ok(&["drill", "etc"]);
     append(
@@ -196,7 +182,7 @@ fn a_local_copy_holds_every_backup_and_restores_when_the_primary_is_gone() {
     ws.fails(&["list", "etc"], EXIT_BAD_INPUT);
     assert_eq!(
         restored_blob(&ws, &src, &["--from", "dr"]),
-        noise(200_000, 9)
+        common::noise(200_000, 9)
     );
     let verified = ws.ok(&["verify", "--repo", "dr"]);
     assert!(verified.contains("2 backups checked"), "{verified}");
@@ -330,7 +316,7 @@ fn signed_backups_verify_in_the_copy_and_a_planted_manifest_there_is_ignored() {
     // The real backup is still restorable by id.
     assert_eq!(
         restored_blob_by_id(&ws, &src, &real, &["--from", "dr"]),
-        noise(50_000, 7)
+        common::noise(50_000, 7)
     );
 }
 
@@ -492,11 +478,11 @@ fn copies_between_s3_endpoints_and_a_local_directory_restore_with_the_primary_go
     drop(primary);
     assert_eq!(
         restored_blob(&ws, &src, &["--from", "eu"]),
-        noise(14 * 1024 * 1024, 7)
+        common::noise(14 * 1024 * 1024, 7)
     );
     assert_eq!(
         restored_blob(&ws, &src, &["--from", "disk"]),
-        noise(14 * 1024 * 1024, 7)
+        common::noise(14 * 1024 * 1024, 7)
     );
     ws.ok(&["verify", "--repo", "eu", "--read-data"]);
 
@@ -522,7 +508,7 @@ fn copies_between_s3_endpoints_and_a_local_directory_restore_with_the_primary_go
     std::fs::rename(local.repo_dir(), local.path().join("lost")).unwrap();
     assert_eq!(
         restored_blob(&local, &src2, &["--from", "cloud"]),
-        noise(40_000, 7)
+        common::noise(40_000, 7)
     );
 }
 
@@ -539,7 +525,7 @@ fn a_copy_under_faults_is_complete_or_absent_and_a_rerun_completes_it() {
     let src = files_policy(&ws, 7 * 1024 * 1024);
     let mut all = Vec::new();
     for n in 0..3u64 {
-        std::fs::write(src.join("blob.bin"), noise(7 * 1024 * 1024, n + 1)).unwrap();
+        std::fs::write(src.join("blob.bin"), common::noise(7 * 1024 * 1024, n + 1)).unwrap();
         all.insert(0, ws.backup("etc"));
     }
     append(
@@ -593,7 +579,7 @@ fn a_copy_under_faults_is_complete_or_absent_and_a_rerun_completes_it() {
 
     // A copy stopped while its data upload hangs: killed, nothing listed
     // for that backup; the next run completes it.
-    std::fs::write(src.join("blob.bin"), noise(7 * 1024 * 1024, 99)).unwrap();
+    std::fs::write(src.join("blob.bin"), common::noise(7 * 1024 * 1024, 99)).unwrap();
     let newest = ws.backup("etc");
     // A short lease, so the killed copy's lease expires before the re-run.
     ws.set_env("DRCTL_LEASE_TTL_SECONDS", "3");
@@ -640,7 +626,7 @@ fn each_repository_is_pruned_by_its_own_retention() {
     );
     let mut made = Vec::new();
     for n in 0..3u64 {
-        std::fs::write(src.join("blob.bin"), noise(20_000, n + 1)).unwrap();
+        std::fs::write(src.join("blob.bin"), common::noise(20_000, n + 1)).unwrap();
         made.insert(0, ws.backup("etc"));
     }
     // The copy that keeps what the policy keeps gets only that.
@@ -669,7 +655,7 @@ fn each_repository_is_pruned_by_its_own_retention() {
     );
     assert_eq!(list_ids(&ws, &["--repo", "same"]), made[..1]);
 
-    std::fs::write(src.join("blob.bin"), noise(20_000, 9)).unwrap();
+    std::fs::write(src.join("blob.bin"), common::noise(20_000, 9)).unwrap();
     made.insert(0, ws.backup("etc"));
     ws.ok(&["copy"]);
     // A dry run of one copy plans and deletes nothing.

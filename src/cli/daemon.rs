@@ -17,10 +17,10 @@ pub async fn daemon(ctx: &Ctx) -> Result<()> {
     .await
 }
 
-#[derive(Debug, Serialize)]
 /// One policy, in the shapes of the daemon's `/status` where the two say
 /// the same thing (`newest_backup`, `rpo_target_seconds`, `backup`,
 /// `wal`), so a script reads either the same way.
+#[derive(Debug, Serialize)]
 struct PolicyStatus {
     policy: String,
     kind: &'static str,

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::state::{Check, DaemonState, KindState, PolicyState};
+use crate::report::html::esc;
 use crate::timespec::human_duration;
 
 /// Sent with the page: inline styles only, nothing fetched, no framing.
@@ -251,24 +252,6 @@ fn last_error(p: &PolicyState) -> String {
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// Everything on the page that came from a configuration, a repository or
-/// an error message goes through here: a policy or error text must never
-/// become markup.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

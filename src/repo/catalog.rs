@@ -113,17 +113,42 @@ pub async fn load(repo: &Repo, policy: &str) -> Result<Catalog> {
 pub async fn newest(repo: &Repo, policy: &str) -> Result<Option<Manifest>> {
     let mut keys = manifest_keys(repo, policy).await?;
     keys.sort_unstable_by(|a, b| b.cmp(a));
-    for key in keys {
-        let bytes = match repo.store.get(&key, None).await {
-            Ok((bytes, _)) => bytes,
-            // Pruned between the listing and now.
-            Err(e) if e.kind == crate::error::StorageErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match parse(repo, policy, &key, &bytes) {
-            Ok(m) => return Ok(Some(m)),
-            Err(Rejected::Untrusted(why)) => tracing::warn!(event = "untrusted_object", "{why}"),
-            Err(Rejected::Damaged(_)) => {}
+    // Ids carry whole seconds and then a random suffix, so backups begun
+    // in the same second are read together and ordered by point in time.
+    let second = |key: &str| -> String {
+        let id = key.rsplit('/').nth(1).unwrap_or(key);
+        id.split('-').next().unwrap_or(id).to_string()
+    };
+    let mut i = 0;
+    while i < keys.len() {
+        let group = second(&keys[i]);
+        let mut best: Option<Manifest> = None;
+        while i < keys.len() && second(&keys[i]) == group {
+            let key = &keys[i];
+            i += 1;
+            let bytes = match repo.store.get(key, None).await {
+                Ok((bytes, _)) => bytes,
+                // Pruned between the listing and now.
+                Err(e) if e.kind == crate::error::StorageErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match parse(repo, policy, key, &bytes) {
+                Ok(m) => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| m.point_in_time > b.point_in_time)
+                    {
+                        best = Some(m);
+                    }
+                }
+                Err(Rejected::Untrusted(why)) => {
+                    tracing::warn!(event = "untrusted_object", "{why}");
+                }
+                Err(Rejected::Damaged(_)) => {}
+            }
+        }
+        if best.is_some() {
+            return Ok(best);
         }
     }
     Ok(None)

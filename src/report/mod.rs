@@ -6,7 +6,7 @@
 
 mod chart;
 mod controls;
-mod html;
+pub(crate) mod html;
 mod markdown;
 
 use chrono::{DateTime, Utc};
