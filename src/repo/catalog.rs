@@ -463,6 +463,39 @@ mod tests {
     use crate::repo::manifest::{Compression, ObjectRecord};
     use chrono::TimeZone;
 
+    /// Ids carry whole seconds and a random suffix: of two backups begun in
+    /// one second, the one with the later point in time is the newest
+    /// whichever suffix sorts first.
+    #[tokio::test]
+    async fn the_newest_of_backups_begun_in_one_second_is_the_later_one() {
+        use crate::storage::{PutMode, Store, local::LocalStore};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        Repo::init(&store, &[], None).await.unwrap();
+        let repo = Repo::open(store.clone()).await.unwrap();
+        let second = Utc.with_ymd_and_hms(2026, 12, 1, 1, 58, 36).unwrap();
+        for (id, ms) in [
+            ("20261201T015836Z-aaaa0000", 400),
+            ("20261201T015836Z-ffff0000", 100),
+            ("20261201T015835Z-ffff0000", -100),
+        ] {
+            let mut man = m(id, second + Duration::milliseconds(ms));
+            man.data.key = format!("backups/p/{id}/data.tar.zst.age");
+            let body = serde_json::to_vec_pretty(&man).unwrap();
+            store
+                .put(
+                    &super::super::manifest_key("p", id),
+                    body.into(),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+        }
+        let newest = newest(&repo, "p").await.unwrap().unwrap();
+        assert_eq!(newest.id, "20261201T015836Z-aaaa0000");
+    }
+
     fn m(id: &str, t: DateTime<Utc>) -> Manifest {
         Manifest {
             format: 1,
