@@ -682,23 +682,6 @@ fn each_repository_is_pruned_by_its_own_retention() {
     );
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
-
 /// The value of a sample of `/metrics` whose line starts with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
@@ -743,7 +726,7 @@ fn the_daemon_copies_each_new_backup_and_a_failed_copy_never_fails_the_backup() 
         "three backups, each copied to dr",
         std::time::Duration::from_secs(60),
         || {
-            let (_, body) = http_get(port, "/metrics")?;
+            let (_, body) = common::http_get(port, "/metrics")?;
             let ok = sample(&body, "drctl_backup_successes_total{policy=\"etc\"}")? >= 3.0
                 && sample(
                     &body,
@@ -757,7 +740,7 @@ fn the_daemon_copies_each_new_backup_and_a_failed_copy_never_fails_the_backup() 
             ok.then_some(body)
         },
     );
-    let (code, health) = http_get(port, "/health").unwrap();
+    let (code, health) = common::http_get(port, "/health").unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 use common::workspace::{Backend, Workspace};
-use common::{FaultProxy, Faults, S3Server, block_on, free_port, unique_bucket_name, wait_for};
+use common::{
+    FaultProxy, Faults, S3Server, block_on, free_port, http_get, http_raw, unique_bucket_name,
+    wait_for,
+};
 
 /// A `drctl daemon` child with its log in a file, killed on drop.
 struct Daemon {
@@ -113,28 +116,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A minimal HTTP/1.1 GET on loopback: status code and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let raw = http_raw(port, path)?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
-
-/// The whole response, head and body.
-fn http_raw(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    Some(raw)
 }
 
 fn write_config(ws: &Workspace, name: &str, port: u16, extra: &str) {

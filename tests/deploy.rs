@@ -152,7 +152,7 @@ fn every_metric_the_rules_name_is_exported_by_a_running_daemon() {
         "drctl_copy_newest_backup_timestamp_seconds{",
     ];
     let metrics = wait_for("the daemon's /metrics", Duration::from_secs(60), || {
-        let body = http_get(port, "/metrics")?;
+        let body = common::http_get(port, "/metrics")?.1;
         wanted.iter().all(|m| body.contains(m)).then_some(body)
     });
     let _ = child.kill();
@@ -169,20 +169,6 @@ fn every_metric_the_rules_name_is_exported_by_a_running_daemon() {
         missing.is_empty(),
         "named in deploy/ but not exported: {missing:?}\n{metrics}"
     );
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    Some(raw.split_once("\r\n\r\n")?.1.to_string())
 }
 
 /// Every query of the Grafana dashboard parses: promtool checks them as
@@ -631,7 +617,7 @@ fn the_container_image_builds_and_backs_up_a_real_database_as_a_non_root_user() 
     wait_for(
         "the daemon in the container to answer",
         Duration::from_secs(60),
-        || http_get(port, "/health"),
+        || common::http_get(port, "/health"),
     );
     let health = podman.run(&["healthcheck", "run", &podman.container]);
     assert!(

@@ -288,22 +288,6 @@ fn a_drill_without_a_usable_scratch_dir_is_refused_clearly_and_recorded() {
     assert_eq!(listed["drills"].as_array().unwrap().len(), 2);
 }
 
-/// `GET path` on the daemon's loopback port: the body, when it answers.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
 /// The daemon runs the policy's drill on its schedule, as the server's
 /// user, to a random time (`choose = "random"`): a passed record, and
 /// /status and /metrics say so.
@@ -338,12 +322,12 @@ fn the_daemon_runs_a_scheduled_cluster_drill() {
         "a passed scheduled drill",
         std::time::Duration::from_secs(90),
         || {
-            let status: Value = serde_json::from_str(&http_get(port, "/status")?).ok()?;
+            let status: Value = serde_json::from_str(&common::http_get(port, "/status")?.1).ok()?;
             let last = &status["policies"]["cluster"]["drill"]["last_run"];
             (last["result"] == "ok").then(|| status.clone())
         },
     );
-    let metrics = http_get(port, "/metrics").expect("/metrics");
+    let metrics = common::http_get(port, "/metrics").expect("/metrics").1;
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
     let _ = daemon.wait();

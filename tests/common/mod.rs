@@ -72,6 +72,30 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A minimal HTTP/1.1 GET on loopback (the daemon's endpoints): the whole
+/// response, head and body; `None` when nothing answers.
+pub fn http_raw(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    Some(raw)
+}
+
+/// [`http_raw`]'s status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let raw = http_raw(port, path)?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
 /// A loopback TCP port that was free a moment ago.
 ///
 /// The port is found by binding port 0; the listener is closed before
