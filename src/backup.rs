@@ -247,7 +247,7 @@ async fn run_locked(
         ));
     }
     let manifest = Manifest {
-        format: repo::FORMAT_VERSION,
+        format: repo::WRITE_FORMAT,
         id: id.to_string(),
         policy: policy.name.clone(),
         kind: policy.source.kind().to_string(),

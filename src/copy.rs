@@ -22,11 +22,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::pipeline::Digests;
+use crate::pipeline::hash::{Hashed, Hasher};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{CopyConfig, Policy, SourceConfig};
 use crate::error::{Error, Result, StorageErrorKind};
@@ -334,7 +335,7 @@ async fn copy_backup(source: &Repo, dest: &Repo, m: &Manifest, opts: &CopyOption
             dest.store.as_ref(),
             &record.key,
             record.version_id.as_deref(),
-            Some((record.digests.size, record.digests.sha256.as_str())),
+            Some(&record.digests),
         )
         .await?;
     }
@@ -378,17 +379,18 @@ pub async fn copy_object(
     dst: &dyn Store,
     key: &str,
     version: Option<&str>,
-    expect: Option<(u64, &str)>,
+    expect: Option<&Digests>,
 ) -> Result<u64> {
+    let fresh = || expect.map_or_else(Hasher::whole, Digests::stored_hasher);
     match dst.head(key, None).await {
         Ok(meta) => {
             // Left by an interrupted copy: keep it if it is right.
-            let (size, sha) = stored_digest(dst, key).await?;
-            let wanted = match expect {
-                Some((s, d)) => (s, d.to_string()),
-                None => hash_stream_version(src, key, version).await?,
+            let there = stored_digest(dst, key, fresh()).await?;
+            let same = match expect {
+                Some(d) => d.stored_mismatch(&there).is_none(),
+                None => there == stored_digest_version(src, key, version, fresh()).await?,
             };
-            if (size, sha) == wanted {
+            if same {
                 return Ok(0);
             }
             tracing::warn!(
@@ -404,24 +406,21 @@ pub async fn copy_object(
     }
     let mut stream = src.get_stream(key, version).await?;
     let mut upload = dst.create_upload(key).await?;
-    let mut hasher = Sha256::new();
-    let mut total: u64 = 0;
+    let mut hasher = fresh();
     let mut parts = crate::storage::Parts::new(upload.as_ref());
     let streamed: Result<()> = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             hasher.update(&chunk);
-            total += chunk.len() as u64;
             parts.push(upload.as_mut(), chunk).await?;
         }
-        let sha = hex::encode(hasher.clone().finalize());
-        if let Some((size, digest)) = expect
-            && (total, sha.as_str()) != (size, digest)
+        if let Some(d) = expect
+            && let Some(problem) = d.stored_mismatch(&hasher.result())
         {
             return Err(Error::Integrity {
                 object: format!("{}/{key}", src.location()),
                 reason: format!(
-                    "the source gave {total} bytes with SHA-256 {sha}, but the manifest records {size} bytes with {digest}; not copied (run `drctl verify`)"
+                    "the source does not match its manifest ({problem}); not copied (run `drctl verify`)"
                 ),
             });
         }
@@ -434,42 +433,45 @@ pub async fn copy_object(
         return Err(e);
     }
     upload.complete().await?;
-    let sent = hex::encode(hasher.finalize());
-    let (size, sha) = stored_digest(dst, key).await?;
-    if (size, sha.as_str()) != (total, sent.as_str()) {
+    let sent = hasher.result();
+    let back = stored_digest(dst, key, fresh()).await?;
+    if back != sent {
         let _ = dst.delete(key).await;
         return Err(Error::Integrity {
             object: format!("{}/{key}", dst.location()),
             reason: format!(
-                "read back {size} bytes with SHA-256 {sha} after writing {total} bytes with {sent}; removed, and the backup is not listed in the copy (run the copy again)"
+                "read back {} bytes that hash differently from the {} bytes written; removed, and the backup is not listed in the copy (run the copy again)",
+                back.size, sent.size
             ),
         });
     }
-    Ok(total)
+    Ok(sent.size)
 }
 
-/// The size and SHA-256 of the bytes stored at `key`, read as a stream.
+/// What the bytes stored at `key`, read as a stream, hash to with `hasher`
+/// (see [`Digests::stored_hasher`]).
 ///
 /// # Errors
 /// Storage errors.
-pub async fn stored_digest(store: &dyn Store, key: &str) -> Result<(u64, String)> {
-    hash_stream_version(store, key, None).await
+pub async fn stored_digest(store: &dyn Store, key: &str, hasher: Hasher) -> Result<Hashed> {
+    stored_digest_version(store, key, None, hasher).await
 }
 
-async fn hash_stream_version(
+/// As [`stored_digest`], of one version.
+///
+/// # Errors
+/// Storage errors.
+pub async fn stored_digest_version(
     store: &dyn Store,
     key: &str,
     version: Option<&str>,
-) -> Result<(u64, String)> {
+    mut hasher: Hasher,
+) -> Result<Hashed> {
     let mut stream = store.get_stream(key, version).await?;
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        hasher.update(&chunk);
-        total += chunk.len() as u64;
+        hasher.update(&chunk?);
     }
-    Ok((total, hex::encode(hasher.finalize())))
+    Ok(hasher.result())
 }
 
 /// Copies every archived WAL object of a policy that the destination lacks.

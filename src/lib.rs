@@ -29,6 +29,7 @@
 //! - [`copy`]: copies of backups, WAL and records, as stored, into the
 //!   second repositories of `[[copies]]`, checked there by SHA-256.
 //! - [`drill`]: restore drills and their hash-chained records.
+//! - [`rotate`]: `key rotate`, a new age header over each unchanged payload.
 //! - [`retention`] (pure: which backups the rules keep) and [`prune`] (applies
 //!   it to the store under the policy's lease, sparing held backups).
 //! - [`report`]: compliance reports from backups and drill records (pure).
@@ -55,6 +56,7 @@ pub mod repo;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod rotate;
 pub mod schedule;
 pub mod sealed;
 pub mod signing;

@@ -297,12 +297,13 @@ pub async fn verify(
             // A copy is checked against the manifest's digest of the
             // stored bytes, which needs no identity: one byte that differs
             // from what was copied shows here.
-            match crate::copy::stored_digest(repo.store.as_ref(), &record.key).await {
-                Ok((_, sha)) if sha != record.digests.sha256 => problems.push(format!(
-                    "`{object}`: stored bytes have SHA-256 {sha}, manifest says {}",
-                    record.digests.sha256
-                )),
-                Ok(_) => {}
+            let hasher = record.digests.stored_hasher();
+            match crate::copy::stored_digest(repo.store.as_ref(), &record.key, hasher).await {
+                Ok(got) => {
+                    if let Some(problem) = record.digests.stored_mismatch(&got) {
+                        problems.push(format!("`{object}`: {problem}"));
+                    }
+                }
                 Err(e) => problems.push(e.to_string()),
             }
         }

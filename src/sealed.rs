@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
+use crate::pipeline::hash::{Hashed, Hasher};
 use crate::pipeline::{
     CHANNEL_CHUNKS, ChannelReader, ChannelWriter, Digests, Opener, Sealer, crypto,
 };
@@ -44,16 +45,17 @@ where
     F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
 {
     let object = format!("{}/{}", repo.store.location(), record.key);
-    let (value, digests) = stream_plaintext(
+    let (value, (plain, stored)) = stream_hashed(
         repo,
         identities,
         &record.key,
         record.version_id.as_deref(),
+        record.digests.stored_hasher(),
         meter,
         consume,
     )
     .await?;
-    check_digests(&object, record, &digests)?;
+    check_digests(&object, record, &plain, &stored)?;
     Ok(value)
 }
 
@@ -71,6 +73,34 @@ pub async fn stream_plaintext<T, F>(
     meter: Meter,
     consume: F,
 ) -> Result<(T, Digests)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
+{
+    let (value, (plain, stored)) = stream_hashed(
+        repo,
+        identities,
+        key,
+        version,
+        Hasher::whole(),
+        meter,
+        consume,
+    )
+    .await?;
+    Ok((value, Digests::new(&plain, &stored)))
+}
+
+/// [`stream_plaintext`] hashing the stored bytes with `stored`, returning
+/// what the plaintext and the stored bytes hashed to.
+async fn stream_hashed<T, F>(
+    repo: &Repo,
+    identities: &[age::x25519::Identity],
+    key: &str,
+    version: Option<&str>,
+    stored: Hasher,
+    meter: Meter,
+    consume: F,
+) -> Result<(T, (Hashed, Hashed))>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
@@ -96,7 +126,7 @@ where
     });
     let identities = identities.to_vec();
     let obj = object.clone();
-    let worker = tokio::task::spawn_blocking(move || -> Result<(T, Digests)> {
+    let worker = tokio::task::spawn_blocking(move || -> Result<(T, (Hashed, Hashed))> {
         let cancel = meter.cancel.clone();
         let (stored_counter, plaintext_counter) = if meter.count_plaintext {
             (Arc::new(AtomicU64::new(0)), Some(meter.bytes))
@@ -105,7 +135,7 @@ where
         };
         let mut reader = ChannelReader::new(rx, stored_counter);
         let outcome = (|| {
-            let mut opener = Opener::new(&identities, &mut reader).map_err(|e| match e {
+            let mut opener = Opener::hashing(&identities, &mut reader, stored).map_err(|e| match e {
                 crypto::OpenError::NoMatchingKey => Error::Key(format!("the identity file does not decrypt `{obj}`: it matches none of the backup's recipients")),
                 other => Error::Integrity { object: obj.clone(), reason: other.to_string() },
             })?;
@@ -116,7 +146,7 @@ where
                 })?,
                 None => consume(&mut opener)?,
             };
-            let digests = opener.finish().map_err(|e| Error::Integrity {
+            let digests = opener.finish_hashed().map_err(|e| Error::Integrity {
                 object: obj.clone(),
                 reason: e.to_string(),
             })?;
@@ -166,17 +196,17 @@ pub(crate) fn fetch_error(e: StorageError, object: &str) -> Error {
     }
 }
 
-fn check_digests(object: &str, record: &ObjectRecord, got: &Digests) -> Result<()> {
+fn check_digests(
+    object: &str,
+    record: &ObjectRecord,
+    plain: &Hashed,
+    stored: &Hashed,
+) -> Result<()> {
     let want = &record.digests;
-    let problem = if got.size != want.size {
-        Some(format!(
-            "{} bytes read, the manifest says {}",
-            got.size, want.size
-        ))
-    } else if got.sha256 != want.sha256 {
-        Some("the sha256 of the stored bytes differs from the manifest".to_string())
-    } else if got.plaintext_size != want.plaintext_size
-        || got.plaintext_sha256 != want.plaintext_sha256
+    let problem = if let Some(problem) = want.stored_mismatch(stored) {
+        Some(problem)
+    } else if plain.size != want.plaintext_size
+        || plain.sha256.as_deref() != Some(want.plaintext_sha256.as_str())
     {
         Some("the decrypted data differs from what the manifest recorded".to_string())
     } else {

@@ -36,6 +36,9 @@ pub fn refuse_repo_flag(command: &Command, name: &str) -> Result<()> {
             | Command::Verify { .. }
             | Command::Report(_)
             | Command::Prune { .. }
+            | Command::Key {
+                command: crate::cli::KeyCommand::Rotate { .. }
+            }
             | Command::WalFetch { .. }
             | Command::WalPrefetch { .. }
             | Command::Wal {
@@ -46,7 +49,7 @@ pub fn refuse_repo_flag(command: &Command, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Usage(format!(
-            "--repo {name}: only list, restore, drill, drills, verify, report, prune, wal status and wal-fetch read from a copy; this command works on the primary repository (unset DRCTL_REPO, or drop --repo/--from)"
+            "--repo {name}: only list, restore, drill, drills, verify, report, prune, key rotate, wal status and wal-fetch work on a copy; this command works on the primary repository (unset DRCTL_REPO, or drop --repo/--from)"
         )))
     }
 }

@@ -36,6 +36,7 @@ mod recover;
 mod repo;
 mod report;
 mod restore;
+mod rotate;
 mod sign;
 pub mod stdio;
 mod wal;
@@ -313,6 +314,31 @@ pub enum KeyCommand {
         /// A file written by `drctl key generate --signing`.
         file: PathBuf,
     },
+    /// Re-encrypt every backup and WAL object (of every policy, or one) to
+    /// a new set of recipients, so that a removed identity reads none of
+    /// them. Only each object's age header is rewritten; the encrypted data
+    /// stays as it is (copied inside the bucket on S3). Prints the plan
+    /// first. Needs an identity that reads the objects now; run it again
+    /// with the same keys to finish an interrupted rotation. With --repo,
+    /// rotates that copy.
+    Rotate {
+        /// A recipient (`age1…`) to add to every object.
+        #[arg(long, value_name = "RECIPIENT")]
+        add: Vec<String>,
+        /// A recipient to remove from every object. Remove it from
+        /// `[encryption] recipients` first.
+        #[arg(long, value_name = "RECIPIENT")]
+        remove: Vec<String>,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Print the plan and the bytes it would move; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
 }
 
 /// Exit codes, documented in docs/operations.md.
@@ -488,6 +514,16 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
         Command::Key {
             command: KeyCommand::Public { file },
         } => inspect::signing_key_public(&ctx, file),
+        Command::Key {
+            command:
+                KeyCommand::Rotate {
+                    add,
+                    remove,
+                    policy,
+                    dry_run,
+                    yes,
+                },
+        } => rotate::rotate(&ctx, add, remove, policy.as_deref(), *dry_run, *yes).await,
         Command::Init => inspect::init(&ctx).await,
         Command::Check { offline } => inspect::check(&ctx, *offline).await,
         Command::Sign { dry_run, .. } => sign::sign_existing(&ctx, *dry_run).await,

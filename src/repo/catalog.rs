@@ -520,7 +520,8 @@ mod tests {
                     plaintext_size: 0,
                     plaintext_sha256: String::new(),
                     size: 0,
-                    sha256: String::new(),
+                    sha256: Some(String::new()),
+                    ..Default::default()
                 },
             },
             fingerprint: None,

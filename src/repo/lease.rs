@@ -581,6 +581,34 @@ mod tests {
         ) -> std::result::Result<ByteStream, StorageError> {
             self.inner.get_stream(key, version).await
         }
+        async fn get_head(
+            &self,
+            key: &str,
+            version: Option<&str>,
+            len: u64,
+        ) -> std::result::Result<Bytes, StorageError> {
+            self.inner.get_head(key, version, len).await
+        }
+        async fn replace_data(
+            &self,
+            key: &str,
+            body: Bytes,
+            etag: &str,
+        ) -> std::result::Result<Stored, StorageError> {
+            self.inner.replace_data(key, body, etag).await
+        }
+        async fn put_spliced(
+            &self,
+            key: &str,
+            head: Bytes,
+            source: &str,
+            version: Option<&str>,
+            from: u64,
+        ) -> std::result::Result<crate::storage::Spliced, StorageError> {
+            self.inner
+                .put_spliced(key, head, source, version, from)
+                .await
+        }
         async fn head(
             &self,
             key: &str,

@@ -131,7 +131,8 @@ mod tests {
                 plaintext_size: a,
                 plaintext_sha256: b,
                 size: c,
-                sha256: d,
+                sha256: Some(d),
+                ..Default::default()
             }
         })
     }
@@ -146,7 +147,8 @@ mod tests {
                 plaintext_size: 1,
                 plaintext_sha256: String::new(),
                 size: 1,
-                sha256: String::new(),
+                sha256: Some(String::new()),
+                ..Default::default()
             },
         };
         Manifest {

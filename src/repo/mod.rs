@@ -28,7 +28,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::storage::{PutMode, Store};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest repository format this drctl reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// What `init` writes and backups record: format 1 manifests carry the
+/// whole object's digest, which every reader checks.
+pub const WRITE_FORMAT: u32 = 1;
+/// Manifests a key rotation rewrote, and `repo.json` once there are any:
+/// their objects' digests are in halves (header, payload), which a format-1
+/// reader would not find.
+pub const ROTATED_FORMAT: u32 = 2;
 pub const MARKER_KEY: &str = "repo.json";
 
 pub fn backup_prefix(policy: &str) -> String {
@@ -267,7 +275,7 @@ impl Repo {
         signing: Option<&crate::signing::Signing>,
     ) -> Result<bool> {
         let marker = Marker {
-            format: FORMAT_VERSION,
+            format: WRITE_FORMAT,
             created_at: Utc::now(),
             created_by: format!("drctl {}", env!("CARGO_PKG_VERSION")),
             recipients: recipients.to_vec(),

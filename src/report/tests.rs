@@ -38,7 +38,8 @@ fn manifest(policy: &str, at: DateTime<Utc>, size: u64) -> Manifest {
                 plaintext_size: size * 4,
                 plaintext_sha256: "0".repeat(64),
                 size,
-                sha256: "1".repeat(64),
+                sha256: Some("1".repeat(64)),
+                ..Default::default()
             },
         },
         fingerprint: None,

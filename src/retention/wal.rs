@@ -172,7 +172,8 @@ mod tests {
                     plaintext_size: 1,
                     plaintext_sha256: String::new(),
                     size: 1,
-                    sha256: String::new(),
+                    sha256: Some(String::new()),
+                    ..Default::default()
                 },
             },
             fingerprint: None,

@@ -94,6 +94,39 @@ pub trait Store: Send + Sync + 'static {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
+    /// The first `len` bytes of an object, or all of it when it is shorter.
+    async fn get_head(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        len: u64,
+    ) -> Result<Bytes, StorageError>;
+
+    /// Writes a new backup data object at `key`, which must not exist yet:
+    /// `head`, then the object at `source` (`version`) from byte `from` to
+    /// its end. This is how a key rotation puts a new age header before an
+    /// unchanged payload: S3 copies most of the payload inside the bucket
+    /// (UploadPartCopy), so only a first part travels through this host.
+    async fn put_spliced(
+        &self,
+        key: &str,
+        head: Bytes,
+        source: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> Result<Spliced, StorageError>;
+
+    /// Replaces a backup data object whose current ETag is `etag` with
+    /// `body`, in one step: readers see the old bytes or the new, never
+    /// neither (a WAL segment that vanished for a moment would end a
+    /// recovery early).
+    async fn replace_data(
+        &self,
+        key: &str,
+        body: Bytes,
+        etag: &str,
+    ) -> Result<Stored, StorageError>;
+
     /// Starts writing a large object that must not exist yet. These are the
     /// backup data objects: S3 tags them (`bucket::DATA_TAG_KEY`) so that
     /// the archive lifecycle rule moves them and nothing else.
@@ -133,6 +166,17 @@ pub trait Store: Send + Sync + 'static {
     fn local_root(&self) -> Option<&std::path::Path> {
         None
     }
+}
+
+/// What [`Store::put_spliced`] wrote, and the bytes it moved: read from
+/// the store and written to it through this host, and copied inside the
+/// store without passing through it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spliced {
+    pub stored: Stored,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub copied_in_store: u64,
 }
 
 /// One version of an object, or a delete marker, in a versioned store.

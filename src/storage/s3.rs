@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 
 use parts::{PartBody, PartBudget};
 
-use super::{BucketAdmin, ByteStream, ObjectMeta, Protection, PutMode, Store, Stored, Upload};
+use super::{
+    BucketAdmin, ByteStream, ObjectMeta, Protection, PutMode, Spliced, Store, Stored, Upload,
+};
 use crate::config::RepositoryConfig;
 use crate::error::{StorageError, StorageErrorKind};
 
@@ -45,6 +47,18 @@ const FEED_BYTES: usize = 1024 * 1024;
 pub const MAX_ATTEMPTS: u32 = 6;
 /// Times a download resumes (with a Range request) after the body fails.
 pub const DOWNLOAD_RESUMES: u32 = 5;
+
+/// Payload bytes sent with the new header in a spliced object's first part:
+/// S3's 5 MiB part minimum, and the rest is copied inside the bucket.
+pub const SPLICE_FIRST_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// A key for `x-amz-copy-source`: percent-encoded, slashes kept.
+fn encode_key(key: &str) -> String {
+    key.split('/')
+        .map(|seg| url::form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("/")
+}
 
 /// The `x-amz-tagging` of every object written through an upload: the
 /// backup data, which the archive lifecycle rule selects by this tag.
@@ -79,6 +93,115 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// Best effort: an upload left open only costs storage until the
+    /// bucket's abort rule or `abort_uploads` removes it.
+    async fn abort_multipart(&self, full_key: &str, upload_id: &str) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+    }
+
+    /// Bytes `from..from + len` of an object (fewer past its end).
+    async fn get_range(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        from: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_version_id(version.map(str::to_string))
+            .range(format!("bytes={from}-{}", from + len - 1))
+            .send()
+            .await
+            .map_err(|e| self.err("get", key, &e))?;
+        let data = out.body.collect().await.map_err(|e| {
+            StorageError::new(
+                "get",
+                self.location(),
+                key,
+                StorageErrorKind::Transient,
+                error_chain(&e),
+            )
+        })?;
+        Ok(data.into_bytes())
+    }
+
+    /// Uploads `first` as part 1, then copies `source` from `from` to `end`
+    /// inside the bucket in parts of up to S3's maximum.
+    #[allow(clippy::too_many_arguments)]
+    async fn splice_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        source: &str,
+        version: Option<&str>,
+        from: u64,
+        end: u64,
+    ) -> Result<Vec<CompletedPart>, StorageError> {
+        let full = self.full_key(key);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .part_number(1)
+            .body(SdkByteStream::from(first))
+            .send()
+            .await
+            .map_err(|e| self.err("upload part", key, &e))?;
+        let mut parts = vec![
+            CompletedPart::builder()
+                .part_number(1)
+                .set_e_tag(out.e_tag)
+                .build(),
+        ];
+        let mut copy_source = format!("{}/{}", self.bucket, encode_key(&self.full_key(source)));
+        if let Some(v) = version {
+            copy_source.push_str("?versionId=");
+            copy_source.push_str(&encode_key(v));
+        }
+        let mut at = from;
+        while at < end {
+            let len = (MAX_PART_BYTES as u64).min(end - at);
+            let number = parts.len() as i32 + 1;
+            let out = self
+                .client
+                .upload_part_copy()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload_id)
+                .part_number(number)
+                .copy_source(&copy_source)
+                .copy_source_range(format!("bytes={at}-{}", at + len - 1))
+                .send()
+                .await
+                .map_err(|e| self.err("copy part", source, &e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.copy_part_result.and_then(|r| r.e_tag))
+                    .build(),
+            );
+            at += len;
+        }
+        Ok(parts)
+    }
+
     /// Builds a client from the standard credential chain and the settings.
     ///
     /// # Errors
@@ -503,6 +626,149 @@ impl Store for S3Store {
             state,
             DownloadState::next,
         )))
+    }
+
+    async fn get_head(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        self.get_range(key, version, 0, len).await
+    }
+
+    async fn replace_data(
+        &self,
+        key: &str,
+        body: Bytes,
+        etag: &str,
+    ) -> Result<Stored, StorageError> {
+        let size = body.len() as u64;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .if_match(etag)
+            .tagging(data_tagging())
+            .body(SdkByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.err("put", key, &e))?;
+        Ok(Stored {
+            size,
+            etag: out.e_tag,
+            version_id: real_version(out.version_id),
+        })
+    }
+
+    async fn put_spliced(
+        &self,
+        key: &str,
+        head: Bytes,
+        source: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> Result<Spliced, StorageError> {
+        let meta = self.head(source, version).await?;
+        let rest = meta.size.saturating_sub(from);
+        // The first part must reach S3's minimum with the new header in
+        // front, so it carries that much of the payload; below two parts'
+        // worth a single PutObject of everything is as cheap.
+        let first = (SPLICE_FIRST_PART_BYTES as u64).min(rest);
+        let whole = rest < 2 * SPLICE_FIRST_PART_BYTES as u64;
+        let want = if whole { rest } else { first };
+        let lead = self.get_range(source, version, from, want).await?;
+        if lead.len() as u64 != want {
+            return Err(StorageError::new(
+                "get",
+                self.location(),
+                source,
+                StorageErrorKind::Transient,
+                format!(
+                    "asked for {want} bytes at offset {from}, got {}",
+                    lead.len()
+                ),
+            ));
+        }
+        let mut body = Vec::with_capacity(head.len() + lead.len());
+        body.extend_from_slice(&head);
+        body.extend_from_slice(&lead);
+        let downloaded = lead.len() as u64;
+        let uploaded = body.len() as u64;
+        if whole {
+            let mut upload = self.create_upload(key).await?;
+            if let Err(e) = upload.put_part(Bytes::from(body)).await {
+                let _ = upload.abort().await;
+                return Err(e);
+            }
+            let stored = upload.complete().await?;
+            return Ok(Spliced {
+                stored,
+                downloaded,
+                uploaded,
+                copied_in_store: 0,
+            });
+        }
+        let full = self.full_key(key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .tagging(data_tagging())
+            .send()
+            .await
+            .map_err(|e| self.err("upload", key, &e))?;
+        let upload_id = created.upload_id.unwrap_or_default();
+        let result = self
+            .splice_parts(
+                key,
+                &upload_id,
+                Bytes::from(body),
+                source,
+                version,
+                from + first,
+                meta.size,
+            )
+            .await;
+        let parts = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.abort_multipart(&full, &upload_id).await;
+                return Err(e);
+            }
+        };
+        let done = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(&upload_id)
+            .if_none_match("*")
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match done {
+            Ok(out) => Ok(Spliced {
+                stored: Stored {
+                    size: head.len() as u64 + rest,
+                    etag: out.e_tag,
+                    version_id: real_version(out.version_id),
+                },
+                downloaded,
+                uploaded,
+                copied_in_store: rest - first,
+            }),
+            Err(e) => {
+                self.abort_multipart(&full, &upload_id).await;
+                Err(self.err("upload", key, &e))
+            }
+        }
     }
 
     async fn head(&self, key: &str, version: Option<&str>) -> Result<ObjectMeta, StorageError> {

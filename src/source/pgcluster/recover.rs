@@ -911,7 +911,8 @@ mod tests {
                     plaintext_size: 1,
                     plaintext_sha256: "0".repeat(64),
                     size: 1,
-                    sha256: "1".repeat(64),
+                    sha256: Some("1".repeat(64)),
+                    ..Default::default()
                 },
             },
             fingerprint: None,
