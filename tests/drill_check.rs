@@ -138,6 +138,41 @@ fn a_changed_row_fails_the_full_check_naming_its_table() {
     assert!(r.get("sample").is_none(), "a full check: {r:#}");
 }
 
+/// Tables above `DRCTL_CHECK_SPLIT_KIB` are read in block ranges by every
+/// check connection at once: the sums over the ranges are the table's, and
+/// a changed row in a range still fails the check, naming the table.
+#[test]
+fn large_tables_read_in_block_ranges_give_the_same_verdict() {
+    let pg = Postgres::start();
+    shop(&pg);
+    let mut ws = workspace(&pg, "");
+    ws.set_env("DRCTL_CHECK_SPLIT_KIB", "64");
+    let id = ws.backup("shop");
+    let record = drill(&ws, &[]);
+    assert_eq!(record["passed"], true, "{record:#}");
+    let detail = check(&record, "fingerprint").expect("a full check")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("3 tables, 23050 rows matched")
+            && detail.contains("2 large tables read in block ranges"),
+        "{detail}"
+    );
+    rewrite_dump(&ws, &id, |dump| {
+        let at = dump
+            .windows(7)
+            .position(|w| w == b"\t11999\n")
+            .expect("row 11999 of notes is in the dump");
+        dump[at + 5] = b'8';
+    });
+    let err = ws.fails(&["drill", "shop"], EXIT_FAILED);
+    assert!(
+        err.contains("table \"public\".\"notes\": row contents differ (12000 rows)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn scheduled_drills_check_a_sample_between_full_checks_and_say_so() {
     let pg = Postgres::start();

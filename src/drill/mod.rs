@@ -372,8 +372,13 @@ async fn drill_steps(
                         s.tables_full
                     ),
                     (Some(_), None) => format!(
-                        "{} tables, {} rows matched the backup",
-                        restored.tables, restored.rows
+                        "{} tables, {} rows matched the backup{}",
+                        restored.tables,
+                        restored.rows,
+                        match restored.verified.as_ref().map_or(0, |v| v.tables_split) {
+                            0 => String::new(),
+                            n => format!(" ({n} large tables read in block ranges by every connection)"),
+                        }
                     ),
                     (None, _) => "the backup has no fingerprint (fingerprint = false)".into(),
                 },

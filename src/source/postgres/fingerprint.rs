@@ -11,7 +11,10 @@
 //! rows that were backed up, not merely that a file decrypted.
 //!
 //! A check reads the tables over several connections sharing one exported
-//! snapshot, largest first. A sampled check (scheduled drills, see
+//! snapshot, largest first; a large table is read in block ranges (TID
+//! range scans) by all of them at once, since a sum does not depend on the
+//! order rows are read in and one big table would otherwise keep one
+//! connection busy while the others wait. A sampled check (scheduled drills, see
 //! [`super::sample`]) counts every table's rows but hashes only the rows
 //! of a few random buckets of each large table.
 //!
@@ -62,6 +65,8 @@ pub struct Verified {
     pub tables_sampled: usize,
     /// Rows hashed and compared.
     pub rows_hashed: u64,
+    /// Tables read in block ranges by several connections at once.
+    pub tables_split: usize,
 }
 
 /// Connections worth opening: one per core (each table's COPY costs the
@@ -77,7 +82,24 @@ struct Job {
     /// Index into the fingerprint's tables.
     index: usize,
     name: String,
+    /// Only the rows in heap blocks `from..to` (to the end without `to`).
+    blocks: Option<(u64, Option<u64>)>,
 }
+
+/// Tables larger than this are read in block ranges when several
+/// connections read (PostgreSQL 14 and later scan a TID range directly);
+/// `DRCTL_CHECK_SPLIT_KIB` changes it.
+const SPLIT_BYTES: i64 = 128 * 1024 * 1024;
+
+fn split_bytes() -> i64 {
+    std::env::var("DRCTL_CHECK_SPLIT_KIB")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .map_or(SPLIT_BYTES, |kib| kib.max(1) * 1024)
+}
+/// Ranges per connection for a split table: more than one, so that a range
+/// whose rows cost more (wider rows, TOAST) does not leave the others idle.
+const RANGES_PER_CONNECTION: i64 = 4;
 
 enum Outcome {
     Missing,
@@ -139,17 +161,54 @@ pub async fn verify(
             outcomes[index] = Some(Outcome::Missing);
         }
     }
-    jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let queue: std::collections::VecDeque<Job> = jobs
+    let wanted = connections.clamp(1, MAX_CHECK_CONNECTIONS);
+    let split = if wanted > 1 && *scope == Scope::Full {
+        let row = leader
+            .query_one(
+                "SELECT current_setting('server_version_num')::int >= 140000, \
+                 current_setting('block_size')::bigint",
+                &[],
+            )
+            .await
+            .map_err(db("reading the server's version".into()))?;
+        row.get::<_, bool>(0).then(|| row.get::<_, i64>(1))
+    } else {
+        None
+    };
+    // (bytes, index, blocks): a split table's ranges are jobs of their own.
+    let mut parts: Vec<(i64, usize, Option<(u64, Option<u64>)>)> = Vec::new();
+    let threshold = split_bytes();
+    for (size, index) in jobs {
+        match split {
+            Some(block) if size > threshold && block > 0 => {
+                let ranges = (wanted as i64 * RANGES_PER_CONNECTION).max(2);
+                let blocks = (size / block).max(1);
+                let step = (blocks + ranges - 1) / ranges;
+                let mut from = 0;
+                while from < blocks {
+                    let to = from + step;
+                    let end = (to < blocks).then_some(to as u64);
+                    parts.push((step * block, index, Some((from as u64, end))));
+                    from = to;
+                }
+            }
+            _ => parts.push((size, index, None)),
+        }
+    }
+    let tables_split = parts
+        .iter()
+        .filter(|p| p.2.is_some_and(|(from, _)| from == 0))
+        .count();
+    parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let queue: std::collections::VecDeque<Job> = parts
         .into_iter()
-        .map(|(_, index)| Job {
+        .map(|(_, index, blocks)| Job {
             index,
             name: names[index].clone(),
+            blocks,
         })
         .collect();
-    let workers = connections
-        .clamp(1, MAX_CHECK_CONNECTIONS)
-        .min(queue.len().max(1));
+    let workers = wanted.min(queue.len().max(1));
     let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
     let expected_tables = std::sync::Arc::new(expected.tables.clone());
     let leader = std::sync::Arc::new(leader);
@@ -182,9 +241,11 @@ pub async fn verify(
                     break;
                 };
                 let t = &tables[job.index];
-                let outcome = read_table(&client, &job.name, t, &scope)
-                    .await
-                    .map_err(|e| (job.name.clone(), e))?;
+                let outcome = match job.blocks {
+                    None => read_table(&client, &job.name, t, &scope).await,
+                    Some(blocks) => read_blocks(&client, &job.name, t, blocks).await,
+                }
+                .map_err(|e| (job.name.clone(), e))?;
                 done.push((job.index, outcome));
             }
             Ok::<_, (String, tokio_postgres::Error)>(done)
@@ -195,7 +256,10 @@ pub async fn verify(
         match joined.expect("a check worker panicked") {
             Ok(done) => {
                 for (index, outcome) in done {
-                    outcomes[index] = Some(outcome);
+                    outcomes[index] = Some(match outcomes[index].take() {
+                        None => outcome,
+                        Some(so_far) => so_far.add(outcome),
+                    });
                 }
             }
             Err((name, e)) => {
@@ -208,7 +272,10 @@ pub async fn verify(
     if let Some(e) = failed {
         return Err(e);
     }
-    let mut verified = Verified::default();
+    let mut verified = Verified {
+        tables_split,
+        ..Verified::default()
+    };
     for ((t, name), outcome) in expected.tables.iter().zip(&names).zip(outcomes) {
         match outcome.expect("every table was read or found missing") {
             Outcome::Missing => verified.problems.push(format!("table {name} is missing")),
@@ -267,6 +334,66 @@ pub async fn verify(
     Ok(verified)
 }
 
+impl Outcome {
+    /// Two block ranges of one table together.
+    fn add(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (
+                Outcome::Read {
+                    count: c1,
+                    hashed_rows: r1,
+                    hash: h1,
+                    sampled: None,
+                },
+                Outcome::Read {
+                    count: c2,
+                    hashed_rows: r2,
+                    hash: h2,
+                    sampled: None,
+                },
+            ) => Outcome::Read {
+                count: c1 + c2,
+                hashed_rows: r1 + r2,
+                hash: h1.wrapping_add(h2),
+                sampled: None,
+            },
+            _ => unreachable!("only whole reads of a table are split"),
+        }
+    }
+}
+
+/// The rows of one table in heap blocks `from..to`, hashed.
+async fn read_blocks(
+    client: &Client,
+    name: &str,
+    t: &TableData,
+    (from, to): (u64, Option<u64>),
+) -> Result<Outcome, tokio_postgres::Error> {
+    let mut range = format!("ctid >= '({from},0)'::tid");
+    if let Some(to) = to {
+        range.push_str(&format!(" AND ctid < '({to},0)'::tid"));
+    }
+    let sql = format!(
+        "COPY (SELECT {} FROM {name} WHERE {range}) TO STDOUT",
+        select_list(&t.columns)
+    );
+    let (rows, hash) = copy_hash(client, &sql).await?;
+    Ok(Outcome::Read {
+        count: rows,
+        hashed_rows: rows,
+        hash,
+        sampled: None,
+    })
+}
+
+/// `(a, b)` as a select list; COPY's column list is the same names.
+fn select_list(columns: &str) -> &str {
+    columns
+        .strip_prefix('(')
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or(columns)
+}
+
 /// Reads one table: whole, or (for a sample, when the table recorded
 /// buckets) its row count and the rows of the chosen buckets.
 async fn read_table(
@@ -300,13 +427,9 @@ async fn read_table(
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let columns = t
-        .columns
-        .strip_prefix('(')
-        .and_then(|c| c.strip_suffix(')'))
-        .unwrap_or(&t.columns);
     let sql = format!(
-        "COPY (SELECT {columns} FROM {name} WHERE {} IN ({list})) TO STDOUT",
+        "COPY (SELECT {} FROM {name} WHERE {} IN ({list})) TO STDOUT",
+        select_list(&t.columns),
         sample::bucket_sql(first)
     );
     let (rows, hash) = copy_hash(client, &sql).await?;
