@@ -123,6 +123,9 @@ pub struct RotateReport {
     /// Manifests that are not trusted (signing on): never rotated, since a
     /// signed rotation would bless them.
     pub untrusted: Vec<String>,
+    /// Backups left as they are because an object is in an archive storage
+    /// class (GLACIER, DEEP_ARCHIVE) and has no retrieved copy.
+    pub archived: Vec<String>,
 }
 
 /// Where a policy's WAL rotation stands, so that a second run resumes.
@@ -252,7 +255,15 @@ async fn rotate_backups(
             m.recipients.len(),
             target.len()
         ));
-        rotate_backup(repo, m, &target, identities, is_held, report).await?;
+        match rotate_backup(repo, m, &target, identities, is_held, report).await {
+            Ok(()) => {}
+            Err(Error::Archived(why)) => {
+                report.rotated.pop();
+                opts.say(format!("{policy}: backup {} not rotated: {why}", m.id));
+                report.archived.push(m.id.clone());
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -417,7 +428,12 @@ async fn rotate_object(
     } else {
         r.version_id.as_deref()
     };
-    let head = read_header(store, &r.key, version).await?;
+    let head = read_header(store, &r.key, version)
+        .await
+        .map_err(|e| match e {
+            Error::Storage(e) => crate::sealed::fetch_error(e, &object),
+            other => other,
+        })?;
     report.bytes_downloaded += head.len() as u64;
     let (header, old_size) =
         rewrap::rewrap(&head, identities, recipients).map_err(|e| open_error(e, &object))?;

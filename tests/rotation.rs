@@ -405,3 +405,152 @@ fn rotation_of_a_cluster_repository(on_s3: bool) {
             || String::from_utf8_lossy(&out.stderr).contains(&data)
     );
 }
+
+/// What a user can get wrong is refused with a clear message, and the
+/// repository is left exactly as it was.
+#[test]
+fn bad_rotations_are_refused_and_change_nothing() {
+    let ws = Workspace::local();
+    files_policy(&ws, 50_000, 3);
+    let id = ws.backup("etc");
+    let old = ws.recipient.clone();
+    let new = new_identity(&ws);
+    let manifest = ws
+        .repo_dir()
+        .join(format!("backups/etc/{id}/manifest.json"));
+    let before = std::fs::read(&manifest).unwrap();
+    set_config(
+        &ws,
+        &format!("recipients = [\"{old}\"]"),
+        &format!("recipients = [\"{new}\"]"),
+    );
+
+    let err = ws.fails(
+        &["key", "rotate", "--add", &new, "--remove", &new, "--yes"],
+        EXIT_BAD_INPUT,
+    );
+    assert!(err.contains("is both added and removed"), "{err}");
+
+    let err = ws.fails(
+        &["key", "rotate", "--remove", &old, "--yes"],
+        EXIT_BAD_INPUT,
+    );
+    assert!(
+        err.contains(&format!("backup {id} of `etc` is encrypted to {old} only"))
+            && err.contains("add a recipient with --add"),
+        "{err}"
+    );
+
+    // An identity of neither key: named before anything is written.
+    ws.ok(&["key", "generate", "--out", "stranger.age"]);
+    set_config(
+        &ws,
+        "identity_file = \"identity.age\"",
+        "identity_file = \"stranger.age\"",
+    );
+    let err = ws.fails(
+        &["key", "rotate", "--add", &new, "--remove", &old, "--yes"],
+        EXIT_BAD_INPUT,
+    );
+    assert!(
+        err.contains("the identity file reads none of the recipients")
+            && err.contains("data.tar.zst.age"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&manifest).unwrap(), before);
+    let mut dir: Vec<String> = std::fs::read_dir(manifest.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dir.sort();
+    assert_eq!(
+        dir,
+        [
+            "data.tar.zst.age",
+            "fingerprint.json.zst.age",
+            "manifest.json"
+        ]
+    );
+
+    // Without a terminal and without --yes: the plan, then a refusal.
+    set_config(
+        &ws,
+        "identity_file = \"stranger.age\"",
+        "identity_file = \"both.age\"",
+    );
+    let out = ws.run(&["key", "rotate", "--add", &new, "--remove", &old]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Key rotation plan") && stdout.contains("1 of 1 backup(s) to rotate"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --yes"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(&manifest).unwrap(), before);
+}
+
+/// A backup whose data moved to GLACIER cannot be read until retrieved: it
+/// is named and left as it was, and the others are rotated.
+#[test]
+fn archived_backups_are_named_and_left_as_they_are() {
+    let s3 = S3Server::start();
+    let bucket = unique_bucket_name("rotarch");
+    block_on(s3.create_bucket(&bucket, false));
+    let ws = Workspace::new(Backend::S3 {
+        endpoint: s3.endpoint(),
+        bucket: bucket.clone(),
+    });
+    let src = files_policy(&ws, 50_000, 4);
+    let archived = ws.backup("etc");
+    std::fs::write(src.join("blob.bin"), common::noise(50_000, 5)).unwrap();
+    let fresh = ws.backup("etc");
+    let key = format!("drctl/backups/etc/{archived}/data.tar.zst.age");
+    block_on(
+        s3.client()
+            .copy_object()
+            .bucket(&bucket)
+            .key(&key)
+            .copy_source(format!("{bucket}/{key}"))
+            .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+            .send(),
+    )
+    .expect("move the data object to GLACIER");
+    let manifest_key = format!("drctl/backups/etc/{archived}/manifest.json");
+    let before = block_on(s3.get_object(&bucket, &manifest_key));
+    let old = ws.recipient.clone();
+    let new = new_identity(&ws);
+    set_config(
+        &ws,
+        &format!("recipients = [\"{old}\"]"),
+        &format!("recipients = [\"{new}\"]"),
+    );
+    set_config(
+        &ws,
+        "identity_file = \"identity.age\"",
+        "identity_file = \"both.age\"",
+    );
+
+    let out = ws.ok(&["key", "rotate", "--add", &new, "--remove", &old, "--yes"]);
+    assert!(
+        out.contains(&format!(
+            "NOT rotated, archived (GLACIER or DEEP_ARCHIVE) without a retrieved copy: {archived}"
+        )) && out.contains("drctl verify etc --read-data"),
+        "{out}"
+    );
+    assert_eq!(block_on(s3.get_object(&bucket, &manifest_key)), before);
+    let r = json(&ws.ok(&[
+        "key", "rotate", "--add", &new, "--remove", &old, "--yes", "--json",
+    ]));
+    assert_eq!(
+        r["reports"][0]["archived"],
+        serde_json::json!([archived]),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["reports"][0]["already"], 1,
+        "{fresh} was rotated the first time: {r:#}"
+    );
+}

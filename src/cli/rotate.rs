@@ -161,6 +161,14 @@ fn print_outcome(r: &RotateReport) {
         mib(r.bytes_of_objects),
         mib(r.bytes_copied_in_store)
     );
+    if !r.archived.is_empty() {
+        outln!(
+            "  NOT rotated, archived (GLACIER or DEEP_ARCHIVE) without a retrieved copy: {}; retrieve them \
+             (`drctl verify {} --read-data` requests the retrievals) and run key rotate again once they are done",
+            r.archived.join(", "),
+            r.policy
+        );
+    }
     if !r.held.is_empty() {
         outln!(
             "  old objects kept while a restore or drill holds backup(s) {}; run key rotate again when it ends",

@@ -377,6 +377,8 @@ where
                 ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412)) => {
                     PreconditionFailed
                 }
+                // S3 answers 403 for a read of an archived object.
+                ("InvalidObjectState", _) => Archived,
                 (
                     "AccessDenied"
                     | "InvalidAccessKeyId"
@@ -386,7 +388,6 @@ where
                     _,
                 )
                 | (_, Some(403)) => AccessDenied,
-                ("InvalidObjectState", _) => Archived,
                 (
                     "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout"
                     | "Throttling",

@@ -82,9 +82,12 @@ struct Job {
     /// Index into the fingerprint's tables.
     index: usize,
     name: String,
-    /// Only the rows in heap blocks `from..to` (to the end without `to`).
-    blocks: Option<(u64, Option<u64>)>,
+    blocks: Blocks,
 }
+
+/// Only the rows in heap blocks `from..to` (to the end without `to`), or
+/// (`None`) the whole table.
+type Blocks = Option<(u64, Option<u64>)>;
 
 /// Tables larger than this are read in block ranges when several
 /// connections read (PostgreSQL 14 and later scan a TID range directly);
@@ -176,7 +179,7 @@ pub async fn verify(
         None
     };
     // (bytes, index, blocks): a split table's ranges are jobs of their own.
-    let mut parts: Vec<(i64, usize, Option<(u64, Option<u64>)>)> = Vec::new();
+    let mut parts: Vec<(i64, usize, Blocks)> = Vec::new();
     let threshold = split_bytes();
     for (size, index) in jobs {
         match split {
