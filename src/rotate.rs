@@ -58,6 +58,9 @@ pub struct RotateOptions {
     pub add: Vec<String>,
     pub remove: Vec<String>,
     pub dry_run: bool,
+    /// Also delete, for good, the versions a versioned bucket keeps of the
+    /// objects rotated away (where Object Lock allows).
+    pub purge_versions: bool,
     pub cancel: Arc<AtomicBool>,
     pub say: Option<Say>,
 }
@@ -126,6 +129,10 @@ pub struct RotateReport {
     /// Backups left as they are because an object is in an archive storage
     /// class (GLACIER, DEEP_ARCHIVE) and has no retrieved copy.
     pub archived: Vec<String>,
+    /// With `purge_versions`: old versions deleted for good, and those the
+    /// store kept (Object Lock), as `key (version): reason`.
+    pub versions_purged: usize,
+    pub versions_retained: Vec<String>,
 }
 
 /// Where a policy's WAL rotation stands, so that a second run resumes.
@@ -235,6 +242,9 @@ async fn rotate_backups(
             for k in stale {
                 repo.store.delete(k).await?;
                 report.old_objects_removed += 1;
+                if opts.purge_versions {
+                    purge_versions(repo.store.as_ref(), k, None, report).await?;
+                }
             }
             continue;
         }
@@ -255,7 +265,7 @@ async fn rotate_backups(
             m.recipients.len(),
             target.len()
         ));
-        match rotate_backup(repo, m, &target, identities, is_held, report).await {
+        match rotate_backup(repo, m, &target, identities, is_held, opts, report).await {
             Ok(()) => {}
             Err(Error::Archived(why)) => {
                 report.rotated.pop();
@@ -291,6 +301,7 @@ async fn rotate_backup(
     target: &[String],
     identities: &[age::x25519::Identity],
     is_held: bool,
+    opts: &RotateOptions,
     report: &mut RotateReport,
 ) -> Result<()> {
     let recipients = crate::pipeline::crypto::parse_recipients(target)?;
@@ -371,6 +382,40 @@ async fn rotate_backup(
     for r in m.objects() {
         repo.store.delete(&r.key).await?;
         report.old_objects_removed += 1;
+        if opts.purge_versions {
+            purge_versions(repo.store.as_ref(), &r.key, None, report).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes for good the versions of `key` (every one, or only `only`) and
+/// its delete markers: what a versioned bucket keeps of an object that a
+/// rotation replaced. A version Object Lock keeps is reported, not an error.
+async fn purge_versions(
+    store: &dyn Store,
+    key: &str,
+    only: Option<&str>,
+    report: &mut RotateReport,
+) -> Result<()> {
+    let versions: Vec<String> = match only {
+        Some(v) => vec![v.to_string()],
+        None => store
+            .list_versions(key)
+            .await?
+            .into_iter()
+            .filter(|v| v.key == key)
+            .map(|v| v.version_id)
+            .collect(),
+    };
+    for v in versions {
+        match store.delete_version(key, &v).await {
+            Ok(()) => report.versions_purged += 1,
+            Err(e) if e.kind == StorageErrorKind::AccessDenied => report
+                .versions_retained
+                .push(format!("{key} ({v}): {}", e.detail)),
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -591,6 +636,11 @@ async fn rotate_wal(
             report.bytes_uploaded += new.len() as u64;
             let etag = meta.etag.unwrap_or_default();
             store.replace_data(key, Bytes::from(new), &etag).await?;
+            if opts.purge_versions
+                && let Some(old) = &meta.version_id
+            {
+                purge_versions(store, key, Some(old), report).await?;
+            }
             progress.done_through = Some(key.clone());
             done += 1;
             if done % WAL_SAVE_EVERY == 0 {
@@ -682,6 +732,7 @@ mod tests {
             add: vec!["c".into(), "a".into()],
             remove: vec!["b".into()],
             dry_run: true,
+            purge_versions: false,
             cancel: Arc::default(),
             say: None,
         };

@@ -68,6 +68,19 @@ fn age_reads(bytes: &[u8], identity: &Path) -> bool {
         .success()
 }
 
+fn version_bytes(s3: &S3Server, bucket: &str, key: &str, version: &str) -> Vec<u8> {
+    let out = block_on(
+        s3.client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .version_id(version)
+            .send(),
+    )
+    .unwrap_or_else(|e| panic!("get {key} ({version}): {e:?}"));
+    block_on(out.body.collect()).unwrap().into_bytes().to_vec()
+}
+
 fn files_policy(ws: &Workspace, size: usize, seed: u64) -> PathBuf {
     let src = ws.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -248,6 +261,15 @@ fn rotation_on_s3_retires_the_old_key_copies_the_payload_in_the_bucket_and_resum
             "new key cannot read {k}"
         );
     }
+    // Without --purge-versions the bucket still keeps the old versions,
+    // which the old key reads until they expire (operations.md says so).
+    let kept: Vec<_> = block_on(s3.list_versions(&bucket, "drctl/backups/"))
+        .into_iter()
+        .filter(|v| !v.is_delete_marker && v.key.ends_with("/data.tar.zst.age"))
+        .collect();
+    assert_eq!(kept.len(), 2, "the old data objects' versions are kept");
+    let bytes = version_bytes(&s3, &bucket, &kept[0].key, &kept[0].version_id);
+    assert!(age_reads(&bytes, &ws.path().join("identity.age")));
     for id in [&first, &second] {
         let m: Value = serde_json::from_slice(&block_on(
             s3.get_object(&bucket, &format!("drctl/backups/etc/{id}/manifest.json")),
@@ -332,9 +354,13 @@ fn rotation_of_a_cluster_repository(on_s3: bool) {
         "identity_file = \"identity.age\"",
         "identity_file = \"both.age\"",
     );
-    let report = json(&w.ws.ok(&[
+    let mut args = vec![
         "key", "rotate", "--remove", &old, "--add", &new, "--yes", "--json",
-    ]));
+    ];
+    if on_s3 {
+        args.push("--purge-versions");
+    }
+    let report = json(&w.ws.ok(&args));
     let r = &report["reports"][0];
     assert_eq!(r["rotated"].as_array().unwrap().len(), 1, "{report:#}");
     assert!(r["wal_rotated"].as_u64().unwrap() >= 2, "{report:#}");
@@ -362,6 +388,28 @@ fn rotation_of_a_cluster_repository(on_s3: bool) {
         w.keys("rotation/").is_empty(),
         "the WAL position is removed when done"
     );
+    if let Some((s3, bucket)) = &w.s3 {
+        // --purge-versions: no version the bucket keeps is readable by the
+        // old key either.
+        assert!(r["versions_purged"].as_u64().unwrap() >= 4, "{report:#}");
+        let mut real = 0;
+        for prefix in ["drctl/wal/", "drctl/backups/"] {
+            for v in block_on(s3.list_versions(bucket, prefix)) {
+                if v.is_delete_marker || !v.key.ends_with(".zst.age") {
+                    continue;
+                }
+                real += 1;
+                let bytes = version_bytes(s3, bucket, &v.key, &v.version_id);
+                assert!(
+                    !age_reads(&bytes, &w.ws.path().join("identity.age")),
+                    "old key reads {} ({})",
+                    v.key,
+                    v.version_id
+                );
+            }
+        }
+        assert_eq!(real, sealed.len(), "one version per object is left");
+    }
 
     // Recovery with the new identity alone replays the rotated WAL.
     set_config(

@@ -335,6 +335,11 @@ pub enum KeyCommand {
         /// Print the plan and the bytes it would move; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// On a versioned bucket, also delete for good the old versions of
+        /// the objects rotated away (which the old key still reads until the
+        /// bucket's noncurrent-version expiry), where Object Lock allows.
+        #[arg(long)]
+        purge_versions: bool,
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
@@ -521,9 +526,17 @@ pub async fn run(cli: Cli) -> crate::Result<()> {
                     remove,
                     policy,
                     dry_run,
+                    purge_versions,
                     yes,
                 },
-        } => rotate::rotate(&ctx, add, remove, policy.as_deref(), *dry_run, *yes).await,
+        } => {
+            let flags = rotate::Flags {
+                dry_run: *dry_run,
+                purge_versions: *purge_versions,
+                yes: *yes,
+            };
+            rotate::rotate(&ctx, add, remove, policy.as_deref(), flags).await
+        }
         Command::Init => inspect::init(&ctx).await,
         Command::Check { offline } => inspect::check(&ctx, *offline).await,
         Command::Sign { dry_run, .. } => sign::sign_existing(&ctx, *dry_run).await,

@@ -8,14 +8,24 @@ use super::inspect::selected;
 use crate::error::{Error, Result};
 use crate::rotate::{self as job, RotateOptions, RotateReport};
 
+pub struct Flags {
+    pub dry_run: bool,
+    pub purge_versions: bool,
+    pub yes: bool,
+}
+
 pub async fn rotate(
     ctx: &Ctx,
     add: &[String],
     remove: &[String],
     policy: Option<&str>,
-    dry_run: bool,
-    yes: bool,
+    flags: Flags,
 ) -> Result<()> {
+    let Flags {
+        dry_run,
+        purge_versions,
+        yes,
+    } = flags;
     let config = ctx.config()?;
     if add.is_empty() && remove.is_empty() {
         return Err(Error::Usage(
@@ -49,6 +59,7 @@ pub async fn rotate(
         add: add.to_vec(),
         remove: remove.to_vec(),
         dry_run: true,
+        purge_versions,
         cancel: ctx.cancel.clone(),
         say: None,
     };
@@ -75,6 +86,21 @@ pub async fn rotate(
     }
     if !json {
         print_plan(&plans, &repo.store.location());
+        let versioned = match repo.store.protection().await {
+            Ok(p) => p.versioning.as_deref() == Some("Enabled"),
+            Err(_) => false,
+        };
+        if versioned {
+            outln!(
+                "  {}",
+                if purge_versions {
+                    "The bucket keeps old versions: those of the objects rotated away are deleted for good (--purge-versions)."
+                } else {
+                    "The bucket keeps old versions: the old key reads those of the objects rotated away until the \
+                     bucket's noncurrent-version expiry (--purge-versions deletes them now)."
+                }
+            );
+        }
     }
     let work = plans
         .iter()
@@ -168,6 +194,16 @@ fn print_outcome(r: &RotateReport) {
             r.archived.join(", "),
             r.policy
         );
+    }
+    if r.versions_purged > 0 || !r.versions_retained.is_empty() {
+        outln!(
+            "  {} old version(s) deleted for good; {} kept by the store",
+            r.versions_purged,
+            r.versions_retained.len()
+        );
+        for v in &r.versions_retained {
+            outln!("    kept: {v}");
+        }
     }
     if !r.held.is_empty() {
         outln!(

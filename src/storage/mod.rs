@@ -147,6 +147,16 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Deletes one version of an object (or a delete marker) for good. A
+    /// store without versions (a local directory) has none to delete.
+    ///
+    /// # Errors
+    /// The store's; `AccessDenied` when Object Lock or a policy keeps it.
+    async fn delete_version(&self, key: &str, version: &str) -> Result<(), StorageError> {
+        let _ = (key, version);
+        Ok(())
+    }
+
     /// The store's versioning and Object Lock settings, for reports.
     async fn protection(&self) -> Result<Protection, StorageError>;
 

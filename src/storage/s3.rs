@@ -829,6 +829,18 @@ impl Store for S3Store {
         Ok(())
     }
 
+    async fn delete_version(&self, key: &str, version: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .version_id(version)
+            .send()
+            .await
+            .map_err(|e| self.err("delete", key, &e))?;
+        Ok(())
+    }
+
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError> {
         Ok(Box::new(S3Upload {
             client: self.client.clone(),
