@@ -35,6 +35,7 @@
 //! - [`report`]: compliance reports from backups and drill records (pure).
 //! - [`daemon`]: the scheduler, `/health` and `/metrics`; [`alert`] sends
 //!   its webhooks.
+//! - [`malloc`]: glibc allocator settings for drctl's few large buffers.
 //! - [`timespec`] and [`schedule`]: pure parsing of times and cron lines.
 //! - [`bucket`] and [`archive`]: pure logic of the bucket settings `repo
 //!   apply` keeps in shape, and of retrieving archived (Glacier) objects.
@@ -49,6 +50,7 @@ pub mod copy;
 pub mod daemon;
 pub mod drill;
 pub mod error;
+pub mod malloc;
 pub mod pipeline;
 pub mod progress;
 pub mod prune;

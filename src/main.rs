@@ -32,8 +32,9 @@ fn main() -> std::process::ExitCode {
         Command::WalPush { .. } | Command::WalFetch { .. } | Command::WalPrefetch { .. }
     );
     if daemon || wal_command {
-        drctl::daemon::limit_malloc_arenas();
+        drctl::malloc::limit_arenas();
     }
+    drctl::malloc::fix_mmap_threshold();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -44,20 +44,6 @@ const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// delays nothing by more than this.
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A long-running process on glibc: by default every thread that allocates
-/// may get an arena of its own (8 per core), and memory freed there stays
-/// mapped, so the RSS of an idle daemon depended on which threads happened
-/// to run the start-up backups (26–47 MiB measured for the same work).
-/// Two arenas keep it steady; the jobs' hot paths allocate little.
-/// Call before any thread is started.
-pub fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 /// Hands memory freed by finished jobs back to the system, so an idle
 /// daemon's RSS reflects what it holds rather than what its busiest moment
 /// needed.
