@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# drctl in five minutes, on a fresh Debian (bookworm) machine, as root.
+# drctl in ten minutes, on a fresh Debian (bookworm) machine, as root.
 #
 # Installs what is missing (and only that), builds drctl, starts a throwaway
 # PostgreSQL 15 cluster on a free loopback port, fills it with sample data,
@@ -52,7 +52,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # --- build -----------------------------------------------------------------------
-say "Building drctl (cargo build --release; the first build takes a few minutes)"
+say "Building drctl (cargo build --release; the first build takes about ten minutes on 2 cores)"
 cargo build --release
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [[ -x $target_dir/release/drctl ]] || die "cargo built no $target_dir/release/drctl"

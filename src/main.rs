@@ -34,7 +34,7 @@ fn main() -> std::process::ExitCode {
     if daemon || wal_command {
         drctl::malloc::limit_arenas();
     }
-    drctl::malloc::fix_mmap_threshold();
+    drctl::malloc::fix_thresholds();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
