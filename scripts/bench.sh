@@ -754,50 +754,79 @@ restore_db=bench_restore
 # pg_restore rows that are compared with it use the same flags.
 pg_restore_flags="--exit-on-error --single-transaction"
 
-declare -A label cmd_of size_of
+declare -A label cmd_of prep_of after_of size_of
 order=()
+queued=()
 
-# measure DB ID LABEL PREP CMD: PREP (untimed) then CMD, once to warm up and
-# RUNS times measured. Results go to $work/results/DB/ID, one run a line:
-# wall, user+sys CPU, server CPU, max RSS KiB.
+# measure DB ID LABEL PREP CMD [AFTER]: queues row ID (PREP untimed before
+# each run, CMD timed, AFTER untimed after each run) for the next `run_queued`.
 measure() {
-  local db=$1 id=$2 what=$3 prep=$4 cmd=$5
+  local db=$1 id=$2
   want "$id" || return 0
-  local res=$work/results/$db/$id tf=$work/results/$db/$id.time log=$work/logs/$db-$id.log
   mkdir -p "$work/results/$db"
-  : >"$res"
-  label[$db/$id]=$what
-  cmd_of[$db/$id]=$cmd
+  : >"$work/results/$db/$id"
+  label[$db/$id]=$3
+  cmd_of[$db/$id]=$5
+  prep_of[$db/$id]=$4
+  after_of[$db/$id]=${6:-}
   order+=("$db/$id")
-  printf '\n  [%s %s] %s\n' "$db" "$id" "$what"
-  [[ -z $prep ]] || printf '    untimed before each run: %s\n' "$prep"
-  printf '    $ %s\n' "$cmd"
-  local i before after wall user sys rss
-  for ((i = 1 - WARMUP; i <= RUNS; i++)); do
-    if [[ -n $prep ]]; then
-      timeout -k 10 900 bash -o pipefail -c "$prep" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; die "$db $id: preparing failed: $prep"; }
-    fi
-    wait_backends
-    before=$(server_ticks)
-    if ! timeout -k 30 "$BENCH_TIMEOUT" /usr/bin/time -o "$tf" -f '%e %U %S %M' \
-      bash -o pipefail -c "$cmd" >>"$log" 2>&1; then
-      tail -n 30 "$log" >&2
-      cat "$tf" >&2 2>/dev/null || true
-      die "$db $id failed (run $i): $cmd"
-    fi
-    wait_backends
-    after=$(server_ticks)
-    read -r wall user sys rss < <(tail -n1 "$tf")
-    if ((i == 0)); then
-      printf '    warm-up: %ss\n' "$wall"
-      continue
-    fi
-    awk -v w="$wall" -v u="$user" -v s="$sys" -v d="$((after - before))" -v t="$clk_tck" -v r="$rss" \
-      'BEGIN { printf "%.2f %.2f %.2f %d\n", w, u + s, d / t, r }' >>"$res"
-    printf '    run %d: %ss wall, %ss cpu, %ss server cpu, %d MiB max rss\n' "$i" "$wall" \
-      "$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" \
-      "$(awk -v d="$((after - before))" -v t="$clk_tck" 'BEGIN { printf "%.2f", d / t }')" "$((rss / 1024))"
+  queued+=("$db/$id")
+}
+
+# run_queued: runs the queued rows in turn, one run of each per round (a
+# warm-up round, then RUNS rounds), starting each round one row further on,
+# so that rows compared with each other see the same machine: on a shared VM
+# the speed drifts by tens of percent over minutes, and rows measured one
+# after the other in blocks would carry that drift into their ratio. Results
+# go to $work/results/DB/ID, one run a line: wall, user+sys CPU, server CPU,
+# max RSS KiB.
+run_queued() {
+  local n=${#queued[@]} i r k key
+  ((n)) || return 0
+  for key in "${queued[@]}"; do
+    printf '\n  [%s] %s\n' "${key/\// }" "${label[$key]}"
+    [[ -z ${prep_of[$key]} ]] || printf '    untimed before each run: %s\n' "${prep_of[$key]}"
+    printf '    $ %s\n' "${cmd_of[$key]}"
   done
+  for ((i = 1 - WARMUP, r = 0; i <= RUNS; i++, r++)); do
+    printf '\n    round %s\n' "$( ((i > 0)) && echo "$i of $RUNS" || echo "(warm-up)")"
+    for ((k = 0; k < n; k++)); do
+      run_once "${queued[(r + k) % n]}" "$i"
+    done
+  done
+  queued=()
+}
+
+# run_once DB/ID I: one run of a queued row (I = 0: the warm-up, not recorded).
+run_once() {
+  local key=$1 i=$2 db=${1%%/*} id=${1#*/}
+  local res=$work/results/$key tf=$work/results/$key.time log=$work/logs/$db-$id.log
+  local prep=${prep_of[$key]} cmd=${cmd_of[$key]} after=${after_of[$key]}
+  local before after_ticks wall user sys rss
+  if [[ -n $prep ]]; then
+    timeout -k 10 900 bash -o pipefail -c "$prep" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; die "$db $id: preparing failed: $prep"; }
+  fi
+  wait_backends
+  before=$(server_ticks)
+  if ! timeout -k 30 "$BENCH_TIMEOUT" /usr/bin/time -o "$tf" -f '%e %U %S %M' \
+    bash -o pipefail -c "$cmd" >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    cat "$tf" >&2 2>/dev/null || true
+    die "$db $id failed (run $i): $cmd"
+  fi
+  wait_backends
+  after_ticks=$(server_ticks)
+  [[ -z $after ]] || eval "$after"
+  read -r wall user sys rss < <(tail -n1 "$tf")
+  if ((i <= 0)); then
+    printf '    %-3s warm-up: %ss\n' "$id" "$wall"
+    return 0
+  fi
+  awk -v w="$wall" -v u="$user" -v s="$sys" -v d="$((after_ticks - before))" -v t="$clk_tck" -v r="$rss" \
+    'BEGIN { printf "%.2f %.2f %.2f %d\n", w, u + s, d / t, r }' >>"$res"
+  printf '    %-3s run %d: %ss wall, %ss cpu, %ss server cpu, %d MiB max rss\n' "$id" "$i" "$wall" \
+    "$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" \
+    "$(awk -v d="$((after_ticks - before))" -v t="$clk_tck" 'BEGIN { printf "%.2f", d / t }')" "$((rss / 1024))"
 }
 
 # median FILE COLUMN
@@ -824,8 +853,6 @@ for db in "${dbs[@]}"; do
   sealed=$work/out/$db.dump.zst.age
   s3_key=shell/$db.dump.zst.age
 
-  measure "$db" a "pg_dump to /dev/null (the input limit)" "" \
-    "pg_dump -Fc -Z0 -d $db > /dev/null"
   # The uncompressed dump that pg_restore reads below; its size bounds the others.
   if want f1 || want f2 || want f3 || want f4 || want c || want a; then
     timeout "$BENCH_TIMEOUT" pg_dump -Fc -Z0 -d "$db" >"$dump"
@@ -837,66 +864,68 @@ for db in "${dbs[@]}"; do
   # aws needs an upper bound to pick part sizes for a stream (above 80 GB).
   expected=$((plain + plain / 100 + 1048576))
 
+  # Rows that are compared with each other run in turn (run_queued): the
+  # backups to a local file, the backups to S3, the local restores and
+  # drills, the restores from S3.
+  measure "$db" a "pg_dump to /dev/null (the input limit)" "" \
+    "pg_dump -Fc -Z0 -d $db > /dev/null"
   measure "$db" b "shell: pg_dump | zstd | age > file" "rm -f $sealed" \
     "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient > $sealed"
-  ! want b || size_of[$db/b]=$(stat -c %s "$sealed")
-
-  measure "$db" c "shell: pg_dump | zstd | age | aws s3 cp (moto)" "$work/purge-s3 $s3_key" \
-    "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient | aws --endpoint-url $s3 s3 cp --expected-size $expected - s3://$bucket/$s3_key"
-  ! want c || size_of[$db/c]=$(s3_size "$s3_key")
-
   # Earlier runs' backups are removed before each run (untimed), so every run
   # starts from the same repository and moto holds one backup at a time.
   measure "$db" d "drctl backup, local directory" "rm -rf $work/repo-local/backups/$db" \
     "$drctl_local backup $db"
+  measure "$db" d2 "drctl backup, local directory, fingerprint = false" "rm -rf $work/repo-local/backups/${db}_nofp" \
+    "$drctl_local backup ${db}_nofp"
+  run_queued
+  ! want b || size_of[$db/b]=$(stat -c %s "$sealed")
   if want d; then
     obj=$(find "$work/repo-local/backups/$db" -name 'data.pgdump.zst.age' -print -quit)
     size_of[$db/d]=$(stat -c %s "$obj")
   fi
-
-  measure "$db" d2 "drctl backup, local directory, fingerprint = false" "rm -rf $work/repo-local/backups/${db}_nofp" \
-    "$drctl_local backup ${db}_nofp"
   if want d2; then
     obj=$(find "$work/repo-local/backups/${db}_nofp" -name 'data.pgdump.zst.age' -print -quit)
     size_of[$db/d2]=$(stat -c %s "$obj")
   fi
 
+  measure "$db" c "shell: pg_dump | zstd | age | aws s3 cp (moto)" "$work/purge-s3 $s3_key" \
+    "pg_dump -Fc -Z0 -d $db | zstd -3 -T0 | age -r $age_recipient | aws --endpoint-url $s3 s3 cp --expected-size $expected - s3://$bucket/$s3_key"
   measure "$db" e "drctl backup, S3 (moto)" \
     "$work/purge-s3 drctl/backups/$db/" \
     "$drctl_s3 backup $db"
+  run_queued
+  ! want c || size_of[$db/c]=$(s3_size "$s3_key")
   if want e; then
     key=$(aws_ s3api list-objects-v2 --bucket "$bucket" --prefix "drctl/backups/$db/" \
       --query "Contents[?ends_with(Key, 'data.pgdump.zst.age')].Key | [0]" --output text)
     size_of[$db/e]=$(s3_size "$key")
   fi
 
+  # Every restore is checked (untimed) before the next run replaces it.
   measure "$db" f1 "pg_restore from the uncompressed dump file (plain flags)" "$recreate_restore_db" \
-    "pg_restore -d $restore_db $dump"
-  ! want f1 || check_restored "$db" f1
+    "pg_restore -d $restore_db $dump" "check_restored $db f1"
   measure "$db" f2 "pg_restore from the uncompressed dump file (drctl's flags)" "$recreate_restore_db" \
-    "pg_restore $pg_restore_flags -d $restore_db $dump"
-  ! want f2 || check_restored "$db" f2
+    "pg_restore $pg_restore_flags -d $restore_db $dump" "check_restored $db f2"
   measure "$db" f3 "shell: age -d | zstd -d | pg_restore (local file)" "$recreate_restore_db" \
-    "age -d -i $age_key $sealed | zstd -d | pg_restore $pg_restore_flags -d $restore_db"
-  ! want f3 || check_restored "$db" f3
-  measure "$db" f4 "shell: aws s3 cp | age -d | zstd -d | pg_restore (moto)" "$recreate_restore_db" \
-    "aws --endpoint-url $s3 s3 cp s3://$bucket/$s3_key - | age -d -i $age_key | zstd -d | pg_restore $pg_restore_flags -d $restore_db"
-  ! want f4 || check_restored "$db" f4
+    "age -d -i $age_key $sealed | zstd -d | pg_restore $pg_restore_flags -d $restore_db" "check_restored $db f3"
   measure "$db" f5 "drctl restore, local directory" "$recreate_restore_db" \
-    "$drctl_local restore $db --to latest --target $(pg_url $restore_db) --yes"
-  ! want f5 || check_restored "$db" f5
-  measure "$db" f6 "drctl restore, S3 (moto)" "$recreate_restore_db" \
-    "$drctl_s3 restore $db --to latest --target $(pg_url $restore_db) --yes"
-  ! want f6 || check_restored "$db" f6
+    "$drctl_local restore $db --to latest --target $(pg_url $restore_db) --yes" "check_restored $db f5"
   # A restore drill of the same backup: pg_restore into a scratch database,
   # then the fingerprint check; each drill's record gives the split.
   measure "$db" g "drctl drill, local directory (restore, then fingerprint check)" "" \
     "$drctl_local --json drill $db > $work/results/$db/drill-\$(date +%s%N).json"
   # The same drill as the daemon runs it with `[drill] sample_percent = 5`:
   # row counts of every table, the rows of 2 of 32 buckets of each large
-  # table (row g's full checks make a full check not due).
+  # table (row g's full checks, which run first, make a full check not due).
   measure "$db" g2 "drctl drill --scheduled-check, local directory (restore, then sampled check)" "" \
     "$drctl_local --json drill $db --scheduled-check > $work/results/$db/sampled-\$(date +%s%N).json"
+  run_queued
+
+  measure "$db" f4 "shell: aws s3 cp | age -d | zstd -d | pg_restore (moto)" "$recreate_restore_db" \
+    "aws --endpoint-url $s3 s3 cp s3://$bucket/$s3_key - | age -d -i $age_key | zstd -d | pg_restore $pg_restore_flags -d $restore_db" "check_restored $db f4"
+  measure "$db" f6 "drctl restore, S3 (moto)" "$recreate_restore_db" \
+    "$drctl_s3 restore $db --to latest --target $(pg_url $restore_db) --yes" "check_restored $db f6"
+  run_queued
   psql_ -d postgres -c "DROP DATABASE IF EXISTS $restore_db WITH (FORCE)"
   rm -f "$dump" "$sealed"
 done
@@ -940,9 +969,9 @@ report=$work/report.md
   echo "How it is measured:"
   echo
   if ((WARMUP)); then
-    echo "- Each command runs once to warm up (the OS page cache is warm), then $RUNS times; the table shows medians."
+    echo "- Each command runs once to warm up (the OS page cache is warm), then $RUNS times; the table shows medians. Commands compared with each other run in turn, one run of each per round (backups to a file: a, b, d, d2; to S3: c, e; local restores and drills: f1, f2, f3, f5, g, g2; restores from S3: f4, f6), so that a machine whose speed drifts affects both sides of a ratio alike."
   else
-    echo "- No warm-up run (WARMUP=0); each command runs $RUNS times; the table shows medians. Rows measured: ${BENCH_ROWS:-all}."
+    echo "- No warm-up run (WARMUP=0); each command runs $RUNS times, in turn with the commands it is compared with; the table shows medians. Rows measured: ${BENCH_ROWS:-all}."
   fi
   echo "- Each run is \`/usr/bin/time -f '%e %U %S %M' bash -o pipefail -c 'COMMAND'\`, with the environment \`PATH=$pg_bin:\$PATH PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres PGPASSWORD=(random) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1\`. Untimed preparation before each run: restores go into a freshly created empty database \`$restore_db\`; drctl backups start from a repository without earlier backups of the policy."
   echo "- **CPU s** is user+sys of the command and every child process (pg_dump, zstd, age, aws, or the pg_dump/pg_restore drctl starts). **Server CPU s** is the CPU time of the PostgreSQL backends that served the command (measured from the postmaster's reaped-children times); it is not in CPU s."

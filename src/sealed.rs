@@ -291,16 +291,15 @@ where
         key,
         recipients,
         level,
-        crate::pipeline::ZSTD_WORKERS,
+        crate::pipeline::SealMode::BACKUP,
         cancel,
         produce,
     )
     .await
 }
 
-/// [`store_sealed`] with `zstd_workers` compression threads: 0 for callers
-/// that run several seals at once and would otherwise multiply zstd's
-/// per-worker buffers.
+/// [`store_sealed`] spending what `mode` says (`SealMode::WAL` for WAL
+/// segments, which several seals run at once).
 ///
 /// # Errors
 /// As [`store_sealed`].
@@ -309,7 +308,7 @@ pub async fn store_sealed_with<T, F>(
     key: &str,
     recipients: &[age::x25519::Recipient],
     level: i32,
-    zstd_workers: u32,
+    mode: crate::pipeline::SealMode,
     cancel: Arc<AtomicBool>,
     produce: F,
 ) -> Result<((Stored, Digests), T)>
@@ -317,14 +316,14 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+    let (tx, rx) = mpsc::channel::<Bytes>(mode.channel_chunks);
     let (done_tx, done_rx) = oneshot::channel();
     let recipients = recipients.to_vec();
     let producer = tokio::task::spawn_blocking(move || -> Result<(Digests, T)> {
-        let mut sealer = Sealer::with_workers(
+        let mut sealer = Sealer::with_mode(
             &recipients,
             level,
-            zstd_workers,
+            mode,
             ChannelWriter::new(tx, cancel.clone()),
         )
         .map_err(|e| Error::io("starting encryption", e))?;

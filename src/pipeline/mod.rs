@@ -33,6 +33,47 @@ pub const STAGE_CHUNK_BYTES: usize = 256 * 1024;
 pub const STAGE_CHUNKS: usize = 4;
 /// zstd worker threads for compression; 0 would compress on the caller's thread.
 pub const ZSTD_WORKERS: u32 = 2;
+/// What a seal spends besides the compression level: zstd worker threads,
+/// and whether the stored bytes are hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealMode {
+    /// 0 compresses on the caller's thread, with one job's buffers instead
+    /// of one per worker.
+    pub zstd_workers: u32,
+    /// Whether the stored bytes get the digests a manifest records (whole,
+    /// and age's header and payload apart); without them they are counted.
+    pub stored_digests: bool,
+    /// Hand-overs in flight to the encrypting stage thread.
+    pub stage_chunks: usize,
+    /// Messages in flight from the sealing thread to the store's upload.
+    pub channel_chunks: usize,
+}
+
+impl SealMode {
+    /// A backup object: [`ZSTD_WORKERS`], and the digests its manifest records.
+    pub const BACKUP: SealMode = SealMode {
+        zstd_workers: ZSTD_WORKERS,
+        stored_digests: true,
+        stage_chunks: STAGE_CHUNKS,
+        channel_chunks: CHANNEL_CHUNKS,
+    };
+    /// A WAL segment. No zstd workers: a 16 MiB segment compresses in tens
+    /// of milliseconds on one thread, and `wal-push` seals several at once,
+    /// each worker adding its own job buffers to the command's peak memory.
+    /// No stored digests: nothing records them (a WAL object's key names
+    /// its plaintext's SHA-256, which is what `wal-fetch` checks, and age
+    /// authenticates every chunk), so the two passes over the ciphertext
+    /// would be spent for nothing on every segment. Half the hand-overs in
+    /// flight: a segment is small, and look-ahead seals three at once
+    /// (docs/benchmarks.md, "WAL archiving").
+    pub const WAL: SealMode = SealMode {
+        zstd_workers: 0,
+        stored_digests: false,
+        stage_chunks: STAGE_CHUNKS / 2,
+        channel_chunks: CHANNEL_CHUNKS / 2,
+    };
+}
+
 /// Input per zstd worker job. The default (4× the window) keeps about 60 MiB
 /// in flight with two workers; 2 MiB keeps peak memory near 30 MiB for a
 /// ratio within a fraction of a percent (measured in docs/benchmarks.md).
@@ -196,31 +237,31 @@ impl<W: Write + Send + 'static> Sealer<W> {
     /// # Errors
     /// If a recipient cannot wrap the key or the first write fails.
     pub fn new(recipients: &[age::x25519::Recipient], level: i32, out: W) -> io::Result<Self> {
-        Self::with_workers(recipients, level, ZSTD_WORKERS, out)
+        Self::with_mode(recipients, level, SealMode::BACKUP, out)
     }
 
-    /// As [`Sealer::new`], with `workers` zstd threads (0: compress on the
-    /// caller's thread, with one job's buffers instead of one per worker).
+    /// As [`Sealer::new`], spending what `mode` says.
     ///
     /// # Errors
     /// As [`Sealer::new`].
-    pub fn with_workers(
+    pub fn with_mode(
         recipients: &[age::x25519::Recipient],
         level: i32,
-        workers: u32,
+        mode: SealMode,
         out: W,
     ) -> io::Result<Self> {
         let encryptor =
             age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
                 .map_err(|e| io::Error::other(format!("cannot encrypt to the recipients: {e}")))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(STAGE_CHUNKS);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(mode.stage_chunks);
         let stage = std::thread::Builder::new()
             .name("drctl-encrypt".into())
             .spawn(move || -> StageResult<W> {
                 // Both the whole digest (what every reader checks) and the
                 // halves (what a later key rotation keeps): two passes over
                 // the payload, measured in docs/benchmarks.md.
-                let hashing = HashWriter::with(out, hash::Hasher::new(true, true));
+                let stored = mode.stored_digests;
+                let hashing = HashWriter::with(out, hash::Hasher::new(stored, stored));
                 let mut encrypted = encryptor.wrap_output(hashing)?;
                 loop {
                     match rx.recv() {
@@ -245,8 +286,8 @@ impl<W: Write + Send + 'static> Sealer<W> {
             buf: Vec::with_capacity(STAGE_CHUNK_BYTES),
         };
         let mut zstd = zstd::stream::write::Encoder::new(staged, level)?;
-        if workers > 0 {
-            zstd.multithread(workers)?;
+        if mode.zstd_workers > 0 {
+            zstd.multithread(mode.zstd_workers)?;
             zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
         }
         Ok(Sealer {
@@ -417,6 +458,27 @@ mod tests {
             let split = stored.split.unwrap();
             prop_assert_eq!(crate::pipeline::hash::header_end(&sealed), Some(split.header_size as usize));
         }
+    }
+
+    #[test]
+    fn a_wal_seal_counts_the_stored_bytes_without_hashing_them() {
+        let (id, r) = key();
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        let mut s =
+            Sealer::with_mode(std::slice::from_ref(&r), 3, SealMode::WAL, Vec::new()).unwrap();
+        s.write_all(&data).unwrap();
+        let (sealed, wal) = s.finish().unwrap();
+        let (plain, opened) = open_bytes(&[id], &sealed).unwrap();
+        assert_eq!(plain, data);
+        assert_eq!(
+            (wal.size, wal.plaintext_size),
+            (sealed.len() as u64, data.len() as u64)
+        );
+        assert_eq!(wal.plaintext_sha256, opened.plaintext_sha256);
+        assert_eq!(
+            (wal.sha256, wal.header_sha256, wal.payload_sha256),
+            (None, None, None)
+        );
     }
 
     #[test]

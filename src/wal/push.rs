@@ -40,11 +40,6 @@ use crate::storage::Store;
 /// (docs/benchmarks.md has the figures measured).
 pub const PARALLEL_UPLOADS: usize = 2;
 
-/// zstd threads per WAL file: none besides the caller's. A 16 MiB segment
-/// compresses in tens of milliseconds on one thread, and each worker would
-/// add its own job buffers to the command's peak memory.
-pub const WAL_ZSTD_WORKERS: u32 = 0;
-
 /// `.ready` segments one call stores ahead at most, so that a call that
 /// finds a long backlog still returns to PostgreSQL in bounded time.
 pub const LOOKAHEAD_MAX: usize = 16;
@@ -118,26 +113,14 @@ pub async fn push(
     // lets the key carry the digest: a repeated push is answered from a
     // listing, without the identity.
     let sha256 = hash_blocking(path).await?;
-    push_hashed(
-        repo,
-        policy,
-        recipients,
-        level,
-        WAL_ZSTD_WORKERS,
-        path,
-        &name,
-        &sha256,
-    )
-    .await
+    push_hashed(repo, policy, recipients, level, path, &name, &sha256).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn push_hashed(
     repo: &Repo,
     policy: &str,
     recipients: &[String],
     level: i32,
-    zstd_workers: u32,
     path: &Path,
     name: &WalName,
     sha256: &str,
@@ -171,7 +154,7 @@ async fn push_hashed(
         &key,
         &recipients,
         level,
-        zstd_workers,
+        crate::pipeline::SealMode::WAL,
         Arc::new(AtomicBool::new(false)),
         move |out| {
             let mut file = std::fs::File::open(&source)
@@ -343,16 +326,7 @@ pub async fn archive(a: &Archiver<'_>, path: &Path) -> Result<Report> {
     }
     let pushed = tokio::time::timeout(
         a.timeout,
-        push_hashed(
-            &repo,
-            a.policy,
-            a.recipients,
-            a.level,
-            WAL_ZSTD_WORKERS,
-            path,
-            &name,
-            &sha256,
-        ),
+        push_hashed(&repo, a.policy, a.recipients, a.level, path, &name, &sha256),
     )
     .await;
     let pushed = match pushed {
@@ -567,7 +541,7 @@ async fn look_ahead(
             async move {
                 let stored = async {
                     let sha256 = hash_blocking(&file).await?;
-                                        push_hashed(repo, a.policy, a.recipients, a.level, WAL_ZSTD_WORKERS, &file, &name, &sha256)
+                                        push_hashed(repo, a.policy, a.recipients, a.level, &file, &name, &sha256)
                         .await?;
                     a.spool.mark_done(&name, &sha256)
                 }

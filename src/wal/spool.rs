@@ -401,10 +401,10 @@ impl Spool {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io(format!("creating {}", tmp.display())))?;
-            let mut sealer = Sealer::with_workers(
+            let mut sealer = Sealer::with_mode(
                 recipients,
                 level,
-                super::push::WAL_ZSTD_WORKERS,
+                crate::pipeline::SealMode::WAL,
                 std::io::BufWriter::new(out),
             )
             .map_err(io("starting encryption".into()))?;
