@@ -836,6 +836,7 @@ median() {
     if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+checkpoint="psql -X -q -d postgres -c CHECKPOINT"
 recreate_restore_db="psql -X -q -v ON_ERROR_STOP=1 -d postgres -c 'DROP DATABASE IF EXISTS $restore_db WITH (FORCE)' -c 'CREATE DATABASE $restore_db'"
 check_restored() {
   local db=$1 id=$2 n
@@ -911,13 +912,15 @@ for db in "${dbs[@]}"; do
   measure "$db" f5 "drctl restore, local directory" "$recreate_restore_db" \
     "$drctl_local restore $db --to latest --target $(pg_url $restore_db) --yes" "check_restored $db f5"
   # A restore drill of the same backup: pg_restore into a scratch database,
-  # then the fingerprint check; each drill's record gives the split.
-  measure "$db" g "drctl drill, local directory (restore, then fingerprint check)" "" \
+  # then the fingerprint check; each drill's record gives the split. A
+  # checkpoint first, as the restores get from their DROP DATABASE: a run
+  # must not start with the previous run's dirty buffers to write out.
+  measure "$db" g "drctl drill, local directory (restore, then fingerprint check)" "$checkpoint" \
     "$drctl_local --json drill $db > $work/results/$db/drill-\$(date +%s%N).json"
   # The same drill as the daemon runs it with `[drill] sample_percent = 5`:
   # row counts of every table, the rows of 2 of 32 buckets of each large
   # table (row g's full checks, which run first, make a full check not due).
-  measure "$db" g2 "drctl drill --scheduled-check, local directory (restore, then sampled check)" "" \
+  measure "$db" g2 "drctl drill --scheduled-check, local directory (restore, then sampled check)" "$checkpoint" \
     "$drctl_local --json drill $db --scheduled-check > $work/results/$db/sampled-\$(date +%s%N).json"
   run_queued
 
@@ -973,7 +976,7 @@ report=$work/report.md
   else
     echo "- No warm-up run (WARMUP=0); each command runs $RUNS times, in turn with the commands it is compared with; the table shows medians. Rows measured: ${BENCH_ROWS:-all}."
   fi
-  echo "- Each run is \`/usr/bin/time -f '%e %U %S %M' bash -o pipefail -c 'COMMAND'\`, with the environment \`PATH=$pg_bin:\$PATH PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres PGPASSWORD=(random) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1\`. Untimed preparation before each run: restores go into a freshly created empty database \`$restore_db\`; drctl backups start from a repository without earlier backups of the policy."
+  echo "- Each run is \`/usr/bin/time -f '%e %U %S %M' bash -o pipefail -c 'COMMAND'\`, with the environment \`PATH=$pg_bin:\$PATH PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres PGPASSWORD=(random) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1\`. Untimed preparation before each run: restores go into a freshly created empty database \`$restore_db\`; drctl backups start from a repository without earlier backups of the policy; drills start after a \`CHECKPOINT\` (which the restores get from \`DROP DATABASE\`), so that no run writes out the dirty buffers of the run before it."
   echo "- **CPU s** is user+sys of the command and every child process (pg_dump, zstd, age, aws, or the pg_dump/pg_restore drctl starts). **Server CPU s** is the CPU time of the PostgreSQL backends that served the command (measured from the postmaster's reaped-children times); it is not in CPU s."
   echo "- **Max RSS** is GNU time's %M: the largest single process of the tree, not the sum. For a shell pipeline it is the biggest of pg_dump, zstd, age and aws; for drctl it is drctl or its pg_dump/pg_restore, whichever is larger. PostgreSQL and moto are not included."
   echo "- **Output bytes**: a: the uncompressed custom-format dump; b, d, d2: the encrypted file on disk; c, e: the S3 object (for drctl the data object; its small fingerprint object and manifest are not counted)."
