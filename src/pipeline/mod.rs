@@ -257,9 +257,10 @@ impl<W: Write + Send + 'static> Sealer<W> {
         let stage = std::thread::Builder::new()
             .name("drctl-encrypt".into())
             .spawn(move || -> StageResult<W> {
-                // Both the whole digest (what every reader checks) and the
-                // halves (what a later key rotation keeps): two passes over
-                // the payload, measured in docs/benchmarks.md.
+                // A backup object gets both the whole digest (what every
+                // reader checks) and the halves (what a later key rotation
+                // keeps): two passes over the payload, measured in
+                // docs/benchmarks.md. A WAL segment gets neither.
                 let stored = mode.stored_digests;
                 let hashing = HashWriter::with(out, hash::Hasher::new(stored, stored));
                 let mut encrypted = encryptor.wrap_output(hashing)?;
